@@ -1,0 +1,5 @@
+"""Placeholder until this command group lands (replaced in the same session)."""
+
+
+def register(subparsers) -> None:
+    pass

@@ -1,0 +1,61 @@
+"""Deployment settings, read from the environment so an administrator can set them per server.
+
+| variable | default | meaning |
+|---|---|---|
+| `KT_RUNS_DIR` | `./runs` | where run folders live |
+| `KT_CACHE_DIR` | `./.kt_cache` | decoded datasets, the demo's source model |
+| `KT_ALLOWED_ROOTS` | working dir and `~/kt-studio` | `os.pathsep`-separated roots that paths typed into the UI must lie under |
+| `KT_ALLOW_TRUST` | `1` | `0` hides the "trust this file" opt-in (arbitrary unpickling) in the UI |
+
+The CLI is the local user's own: it is not confined to the roots.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PathNotAllowedError
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("KT_RUNS_DIR", "runs")))
+    cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("KT_CACHE_DIR", ".kt_cache")))
+    allowed_roots: tuple[Path, ...] = field(default_factory=lambda: _roots_from_env())
+    allow_trust: bool = field(default_factory=lambda: _flag("KT_ALLOW_TRUST", True))
+
+
+def _roots_from_env() -> tuple[Path, ...]:
+    raw = os.environ.get("KT_ALLOWED_ROOTS")
+    if raw:
+        parts = [p for p in raw.split(os.pathsep) if p.strip()]
+    else:
+        parts = [os.getcwd(), str(Path.home() / "kt-studio")]
+    return tuple(Path(p).expanduser().resolve() for p in parts)
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the current environment (cheap; tests change the environment)."""
+    return Settings()
+
+
+def confine_path(path: str | os.PathLike, roots: tuple[Path, ...] | None = None) -> Path:
+    """Resolve `path` (symlinks and `..` included) and refuse it unless it lies under a root."""
+    roots = get_settings().allowed_roots if roots is None else roots
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved == root or root in resolved.parents:
+            return resolved
+    raise PathNotAllowedError(
+        f"{path} is outside the folders this server may read",
+        f"use a path under {', '.join(map(str, roots))}, or ask the administrator to add the folder to KT_ALLOWED_ROOTS",
+    )

@@ -1,0 +1,45 @@
+"""Shared fixtures. Real third-party files come from KT_REAL_DATA (default ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    path = Path(os.environ.get("KT_REAL_DATA", ROOT.parent / "shared" / "data"))
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of real checkpoints and datasets; its absence is said loudly, never silently.
+
+    Under CI it must be there (CI copies ../shared beside the clone), so a missing folder fails.
+    """
+    path = real_data_dir()
+    if path is None:
+        message = ("needs the real data folder: set KT_REAL_DATA to ../shared/data "
+                   "(checkpoints and datasets of the shared folder)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    """Every test gets its own runs and cache folders, so tests never see each other's runs."""
+    monkeypatch.setenv("KT_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    # Two cores here; keep tests predictable and leave a core for subprocess workers.
+    torch.set_num_threads(1)
