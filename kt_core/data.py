@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .datasets.idx import read_idx  # noqa: F401  (public: evaluating MNIST checkpoints)
+
 log = logging.getLogger(__name__)
 
 

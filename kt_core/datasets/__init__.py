@@ -1,0 +1,1 @@
+"""Readers and preparation steps behind `kt_core.data` (the façade other modules import)."""
