@@ -1,0 +1,655 @@
+"""The training engine: `fit` a model on prepared data under a transfer plan.
+
+The engine knows nothing about files, processes or the UI. Everything observable leaves through
+callbacks (Lightning-style objects with no-op hooks): the run worker plugs in a metrics writer, a
+checkpointer and a stop flag. What the engine owns:
+
+- optimizers and schedulers (registries; schedules are stepped once per batch, with linear warmup),
+- the hot loop, kept as lean as a plain PyTorch loop: losses and accuracies are accumulated on the
+  device and read back only every `log_every` steps,
+- the feature cache: when only the head trains and nothing augments the images, the backbone's
+  output is computed once and the head is trained on it (the path that makes a CPU demo take
+  seconds),
+- mixed precision on CUDA, NaN and out-of-memory failures with a message naming the fix,
+- resumable state: batch order comes from a generator seeded by (seed, epoch), so a run resumed
+  mid-epoch skips exactly the batches it had already seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import RunConfig, TrainConfig
+from .data import PreparedData, TensorSplit, iter_batches
+from .errors import DeviceError, KTError
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(KTError):
+    """Training started but cannot go on: the loss diverged or the device ran out of memory."""
+
+
+# --- devices -------------------------------------------------------------------------------
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` -> a device that is really there, or DeviceError."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise DeviceError("device 'mps' was asked for but Apple's Metal backend is not available here",
+                              "use device auto or cpu")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was asked for but this machine has no usable CUDA GPU",
+                              "use device auto or cpu")
+        index_text = name.partition(":")[2]
+        if index_text:
+            if not index_text.isdigit():
+                raise DeviceError(f"device {name!r} is not a valid CUDA device", "write cuda or cuda:N, e.g. cuda:0")
+            count = torch.cuda.device_count()
+            if int(index_text) >= count:
+                raise DeviceError(f"device {name!r} does not exist: this machine has {count} CUDA GPU(s)",
+                                  f"use cuda:0 .. cuda:{count - 1}, or auto")
+        return torch.device(name)
+    raise DeviceError(f"unknown device {name!r}", "use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+# --- optimizers and schedules ------------------------------------------------------------------
+
+OPTIMIZERS: Registry[Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd", description="SGD with (Nesterov-free) momentum")
+def _sgd(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+@OPTIMIZERS.register("adam", description="Adam; weight decay added to the gradient (L2)")
+def _adam(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+@OPTIMIZERS.register("adamw", description="AdamW; decoupled weight decay")
+def _adamw(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+# A schedule maps (step, total_steps, steps_per_epoch, cfg) to a multiplier of each group's own lr,
+# so per-block multipliers (discriminative lrs, gradual unfreezing) survive any schedule.
+Schedule = Callable[[int, int, int, TrainConfig], float]
+SCHEDULERS: Registry[Schedule] = Registry("scheduler")
+
+
+@SCHEDULERS.register("constant", description="the same learning rate throughout (after warmup)")
+def _constant(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
+    return 1.0
+
+
+@SCHEDULERS.register("step", description="multiply by gamma every step_size epochs")
+def _step(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
+    return t.gamma ** (step // (per_epoch * t.step_size))
+
+
+@SCHEDULERS.register("cosine", description="cosine decay to zero after warmup")
+def _cosine(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
+    warm = _warmup_steps(t, per_epoch)
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+@SCHEDULERS.register("onecycle", description="rise from lr/25 to lr (30% of steps or warmup), cosine down to ~0")
+def _onecycle(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
+    # Smith's one-cycle: its own warm phase (warmup_epochs if set, else 30% of the run).
+    rise = _warmup_steps(t, per_epoch) or max(1, int(0.3 * total))
+    start, end = 1 / 25, 1 / 25e4
+    if step < rise:
+        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / rise))
+    progress = min(1.0, (step - rise) / max(1, total - rise))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _warmup_steps(t: TrainConfig, per_epoch: int) -> int:
+    return int(round(t.warmup_epochs * per_epoch))
+
+
+def lr_factor(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
+    """The multiplier of the base lrs at `step`: the schedule, times a linear warmup."""
+    factor = SCHEDULERS.get(t.scheduler)(step, total, per_epoch, t)
+    warm = _warmup_steps(t, per_epoch)
+    if warm and step < warm and t.scheduler != "onecycle":  # one-cycle warms up by itself
+        factor *= (step + 1) / warm
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
+                    steps_per_epoch: int, step: int = 0) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """A per-batch LambdaLR positioned at `step`, or None when the lr never changes."""
+    if cfg.scheduler == "constant" and _warmup_steps(cfg, steps_per_epoch) == 0:
+        return None  # nothing to do per step: keep the hot loop lean
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+
+    def factor(s: int) -> float:
+        return lr_factor(s, total_steps, steps_per_epoch, cfg)
+
+    # LambdaLR steps once on construction, landing on last_epoch + 1 == step.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=step - 1)
+
+
+def rebuild_scheduler(ctx: "FitContext") -> None:
+    """After param groups were added (gradual unfreezing): a scheduler that knows every group."""
+    ctx.scheduler = build_scheduler(ctx.optimizer, ctx.cfg.train, ctx.total_steps, ctx.steps_per_epoch, ctx.step)
+
+
+def default_param_groups(model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups, no weight decay on biases and norm weights (timm style)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [dict(g, lr=base_lr, lr_mult=1.0) for g in groups if g["params"]]
+
+
+# --- callbacks and context -----------------------------------------------------------------
+
+class Callback:
+    """Hooks the engine calls; every hook is a no-op until overridden."""
+
+    def on_fit_start(self, ctx: "FitContext") -> None: ...
+
+    def on_step_end(self, ctx: "FitContext", row: dict) -> None:
+        """Called for each logged step row (every `log_every` steps), not every batch."""
+
+    def on_epoch_end(self, ctx: "FitContext", row: dict) -> None: ...
+
+    def should_stop(self, ctx: "FitContext") -> bool:
+        """Checked after every batch: True finishes the batch, checkpoints `last` and stops."""
+        return False
+
+    def on_checkpoint(self, ctx: "FitContext", state: dict, tag: str) -> None:
+        """`tag` is "last" (every epoch and on stop) or "best" (a new best validation accuracy)."""
+
+    def on_fit_end(self, ctx: "FitContext", result: "FitResult") -> None: ...
+
+
+@dataclass
+class FitContext:
+    """Everything the loop and the callbacks share; `checkpoint_state` turns it into a checkpoint."""
+
+    model: nn.Module
+    data: PreparedData
+    cfg: RunConfig
+    plan: Any
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    criterion: nn.Module
+    steps_per_epoch: int
+    total_steps: int
+    callbacks: list[Callback]
+    forward: nn.Module  # the model, or only its head when training on cached features
+    train_split: Any
+    val_split: Any
+    scaler: Any = None
+    autocast: Callable[[], Any] = contextlib.nullcontext
+    augment: Callable | None = None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
+    batch_in_epoch: int = 0  # completed batches of the current epoch
+    best_val_acc: float | None = None
+    epochs_since_best: int = 0
+    # Running sums of the current epoch, on the device: loss*n, correct, seen.
+    sums: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+    feature_cache: bool = False
+    stop_requested: bool = False
+
+
+@dataclass
+class FitResult:
+    state: str  # completed | stopped
+    epochs: int
+    steps: int
+    best_val_acc: float | None
+    final_val_acc: float | None
+    final_train_acc: float | None
+    train_s: float
+    images_per_s: float
+    trainable_params: int
+    total_params: int
+    feature_cache: bool
+    early_stopped: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+def checkpoint_state(ctx: FitContext) -> dict:
+    """The dict written as checkpoints/last.pt and best.pt: enough to resume, or to use as a source."""
+    return {
+        "model": ctx.model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict() if ctx.scheduler is not None else None,
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+        "epoch": ctx.epoch,
+        "step": ctx.step,
+        "batch_in_epoch": ctx.batch_in_epoch,
+        "epoch_sums": ctx.sums.detach().cpu().tolist() if ctx.sums is not None else None,
+        "best_val_acc": ctx.best_val_acc,
+        "epochs_since_best": ctx.epochs_since_best,
+        "config": ctx.cfg.to_dict(),
+        "plan_state": ctx.plan.state() if ctx.plan is not None and hasattr(ctx.plan, "state") else None,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
+        "kt_studio_version": __version__,
+        "arch": ctx.meta.get("arch"),
+        "class_names": list(ctx.data.class_names),
+        "input_size": list(ctx.data.input_size),
+        "normalization": ctx.data.normalization,
+    }
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The batch order of an epoch depends only on (seed, epoch): resumable and repeatable."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train_one_epoch(ctx: FitContext) -> bool:
+    """Train the rest of epoch `ctx.epoch` (skipping `ctx.batch_in_epoch` batches already done).
+
+    Returns True when a callback asked to stop (the current batch is finished first).
+    """
+    t = ctx.cfg.train
+    model, optimizer, criterion, device = ctx.forward, ctx.optimizer, ctx.criterion, ctx.device
+    callbacks, log_every, clip, scaler = ctx.callbacks, t.log_every, t.grad_clip, ctx.scaler
+    sums = ctx.sums  # [loss * n, correct, seen], accumulated without a host sync
+    batches = iter_batches(ctx.train_split, t.batch_size, shuffle=True,
+                           generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
+                           num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch)
+    window = _Window(sums)
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with ctx.autocast():
+            out = model(x)
+            loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(_trainable(optimizer), clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(_trainable(optimizer), clip)
+            optimizer.step()
+        if ctx.scheduler is not None:
+            ctx.scheduler.step()
+        sums[0] += loss.detach().float() * y.shape[0]
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += y.shape[0]
+        ctx.step += 1
+        ctx.batch_in_epoch += 1
+        if ctx.step % log_every == 0:
+            row = window.row(ctx)
+            for cb in callbacks:
+                cb.on_step_end(ctx, row)
+        if ctx.stop_requested or any(cb.should_stop(ctx) for cb in callbacks):
+            _check_finite(float(sums[0]), ctx)  # never checkpoint weights that already diverged
+            return True
+    return False
+
+
+class _Window:
+    """Step rows: mean loss and images/s since the previous row, one host sync per row."""
+
+    def __init__(self, sums: torch.Tensor):
+        self.sums = sums
+        self.loss, self.seen = (float(v) for v in sums[[0, 2]].tolist())
+        self.time = time.perf_counter()
+
+    def row(self, ctx: FitContext) -> dict:
+        loss_sum, seen = sums = self.sums[[0, 2]].tolist()
+        now = time.perf_counter()
+        n = seen - self.seen
+        train_loss = (loss_sum - self.loss) / max(1.0, n)
+        _check_finite(train_loss, ctx)
+        row = {"kind": "step", "step": ctx.step, "epoch": ctx.epoch + 1, "train_loss": train_loss,
+               "lr": _current_lr(ctx.optimizer), "images_per_s": n / max(now - self.time, 1e-9),
+               "time": time.time()}
+        (self.loss, self.seen), self.time = sums, now
+        return row
+
+
+def _check_finite(loss: float, ctx: FitContext) -> None:
+    if not math.isfinite(loss):
+        what = "NaN" if math.isnan(loss) else "infinite"
+        raise TrainingError(f"loss became {what} at step {ctx.step}",
+                            f"lower the learning rate (now {ctx.cfg.train.lr:g})")
+
+
+def _trainable(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    # The largest group lr is the head's (lr_mult 1); smaller ones are the backbone's multiples.
+    return max(g["lr"] for g in optimizer.param_groups)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, device: torch.device | str = "cpu", batch_size: int = 256,
+             autocast: Callable[[], Any] = contextlib.nullcontext) -> tuple[float, float]:
+    """Mean cross-entropy (without label smoothing) and accuracy of `model` on `split`."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    for x, y in iter_batches(split, batch_size):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            out = model(x)
+        sums[0] += nn.functional.cross_entropy(out.float(), y, reduction="sum")
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += y.shape[0]
+    model.train(was_training)
+    loss_sum, correct, seen = sums.tolist()
+    if seen == 0:
+        return float("nan"), float("nan")
+    return loss_sum / seen, correct / seen
+
+
+# --- the feature cache ---------------------------------------------------------------------
+
+class _HeadReached(Exception):
+    """Raised by a pre-hook to stop the forward pass at the head: the rest is not needed."""
+
+
+@torch.no_grad()
+def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.device,
+                        batch_size: int = 256, autocast: Callable[[], Any] = contextlib.nullcontext
+                        ) -> TensorSplit | None:
+    """The inputs the head receives for every image of `split` (model in eval mode, in order).
+
+    The forward pass stops at the head, so the head is never run here. Returns None when the head
+    is not called with exactly one tensor (then its inputs cannot be cached).
+    """
+    head = model.get_submodule(head_name)
+    captured: list[torch.Tensor] = []
+
+    def grab(module, args):
+        if len(args) != 1 or not torch.is_tensor(args[0]):
+            raise _HeadReached("unsupported")
+        captured.append(args[0].detach().float())
+        raise _HeadReached
+
+    handle = head.register_forward_pre_hook(grab)
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for x, y in iter_batches(split, batch_size):
+            before = len(captured)
+            try:
+                with autocast():
+                    model(x.to(device, non_blocking=True))
+            except _HeadReached:
+                pass
+            if len(captured) != before + 1:
+                return None
+            feats.append(captured[-1])
+            labels.append(y.to(device))
+            captured.clear()
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not feats:
+        return None
+    return TensorSplit(torch.cat(feats), torch.cat(labels))
+
+
+def feature_cache_eligible(cfg: RunConfig, data: PreparedData, plan) -> bool:
+    """Only the head trains, no unfreezing later, no augmentation, frozen BatchNorm in eval mode."""
+    return bool(cfg.train.feature_cache and plan is not None and plan.head_only()
+                and (data.augment or "none") == "none" and cfg.plan.bn_mode == "eval")
+
+
+# --- fit -------------------------------------------------------------------------------------
+
+def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
+        callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
+        device: torch.device | str | None = None, meta: dict | None = None) -> FitResult:
+    """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains).
+
+    `resume_state` is a checkpoint dict from `checkpoint_state`; training continues exactly where
+    it left off. `meta` (e.g. {"arch": "small_cnn"}) is stored in every checkpoint.
+    Raises TrainingError (NaN loss, out of memory) and DeviceError; returns a FitResult whose
+    state is "completed" or "stopped".
+    """
+    t = cfg.train
+    device = resolve_device(t.device) if device is None else torch.device(device)
+    callbacks = list(callbacks)
+    if resume_state is None:
+        torch.manual_seed(t.seed)  # dropout and anything else random in the loop
+    model.to(device)
+    ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {})
+    if resume_state is not None:
+        _restore(ctx, resume_state)
+
+    try:
+        return _fit_loop(ctx)
+    except torch.OutOfMemoryError:
+        raise TrainingError("out of memory", f"use a smaller batch size (now {t.batch_size})") from None
+
+
+def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContext:
+    t = cfg.train
+    if len(data.train) == 0:
+        raise TrainingError("the training split is empty", "select more images or classes")
+    groups = (plan.param_groups(t.lr, t.weight_decay) if plan is not None
+              else default_param_groups(model, t.lr, t.weight_decay))
+    if not any(g["params"] for g in groups):
+        raise TrainingError("nothing to train: every parameter is frozen",
+                            "unfreeze at least the head in the transfer plan")
+    optimizer = OPTIMIZERS.get(t.optimizer)(groups, t)
+    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+
+    autocast, scaler = contextlib.nullcontext, None
+    if t.precision != "fp32":
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if t.precision == "bf16" else torch.float16
+            autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
+            if t.precision == "fp16":  # fp16 gradients underflow without loss scaling
+                scaler = torch.amp.GradScaler("cuda")
+        else:
+            log.warning("precision %s is for CUDA GPUs; training in fp32 on %s", t.precision, device)
+
+    augment = None
+    if (data.augment or "none") != "none":
+        augment = _augmenter(data)
+
+    ctx = FitContext(
+        model=model, data=data, cfg=cfg, plan=plan, device=device, optimizer=optimizer, scheduler=None,
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, callbacks=callbacks, forward=model, train_split=data.train,
+        val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
+        sums=torch.zeros(3, device=device, dtype=torch.float64),
+    )
+    ctx.scheduler = build_scheduler(optimizer, t, total_steps, steps_per_epoch)
+
+    if feature_cache_eligible(cfg, data, plan):
+        _use_feature_cache(ctx)
+    return ctx
+
+
+def _augmenter(data: PreparedData) -> Callable | None:
+    """The batch augmentation of `data` (kt_core.data owns the transforms)."""
+    from . import data as data_module
+
+    make = getattr(data_module, "make_augment", None)
+    if make is None:
+        log.warning("augmentation %r requested but kt_core.data offers none; training without it", data.augment)
+        return None
+    return make(data.augment, data.input_size)
+
+
+def _use_feature_cache(ctx: FitContext) -> None:
+    started = time.perf_counter()
+    bs = max(256, ctx.cfg.train.batch_size)
+    train = extract_head_inputs(ctx.model, ctx.plan.head, ctx.data.train, ctx.device, bs, ctx.autocast)
+    val = (extract_head_inputs(ctx.model, ctx.plan.head, ctx.data.val, ctx.device, bs, ctx.autocast)
+           if ctx.data.val is not None and len(ctx.data.val) else None)
+    if train is None or (ctx.data.val is not None and len(ctx.data.val) and val is None):
+        log.warning("feature cache skipped: the head %r is not called with a single tensor", ctx.plan.head)
+        return
+    ctx.forward = ctx.model.get_submodule(ctx.plan.head)
+    ctx.train_split, ctx.val_split, ctx.feature_cache = train, val, True
+    log.info("feature cache: %d train + %d val feature vectors of size %s computed once in %.2f s",
+             len(train), len(val) if val is not None else 0, tuple(train.x.shape[1:]),
+             time.perf_counter() - started)
+
+
+def _restore(ctx: FitContext, state: dict) -> None:
+    """Put model, optimizer, schedule, counters and RNG back where the checkpoint left them."""
+    try:
+        ctx.model.load_state_dict(state["model"])
+        ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
+        ctx.batch_in_epoch = int(state.get("batch_in_epoch") or 0)
+        if ctx.plan is not None and not ctx.feature_cache:
+            # Gradual unfreezing: replay the epochs already started, so the optimizer gets its
+            # groups in the order they were added before its state is loaded into them.
+            last_started = ctx.epoch if ctx.batch_in_epoch else ctx.epoch - 1
+            for epoch in range(1, last_started + 1):
+                ctx.plan.unfreeze_for_epoch(epoch, ctx.optimizer, ctx.cfg.train.lr)
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.scheduler = build_scheduler(ctx.optimizer, ctx.cfg.train, ctx.total_steps, ctx.steps_per_epoch, ctx.step)
+        if ctx.scaler is not None and state.get("scaler"):
+            ctx.scaler.load_state_dict(state["scaler"])
+        if state.get("epoch_sums"):
+            ctx.sums = torch.tensor(state["epoch_sums"], device=ctx.device, dtype=torch.float64)
+        ctx.best_val_acc = state.get("best_val_acc")
+        ctx.epochs_since_best = int(state.get("epochs_since_best") or 0)
+        rng = state.get("rng") or {}
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise TrainingError(f"the checkpoint does not fit this run: {exc}",
+                            "resume with the config the run was started with, or start a new run") from None
+    log.info("resumed at epoch %d, step %d (batch %d of the epoch)", ctx.epoch + 1, ctx.step, ctx.batch_in_epoch)
+
+
+def _set_train_mode(ctx: FitContext) -> None:
+    if ctx.feature_cache:
+        ctx.forward.train()
+    elif ctx.plan is not None:
+        ctx.plan.train_mode(ctx.model)
+    else:
+        ctx.model.train()
+
+
+def _fit_loop(ctx: FitContext) -> FitResult:
+    t = ctx.cfg.train
+    for cb in ctx.callbacks:
+        cb.on_fit_start(ctx)
+    started, images, history = time.perf_counter(), 0, []
+    state, early_stopped, val_acc, train_acc = "completed", False, None, None
+    while ctx.epoch < t.epochs:
+        if ctx.batch_in_epoch == 0 and ctx.plan is not None and not ctx.feature_cache and ctx.epoch > 0:
+            if ctx.plan.unfreeze_for_epoch(ctx.epoch, ctx.optimizer, t.lr):
+                rebuild_scheduler(ctx)
+        epoch_started = time.perf_counter()
+        seen_before = ctx.sums[2].item()
+        _set_train_mode(ctx)
+        stopped = train_one_epoch(ctx)
+        images += int(ctx.sums[2].item() - seen_before)
+        if stopped:
+            state = "stopped"
+            ctx.stop_requested = True
+            _checkpoint(ctx, "last")
+            break
+        loss_sum, correct, seen = ctx.sums.tolist()
+        train_loss, train_acc = loss_sum / seen, correct / seen
+        _check_finite(train_loss, ctx)
+        val_loss = val_acc = None
+        if ctx.val_split is not None and len(ctx.val_split):
+            val_loss, val_acc = evaluate(ctx.forward, ctx.val_split, ctx.device, max(256, t.batch_size), ctx.autocast)
+        ctx.epoch += 1
+        ctx.batch_in_epoch = 0
+        ctx.sums.zero_()
+        row = {"kind": "epoch", "epoch": ctx.epoch, "step": ctx.step, "train_loss": train_loss,
+               "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+               "epoch_s": time.perf_counter() - epoch_started, "lr": _current_lr(ctx.optimizer),
+               "time": time.time()}
+        history.append(row)
+        for cb in ctx.callbacks:
+            cb.on_epoch_end(ctx, row)
+        monitored = val_acc if val_acc is not None else train_acc
+        if ctx.best_val_acc is None or monitored > ctx.best_val_acc:
+            ctx.best_val_acc, ctx.epochs_since_best = monitored, 0
+            _checkpoint(ctx, "best")
+        else:
+            ctx.epochs_since_best += 1
+        _checkpoint(ctx, "last")
+        if t.early_stopping and ctx.epochs_since_best >= t.early_stopping and ctx.epoch < t.epochs:
+            log.info("early stopping after epoch %d: no better val_acc for %d epochs", ctx.epoch, t.early_stopping)
+            early_stopped = True
+            break
+        if ctx.stop_requested or any(cb.should_stop(ctx) for cb in ctx.callbacks):
+            state = "stopped"
+            break
+
+    train_s = time.perf_counter() - started
+    total = sum(p.numel() for p in ctx.model.parameters())
+    trainable = sum(p.numel() for g in ctx.optimizer.param_groups for p in g["params"])
+    result = FitResult(
+        state=state, epochs=ctx.epoch, steps=ctx.step, best_val_acc=ctx.best_val_acc if ctx.val_split is not None else None,
+        final_val_acc=val_acc, final_train_acc=train_acc, train_s=train_s,
+        images_per_s=images / train_s if train_s > 0 else 0.0, trainable_params=trainable, total_params=total,
+        feature_cache=ctx.feature_cache, early_stopped=early_stopped, history=history)
+    for cb in ctx.callbacks:
+        cb.on_fit_end(ctx, result)
+    return result
+
+
+def _checkpoint(ctx: FitContext, tag: str) -> None:
+    if not any(type(cb).on_checkpoint is not Callback.on_checkpoint for cb in ctx.callbacks):
+        return  # nobody stores checkpoints: skip copying the state
+    state = checkpoint_state(ctx)
+    for cb in ctx.callbacks:
+        cb.on_checkpoint(ctx, state, tag)
