@@ -1,0 +1,614 @@
+"""Apply a `TransferPlan` to a model: what is copied, what is re-initialised, what trains, how fast.
+
+The plan is resolved per *unit*: a module that owns parameters or buffers itself (a conv, a
+linear layer, a BatchNorm). Each unit belongs to the block whose module name is its longest
+prefix (blocks come from `models.blocks()`, ordered input -> output, the last one the head). The
+preset gives every block a setting; `plan.rules` then override it, in order, for the units they
+match (a block name, a module name, or an `fnmatch` glob on a module name or any of its parents).
+
+Conventions (documented here because users rely on them):
+- The head is a *new* head in every preset: it is re-initialised unless a rule says
+  `{"pattern": "head", "transfer": true}` (same classes as the source, e.g. continued training).
+- A frozen BatchNorm runs in eval mode (running statistics frozen) when `plan.bn_mode == "eval"`.
+  A frozen Dropout keeps its train-mode behaviour: it regularises what trains after it, as in
+  torchvision's fine-tuning recipe. The feature cache computes features in eval mode anyway.
+- Gradual unfreezing unfreezes, from the head down, the blocks the *preset* froze; a unit frozen
+  by an explicit rule stays frozen. Each newly unfrozen block becomes a new optimizer param group
+  at `base_lr * plan.unfreeze_lr_mult * lr_mult` (the Lightning `BaseFinetuning` recipe).
+- Weight decay skips biases and normalisation weights (every tensor with fewer than 2 dims), as
+  timm does: decaying a scale or a shift towards zero only hurts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from .config import TransferPlan
+from .errors import ConfigError, KTError, RunError
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class BlockLike(Protocol):
+    """`kt_core.models.Block`: a named group of modules, ordered input -> output."""
+
+    name: str
+    modules: list[str]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the plan says about one block or unit."""
+
+    transfer: bool  # keep the source weights (True) or re-initialise them (False)
+    freeze: bool
+    lr_mult: float = 1.0
+
+
+# --- presets: one function per name in config.PRESETS -----------------------------------------
+# A preset maps (block index, number of blocks, plan) to the block's Setting; the head is the
+# last block (index n - 1).
+
+PRESETS: Registry = Registry("transfer preset")
+
+
+@PRESETS.register("feature_extraction", description="everything frozen but the new head")
+def _feature_extraction(index: int, n: int, plan: TransferPlan) -> Setting:
+    head = index == n - 1
+    return Setting(transfer=not head, freeze=not head)
+
+
+@PRESETS.register("fine_tune", description="every layer trains, starting from the source weights")
+def _fine_tune(index: int, n: int, plan: TransferPlan) -> Setting:
+    return Setting(transfer=index < n - 1, freeze=False)
+
+
+@PRESETS.register("freeze_first_n", description="the first N blocks frozen, the rest trains")
+def _freeze_first_n(index: int, n: int, plan: TransferPlan) -> Setting:
+    return Setting(transfer=index < n - 1, freeze=index < plan.freeze_first_n)
+
+
+@PRESETS.register("gradual_unfreeze", description="feature extraction first, then one more block every N epochs")
+def _gradual_unfreeze(index: int, n: int, plan: TransferPlan) -> Setting:
+    return _feature_extraction(index, n, plan)
+
+
+@PRESETS.register("discriminative", description="every layer trains; the learning rate decays block by block from the head")
+def _discriminative(index: int, n: int, plan: TransferPlan) -> Setting:
+    return Setting(transfer=index < n - 1, freeze=False, lr_mult=plan.layer_decay ** (n - 1 - index))
+
+
+@PRESETS.register("scratch", description="random initialisation, everything trains: the baseline")
+def _scratch(index: int, n: int, plan: TransferPlan) -> Setting:
+    return Setting(transfer=False, freeze=False)
+
+
+# --- resolution ---------------------------------------------------------------------------------
+
+@dataclass
+class _Unit:
+    """A module with parameters or buffers of its own, and what the plan does with it."""
+
+    name: str  # qualified module name, "" for the root
+    block: str
+    setting: Setting
+    pinned: bool  # its freeze came from a rule: gradual unfreezing leaves it alone
+    params: list[str]  # qualified names of its own parameters
+    is_norm: bool  # a BatchNorm-style module with running statistics
+
+
+def _ancestry(name: str) -> list[str]:
+    """"a.b.c" -> ["a", "a.b", "a.b.c"]: a rule on a parent applies to its children."""
+    parts = name.split(".") if name else []
+    return [".".join(parts[: i + 1]) for i in range(len(parts))] or [""]
+
+
+def _rule_matches(pattern: str, block: str, module_names: Iterable[str]) -> bool:
+    return pattern == block or any(fnmatch.fnmatchcase(m, pattern) for m in module_names)
+
+
+def _apply_rules(setting: Setting, rules, block: str, module_names: list[str]) -> tuple[Setting, bool]:
+    pinned = False
+    for rule in rules:
+        if not _rule_matches(rule.pattern, block, module_names):
+            continue
+        setting = Setting(
+            transfer=setting.transfer if rule.transfer is None else bool(rule.transfer),
+            freeze=setting.freeze if rule.freeze is None else bool(rule.freeze),
+            lr_mult=setting.lr_mult if rule.lr_mult is None else float(rule.lr_mult),
+        )
+        pinned = pinned or rule.freeze is not None
+    return setting, pinned
+
+
+def _check_blocks(model: nn.Module, blocks: Sequence[BlockLike]) -> None:
+    if not blocks:
+        raise ConfigError("the model has no blocks to plan over",
+                          "the architecture needs a layer tree; pick a registered architecture")
+    names = dict(model.named_modules())
+    seen: set[str] = set()
+    for block in blocks:
+        if block.name in seen:
+            raise ConfigError(f"block {block.name!r} appears twice", "block names must be unique")
+        seen.add(block.name)
+        for module in block.modules:
+            if module not in names:
+                close = difflib.get_close_matches(module, [n for n in names if n], n=3)
+                raise ConfigError(f"block {block.name!r} names module {module!r}, which the model does not have",
+                                  f"did you mean {', '.join(close)}?" if close else "check the architecture's blocks")
+
+
+def _block_of(unit_name: str, owners: list[tuple[str, str]]) -> str | None:
+    """The block whose module is the longest prefix of `unit_name` (owners: (module, block))."""
+    best, best_len = None, -1
+    for module, block in owners:
+        if (module == "" or unit_name == module or unit_name.startswith(module + ".")) and len(module) > best_len:
+            best, best_len = block, len(module)
+    return best
+
+
+UNASSIGNED = "(unassigned)"
+
+
+def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) -> "PlanResult":
+    plan.validate()
+    _check_blocks(model, blocks)
+    n = len(blocks)
+    if plan.preset == "freeze_first_n" and plan.freeze_first_n > n - 1:
+        raise ConfigError(f"plan.freeze_first_n is {plan.freeze_first_n} but the model has only {n - 1} blocks before the head",
+                          f"use at most {n - 1}, or the feature_extraction preset to freeze everything but the head")
+    preset = PRESETS.get(plan.preset)
+    order = [b.name for b in blocks]
+    block_modules = {b.name: list(b.modules) for b in blocks}
+    owners = [(m, b.name) for b in blocks for m in b.modules]
+
+    # Block-level settings (the Layers page's rows): the preset, then the rules that cover the
+    # whole block (its name, or a pattern matching every one of its modules or their parents).
+    # A rule on a single module shows up as that row's override instead.
+    block_setting: dict[str, Setting] = {}
+    for i, block in enumerate(blocks):
+        whole = [r for r in plan.rules if r.pattern == block.name or all(
+            any(fnmatch.fnmatchcase(a, r.pattern) for a in _ancestry(m)) for m in block.modules)]
+        block_setting[block.name], _ = _apply_rules(preset(i, n, plan), whole, block.name, [])
+
+    units: list[_Unit] = []
+    unassigned = []
+    seen_params: set[int] = set()  # tied weights count once, with their first owner
+    for name, module in model.named_modules():
+        own_params = [(p_name, p) for p_name, p in module.named_parameters(recurse=False) if id(p) not in seen_params]
+        own_buffers = list(module.named_buffers(recurse=False))
+        if not own_params and not own_buffers:
+            continue
+        seen_params.update(id(p) for _, p in own_params)
+        block = _block_of(name, owners)
+        if block is None:
+            # Not covered by any block (e.g. a parameter on the root): treat it as the part just
+            # below the head, which is what a classifier's stray parameters usually are.
+            unassigned.append(name or "(root)")
+            block, index = UNASSIGNED, n - 2 if n > 1 else 0
+            base = preset(index, n, plan)
+        else:
+            base = preset(order.index(block), n, plan)
+        setting, pinned = _apply_rules(base, plan.rules, block, _ancestry(name))
+        units.append(_Unit(
+            name=name, block=block, setting=setting, pinned=pinned,
+            params=[f"{name}.{p}" if name else p for p, _ in own_params],
+            is_norm=isinstance(module, _NormBase) and module.track_running_stats,
+        ))
+
+    warnings = []
+    if unassigned:
+        order.insert(max(n - 1, 0), UNASSIGNED)
+        block_modules[UNASSIGNED] = unassigned
+        block_setting[UNASSIGNED] = preset(max(n - 2, 0), n, plan)
+        warnings.append(f"modules outside every block follow the block before the head: {', '.join(unassigned)}")
+        log.warning(warnings[-1])
+
+    all_names = [name for name, _ in model.named_modules() if name]
+    for rule in plan.rules:
+        if rule.pattern not in order and not any(fnmatch.fnmatchcase(m, rule.pattern) for m in all_names):
+            close = difflib.get_close_matches(rule.pattern, order + all_names, n=3)
+            raise ConfigError(f"plan rule {rule.pattern!r} matches no block or module",
+                              f"did you mean {', '.join(close)}?" if close else f"blocks are {', '.join(order)}")
+    return PlanResult(model, plan, order, block_modules, block_setting, units, warnings)
+
+
+# --- the result ---------------------------------------------------------------------------------
+
+class PlanResult:
+    """A plan applied to one model: the table, the parameter groups, the mode and unfreezing rules.
+
+    It keeps a reference to the model and looks parameters up by name on every call, so moving
+    the model to another device after `apply_plan` is fine.
+    """
+
+    def __init__(self, model, plan, order, block_modules, block_setting, units, warnings):
+        self.model = model
+        self.plan = plan
+        self.block_names: list[str] = order
+        self._block_modules = block_modules
+        self._block_setting: dict[str, Setting] = block_setting
+        self._units: list[_Unit] = units
+        self.warnings: list[str] = list(warnings)
+        self.head: str = block_modules[order[-1]][-1] if order else ""
+        self._frozen: set[str] = {u.name for u in units if u.setting.freeze}
+        self._unfrozen: list[str] = []  # blocks gradual unfreezing has released, in order
+        self._candidates: list[str] = self._unfreeze_candidates()
+        self._weight_decay = 0.0  # of the last param_groups() call; unfrozen groups use it too
+
+    # -- what is frozen -------------------------------------------------------------------------
+
+    def _unfreeze_candidates(self) -> list[str]:
+        if self.plan.preset != "gradual_unfreeze":
+            return []
+        below_head = [b for b in self.block_names[:-1]][::-1]  # from the head down
+        return [b for b in below_head
+                if any(u.block == b and u.name in self._frozen and not u.pinned for u in self._units)]
+
+    def _params(self) -> dict[str, nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    def is_frozen(self, unit_name: str) -> bool:
+        return unit_name in self._frozen
+
+    def _sync_requires_grad(self) -> None:
+        params = self._params()
+        for unit in self._units:
+            for p in unit.params:
+                params[p].requires_grad_(unit.name not in self._frozen)
+
+    @property
+    def total_parameters(self) -> int:
+        params = self._params()
+        return sum(params[p].numel() for u in self._units for p in u.params)
+
+    @property
+    def trainable_parameters(self) -> int:
+        params = self._params()
+        return sum(params[p].numel() for u in self._units if u.name not in self._frozen for p in u.params)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per block, input -> output, for the Layers page and `--json` output.
+
+        `overrides` lists the units whose setting differs from their block's (rules that name
+        one module); `unfreeze_epoch` is when gradual unfreezing releases the block.
+        """
+        params = self._params()
+        rows = []
+        for b in self.block_names:
+            s = self._block_setting[b]
+            units = [u for u in self._units if u.block == b]
+            frozen_now = s.freeze and b not in self._unfrozen
+            overrides = [
+                {"module": u.name, "transfer": u.setting.transfer, "freeze": u.name in self._frozen,
+                 "lr_mult": u.setting.lr_mult}
+                for u in units
+                if (u.setting.transfer, u.name in self._frozen, u.setting.lr_mult) != (s.transfer, frozen_now, s.lr_mult)
+            ]
+            rows.append({
+                "name": b,
+                "modules": list(self._block_modules[b]),
+                "transfer": s.transfer,
+                "freeze": frozen_now,
+                "lr_mult": s.lr_mult * (self.plan.unfreeze_lr_mult if b in self._unfrozen else 1.0),
+                "num_parameters": sum(params[p].numel() for u in units for p in u.params),
+                "trainable_parameters": sum(params[p].numel() for u in units if u.name not in self._frozen for p in u.params),
+                "unfreeze_epoch": self.unfreeze_epoch(b),
+                "overrides": overrides,
+            })
+        return rows
+
+    def unfreeze_epoch(self, block: str) -> int | None:
+        """The (0-based) epoch at whose start gradual unfreezing releases `block`, or None."""
+        if block not in self._candidates:
+            return None
+        return (self._candidates.index(block) + 1) * self.plan.unfreeze_every
+
+    def head_only(self) -> bool:
+        """True when only the head trains, for the whole run, and the frozen part is a fixed
+        function (no frozen BatchNorm in train mode): its features can be computed once and cached."""
+        head_block = self.block_names[-1]
+        if any(u.block != head_block and u.params and u.name not in self._frozen for u in self._units):
+            return False
+        if len(self._unfrozen) < len(self._candidates):
+            return False
+        if self.plan.bn_mode == "train" and any(u.is_norm and u.name in self._frozen for u in self._units):
+            return False
+        return True
+
+    def frozen_prefix(self) -> list[str]:
+        """Module names of the leading blocks that are entirely frozen: they need no backward
+        pass, so the engine may run them under `torch.no_grad()`."""
+        prefix = []
+        for b in self.block_names[:-1]:
+            units = [u for u in self._units if u.block == b]
+            if not units or any(u.name not in self._frozen for u in units):
+                break
+            prefix.extend(self._block_modules[b])
+        return prefix
+
+    # -- training-time helpers ------------------------------------------------------------------
+
+    def train_mode(self, model: nn.Module | None = None) -> None:
+        """`model.train()`, then frozen BatchNorm back to eval when `plan.bn_mode == "eval"`."""
+        model = self.model if model is None else model
+        model.train()
+        if self.plan.bn_mode != "eval":
+            return
+        modules = dict(model.named_modules())
+        for unit in self._units:
+            if unit.is_norm and unit.name in self._frozen:
+                modules[unit.name].eval()
+
+    def _groups(self, units: list[_Unit], base_lr: float, weight_decay: float, lr_scale: float) -> list[dict]:
+        """Groups per (block, lr_mult), each split into decay / no-decay when weight decay is on."""
+        params = self._params()
+        grouped: dict[tuple[str, float, bool], list[nn.Parameter]] = {}
+        for unit in units:
+            for p_name in unit.params:
+                p = params[p_name]
+                decay = weight_decay > 0 and p.ndim >= 2
+                grouped.setdefault((unit.block, unit.setting.lr_mult, decay), []).append(p)
+        mults_per_block: dict[str, set[float]] = {}
+        for block, mult, _ in grouped:
+            mults_per_block.setdefault(block, set()).add(mult)
+        groups = []
+        for block in self.block_names:  # block order, not dict order: stable for resume
+            for (b, mult, decay), ps in grouped.items():
+                if b != block:
+                    continue
+                name = block + (f"[x{mult:g}]" if len(mults_per_block[block]) > 1 else "")
+                if weight_decay > 0 and not decay:
+                    name += ".no_decay"
+                groups.append({"params": ps, "lr": base_lr * mult * lr_scale, "lr_mult": mult * lr_scale,
+                               "name": name, "weight_decay": weight_decay if decay else 0.0})
+        return groups
+
+    def param_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """The optimizer's param groups: trainable parameters only.
+
+        The initially trainable parameters come first, then one set of groups per block that
+        gradual unfreezing has released so far, in release order: after `load_state`, this
+        rebuilds exactly the groups a checkpointed optimizer had.
+        """
+        self._weight_decay = weight_decay
+        initial = [u for u in self._units if u.params and u.name in self._trainable_at_start()]
+        groups = self._groups(initial, base_lr, weight_decay, 1.0)
+        for block in self._unfrozen:
+            groups += self._groups(self._released_units(block), base_lr, weight_decay, self.plan.unfreeze_lr_mult)
+        if not groups:
+            raise ConfigError("the transfer plan trains no parameters",
+                              "unfreeze at least the head (a rule with \"freeze\": false), or pick another preset")
+        return groups
+
+    def _trainable_at_start(self) -> set[str]:
+        released = {u.name for b in self._unfrozen for u in self._released_units(b)}
+        return {u.name for u in self._units if u.name not in self._frozen and u.name not in released}
+
+    def _released_units(self, block: str) -> list[_Unit]:
+        return [u for u in self._units if u.block == block and u.setting.freeze and not u.pinned]
+
+    def unfreeze_for_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                           base_lr: float = 0.0) -> list[str]:
+        """Gradual unfreezing: call at the start of every (0-based) epoch.
+
+        At epochs `unfreeze_every`, `2 * unfreeze_every`, ... the next block from the head down
+        becomes trainable and its parameters join `optimizer` as new param groups at
+        `base_lr * unfreeze_lr_mult` (weight decay as given to `param_groups`). Returns the blocks released now (usually empty); when it is
+        not empty the caller rebuilds its learning-rate scheduler. Idempotent: calling it again
+        for the same epoch, or after `load_state`, releases nothing twice.
+        """
+        due = min(epoch // self.plan.unfreeze_every, len(self._candidates)) if self._candidates else 0
+        released = []
+        while len(self._unfrozen) < due:
+            block = self._candidates[len(self._unfrozen)]
+            self._release(block)
+            if optimizer is not None:
+                for group in self._groups(self._released_units(block), base_lr, self._weight_decay,
+                                          self.plan.unfreeze_lr_mult):
+                    optimizer.add_param_group(group)
+            released.append(block)
+            log.info("gradual unfreezing: block %s trains from epoch %d", block, epoch)
+        return released
+
+    def _release(self, block: str) -> None:
+        self._unfrozen.append(block)
+        self._frozen -= {u.name for u in self._released_units(block)}
+        self._sync_requires_grad()
+
+    def state(self) -> dict[str, Any]:
+        return {"unfrozen": list(self._unfrozen)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore which blocks gradual unfreezing has released (for resume)."""
+        blocks = list((state or {}).get("unfrozen", []))
+        if blocks != self._candidates[: len(blocks)]:
+            raise RunError(f"the checkpoint's unfrozen blocks {blocks} do not fit this plan (order {self._candidates})",
+                           "resume with the run's own config.json")
+        for block in blocks[len(self._unfrozen):]:
+            self._release(block)
+
+    # -- diagnostics ----------------------------------------------------------------------------
+
+    def bn_stat_warnings(self, model: nn.Module | None, batch: torch.Tensor,
+                         max_shift: float = 1.0, max_log_var_ratio: float = math.log(4.0)) -> list[str]:
+        """Warn about frozen BatchNorm layers whose stored statistics do not fit the target data.
+
+        Runs `batch` through the model in eval mode and compares, per channel, the batch mean
+        with the running mean (in units of the running std) and the batch variance with the
+        running variance (mean absolute log ratio). A frozen BN in eval mode then normalises
+        with the wrong numbers; training those layers or `bn_mode: "train"` lets them adapt.
+        """
+        model = self.model if model is None else model
+        modules = dict(model.named_modules())
+        watched = {u.name: modules[u.name] for u in self._units
+                   if u.is_norm and u.name in self._frozen and modules[u.name].running_mean is not None}
+        if not watched or self.plan.bn_mode != "eval":
+            return []
+        found: dict[str, tuple[float, float]] = {}
+
+        def hook(name):
+            def record(module, inputs):
+                x = inputs[0].detach().float()
+                dims = [d for d in range(x.ndim) if d != 1]
+                mean, var = x.mean(dims), x.var(dims, unbiased=False)
+                std = (module.running_var.float() + module.eps).sqrt()
+                shift = ((mean - module.running_mean.float()).abs() / std).mean().item()
+                ratio = ((var + module.eps) / (module.running_var.float() + module.eps)).log().abs().mean().item()
+                found[name] = (shift, ratio)
+            return record
+
+        was_training = {name: m.training for name, m in model.named_modules()}
+        handles = [m.register_forward_pre_hook(hook(name)) for name, m in watched.items()]
+        try:
+            model.eval()
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            with torch.no_grad():
+                model(batch.to(device))
+        finally:
+            for h in handles:
+                h.remove()
+            for name, m in model.named_modules():
+                m.training = was_training[name]
+        messages = []
+        for name, (shift, ratio) in found.items():
+            if shift > max_shift or ratio > max_log_var_ratio:
+                messages.append(
+                    f"frozen BatchNorm {name}: the target data's statistics differ from the stored ones "
+                    f"(mean shift {shift:.2f} std, variance ratio x{math.exp(ratio):.2f}); "
+                    f"consider bn_mode \"train\" or training this block")
+        return messages
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+def preview_plan(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) -> PlanResult:
+    """The plan's table and counts without touching the model (for the Layers page)."""
+    return _resolve(model, plan, blocks)
+
+
+def apply_plan(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike], seed: int = 0) -> PlanResult:
+    """Re-initialise what the plan does not transfer (seeded), freeze what it freezes.
+
+    `model` holds the source weights already (`sources.load_source`). Units with
+    `transfer=False` get `reset_parameters()` under a private RNG seeded with `seed`, so the
+    same seed gives the same initialisation and the caller's RNG stream is left untouched.
+    """
+    result = _resolve(model, plan, blocks)
+    if result.trainable_parameters == 0:  # checked before anything on the model changes
+        raise ConfigError("the transfer plan trains no parameters",
+                          "unfreeze at least the head (a rule with \"freeze\": false), or pick another preset")
+    modules = dict(model.named_modules())
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for unit in result._units:
+            if unit.setting.transfer:
+                continue
+            module = modules[unit.name]
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            elif unit.params:
+                message = (f"module {unit.name or '(root)'} ({type(module).__name__}) has no reset_parameters(); "
+                           "it keeps its source values")
+                result.warnings.append(message)
+                log.warning(message)
+    result._sync_requires_grad()
+    log.info("transfer plan %s: %d of %d parameters trainable, %d units re-initialised",
+             plan.preset, result.trainable_parameters, result.total_parameters,
+             sum(not u.setting.transfer for u in result._units))
+    return result
+
+
+# --- cost estimate for the Layers page ----------------------------------------------------------
+
+def _forward_flops(module: nn.Module, output: torch.Tensor) -> float:
+    """FLOPs (2 x multiply-adds) of one conv or linear call, per image in the batch."""
+    if not isinstance(output, torch.Tensor) or output.ndim == 0:
+        return 0.0
+    per_image = output.numel() / output.shape[0]
+    if isinstance(module, nn.modules.conv._ConvNd):
+        fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
+        return 2.0 * per_image * fan_in
+    if isinstance(module, nn.Linear):
+        return 2.0 * per_image * module.in_features
+    return 0.0
+
+
+def estimate_cost(plan_result: PlanResult, model: nn.Module | None, input_size: Sequence[int],
+                  augment: str = "none", feature_cache: bool = True) -> dict[str, Any]:
+    """What the plan saves compared with fine-tuning everything, per training image.
+
+    FLOPs are counted from conv and linear layer shapes in a dry run with forward hooks (other
+    layers are cheap by comparison). Backward costs about twice the forward of a layer: one
+    forward's worth for the gradient of its input, needed when anything before it trains, and
+    one for the gradient of its weights, needed when it trains itself. A frozen prefix thus
+    costs its forward pass only; with the feature cache, not even that after the first epoch.
+    """
+    model = plan_result.model if model is None else model
+    unit_names = {u.name: u for u in plan_result._units}
+    calls: list[tuple[str, float]] = []  # (unit, flops) in execution order
+
+    def hook(name):
+        def record(module, inputs, output):
+            calls.append((name, _forward_flops(module, output)))
+        return record
+
+    was_training = {name: m.training for name, m in model.named_modules()}
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name in unit_names]
+    try:
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            model(torch.zeros(2, *input_size, device=device))
+    except (RuntimeError, ValueError) as exc:
+        raise KTError(f"the model does not accept input of size {tuple(input_size)}: {exc}",
+                      "check the dataset's image size and channels against the source model") from None
+    finally:
+        for h in handles:
+            h.remove()
+        for name, m in model.named_modules():
+            m.training = was_training[name]
+
+    forward = full = planned = 0.0
+    anything_before_trains = anything_before_has_params = head_before_trains = False
+    head_block = plan_result.block_names[-1]
+    head_flops = 0.0
+    for name, flops in calls:
+        unit = unit_names[name]
+        trains = bool(unit.params) and not plan_result.is_frozen(name)
+        forward += flops
+        full += flops + flops * bool(unit.params) + flops * anything_before_has_params
+        planned += flops + flops * trains + flops * anything_before_trains
+        if unit.block == head_block:  # on cached features the head is the whole network
+            head_flops += flops + flops * trains + flops * head_before_trains
+            head_before_trains = head_before_trains or trains
+        anything_before_trains = anything_before_trains or trains
+        anything_before_has_params = anything_before_has_params or bool(unit.params)
+
+    cache = bool(feature_cache and augment == "none" and plan_result.head_only())
+    return {
+        "trainable_parameters": plan_result.trainable_parameters,
+        "total_parameters": plan_result.total_parameters,
+        "trainable_fraction": plan_result.trainable_parameters / max(plan_result.total_parameters, 1),
+        "forward_flops": forward,
+        "train_flops_full": full,  # forward + backward per image when everything trains
+        "train_flops_plan": planned,
+        "work_saved_fraction": 1.0 - planned / full if full else 0.0,
+        "feature_cache": cache,
+        # after the first epoch the cache leaves only the head's forward and backward
+        "train_flops_cached": head_flops if cache else None,
+        "work_saved_fraction_cached": (1.0 - head_flops / full if full else 0.0) if cache else None,
+        "method": "FLOPs of conv/linear layers from a dry run; backward = 1x forward per input gradient + 1x per weight gradient",
+    }
