@@ -1,0 +1,653 @@
+"""Architectures: the registry, head and input adaptation, the layer tree and its blocks.
+
+Every architecture a source can be is an `ArchSpec` in `ARCHITECTURES`: how to build it for a
+class count and a number of input channels, which module is the classifier head, which is the
+first convolution, and what input it expects. torchvision's classification models are
+registered from torchvision's own model list and weights enums; our own small models (the seed
+design's CNN, the classic MNIST net, the CIFAR ResNets) are written here.
+
+The layer tree and the blocks are how the rest of the app sees a model: one row per module with
+parameter counts and output shapes (from a dry run), and natural groups ordered input -> output
+(stem, stages, head) that transfer presets freeze or unfreeze as units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, KTError
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+MNIST_NORMALIZATION: Normalization = ((0.1307,), (0.3081,))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the app needs to know about an architecture, without building it."""
+
+    name: str
+    family: str
+    builder: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> randomly initialised model
+    input_size: tuple[int, int, int]  # (C, H, W) the architecture is designed for
+    num_classes: int  # the class count of its usual weights
+    head: str  # qualified name of the classifier module ("fc", "classifier.1")
+    first_conv: str  # qualified name of the first convolution ("conv1", "features.0.0")
+    weights: tuple[str, ...] = ()  # torchvision weight names; empty for our own models
+    normalization: Normalization | None = None  # mean/std the weights were trained with
+    description: str = ""
+    stages: str | None = None  # container whose children are the stages (its blocks), if any
+
+
+ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
+
+
+@dataclass
+class Block:
+    """A natural group of modules, trained or frozen as a unit.
+
+    `modules` holds qualified module names, plus the qualified *parameter* names of parameters
+    that sit directly on a container split into blocks (ViT's `class_token`); match parameters
+    with `name == entry or name.startswith(entry + ".")`.
+    """
+
+    name: str
+    modules: list[str] = field(default_factory=list)
+
+    def owns(self, name: str) -> bool:
+        return any(name == m or name.startswith(m + ".") for m in self.modules)
+
+
+# --- our own architectures ---------------------------------------------------------------------
+
+
+class TwoConvNet(nn.Module):
+    """Two conv + ReLU + 2x2 max-pool stages, then two fully connected layers.
+
+    One class for the seed design's small CNN and the pytorch/examples MNIST net: they differ
+    only in widths, kernel size and padding. Every layer is a named top-level module, so the
+    state_dict keys are `conv1.weight`, ..., `fc2.bias` and each layer is a natural block.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, int], kernel: int, padding: int,
+                 hidden: int, num_classes: int, image_size: int = 28):
+        super().__init__()
+        side = image_size
+        for _ in range(2):  # each stage: conv (maybe shrinking), then a 2x2 pool
+            side = (side + 2 * padding - kernel + 1) // 2
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel, padding=padding)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(widths[0], widths[1], kernel, padding=padding)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(widths[1] * side * side, hidden)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
+
+
+class PadShortcut(nn.Module):
+    """He et al.'s option-A shortcut: subsample spatially, zero-pad the new channels. No weights."""
+
+    def __init__(self, stride: int, extra_channels: int):
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = extra_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        half = self.extra_channels // 2
+        return nn.functional.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
+
+
+class CifarBasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        changes_shape = stride != 1 or in_planes != planes
+        self.shortcut = PadShortcut(stride, planes - in_planes) if changes_shape else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (2016): 3 stages of 16/32/64 channels, 6n+2 layers.
+
+    Module names follow the widely shared reference implementation, so its checkpoints load
+    strictly once DataParallel's `module.` prefix is stripped.
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        planes_in = 16
+        for stage, planes in enumerate((16, 32, 64), start=1):
+            blocks = []
+            for i in range(n):
+                stride = 2 if stage > 1 and i == 0 else 1
+                blocks.append(CifarBasicBlock(planes_in, planes, stride))
+                planes_in = planes
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(self.flatten(self.avgpool(x)))
+
+
+ARCHITECTURES.add("small_cnn", ArchSpec(
+    name="small_cnn", family="small_cnn",
+    builder=lambda num_classes, in_channels: TwoConvNet(in_channels, (64, 128), 3, 1, 1000, num_classes),
+    input_size=(3, 28, 28), num_classes=10, head="fc2", first_conv="conv1",
+    description="the seed design's CNN: conv 3->64->128 (3x3, pad 1) + ReLU + 2x2 max-pool, fc 6272->1000->10",
+))
+ARCHITECTURES.add("mnist_net", ArchSpec(
+    name="mnist_net", family="mnist_net",
+    builder=lambda num_classes, in_channels: TwoConvNet(in_channels, (20, 50), 5, 0, 500, num_classes),
+    input_size=(1, 28, 28), num_classes=10, head="fc2", first_conv="conv1",
+    normalization=MNIST_NORMALIZATION,
+    description="pytorch/examples MNIST Net (2018): conv 1->20->50 (5x5) + max-pool, fc 800->500->10",
+))
+for _depth in (20, 32, 44, 56):
+    ARCHITECTURES.add(f"cifar_resnet{_depth}", ArchSpec(
+        name=f"cifar_resnet{_depth}", family="cifar_resnet",
+        builder=functools.partial(lambda depth, num_classes, in_channels: CifarResNet(depth, num_classes, in_channels), _depth),
+        input_size=(3, 32, 32), num_classes=10, head="linear", first_conv="conv1",
+        normalization=IMAGENET_NORMALIZATION,
+        description=f"CIFAR ResNet-{_depth} (He et al. 2016): 16/32/64 channels, option-A identity shortcuts",
+    ))
+
+
+# --- torchvision architectures -----------------------------------------------------------------
+
+# Where the head, the first conv and the stages sit, per torchvision model module (one line a
+# family, checked against every registered model by tests/test_models.py).
+_TORCHVISION_LAYOUT: dict[str, tuple[str, str, str | None]] = {
+    # module: (head, first_conv, stages)
+    "resnet": ("fc", "conv1", None),
+    "regnet": ("fc", "stem.0", "trunk_output"),
+    "mobilenetv2": ("classifier.1", "features.0.0", "features"),
+    "mobilenetv3": ("classifier.3", "features.0.0", "features"),
+    "efficientnet": ("classifier.1", "features.0.0", "features"),
+    "vgg": ("classifier.6", "features.0", "features"),
+    "alexnet": ("classifier.6", "features.0", "features"),
+    "densenet": ("classifier", "features.conv0", "features"),
+    "convnext": ("classifier.2", "features.0.0", "features"),
+    "shufflenetv2": ("fc", "conv1.0", None),
+    "squeezenet": ("classifier.1", "features.0", "features"),
+    "vision_transformer": ("heads.head", "conv_proj", "encoder.layers"),
+    "swin_transformer": ("head", "features.0.0", "features"),
+    "mnasnet": ("classifier.1", "layers.0", "layers"),
+    "maxvit": ("classifier.5", "stem.0.0", "blocks"),
+    # googlenet and inception_v3 are left out: in training mode they return auxiliary outputs,
+    # which no loss here expects.
+}
+
+
+def _torchvision_builder(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision import models as tvm
+
+    with warnings.catch_warnings():  # init-scheme FutureWarnings are not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        spec = ARCHITECTURES.get(name)
+        _swap_first_conv(model, spec.first_conv, in_channels)
+    return model
+
+
+def _register_torchvision() -> None:
+    from torchvision import models as tvm
+
+    for name in tvm.list_models(module=tvm):
+        module = tvm.get_model_builder(name).__module__.rsplit(".", 1)[-1]
+        if module not in _TORCHVISION_LAYOUT:
+            continue
+        head, first_conv, stages = _TORCHVISION_LAYOUT[module]
+        enum = tvm.get_model_weights(name)
+        weights = tuple(w.name for w in enum)
+        default = enum.DEFAULT
+        transform = getattr(default.transforms, "keywords", {})
+        crop = int(transform.get("crop_size", 224))
+        mean = tuple(transform.get("mean", IMAGENET_NORMALIZATION[0]))
+        std = tuple(transform.get("std", IMAGENET_NORMALIZATION[1]))
+        params = default.meta.get("num_params")
+        acc = default.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+        description = f"torchvision {name}"
+        if params:
+            description += f", {params / 1e6:.1f}M parameters"
+        if acc:
+            description += f", {acc:.1f}% ImageNet top-1 ({default.name})"
+        ARCHITECTURES.add(name, ArchSpec(
+            name=name, family=module, builder=functools.partial(_torchvision_builder, name),
+            input_size=(3, crop, crop), num_classes=len(default.meta.get("categories") or range(1000)),
+            head=head, first_conv=first_conv, weights=weights, normalization=(mean, std),
+            description=description, stages=stages,
+        ))
+
+
+_register_torchvision()
+
+
+# --- building, heads and input channels --------------------------------------------------------
+
+
+def get_spec(arch: str | ArchSpec) -> ArchSpec:
+    return arch if isinstance(arch, ArchSpec) else ARCHITECTURES.get(arch)
+
+
+def build_model(arch: str | ArchSpec, num_classes: int | None = None, in_channels: int | None = None,
+                weights: str | None = None) -> nn.Module:
+    """Build `arch`, with torchvision `weights` loaded if named, then fit it to the task.
+
+    The weights are loaded into the architecture's native shape first; a different class count
+    gets a new (randomly initialised) head, a different channel count an adapted first conv.
+    """
+    spec = get_spec(arch)
+    native_channels = spec.input_size[0]
+    if weights:
+        model = spec.builder(spec.num_classes, native_channels)
+        model.load_state_dict(torchvision_state_dict(spec, weights))
+    else:
+        model = spec.builder(num_classes or spec.num_classes, in_channels or native_channels)
+    if num_classes:
+        replace_head(model, spec, num_classes)
+    if in_channels:
+        _swap_first_conv(model, spec.first_conv, in_channels)
+    return model
+
+
+def replace_head(model: nn.Module, spec: ArchSpec, num_classes: int) -> bool:
+    """Give `model` a fresh head for `num_classes` classes; False when it already has that many."""
+    head = model.get_submodule(spec.head)
+    if isinstance(head, nn.Linear):
+        if head.out_features == num_classes:
+            return False
+        new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    elif isinstance(head, nn.Conv2d):  # SqueezeNet classifies with a 1x1 conv
+        if head.out_channels == num_classes:
+            return False
+        new = nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride, head.padding,
+                        bias=head.bias is not None)
+    else:
+        raise KTError(f"the head {spec.head!r} of {spec.name} is a {type(head).__name__}, not a Linear or Conv2d",
+                      "this architecture cannot take a new class count; keep its classes")
+    new.to(device=head.weight.device, dtype=head.weight.dtype)
+    _set_submodule(model, spec.head, new)
+    log.debug("replaced head %s of %s: %d classes", spec.head, spec.name, num_classes)
+    return True
+
+
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-conv weights for `in_channels` inputs from weights trained on another channel count.
+
+    To one channel: sum over the input channels, so a grey image gives the response the colour
+    model gave to the same grey image in colour. From fewer channels: repeat them and scale by
+    old/new, which keeps the activations' magnitude (the idea of timm's adapt_input_conv).
+    """
+    old = weight.shape[1]
+    if old == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // old)  # ceil
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (old / in_channels)
+
+
+def _swap_first_conv(model: nn.Module, name: str, in_channels: int) -> bool:
+    conv = model.get_submodule(name)
+    if not isinstance(conv, nn.Conv2d):
+        raise KTError(f"{name!r} is a {type(conv).__name__}, not a Conv2d", "keep the model's input channels")
+    if conv.in_channels == in_channels:
+        return False
+    if conv.groups != 1:
+        raise KTError(f"the first conv {name!r} is grouped", "keep the model's input channels")
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if conv.weight.device.type != "meta":
+            new.weight.copy_(adapt_input_conv(conv.weight, in_channels))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+    new.weight.requires_grad_(conv.weight.requires_grad)
+    _set_submodule(model, name, new)
+    return True
+
+
+def adapt_first_conv(model: nn.Module, spec: ArchSpec, in_channels: int) -> bool:
+    """Swap the first conv for one taking `in_channels`, weights adapted; False when unchanged."""
+    return _swap_first_conv(model, spec.first_conv, in_channels)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+# --- torchvision weights -----------------------------------------------------------------------
+
+
+def torchvision_weights_path(spec: ArchSpec, weights: str) -> tuple[Path, str]:
+    """Where torch's hub cache keeps `weights` of `spec`, and the URL they come from."""
+    from torchvision import models as tvm
+
+    if not spec.weights:
+        raise KTError(f"{spec.name} has no named weights", "use weights=None (random initialisation) or load a checkpoint file")
+    if weights not in spec.weights:
+        raise KTError(f"{spec.name} has no weights named {weights!r}", f"valid weights: {', '.join(spec.weights)}")
+    url = tvm.get_model_weights(spec.name)[weights].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
+
+
+def weights_preprocessing(spec: ArchSpec, weights: str | None) -> tuple[tuple[int, int, int], Normalization | None]:
+    """The input size and mean/std that `weights` of `spec` expect (the spec's defaults if None)."""
+    if not weights or not spec.weights:
+        return spec.input_size, spec.normalization
+    from torchvision import models as tvm
+
+    torchvision_weights_path(spec, weights)  # validates the name
+    transform = getattr(tvm.get_model_weights(spec.name)[weights].transforms, "keywords", {})
+    crop = int(transform.get("crop_size", spec.input_size[1]))
+    mean = tuple(transform.get("mean", IMAGENET_NORMALIZATION[0]))
+    std = tuple(transform.get("std", IMAGENET_NORMALIZATION[1]))
+    return (spec.input_size[0], crop, crop), (mean, std)
+
+
+def torchvision_state_dict(spec: ArchSpec, weights: str) -> dict[str, torch.Tensor]:
+    """The state_dict of torchvision `weights`: from the hub cache, else downloaded there."""
+    from .checkpoints import clean_state_dict, read_checkpoint
+
+    path, url = torchvision_weights_path(spec, weights)
+    if not path.is_file():
+        log.info("downloading %s weights %s to %s", spec.name, weights, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as exc:  # offline, proxy, disk: all mean "the file is not here"
+            raise CheckpointError(
+                f"weights {weights} for {spec.name} are not in the torch hub cache ({path}) and could "
+                f"not be downloaded ({type(exc).__name__}: {exc})",
+                f"copy {path.name} from {url} to {path.parent}, or use no weights (random initialisation)",
+            ) from None
+    sd, _ = clean_state_dict(read_checkpoint(path).state_dict)
+    return sd
+
+
+# --- inference of the architecture from a state_dict ------------------------------------------
+
+
+@contextlib.contextmanager
+def _weightless() -> Iterator[None]:
+    """Build modules with parameters and buffers on the meta device: shapes without memory.
+
+    `torch.device("meta")` as a default device breaks builders that compute with tensors
+    (RegNet's widths), so only the registered tensors are moved, as accelerate's
+    init_empty_weights does.
+    """
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def to_meta_parameter(self, name, param):
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def to_meta_buffer(self, name, buffer, persistent=True):
+        register_buffer(self, name, None if buffer is None else buffer.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = to_meta_parameter, to_meta_buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+
+def build_shapeless(arch: str | ArchSpec) -> nn.Module:
+    """The architecture on the meta device (native classes and channels): structure, no memory."""
+    spec = get_spec(arch)
+    with _weightless():
+        return spec.builder(spec.num_classes, spec.input_size[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(arch: str) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in build_shapeless(arch).state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def infer_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Every registered architecture whose keys and shapes fit `state_dict`.
+
+    The head's class count and the first conv's input channels may differ: those are what a
+    transfer changes. BatchNorm's `num_batches_tracked` counters are ignored (older files lack them).
+    """
+    keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    found = []
+    for entry in ARCHITECTURES:
+        spec = entry.obj
+        head_w, conv_w = f"{spec.head}.weight", f"{spec.first_conv}.weight"
+        if head_w not in keys or conv_w not in keys:  # cheap filter before building anything
+            continue
+        signature = _signature(spec.name)
+        if set(signature) != keys:
+            continue
+        if all(_shape_fits(k, tuple(state_dict[k].shape), shape, spec) for k, shape in signature.items()):
+            found.append(spec.name)
+    return found
+
+
+def _shape_fits(key: str, got: tuple[int, ...], want: tuple[int, ...], spec: ArchSpec) -> bool:
+    if got == want:
+        return True
+    if len(got) != len(want):
+        return False
+    if key.startswith(spec.head + "."):  # another class count: dim 0 of weight and bias
+        return got[1:] == want[1:]
+    if key == spec.first_conv + ".weight":  # another channel count: dim 1
+        return got[0] == want[0] and got[2:] == want[2:]
+    return False
+
+
+# --- layer tree and blocks ---------------------------------------------------------------------
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(iter(module.parameters()), None) is not None
+
+
+def _units(model: nn.Module, spec: ArchSpec | None) -> list[str]:
+    """Top-level children, with the stages container and the head's ancestors opened up."""
+    expand = {""}
+    for path in ([spec.stages] if spec and spec.stages else []) + ([spec.head] if spec else []):
+        parts = path.split(".")
+        stop = len(parts) if path != (spec.head if spec else None) else len(parts) - 1
+        expand.update(".".join(parts[:i]) for i in range(1, stop + 1))
+    units, changed = [""], True
+    while changed:
+        changed, out = False, []
+        for unit in units:
+            if unit in expand:
+                module = model.get_submodule(unit) if unit else model
+                out.extend(f"{unit}.{n}" if unit else n for n, _ in module.named_children())
+                changed = True
+                expand.discard(unit)
+            else:
+                out.append(unit)
+        units = out
+    return units
+
+
+def _direct_params(model: nn.Module, spec: ArchSpec | None) -> list[str]:
+    """Parameters held directly by containers that `_units` opened (ViT's class token)."""
+    opened = {""}
+    for path in ([spec.stages] if spec and spec.stages else []) + ([spec.head] if spec else []):
+        parts = path.split(".")
+        opened.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    if spec and spec.stages:
+        opened.add(spec.stages)
+    names = []
+    for prefix in sorted(opened):
+        try:
+            module = model.get_submodule(prefix) if prefix else model
+        except AttributeError:
+            continue
+        names.extend(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
+    return names
+
+
+def blocks(model: nn.Module, spec: ArchSpec | None = None) -> list[Block]:
+    """Natural groups of modules, ordered input -> output; the last one is always `head`.
+
+    Units are the model's top-level children (with the spec's stages container opened into its
+    stages). Leading single layers before the first composite stage form the `stem`;
+    parameter-free units (activations, pools, dropout) join the block before them; the spec's
+    head (for unknown models: the last unit with parameters) is `head`.
+    """
+    units = _units(model, spec)
+    modules = {u: model.get_submodule(u) for u in units}
+    with_params = [u for u in units if _has_params(modules[u])]
+    if not with_params:
+        raise KTError("the model has no parameters", "load a model with weights")
+    head = spec.head if spec and spec.head in modules else with_params[-1]
+    head_at = units.index(head)
+    body, tail = units[:head_at], units[head_at:]
+    has_stages = any(list(modules[u].children()) for u in body if _has_params(modules[u]))
+
+    result: list[Block] = []
+    waiting: list[str] = list(_direct_params(model, spec))  # param-free units before the first block
+    seen_stage = False
+    for unit in body:
+        module = modules[unit]
+        if not _has_params(module):
+            (result[-1].modules if result else waiting).append(unit)
+            continue
+        is_layer = not list(module.children())
+        if has_stages and is_layer and not seen_stage:  # conv, bn, ... before the first stage
+            if result:
+                result[-1].modules.append(unit)
+            else:
+                result.append(Block("stem", waiting + [unit]))
+        else:
+            result.append(Block(unit, waiting + [unit]))
+            seen_stage = seen_stage or not is_layer
+        waiting = []
+    result.append(Block("head", waiting + tail))
+    return result
+
+
+def _shape_of(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, (tuple, list)):
+        shapes = [_shape_of(o) for o in output]
+        return shapes if any(s is not None for s in shapes) else None
+    return None
+
+
+def dry_run(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[dict[str, Any], str | None]:
+    """Run a dummy batch of one through `model` (eval mode, no grad); output shape per module.
+
+    Returns the shapes and the error message if the forward pass failed (the shapes recorded
+    up to the failure show where it broke).
+    """
+    shapes: dict[str, Any] = {}
+    handles = []
+    for name, module in model.named_modules():
+        try:
+            handles.append(module.register_forward_hook(
+                lambda _m, _i, out, name=name: shapes.__setitem__(name, _shape_of(out))))
+        except (RuntimeError, AttributeError):  # TorchScript modules take no Python hooks
+            pass
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    was_training = model.training
+    error = None
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros((1, *input_size), device=device, dtype=dtype))
+        shapes[""] = _shape_of(out)
+    except Exception as exc:  # any failure of a user's model is reported, not raised
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.warning("dry run with input %s failed: %s", input_size, error)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return shapes, error
+
+
+def layer_tree(model: nn.Module, input_size: tuple[int, int, int] | None,
+               spec: ArchSpec | None = None) -> list[dict[str, Any]]:
+    """One JSON-ready row per module (the root excluded), in definition order.
+
+    `output_shape` comes from a dry run on a dummy batch of one (None where the module did not
+    run, or `input_size` is None); `block` names the `blocks()` group the module falls in (None
+    for containers spanning several).
+    """
+    shapes = dry_run(model, input_size)[0] if input_size else {}
+    groups = blocks(model, spec)
+    rows = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        own = list(module.parameters(recurse=False))
+        total = list(module.parameters())
+        block = next((g.name for g in groups if g.owns(name)), None)
+        rows.append({
+            "name": name,
+            "type": getattr(module, "original_name", None) or type(module).__name__,
+            "depth": name.count("."),
+            "num_parameters": sum(p.numel() for p in own),
+            "num_parameters_total": sum(p.numel() for p in total),
+            "trainable": any(p.requires_grad for p in total) if total else None,
+            "output_shape": shapes.get(name),
+            "block": block,
+        })
+    return rows
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
