@@ -1,0 +1,92 @@
+"""Dataset: the target data, which classes, how many labelled images, and how it is shaped."""
+
+import dataclasses
+
+import streamlit as st
+
+from kt_core.config import AUGMENT_CHOICES, NORMALIZE_CHOICES, DatasetConfig
+from kt_core.settings import get_settings
+from ui import dataset_view, source_view, state
+from ui.errors import guard
+from ui.images import grid_by_class
+
+st.title("Dataset")
+st.caption("The target task. Transfer pays off most when labels are scarce: try a few images per class.")
+current = state.get_dataset()
+
+with guard("Listing datasets") as listing:
+    from kt_core.data import available_datasets
+    catalog = {d["name"]: d for d in available_datasets()}
+if not listing.ok:
+    st.stop()
+
+ORIGINS = {"registered": "A registered dataset", "upload": "Upload a zip (ImageFolder)", "path": "A folder on the server"}
+origin = st.radio("Data", list(ORIGINS), format_func=ORIGINS.get, horizontal=True, key="dataset_origin")
+cfg = dataclasses.replace(current)
+if origin == "registered":
+    names = list(catalog)
+    cfg.name = st.selectbox("Dataset", names, index=names.index(cfg.name) if cfg.name in names else 0,
+                            key="dataset_name", format_func=lambda n: f"{n}{'' if catalog[n].get('present', True) else ' (not present offline)'}")
+    info = catalog[cfg.name]
+    st.caption(info.get("description", ""))
+    if info.get("needs_root") or not info.get("offline", True):
+        cfg.root = st.text_input("Root folder", value=cfg.root or "", key="dataset_root").strip() or None
+        cfg.download = st.checkbox("Download when missing (needs internet)", value=cfg.download, key="dataset_download")
+    else:
+        cfg.root = None
+elif origin == "upload":
+    uploaded = st.file_uploader("A .zip of class folders (class_name/image.png)", type=["zip"], key="dataset_zip")
+    if uploaded is None:
+        st.stop()
+    cfg.name, cfg.root = "zip", str(source_view.save_upload(uploaded))
+else:
+    cfg.root = st.text_input("Folder (ImageFolder tree, IDX files, .npz or a CSV manifest)", key="dataset_path",
+                             value=cfg.root or "",
+                             help="Confined to " + ", ".join(map(str, get_settings().allowed_roots))).strip() or None
+    if not cfg.root:
+        st.stop()
+    cfg.name = "folder"
+
+source_summary = state.recall("source_summary") or {}
+input_size = source_summary.get("input_size") or None
+with guard("Reading the dataset") as reading:
+    everything = dataset_view.load(dataclasses.replace(cfg, classes=None, per_class=None), input_size)
+if not reading.ok:
+    st.stop()
+all_classes = list(everything.class_names)
+
+c1, c2, c3 = st.columns([3, 1, 1])
+chosen = c1.multiselect("Classes (empty = all)", all_classes, key="dataset_classes",
+                        default=[c for c in (cfg.classes or []) if c in all_classes])
+cfg.classes = chosen or None
+k = int(c2.number_input("Labelled images per class (0 = all)", 0, 100000, cfg.per_class or 0, key="dataset_k"))
+cfg.per_class = k or None
+cfg.val_fraction = float(c3.slider("Validation share", 0.0, 0.5, cfg.val_fraction, 0.05, key="dataset_val"))
+c1, c2, c3 = st.columns(3)
+cfg.augment = c1.selectbox("Augmentation", AUGMENT_CHOICES, AUGMENT_CHOICES.index(cfg.augment), key="dataset_augment")
+cfg.normalize = c2.selectbox("Normalisation", NORMALIZE_CHOICES, NORMALIZE_CHOICES.index(cfg.normalize),
+                             key="dataset_normalize")
+cfg.seed = int(c3.number_input("Seed (few-shot choice and split)", 0, 2**31 - 1, cfg.seed, key="dataset_seed"))
+
+with guard("Preparing the selection") as preparing:
+    data = dataset_view.load(cfg, input_size)
+if not preparing.ok:
+    st.stop()
+state.set_dataset(cfg)
+
+counts = data.counts()
+c, h, w = data.input_size
+st.markdown(f"**{len(data.class_names)} classes** · images **{h}×{w}**, **{c}** channel(s)"
+            + (f" (matched to the source's input {tuple(input_size)})" if input_size else ""))
+for warning in data.warnings:
+    st.warning(warning)
+left, right = st.columns([2, 1])
+left.plotly_chart(dataset_view.histogram(counts, data.class_names), key="dataset_histogram")
+right.dataframe(dataset_view.size_table(counts), hide_index=True)
+
+st.markdown(f"**Preview** (training images after transforms{', augmentation shown' if cfg.augment != 'none' else ''})")
+with guard("Drawing the preview"):
+    from kt_core.data import preview
+
+    grid_by_class(preview(data.train, data.class_names, per_class=8, augment=cfg.augment != "none"))
+st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

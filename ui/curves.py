@@ -1,0 +1,225 @@
+"""Live training curves from the run folder's `metrics.jsonl`.
+
+The worker appends metric rows; the page never trains. One `@st.fragment(run_every=...)` per
+page polls the run folder, reads only the rows it has not seen (`read_metrics(run, since=n)`),
+and redraws one Plotly figure under a stable `key` with `uirevision` set to the run id, so a
+user's zoom survives every redraw. When every watched run has ended the fragment triggers one
+full rerun and the page draws the final, static chart: polling stops by itself.
+
+`build_figure` and `progress_info` are pure functions of metric rows and status dicts, so they
+are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from kt_core import runs as kt_runs
+
+ACTIVE_STATES = kt_runs.ACTIVE_STATES
+POLL_SECONDS = 1.0
+PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#c026d3")
+
+
+@dataclass
+class Series:
+    """The rows of one run as it is drawn: a label ("transfer", "baseline", a run name)."""
+
+    label: str
+    rows: list[dict] = field(default_factory=list)
+    steps_per_epoch: float | None = None  # places step rows between epoch points
+
+
+def is_step_row(row: dict) -> bool:
+    """Step rows carry `step` and no epoch-level accuracies (the run folder contract)."""
+    if "kind" in row:
+        return row["kind"] == "step"
+    return "step" in row and "val_loss" not in row and "train_acc" not in row and "val_acc" not in row
+
+
+def split_rows(rows: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+    steps, epochs = [], []
+    for row in rows:
+        (steps if is_step_row(row) else epochs).append(row)
+    return steps, epochs
+
+
+def _steps_per_epoch(epoch_rows: list[dict]) -> float | None:
+    """Epoch rows carry the global step at the end of the epoch: steps per epoch follow."""
+    for row in epoch_rows:
+        if row.get("step") and row.get("epoch"):
+            return row["step"] / row["epoch"]
+    return None
+
+
+def _step_x(row: dict, steps_per_epoch: float | None) -> float:
+    """A step row's position on the epoch axis: its global step in units of epochs.
+
+    Epoch rows count finished epochs (1 = after the first epoch) and step rows carry the global
+    step, so both share one axis. Without steps-per-epoch a step row sits mid-way in its epoch.
+    """
+    if steps_per_epoch:
+        return row["step"] / steps_per_epoch
+    return float(row.get("epoch", 1)) - 0.5
+
+
+def build_figure(series: list[Series], uirevision: str, title: str | None = None) -> go.Figure:
+    """Loss (left) and accuracy (right) against epochs: one colour per run, solid train, dotted val.
+
+    Step rows are drawn thin and translucent behind the epoch points, so the noisy per-step loss
+    and the smoothed per-epoch trend read together.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    for i, s in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        steps, epochs = split_rows(s.rows)
+        steps = [r for r in steps if _finite(r.get("train_loss"))]
+        per_epoch = s.steps_per_epoch or _steps_per_epoch(epochs)
+        if steps:
+            fig.add_trace(go.Scatter(
+                x=[_step_x(r, per_epoch) for r in steps], y=[r["train_loss"] for r in steps],
+                name=f"{s.label} · train loss (step)", mode="lines", legendgroup=s.label,
+                line=dict(color=color, width=1), opacity=0.35), row=1, col=1)
+        for metric, col, dash in (("train_loss", 1, "solid"), ("val_loss", 1, "dot"),
+                                  ("train_acc", 2, "solid"), ("val_acc", 2, "dot")):
+            points = [r for r in epochs if _finite(r.get(metric))]
+            if not points:
+                continue
+            split, what = metric.split("_")
+            fig.add_trace(go.Scatter(
+                x=[r["epoch"] for r in points], y=[r[metric] for r in points],
+                name=f"{s.label} · {split} {what}", mode="lines+markers", legendgroup=s.label,
+                line=dict(color=color, dash=dash, width=2)), row=1, col=col)
+    fig.update_xaxes(title_text="epoch", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    fig.update_layout(
+        uirevision=uirevision,  # keeps zoom and legend toggles across redraws of this run
+        height=380, margin=dict(l=40, r=20, t=50 if title else 30, b=40), title=title,
+        legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+    )
+    return fig
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class Progress:
+    fraction: float
+    text: str
+
+
+def progress_info(status: dict, rows: list[dict], batch_size: int | None = None,
+                  epochs: int | None = None) -> Progress:
+    """Progress bar value and its caption: state, epoch, step, ETA and images/s."""
+    state = status.get("state", "unknown")
+    step, total = status.get("step") or 0, status.get("total_steps") or 0
+    fraction = min(1.0, step / total) if total else (1.0 if state == "completed" else 0.0)
+    parts = [state]
+    if status.get("epoch") is not None and epochs:
+        parts.append(f"epoch {status['epoch']}/{epochs}")
+    elif status.get("epoch") is not None:
+        parts.append(f"epoch {status['epoch']}")
+    if total:
+        parts.append(f"step {step}/{total}")
+    speed = next((r["images_per_s"] for r in reversed(rows) if _finite(r.get("images_per_s"))), None)
+    if speed:
+        parts.append(f"{speed:,.0f} images/s")
+        if state in ACTIVE_STATES and total and batch_size:
+            parts.append(f"ETA {_duration((total - step) * batch_size / speed)}")
+    return Progress(fraction, " · ".join(parts))
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+# --- reading the run folder incrementally ----------------------------------------------------
+
+@dataclass
+class _Seen:
+    """What this browser session has read of one run: rows, byte offset, schedule facts."""
+
+    rows: list[dict] = field(default_factory=list)
+    offset: int = 0
+    epochs: int | None = None
+    batch_size: int | None = None
+
+
+def _seen(run_id: str) -> _Seen:
+    cache = st.session_state.setdefault("kt_metric_cache", {})
+    if run_id not in cache:
+        cfg = kt_runs.load_config(run_id)
+        cache[run_id] = _Seen(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size)
+    return cache[run_id]
+
+
+def new_rows(run_id: str) -> list[dict]:
+    """All rows of `run_id` so far; only the bytes appended since the last call are read."""
+    seen = _seen(run_id)
+    rows, seen.offset = kt_runs.read_metrics(run_id, since=seen.offset)
+    seen.rows.extend(rows)
+    return seen.rows
+
+
+def forget(run_id: str) -> None:
+    """Drop the cached rows of a deleted or restarted run."""
+    st.session_state.get("kt_metric_cache", {}).pop(run_id, None)
+
+
+def _series_for(label: str, run_id: str, status: dict) -> Series:
+    rows, seen = new_rows(run_id), _seen(run_id)
+    total = status.get("total_steps")
+    return Series(label, rows, total / seen.epochs if total and seen.epochs else None)
+
+
+def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
+                show_progress: bool = True) -> list[dict]:
+    """Draw progress bars and the one figure for `runs` = [(label, run_id)]; return the statuses."""
+    statuses, series = [], []
+    for label, run_id in runs:
+        status = kt_runs.read_status(run_id)
+        statuses.append(status)
+        s = _series_for(label, run_id, status)
+        series.append(s)
+        if show_progress:
+            seen = _seen(run_id)
+            info = progress_info(status, s.rows, seen.batch_size, seen.epochs)
+            st.progress(info.fraction, text=f"**{label}** · {info.text}")
+    uirevision = "+".join(run_id for _, run_id in runs)
+    st.plotly_chart(build_figure(series, uirevision, title), key=key, width="stretch")
+    return statuses
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _live(runs: list[tuple[str, str]], key: str, title: str | None, show_progress: bool, extra) -> None:
+    statuses = render_runs(runs, key, title, show_progress)
+    if extra is not None:
+        extra()
+    if not any(s.get("state") in ACTIVE_STATES for s in statuses):
+        st.rerun()  # the whole page redraws once, statically: polling ends here
+
+
+def live_curves(runs: list[tuple[str, str]], key: str, title: str | None = None,
+                show_progress: bool = True, extra=None) -> None:
+    """Curves of `runs`, polled live while any of them is queued or running, static otherwise.
+
+    `extra` is an optional callable drawn inside the same fragment (e.g. the log tail), so it
+    refreshes with the curves without rerunning the page.
+    """
+    active = any(kt_runs.read_status(run_id).get("state") in ACTIVE_STATES for _, run_id in runs)
+    if active:
+        _live(runs, key, title, show_progress, extra)
+    else:
+        render_runs(runs, key, title, show_progress)
+        if extra is not None:
+            extra()

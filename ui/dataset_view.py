@@ -1,0 +1,49 @@
+"""Loading the chosen target dataset once (cached) and showing it: histogram, sizes, preview."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from kt_core.config import DatasetConfig
+from kt_core.settings import get_settings
+from ui.source_view import upload_dir
+
+
+def allowed_roots() -> tuple[Path, ...]:
+    """The settings' roots plus our uploads folder (zips we saved ourselves)."""
+    return get_settings().allowed_roots + (upload_dir().resolve(),)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Preparing the dataset...")
+def _load(cfg_json: str, input_size: tuple | None, roots: tuple[Path, ...]):
+    from kt_core.data import load_dataset
+
+    cfg = DatasetConfig(**json.loads(cfg_json))
+    return load_dataset(cfg, input_size=input_size, roots=roots)
+
+
+def load(cfg: DatasetConfig, input_size: tuple | None):
+    """`kt_core.data.load_dataset`, confined to the allowed roots and cached per config."""
+    cfg.validate()
+    data = json.dumps(cfg.__dict__, sort_keys=True, default=str)
+    return _load(data, tuple(input_size) if input_size else None, allowed_roots())
+
+
+def histogram(counts: dict[str, list[int]], class_names: list[str]) -> go.Figure:
+    """Images per class and split, grouped bars."""
+    fig = go.Figure()
+    for split, per_class in counts.items():
+        fig.add_trace(go.Bar(name=split, x=[str(c) for c in class_names], y=list(per_class)))
+    fig.update_layout(barmode="group", height=300, margin=dict(l=40, r=10, t=30, b=40),
+                      title="Images per class", xaxis_title="class", yaxis_title="images",
+                      legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def size_table(counts: dict[str, list[int]]) -> list[dict]:
+    return [{"split": split, "images": int(sum(c)), "smallest class": int(min(c)) if c else 0,
+             "largest class": int(max(c)) if c else 0} for split, c in counts.items()]

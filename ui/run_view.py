@@ -1,0 +1,132 @@
+"""The Runs page's parts: the runs table, one run's evaluation, and its downloads."""
+
+from __future__ import annotations
+
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from kt_core import runs as kt_runs
+from ui.images import image_grid
+
+SUMMARY_COLUMNS = ("id", "name", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "source",
+                   "arch", "dataset", "baseline_of", "created", "error")
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns worth a glance, in a stable order (whatever else list_runs adds stays out)."""
+    return table[[c for c in SUMMARY_COLUMNS if c in table.columns]]
+
+
+def labels(table: pd.DataFrame) -> dict[str, str]:
+    """run id -> "name (state)" for selectors; the id when a run has no name."""
+    out = {}
+    for row in table.to_dict("records"):
+        state = row.get("state") or "?"
+        out[row["id"]] = f"{row['name']} · {row['id']} ({state})" if row.get("name") else f"{row['id']} ({state})"
+    return out
+
+
+def _checkpoint_stamp(run_id: str) -> str:
+    folder = kt_runs.run_dir(run_id) / "checkpoints"
+    return ";".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(folder.glob("*.pt"))) if folder.is_dir() else ""
+
+
+@st.cache_resource(max_entries=4, show_spinner="Evaluating the run...")
+def _evaluate(run_id: str, split: str, stamp: str):
+    from kt_core.evaluate import evaluate_run
+
+    return evaluate_run(run_id, split=split)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the run's data...")
+def _split_images(run_id: str, split: str, stamp: str):
+    """The evaluated split's images, prepared exactly as the evaluation saw them."""
+    from kt_core.data import load_dataset
+    from kt_core.evaluate import load_run_model
+
+    _, loaded, cfg, _, _ = load_run_model(run_id)
+    data = load_dataset(cfg.dataset, input_size=loaded.input_size, normalization=loaded.normalization)
+    return data.splits().get(split)
+
+
+def evaluation(run_id: str, split: str):
+    return _evaluate(run_id, split, _checkpoint_stamp(run_id))
+
+
+def confusion_figure(report) -> go.Figure:
+    names = report.class_names
+    fig = go.Figure(go.Heatmap(z=report.confusion, x=names, y=names, colorscale="Blues",
+                               text=report.confusion, texttemplate="%{text}",
+                               hovertemplate="true %{y} → predicted %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=f"Confusion matrix ({report.split}, {report.num_samples} images)",
+                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      height=min(700, 160 + 36 * len(names)), margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def cells(report) -> list[tuple[int, int, int]]:
+    """Off-diagonal cells with images, the largest first: (true index, predicted index, count)."""
+    found = [(i, j, n) for i, row in enumerate(report.confusion) for j, n in enumerate(row) if i != j and n]
+    return sorted(found, key=lambda c: -c[2])
+
+
+def _image(split, index: int):
+    return split.x[index] if hasattr(split, "x") else split[index][0]
+
+
+def show_evaluation(run_id: str, report) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Accuracy", f"{report.accuracy:.1%}")
+    c2.metric("Macro F1", f"{report.macro_f1:.3f}")
+    c3.metric("Misclassified", f"{report.num_misclassified} / {report.num_samples}")
+    st.plotly_chart(confusion_figure(report), key="runs_confusion")
+    names = report.class_names
+    options = cells(report)
+    split = _split_images(run_id, report.split, _checkpoint_stamp(run_id))
+    if options:
+        cell = st.selectbox("Show the images of a cell (true → predicted)", options, key="runs_cell",
+                            format_func=lambda c: f"{names[c[0]]} → {names[c[1]]} ({c[2]} images)")
+        wrong = [m for m in report.misclassified if (m["true_index"], m["predicted_index"]) == cell[:2]]
+        if split is not None:
+            image_grid([(_image(split, m["index"]), f"{m['confidence']:.0%} sure") for m in wrong[:24]])
+    else:
+        st.success("No misclassified images in this split.")
+    st.markdown("**Per-class metrics**")
+    st.dataframe(pd.DataFrame(report.per_class), hide_index=True)
+    if split is not None:
+        st.markdown("**Sample predictions** (the most confident mistakes first, then correct ones)")
+        shown = {m["index"] for m in report.misclassified[:8]}
+        samples = [(_image(split, m["index"]), f"{m['true']} → {m['predicted']} ✗") for m in report.misclassified[:8]]
+        samples += [(_image(split, i), f"{names[int(_label(split, i))]} ✓")
+                    for i in range(len(split)) if i not in shown][: 16 - len(samples)]
+        image_grid(samples)
+
+
+def _label(split, index: int):
+    return split.y[index] if hasattr(split, "y") else split[index][1]
+
+
+# --- downloads -------------------------------------------------------------------------------
+
+def downloads(run_id: str) -> None:
+    folder = kt_runs.run_dir(run_id)
+    c1, c2 = st.columns(2)
+    c1.download_button("config.json", (folder / "config.json").read_bytes(), f"{run_id}-config.json",
+                       "application/json", key="runs_dl_config")
+    rows, _ = kt_runs.read_metrics(run_id)
+    c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{run_id}-metrics.csv",
+                       "text/csv", key="runs_dl_metrics", disabled=not rows)
+
+    from kt_core.export import FORMATS, export_run
+
+    fmt = st.selectbox("Model format", FORMATS.names(), key="runs_export_format",
+                       format_func=lambda n: f"{n} — {FORMATS.meta(n).get('description', '')}")
+    if st.button("Export", key="runs_export"):
+        path = export_run(run_id, fmt)
+        st.session_state["kt_export"] = (run_id, fmt, path.name, path.read_bytes())
+    ready = st.session_state.get("kt_export")
+    if ready and ready[:2] == (run_id, fmt):
+        st.download_button(f"Download {ready[2]}", ready[3], ready[2], "application/octet-stream",
+                           key="runs_dl_model", type="primary")

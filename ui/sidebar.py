@@ -1,0 +1,32 @@
+"""The sidebar on every page: the runs in progress (one click re-attaches) and the device."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from kt_core import runs as kt_runs
+from ui.curves import ACTIVE_STATES
+from ui.errors import guard
+from ui.system import best_device
+
+
+def active_runs() -> list[dict]:
+    """Queued and running runs, newest first, as plain dicts (id, name, state, ...)."""
+    table = kt_runs.list_runs()
+    if table is None or len(table) == 0:
+        return []
+    return [row for row in table.to_dict("records") if row.get("state") in ACTIVE_STATES]
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.caption(f"Device: **{best_device()}**")
+        with guard("Reading the runs folder"):
+            active = active_runs()
+            st.markdown(f"**Active runs** ({len(active)})")
+            if not active:
+                st.caption("None. Start one on the Train page, or the demo on Home.")
+            for row in active:
+                label = f"{row.get('name') or row['id']} · {row['state']}"
+                st.page_link("pages/train.py", label=label, icon=":material/monitoring:",
+                             query_params={"run": row["id"]})
