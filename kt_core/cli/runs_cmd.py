@@ -1,5 +1,178 @@
-"""Placeholder until this command group lands (replaced in the same session)."""
+"""`train`, `runs`, `status`, `logs`, `stop`, `resume`, `delete` and the hidden `worker` command.
+
+    python -m kt_core train examples/quick.json            # foreground; exit 0 only when completed
+    python -m kt_core train CONFIG --baseline --epochs 3   # plus its from-scratch baseline
+    python -m kt_core runs --json
+    python -m kt_core stop RUN ; python -m kt_core resume RUN
+
+RUN is a run id, a unique prefix of one, a run folder path, or a run name (the newest run of
+that name). Exit codes: 0 done, 1 the run did not complete (failed or stopped), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import runs
+from ..config import RunConfig
+from . import print_json
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser("train", help="train a run from a config file, in the foreground",
+                              description="Train CONFIG in this process (logs on the console and in the run "
+                                          "folder). Ctrl-C stops gracefully after the current batch; "
+                                          "`resume RUN` continues. Exit code 0 only when the run completed.")
+    p.add_argument("config", help="a run config JSON file (see examples/quick.json)")
+    p.add_argument("--runs-dir", help="where run folders go (default: $KT_RUNS_DIR or ./runs)")
+    p.add_argument("--baseline", action="store_true", help="then train the from-scratch baseline of the run")
+    p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--json", action="store_true", help="print the final status and summary as JSON")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("runs", help="list runs, newest first")
+    p.add_argument("--runs-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_list)
+
+    p = subparsers.add_parser("status", help="one run's status (stale workers show as interrupted)")
+    _run_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+    p = subparsers.add_parser("logs", help="the end of a run's log.txt")
+    _run_args(p)
+    p.add_argument("-n", "--lines", type=int, default=40)
+    p.set_defaults(func=_logs)
+
+    p = subparsers.add_parser("stop", help="stop a running run after its current batch (checkpointed)")
+    _run_args(p)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGTERM, then SIGKILL (default 10)")
+    p.set_defaults(func=_stop)
+
+    p = subparsers.add_parser("resume", help="continue a stopped, failed or interrupted run from its last checkpoint")
+    _run_args(p)
+    p.add_argument("--foreground", action="store_true", help="train in this process instead of a background worker")
+    p.set_defaults(func=_resume)
+
+    p = subparsers.add_parser("delete", help="delete a run folder (not while it trains)")
+    _run_args(p)
+    p.set_defaults(func=_delete)
+
+    # No help=: argparse would list the internal command as "==SUPPRESS==".
+    p = subparsers.add_parser("worker",
+                              description="Internal: train one run folder (started by the launcher).")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_worker)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run id, unique id prefix, run folder, or run name")
+    p.add_argument("--runs-dir")
+
+
+def _train(args) -> int:
+    from ..worker import run_worker
+
+    cfg = RunConfig.from_file(args.config)
+    if args.device:
+        cfg.train.device = args.device
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    cfg.validate()
+    runs._check_device(cfg)
+    results = []
+    for run_cfg in (cfg, None) if args.baseline else (cfg,):
+        if run_cfg is None:  # the baseline points at the transfer run it belongs to
+            run_cfg = cfg.as_baseline(results[0]["run_id"])
+        folder = runs.create_run(run_cfg, args.runs_dir)
+        if not args.json:
+            print(f"run {folder.name} ({folder})", flush=True)
+        status = run_worker(folder, console=True)
+        summary = runs.read_json(folder / "summary.json") or {}
+        results.append({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
+                        "summary": summary, "reproduce": runs.reproduce_command(folder)})
+        if not args.json:
+            _print_result(results[-1])
+        if status["state"] != "completed":
+            break
+    if args.json:
+        print_json(results if args.baseline else results[0])
+    return 0 if all(r["state"] == "completed" for r in results) and len(results) == (2 if args.baseline else 1) else 1
+
+
+def _print_result(result: dict) -> None:
+    summary = result["summary"]
+    print(f"{result['run_id']}: {result['state']}" + (f" ({result['error']})" if result.get("error") else ""))
+    for key in ("best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "images_per_s",
+                "trainable_params", "total_params"):
+        value = summary.get(key)
+        if value is not None:
+            print(f"  {key:<17}{value:.4f}" if isinstance(value, float) else f"  {key:<17}{value}")
+
+
+def _list(args) -> int:
+    frame = runs.list_runs(args.runs_dir)
+    if args.json:
+        print_json(frame.assign(created=frame["created"].astype(str)).to_dict(orient="records"))
+        return 0
+    if frame.empty:
+        print(f"no runs in {runs.runs_root(args.runs_dir)}")
+        return 0
+    shown = frame[["id", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "arch", "dataset"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    return 0
+
+
+def _status(args) -> int:
+    status = runs.read_status(runs.run_dir(args.run, args.runs_dir))
+    if args.json:
+        print_json(status)
+        return 0
+    print(f"{status['run_id']}: {status['state']}  epoch {status.get('epoch')}  "
+          f"step {status.get('step')}/{status.get('total_steps')}")
+    if status.get("error"):
+        print(f"  error: {status['error']}")
+    for line in status.get("log_tail", [])[-10:]:
+        print(f"  | {line}")
+    return 0
+
+
+def _logs(args) -> int:
+    for line in runs.tail(runs.run_dir(args.run, args.runs_dir) / "log.txt", args.lines):
+        print(line)
+    return 0
+
+
+def _stop(args) -> int:
+    status = runs.stop(runs.run_dir(args.run, args.runs_dir), timeout=args.timeout)
+    print(f"{status['run_id']}: {status['state']}")
+    return 0
+
+
+def _resume(args) -> int:
+    folder = runs.run_dir(args.run, args.runs_dir)
+    runs.resume(folder, foreground=args.foreground)
+    status = runs.read_status(folder)
+    print(f"{folder.name}: {status['state']}")
+    if args.foreground:
+        _print_result({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
+                       "summary": runs.read_json(folder / "summary.json") or {}})
+        return 0 if status["state"] == "completed" else 1
+    return 0
+
+
+def _delete(args) -> int:
+    folder = runs.run_dir(args.run, args.runs_dir)
+    runs.delete(folder)
+    print(f"deleted {folder}")
+    return 0
+
+
+def _worker(args) -> int:
+    from ..worker import run_worker
+
+    status = run_worker(args.run_dir, console=False)
+    return 0 if status["state"] == "completed" else 1
+

@@ -1,0 +1,284 @@
+"""The run worker: trains one run folder to the end, writing everything the UI watches.
+
+`python -m kt_core worker RUN_DIR` runs this in its own process (started by `runs.launch`);
+`python -m kt_core train CONFIG` runs it in the foreground. The engine knows nothing of files:
+the callbacks below turn its hooks into the run folder contract (see `runs.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from . import runs
+from .config import RunConfig
+from .engine import Callback, FitContext, FitResult, evaluate, fit, resolve_device
+from .errors import KTError, RunError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 2.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Terminated(BaseException):
+    """SIGTERM: stop now, between two lines of Python (the last checkpoint stays)."""
+
+
+# --- status with a heartbeat -------------------------------------------------------------
+
+class StatusWriter:
+    """The worker's single writer of status.json; a daemon thread refreshes the heartbeat."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "status.json"
+        self.status = runs.read_json(self.path) or {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="kt-heartbeat", daemon=True)
+
+    def update(self, **fields) -> None:
+        with self._lock:
+            self.status.update(fields, heartbeat=time.time())
+            runs.write_json_atomic(self.path, self.status)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_EVERY_S):
+            try:
+                self.update()
+            except OSError as exc:  # a full disk must not kill training; the UI will see a stale heartbeat
+                log.warning("heartbeat not written: %s", exc)
+
+
+# --- callbacks: the run folder contract ----------------------------------------------------
+
+class MetricsWriter(Callback):
+    """Appends each step and epoch row to metrics.jsonl, flushed so a reader sees it at once."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def _write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def on_step_end(self, ctx: FitContext, row: dict) -> None:
+        self._write(row)
+
+    def on_epoch_end(self, ctx: FitContext, row: dict) -> None:
+        self._write(row)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Progress(Callback):
+    """Mirrors epoch, step and total steps into status.json at every logged row."""
+
+    def __init__(self, status: StatusWriter):
+        self.status = status
+
+    def on_fit_start(self, ctx: FitContext) -> None:
+        self.status.update(epoch=ctx.epoch, step=ctx.step, total_steps=ctx.total_steps,
+                           feature_cache=ctx.feature_cache)
+
+    def on_step_end(self, ctx: FitContext, row: dict) -> None:
+        self.status.update(epoch=ctx.epoch, step=ctx.step)
+
+    def on_epoch_end(self, ctx: FitContext, row: dict) -> None:
+        self.status.update(epoch=ctx.epoch, step=ctx.step)
+
+
+class StopFlag(Callback):
+    """The STOP file (checked after every batch) or a signal ask for a graceful stop."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.requested = False
+
+    def should_stop(self, ctx: FitContext) -> bool:
+        return self.requested or os.path.exists(self.path)
+
+
+class Checkpointer(Callback):
+    """Writes checkpoints/last.pt and best.pt atomically (temp file + rename)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_checkpoint(self, ctx: FitContext, state: dict, tag: str) -> None:
+        path = self.folder / f"{tag}.pt"
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+def load_checkpoint(path: Path) -> dict:
+    """A run checkpoint, loaded safely (weights_only) onto the CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem to the user
+        raise RunError(f"checkpoint {path} cannot be read: {exc}",
+                       "delete it to restart the run from the beginning") from None
+
+
+@contextlib.contextmanager
+def _run_logging(folder: Path, console: bool):
+    """Worker logs go to log.txt: via a file handler in the foreground, via the redirected
+    stderr of a spawned worker (which also catches crashes that bypass logging)."""
+    root = logging.getLogger()
+    formatter = logging.Formatter(LOG_FORMAT)
+    handler = None
+    if console:
+        handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    else:
+        for h in root.handlers:
+            h.setFormatter(formatter)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
+
+
+@contextlib.contextmanager
+def _signals(stop: StopFlag):
+    """SIGINT (Ctrl-C): a graceful stop, a second one interrupts. SIGTERM: stop now."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_int(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        log.warning("stopping after this batch (press Ctrl-C again to interrupt)")
+        stop.requested = True
+
+    def on_term(signum, frame):
+        raise Terminated
+
+    old = signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
+def run_worker(run: str | os.PathLike, console: bool = False) -> dict:
+    """Train run folder `run` to its end (resuming from checkpoints/last.pt if there is one).
+
+    Returns the final status dict; the state is completed, stopped or failed. Never raises for a
+    training problem: it is written to status.json and log.txt for whoever watches the run.
+    """
+    folder = runs.run_dir(run)
+    with _run_logging(folder, console):
+        status = StatusWriter(folder)
+        status.update(state="running", pid=os.getpid(), error=None)
+        status.start()
+        stop = StopFlag(folder / "STOP")
+        metrics = None
+        try:
+            with _signals(stop):
+                cfg = runs.load_config(folder)
+                device = resolve_device(cfg.train.device)
+                resume_state = _resume_state(folder)
+                log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
+                prepared = runs.prepare(cfg, device)
+                for warning in list(getattr(prepared.data, "warnings", [])) + list(getattr(prepared.plan, "warnings", [])):
+                    log.warning("%s", warning)
+                metrics = MetricsWriter(folder / "metrics.jsonl")
+                callbacks = [metrics, Progress(status), stop, Checkpointer(folder / "checkpoints")]
+                result = fit(prepared.model, prepared.data, cfg, prepared.plan, callbacks, resume_state,
+                             device, meta={"arch": prepared.arch})
+                summary = _summary(folder, cfg, result, prepared, device)
+                runs.write_json_atomic(folder / "summary.json", summary)
+                status.update(state=result.state, epoch=result.epochs, step=result.steps)
+                log.info("run %s %s: %s", folder.name, result.state,
+                         ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in summary.items() if k in ("best_val_acc", "test_acc", "epochs", "train_s")))
+        except Terminated:
+            log.warning("run %s: terminated (SIGTERM); resume continues from the last checkpoint", folder.name)
+            status.update(state="stopped", error="terminated before the next checkpoint")
+        except KTError as exc:
+            log.error("run %s failed: %s", folder.name, exc)
+            status.update(state="failed", error=str(exc))
+        except KeyboardInterrupt:
+            log.warning("run %s interrupted; resume continues from the last checkpoint", folder.name)
+            status.update(state="stopped", error="interrupted before the next checkpoint")
+        except Exception as exc:  # noqa: BLE001 - a bug, but the run must still end as failed
+            log.exception("run %s failed with an unexpected error", folder.name)
+            status.update(state="failed", error=f"{type(exc).__name__}: {exc} (the traceback is in log.txt)")
+        finally:
+            status.close()
+            if metrics is not None:
+                metrics.close()
+            (folder / "STOP").unlink(missing_ok=True)
+        return runs.read_status(folder)
+
+
+def _resume_state(folder: Path) -> dict | None:
+    """The last checkpoint, with metrics.jsonl cut back to its step (no gap, no duplicates)."""
+    last = folder / "checkpoints" / "last.pt"
+    if not last.is_file():
+        runs.truncate_metrics(folder, 0)  # rows of an attempt that never checkpointed
+        return None
+    state = load_checkpoint(last)
+    runs.truncate_metrics(folder, int(state.get("step", 0)))
+    return state
+
+
+def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared, device: torch.device) -> dict:
+    rows, _ = runs.read_metrics(folder)
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    test_acc = test_loss = None
+    data = prepared.data
+    if result.state == "completed" and data.test is not None and len(data.test):
+        best = folder / "checkpoints" / "best.pt"
+        if best.is_file():
+            prepared.model.load_state_dict(load_checkpoint(best)["model"])
+        test_loss, test_acc = evaluate(prepared.model, data.test, device, max(256, cfg.train.batch_size))
+    last = epochs[-1] if epochs else {}
+    return {
+        "state": result.state,
+        "best_val_acc": result.best_val_acc,
+        "final_val_acc": last.get("val_acc"),
+        "final_train_acc": last.get("train_acc"),
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "early_stopped": result.early_stopped,
+        "train_s": sum(r.get("epoch_s", 0.0) for r in epochs),  # over every session of a resumed run
+        "images_per_s": result.images_per_s if math.isfinite(result.images_per_s) else None,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "feature_cache": result.feature_cache,
+        "arch": prepared.arch,
+        "num_classes": len(data.class_names),
+        "device": str(device),
+    }
