@@ -1,0 +1,302 @@
+"""The figures B1-B7 (B4, the browser one, lives in `ui_tax.py`). Each returns `(measured, detail)`.
+
+Every in-process figure follows one pattern: build the model once, then let each side start from
+a copy of the same weights, train `1 + scale.epochs` epochs on the same tensors in the same order,
+and time the epochs after the first (warm-up: allocator, caches, lazy init) with an `EpochClock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+from kt_core.data import PreparedData, TensorSplit, iter_batches
+
+from . import plain
+from .harness import FIGURES, Context, EpochClock, Skip, Target, interleave, median
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 10
+
+
+# --- shared set-up -----------------------------------------------------------------------------
+
+def synthetic_task(arch: str, ctx: Context, seed: int = 0) -> tuple[torch.nn.Module, PreparedData]:
+    """A model of `arch` with fixed random weights and random images of its input size.
+
+    Random pixels are enough: the figures are about speed, and both sides see the same tensors.
+    """
+    from kt_core.models import ARCHITECTURES, build_model
+
+    spec = ARCHITECTURES.get(arch)
+    gen = torch.Generator().manual_seed(seed)
+    n = ctx.scale.train_images
+    x = torch.randn(n, *spec.input_size, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes=NUM_CLASSES)
+    data = PreparedData(train=TensorSplit(x, y), val=None, test=None,
+                        class_names=[str(i) for i in range(NUM_CLASSES)], input_size=tuple(spec.input_size),
+                        name=f"random {tuple(spec.input_size)}")
+    return model, data
+
+
+def run_config(arch: str, ctx: Context, plan: TransferPlan | None = None, epochs: int | None = None,
+               feature_cache: bool = True) -> RunConfig:
+    return RunConfig(
+        name=f"bench {arch}",
+        source=SourceConfig(kind="arch", arch=arch),
+        dataset=DatasetConfig(augment="none"),
+        plan=plan or TransferPlan(preset="fine_tune"),
+        train=TrainConfig(epochs=1 + (epochs or ctx.scale.epochs), batch_size=ctx.scale.batch_size,
+                          optimizer="adamw", lr=1e-3, device=ctx.device.type, seed=0,
+                          feature_cache=feature_cache),
+    ).validate()
+
+
+def planned_copy(model: torch.nn.Module, cfg: RunConfig):
+    """A copy of `model` with `cfg.plan` applied (new head, frozen blocks), as the worker does it.
+
+    Both sides of a ratio start from such a copy, so they start from identical weights.
+    """
+    from kt_core.models import ARCHITECTURES, blocks
+    from kt_core.transfer import apply_plan
+
+    copy = plain.fresh_copy(model)
+    plan = apply_plan(copy, cfg.plan, blocks(copy, ARCHITECTURES.get(cfg.source.arch)), seed=cfg.train.seed)
+    return copy, plan
+
+
+def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
+            trained: dict | None = None) -> float:
+    """Images/s of kt_core's `fit` over the epochs after the first, from `model`'s weights."""
+    from kt_core.engine import Callback, fit
+
+    clock = EpochClock(ctx.device)
+
+    class Tick(Callback):
+        def on_epoch_end(self, *args) -> None:
+            clock.tick()
+
+    copy, plan = planned_copy(model, cfg)
+    fit(copy, data, cfg, plan=plan, callbacks=[Tick()], device=ctx.device)
+    if trained is not None:
+        trained["kt_core"] = copy
+    return clock.images_per_s(len(data.train))
+
+
+def plain_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
+               frozen_children: int = 0, trained: dict | None = None) -> float:
+    """Images/s of the plain loop: same weights, data, batch order, optimizer and epochs as `kt_rate`."""
+    from kt_core.engine import epoch_generator
+
+    copy, _ = planned_copy(model, cfg)
+    net, frozen = copy.to(ctx.device), None
+    if frozen_children:
+        frozen, net = plain.split_sequential(net, frozen_children, data.train.x[:2].to(ctx.device))
+    optimizer = plain.make_optimizer(cfg.train.optimizer, net.parameters(), cfg.train.lr,
+                                     cfg.train.momentum, cfg.train.weight_decay)
+    x, y, t = data.train.x, data.train.y, cfg.train
+    # The engine draws each epoch's order from a generator seeded by (seed, epoch): so do we.
+    epochs = (plain.shuffled_batches(x, y, t.batch_size, epoch_generator(t.seed, e)) for e in range(t.epochs))
+    clock = EpochClock(ctx.device)
+    torch.manual_seed(t.seed)  # the engine seeds dropout and friends the same way
+    plain.train(net, optimizer, epochs, ctx.device, frozen=frozen, on_epoch_end=lambda *_: clock.tick())
+    if trained is not None:
+        trained["plain"] = copy
+    return clock.images_per_s(len(y))
+
+
+def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """The largest difference between two models' parameters: ~0 proves both sides did the same work."""
+    return max((pa.detach().cpu() - pb.detach().cpu()).abs().max().item()
+               for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def ratio_of(samples: dict[str, list[float]], top: str, bottom: str) -> tuple[float, str]:
+    a, b = median(samples[top]), median(samples[bottom])
+    return a / b, f"{top} {a:.0f} img/s / {bottom} {b:.0f} img/s"
+
+
+def same_work(trained: dict) -> str:
+    gap = weight_gap(trained["kt_core"], trained["plain"])
+    verdict = "same final weights" if gap < 1e-4 else "FINAL WEIGHTS DIFFER: the sides did different work"
+    return f"{verdict} (largest weight difference {gap:.1e})"
+
+
+# --- B1: engine overhead ----------------------------------------------------------------------
+
+@FIGURES.register("B1", title="engine overhead: kt_core full fine-tuning / plain loop, images/s",
+                  target=Target(">=", 0.95))
+def engine_overhead(ctx: Context) -> tuple[float, str]:
+    ratios, details = [], []
+    for arch in ("small_cnn", "cifar_resnet20"):
+        model, data = synthetic_task(arch, ctx)
+        cfg = run_config(arch, ctx)
+        trained: dict = {}
+        samples = interleave({"kt_core": lambda: kt_rate(model, data, cfg, ctx, trained),
+                              "plain": lambda: plain_rate(model, data, cfg, ctx, trained=trained)},
+                             ctx.scale.repeats)
+        r, d = ratio_of(samples, "kt_core", "plain")
+        ratios.append(r)
+        details.append(f"{arch}: {r:.2f} = {d}, {same_work(trained)}")
+    # The figure is the worse of the two models: the engine must keep up on both.
+    return min(ratios), "; ".join(details)
+
+
+# --- B2: feature extraction with the feature cache --------------------------------------------
+
+@FIGURES.register("B2", title="feature extraction: kt_core frozen backbone + feature cache / full fine-tuning, "
+                              "images/s (small_cnn)", target=Target(">=", 15))
+def feature_extraction(ctx: Context) -> tuple[float, str]:
+    model, data = synthetic_task("small_cnn", ctx)
+    # A cached epoch takes milliseconds: time ten times as many, so the clock resolves them.
+    cached = run_config("small_cnn", ctx, TransferPlan(preset="feature_extraction"),
+                        epochs=10 * ctx.scale.epochs, feature_cache=True)
+    full = run_config("small_cnn", ctx)
+    samples = interleave({"feature extraction": lambda: kt_rate(model, data, cached, ctx),
+                          "fine-tuning": lambda: kt_rate(model, data, full, ctx)}, ctx.scale.repeats)
+    return ratio_of(samples, "feature extraction", "fine-tuning")
+
+
+# --- B3: partial freezing ---------------------------------------------------------------------
+
+def frozen_children_of(model: torch.nn.Module, frozen_blocks: list) -> int:
+    """How many of the model's leading children the first blocks cover (for the plain cut)."""
+    frozen = {m for b in frozen_blocks for m in b.modules}
+    count = 0
+    for name, _ in model.named_children():
+        if name not in frozen and not any(m.startswith(name + ".") for m in frozen):
+            break
+        count += 1
+    return count
+
+
+@FIGURES.register("B3", title="partial freezing (first half frozen): kt_core / plain loop with the frozen part "
+                              "under no_grad, images/s (small_cnn)", target=Target(">=", 0.95))
+def partial_freezing(ctx: Context) -> tuple[float, str]:
+    from kt_core.models import ARCHITECTURES, blocks
+
+    model, data = synthetic_task("small_cnn", ctx)
+    body = [b for b in blocks(model, ARCHITECTURES.get("small_cnn")) if b.name != "head"]
+    half = (len(body) + 1) // 2  # the first half of the body, rounded up
+    children = frozen_children_of(model, body[:half])
+    if not children:
+        raise RuntimeError("small_cnn's first blocks are not leading children; the plain cut needs them")
+    cfg = run_config("small_cnn", ctx, TransferPlan(preset="freeze_first_n", freeze_first_n=half))
+    trained: dict = {}
+    samples = interleave({"kt_core": lambda: kt_rate(model, data, cfg, ctx, trained),
+                          "plain": lambda: plain_rate(model, data, cfg, ctx, children, trained)},
+                         ctx.scale.repeats)
+    r, d = ratio_of(samples, "kt_core", "plain")
+    return r, f"{half} of {len(body)} blocks frozen; {d}, {same_work(trained)}"
+
+
+# --- B5: start latency ------------------------------------------------------------------------
+
+def demo_config() -> RunConfig:
+    """The app's demo run, as the Start button launches it, on the CPU."""
+    from kt_core import demo
+
+    cfg = demo.demo_config()
+    cfg.train.device = "cpu"
+    return cfg.validate()
+
+
+def wait_for_first_metric(run_path: Path, timeout: float) -> float:
+    """Seconds until `metrics.jsonl` holds one complete line (polling every 5 ms)."""
+    metrics = run_path / "metrics.jsonl"
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if b"\n" in metrics.read_bytes():
+                return time.perf_counter()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"no metric row in {metrics} after {timeout:.0f} s")
+
+
+@FIGURES.register("B5", title="start latency: runs.launch to the first metric row (demo config, CPU)",
+                  target=Target("<=", 3.0, "s"))
+def start_latency(ctx: Context) -> tuple[float, str]:
+    from kt_core import runs
+
+    cfg = demo_config()
+    runs_dir = ctx.workdir / "b5_runs"
+    latencies = []
+    for _ in range(ctx.scale.launches):
+        start = time.perf_counter()
+        run_id = runs.launch(cfg, runs_dir=runs_dir)
+        latencies.append(wait_for_first_metric(runs.run_dir(runs_dir / run_id), timeout=60) - start)
+        runs.stop(runs_dir / run_id, timeout=30)
+    shown = ", ".join(f"{t:.2f}" for t in latencies)
+    return median(latencies), f"median of {len(latencies)} launches ({shown} s)"
+
+
+# --- B6: memory -------------------------------------------------------------------------------
+
+def peak_rss_mb(cmd: list[str], env: dict[str, str]) -> float:
+    """Peak resident memory of a fresh child process, from the kernel's own account (wait4)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:4])} exited {proc.returncode}: {proc.stderr.read().decode()[-400:]}")
+    return usage.ru_maxrss / 1024  # Linux reports kilobytes
+
+
+@FIGURES.register("B6", title="memory: peak RSS of a kt_core training process / the plain loop's (fresh processes)",
+                  target=Target("<=", 1.3))
+def memory(ctx: Context) -> tuple[float, str]:
+    cfg = run_config("small_cnn", ctx)
+    cfg.dataset = DatasetConfig(name="sklearn_digits", augment="none")
+    cfg.train.epochs = 1 + ctx.scale.epochs
+    cfg_path = ctx.workdir / "b6_config.json"
+    cfg_path.write_text(cfg.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": str(ctx.threads), "KT_RUNS_DIR": str(ctx.workdir / "b6_runs")}
+    sides = {
+        "kt_core": [sys.executable, "-m", "kt_core", "train", str(cfg_path), "--runs-dir", str(ctx.workdir / "b6_runs")],
+        "plain": [sys.executable, "-m", "bench.plain", str(cfg_path), "--threads", str(ctx.threads)],
+    }
+    # Peak RSS hardly varies between runs; two per side (interleaved) guard against a fluke.
+    samples = interleave({k: (lambda c=c: peak_rss_mb(c, env)) for k, c in sides.items()}, 2)
+    a, b = median(samples["kt_core"]), median(samples["plain"])
+    return a / b, f"kt_core train {a:.0f} MB / plain loop {b:.0f} MB (sklearn_digits, small_cnn)"
+
+
+# --- B7: data path ----------------------------------------------------------------------------
+
+@FIGURES.register("B7", title="data path: epoch via kt_core.data.iter_batches / tensors already batched, "
+                              "images/s (small_cnn)", target=Target(">=", 0.95))
+def data_path(ctx: Context) -> tuple[float, str]:
+    model, data = synthetic_task("small_cnn", ctx)
+    bs, epochs = ctx.scale.batch_size, 1 + ctx.scale.epochs
+
+    def run(batches_per_epoch) -> float:
+        m = plain.fresh_copy(model).to(ctx.device)
+        optimizer = plain.make_optimizer("adamw", m.parameters(), 1e-3)
+        clock = EpochClock(ctx.device)
+        plain.train(m, optimizer, batches_per_epoch, ctx.device, on_epoch_end=lambda *_: clock.tick())
+        return clock.images_per_s(len(data.train))
+
+    def via_iter_batches() -> float:
+        gen = torch.Generator().manual_seed(0)
+        return run(iter_batches(data.train, bs, shuffle=True, generator=gen) for _ in range(epochs))
+
+    def prebatched() -> float:
+        gen = torch.Generator().manual_seed(0)  # the same order, sliced before the clock starts
+        ready = [list(plain.shuffled_batches(data.train.x, data.train.y, bs, gen)) for _ in range(epochs)]
+        return run(ready)
+
+    samples = interleave({"iter_batches": via_iter_batches, "pre-batched": prebatched}, ctx.scale.repeats)
+    return ratio_of(samples, "iter_batches", "pre-batched")

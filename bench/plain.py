@@ -1,0 +1,145 @@
+"""The plain reference: the training loop anyone would write by hand from the PyTorch tutorials.
+
+It is the yardstick kt_core is measured against, so it must be short and obviously fair:
+- the same model and initial weights (the caller hands both sides a copy of one state_dict),
+- the same data and batch order (one `torch.Generator` seeded like the engine's, one
+  `randperm` per epoch: exactly the order `kt_core.data.iter_batches` draws),
+- the same optimizer and loss, and the same device,
+- and nothing else: no callbacks, no metrics, no logging.
+
+`python -m bench.plain CONFIG.json` trains a run config with this loop in a fresh process, the
+reference side of the memory figure (B6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kt_core.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+OPTIMIZERS: Registry[Callable] = Registry("optimizer")
+OPTIMIZERS.add("sgd", lambda params, lr, momentum, wd: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd))
+OPTIMIZERS.add("adam", lambda params, lr, momentum, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd))
+OPTIMIZERS.add("adamw", lambda params, lr, momentum, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd))
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+    return OPTIMIZERS.get(name)([p for p in params if p.requires_grad], lr, momentum, weight_decay)
+
+
+def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Batches:
+    """One epoch in the engine's order: a fresh permutation from the shared generator, sliced."""
+    order = torch.randperm(len(y), generator=generator)
+    for start in range(0, len(y), batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+               frozen: nn.Module | None = None) -> torch.Tensor:
+    """One SGD step. With `frozen`, that prefix runs under no_grad: no graph, no activations kept."""
+    if frozen is not None:
+        with torch.no_grad():
+            xb = frozen(xb)
+    loss = F.cross_entropy(model(xb), yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: Iterable[Batches],
+          device: torch.device, frozen: nn.Module | None = None,
+          on_epoch_end: Callable[[int, float], None] | None = None) -> float:
+    """Train over `epochs` (an iterable of epochs, each an iterable of batches); the last loss."""
+    model.train()
+    if frozen is not None:
+        frozen.eval()  # frozen BatchNorm keeps its statistics, like the engine's bn_mode "eval"
+    loss = torch.zeros(())
+    for epoch, batches in enumerate(epochs):
+        for xb, yb in batches:
+            loss = train_step(model, optimizer, xb.to(device, non_blocking=True),
+                              yb.to(device, non_blocking=True), frozen)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, float(loss))
+    return float(loss)
+
+
+def split_sequential(model: nn.Module, frozen_children: int, probe: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+    """Cut a model whose forward is its children in order into (frozen prefix, trainable rest).
+
+    Checked, not assumed: the two halves together must reproduce `model(probe)` exactly, otherwise
+    the model's forward does more than chain its children and the cut would not be the same network.
+    """
+    children = list(model.children())
+    if not 0 < frozen_children < len(children):
+        raise ValueError(f"cannot freeze {frozen_children} of {len(children)} children")
+    prefix, rest = nn.Sequential(*children[:frozen_children]), nn.Sequential(*children[frozen_children:])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        same = torch.allclose(rest(prefix(probe)), model(probe), atol=1e-5)
+    model.train(was_training)
+    if not same:
+        raise ValueError(f"{type(model).__name__}.forward is not its children in order")
+    for p in prefix.parameters():
+        p.requires_grad_(False)
+    return prefix, rest
+
+
+# --- the reference side of B6: a fresh process that trains a run config with the plain loop ---
+
+def _train_config(path: str) -> int:
+    from kt_core.config import RunConfig
+    from kt_core.data import load_dataset
+    from kt_core.models import build_model
+
+    cfg = RunConfig.from_file(path)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.source.arch)
+    spec_size = getattr(model, "input_size", None)
+    data = load_dataset(cfg.dataset, input_size=spec_size)
+    model = build_model(cfg.source.arch, num_classes=data.num_classes, in_channels=data.input_size[0])
+    device = torch.device("cpu" if cfg.train.device == "auto" and not torch.cuda.is_available()
+                          else ("cuda" if cfg.train.device == "auto" else cfg.train.device))
+    model.to(device)
+    opt = make_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr, cfg.train.momentum,
+                         cfg.train.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    train_split = data.train
+    epochs = (shuffled_batches(train_split.x, train_split.y, cfg.train.batch_size, gen)
+              for _ in range(cfg.train.epochs))
+    loss = train(model, opt, epochs, device)
+    print(f"plain loop: {cfg.train.epochs} epochs, last loss {loss:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.plain",
+                                     description="train a run config with the plain reference loop")
+    parser.add_argument("config", help="a run config JSON (the same file `python -m kt_core train` takes)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return _train_config(args.config)
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """An independent model with the same initial weights: what each timed side starts from."""
+    return copy.deepcopy(model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The benchmark suite runs, writes a well-formed table, and compares like with like.
+
+Measurements never become assertions here (a shared CI machine makes any speed threshold flaky):
+what is checked is the table's structure, the verdict logic, and that the plain reference loop
+does exactly the work kt_core does (the same final weights), which is what makes the ratios fair.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench import figures, plain, ui_tax  # noqa: F401  (importing registers the figures)
+from bench.harness import FIGURES, SCALES, Context, Result, Skip, Target, interleave, render_table, run_figure
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = re.compile(r"^\| (B\d) \| .+ \| (\S+(?: s)?) \| ([<>]=) [\d.]+(?: s)? \| (PASS|FAIL|SKIP|ERROR) \| .* \|$")
+
+
+def run_bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_table_with_machine_facts(tmp_path):
+    out = tmp_path / "results.md"
+    done = run_bench("--scale", "tiny", "--only", "B1,B3,B7", "--device", "cpu", "--results", str(out), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    assert [r["id"] for r in rows] == ["B1", "B3", "B7"]
+    for row in rows:
+        assert row["verdict"] in ("PASS", "FAIL"), row
+        assert row["measured"] > 0
+        assert row["verdict"] == ("PASS" if row["measured"] >= 0.95 else "FAIL")
+    text = out.read_text()
+    for fact in ("CPU:", "torch threads: 1", f"torch: {torch.__version__}", "device: cpu", "scale: tiny"):
+        assert fact in text
+    table = [line for line in text.splitlines() if line.startswith("| B")]
+    assert [ROW.match(line).group(1) for line in table] == ["B1", "B3", "B7"]
+
+
+@pytest.mark.slow
+def test_plain_loop_does_the_same_work_as_the_engine(tmp_path):
+    """Same weights, data, order and optimizer: after training, both models must be identical."""
+    ctx = Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+    for name in ("B1", "B3"):
+        result = run_figure(name, ctx)
+        assert result.verdict in ("PASS", "FAIL"), result.error
+        assert "FINAL WEIGHTS DIFFER" not in result.detail
+        assert result.detail.count("same final weights") == (2 if name == "B1" else 1), result.detail
+
+
+def test_unknown_figure_is_refused_with_the_valid_names():
+    done = run_bench("--only", "B1,B9", timeout=60)
+    assert done.returncode != 0
+    assert "B9" in done.stderr and "B1, B2" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_every_figure_of_the_issue_is_registered():
+    assert sorted(FIGURES.names()) == [f"B{i}" for i in range(1, 8)]
+    for entry in FIGURES:
+        assert isinstance(entry.meta["target"], Target) and entry.meta["title"]
+
+
+def test_verdicts_follow_the_target_direction():
+    assert Result("B1", "t", Target(">=", 0.95), measured=0.95).verdict == "PASS"
+    assert Result("B1", "t", Target(">=", 0.95), measured=0.94).verdict == "FAIL"
+    assert Result("B5", "t", Target("<=", 3.0, "s"), measured=2.5).verdict == "PASS"
+    assert Result("B5", "t", Target("<=", 3.0, "s"), measured=3.5).verdict == "FAIL"
+    skipped = Result("B4", "t", Target(">=", 0.95), skip_reason="no Chromium")
+    assert skipped.verdict == "SKIP"
+    assert "| B4 | t | - | >= 0.95 | SKIP | no Chromium |" in render_table([skipped])
+
+
+def test_a_figure_that_cannot_run_is_a_skip_and_a_broken_one_an_error(tmp_path):
+    ctx = Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+
+    def no_browser(_ctx):
+        raise Skip("no Chromium at /usr/bin/chromium")
+
+    def broken(_ctx):
+        raise ZeroDivisionError("oops")
+
+    FIGURES.add("T_SKIP", no_browser, title="skip", target=Target(">=", 1))
+    FIGURES.add("T_ERR", broken, title="err", target=Target(">=", 1))
+    try:
+        skip, err = run_figure("T_SKIP", ctx), run_figure("T_ERR", ctx)
+    finally:  # the registry is module state: leave it as found
+        FIGURES._entries.pop("T_SKIP")
+        FIGURES._entries.pop("T_ERR")
+    assert (skip.verdict, skip.measured, skip.skip_reason) == ("SKIP", None, "no Chromium at /usr/bin/chromium")
+    assert err.verdict == "ERROR" and "ZeroDivisionError: oops" in err.error
+
+
+def test_ui_tax_says_why_it_skips_without_a_browser(tmp_path, monkeypatch):
+    monkeypatch.setattr(ui_tax, "CHROMIUM", tmp_path / "no-chromium")
+    result = run_figure("B4", Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path))
+    assert result.verdict == "SKIP"
+    assert "Chromium" in result.skip_reason and str(tmp_path) in result.skip_reason
+
+
+def test_interleaving_alternates_the_order_of_the_sides():
+    calls = []
+    samples = interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert samples == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+
+
+def test_plain_cut_refuses_a_model_whose_forward_is_not_its_children():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x) + x)  # the skip connection is not in the children
+
+    with pytest.raises(ValueError, match="not its children in order"):
+        plain.split_sequential(Residual(), 1, torch.randn(2, 4))
+    prefix, rest = plain.split_sequential(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), 2,
+                                          torch.randn(2, 4))
+    assert not any(p.requires_grad for p in prefix.parameters())
+    assert all(p.requires_grad for p in rest.parameters())
+
+
+def test_plain_batches_follow_the_generator_like_iter_batches():
+    from kt_core.data import TensorSplit, iter_batches
+
+    x, y = torch.arange(20.0).view(10, 2), torch.arange(10)
+    ours = list(plain.shuffled_batches(x, y, 3, torch.Generator().manual_seed(5)))
+    theirs = list(iter_batches(TensorSplit(x, y), 3, shuffle=True, generator=torch.Generator().manual_seed(5)))
+    assert len(ours) == len(theirs) == 4
+    for (xa, ya), (xb, yb) in zip(ours, theirs):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
