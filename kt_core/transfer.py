@@ -97,8 +97,13 @@ def _scratch(index: int, n: int, plan: TransferPlan) -> Setting:
 
 @dataclass
 class _Unit:
-    """A module with parameters or buffers of its own, and what the plan does with it."""
+    """A module's own parameters and buffers within one block, and what the plan does with them.
 
+    Usually a whole module (a conv, a BatchNorm); a container holding parameters directly that
+    belong to different blocks (ViT's class token and positional embedding) is split per block.
+    """
+
+    key: str  # the module name, or "module[block]" when the module is split
     name: str  # qualified module name, "" for the root
     block: str
     setting: Setting
@@ -136,6 +141,7 @@ def _check_blocks(model: nn.Module, blocks: Sequence[BlockLike]) -> None:
         raise ConfigError("the model has no blocks to plan over",
                           "the architecture needs a layer tree; pick a registered architecture")
     names = dict(model.named_modules())
+    names.update(model.named_parameters())  # a block may name a parameter held by a container
     seen: set[str] = set()
     for block in blocks:
         if block.name in seen:
@@ -148,11 +154,12 @@ def _check_blocks(model: nn.Module, blocks: Sequence[BlockLike]) -> None:
                                   f"did you mean {', '.join(close)}?" if close else "check the architecture's blocks")
 
 
-def _block_of(unit_name: str, owners: list[tuple[str, str]]) -> str | None:
-    """The block whose module is the longest prefix of `unit_name` (owners: (module, block))."""
+def _block_of(name: str, owners: list[tuple[str, str]]) -> str | None:
+    """The block whose entry (a module or parameter name) is the longest prefix of `name`
+    (a parameter or module name); owners: (entry, block)."""
     best, best_len = None, -1
     for module, block in owners:
-        if (module == "" or unit_name == module or unit_name.startswith(module + ".")) and len(module) > best_len:
+        if (module == "" or name == module or name.startswith(module + ".")) and len(module) > best_len:
             best, best_len = block, len(module)
     return best
 
@@ -190,21 +197,26 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
         if not own_params and not own_buffers:
             continue
         seen_params.update(id(p) for _, p in own_params)
-        block = _block_of(name, owners)
-        if block is None:
-            # Not covered by any block (e.g. a parameter on the root): treat it as the part just
-            # below the head, which is what a classifier's stray parameters usually are.
-            unassigned.append(name or "(root)")
-            block, index = UNASSIGNED, n - 2 if n > 1 else 0
-            base = preset(index, n, plan)
-        else:
-            base = preset(order.index(block), n, plan)
-        setting, pinned = _apply_rules(base, plan.rules, block, _ancestry(name))
-        units.append(_Unit(
-            name=name, block=block, setting=setting, pinned=pinned,
-            params=[f"{name}.{p}" if name else p for p, _ in own_params],
-            is_norm=isinstance(module, _NormBase) and module.track_running_stats,
-        ))
+        by_block: dict[str | None, list[str]] = {}
+        for p_name, _ in own_params:
+            full = f"{name}.{p_name}" if name else p_name
+            by_block.setdefault(_block_of(full, owners), []).append(full)
+        if not own_params:  # buffers only (a BatchNorm without affine parameters)
+            by_block[_block_of(name, owners)] = []
+        for block, params in by_block.items():
+            if block is None:
+                # Not covered by any block: treat it as the part just below the head, which is
+                # what a classifier's stray parameters usually are.
+                unassigned.append(name or "(root)")
+                block, base = UNASSIGNED, preset(max(n - 2, 0), n, plan)
+            else:
+                base = preset(order.index(block), n, plan)
+            setting, pinned = _apply_rules(base, plan.rules, block, _ancestry(name) + params)
+            units.append(_Unit(
+                key=name if len(by_block) == 1 else f"{name}[{block}]", name=name, block=block,
+                setting=setting, pinned=pinned, params=params,
+                is_norm=isinstance(module, _NormBase) and module.track_running_stats,
+            ))
 
     warnings = []
     if unassigned:
@@ -214,7 +226,7 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
         warnings.append(f"modules outside every block follow the block before the head: {', '.join(unassigned)}")
         log.warning(warnings[-1])
 
-    all_names = [name for name, _ in model.named_modules() if name]
+    all_names = [name for name, _ in model.named_modules() if name] + [name for name, _ in model.named_parameters()]
     for rule in plan.rules:
         if rule.pattern not in order and not any(fnmatch.fnmatchcase(m, rule.pattern) for m in all_names):
             close = difflib.get_close_matches(rule.pattern, order + all_names, n=3)
@@ -241,7 +253,7 @@ class PlanResult:
         self._units: list[_Unit] = units
         self.warnings: list[str] = list(warnings)
         self.head: str = block_modules[order[-1]][-1] if order else ""
-        self._frozen: set[str] = {u.name for u in units if u.setting.freeze}
+        self._frozen: set[str] = {u.key for u in units if u.setting.freeze}
         self._unfrozen: list[str] = []  # blocks gradual unfreezing has released, in order
         self._candidates: list[str] = self._unfreeze_candidates()
         self._weight_decay = 0.0  # of the last param_groups() call; unfrozen groups use it too
@@ -253,19 +265,20 @@ class PlanResult:
             return []
         below_head = [b for b in self.block_names[:-1]][::-1]  # from the head down
         return [b for b in below_head
-                if any(u.block == b and u.name in self._frozen and not u.pinned for u in self._units)]
+                if any(u.block == b and u.key in self._frozen and not u.pinned for u in self._units)]
 
     def _params(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
 
-    def is_frozen(self, unit_name: str) -> bool:
-        return unit_name in self._frozen
+    def module_trains(self, module_name: str) -> bool:
+        """Whether any parameter the module owns itself trains now."""
+        return any(u.params and u.key not in self._frozen for u in self._units if u.name == module_name)
 
     def _sync_requires_grad(self) -> None:
         params = self._params()
         for unit in self._units:
             for p in unit.params:
-                params[p].requires_grad_(unit.name not in self._frozen)
+                params[p].requires_grad_(unit.key not in self._frozen)
 
     @property
     def total_parameters(self) -> int:
@@ -275,7 +288,7 @@ class PlanResult:
     @property
     def trainable_parameters(self) -> int:
         params = self._params()
-        return sum(params[p].numel() for u in self._units if u.name not in self._frozen for p in u.params)
+        return sum(params[p].numel() for u in self._units if u.key not in self._frozen for p in u.params)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -291,10 +304,10 @@ class PlanResult:
             units = [u for u in self._units if u.block == b]
             frozen_now = s.freeze and b not in self._unfrozen
             overrides = [
-                {"module": u.name, "transfer": u.setting.transfer, "freeze": u.name in self._frozen,
+                {"module": u.key, "transfer": u.setting.transfer, "freeze": u.key in self._frozen,
                  "lr_mult": u.setting.lr_mult}
                 for u in units
-                if (u.setting.transfer, u.name in self._frozen, u.setting.lr_mult) != (s.transfer, frozen_now, s.lr_mult)
+                if (u.setting.transfer, u.key in self._frozen, u.setting.lr_mult) != (s.transfer, frozen_now, s.lr_mult)
             ]
             rows.append({
                 "name": b,
@@ -303,7 +316,7 @@ class PlanResult:
                 "freeze": frozen_now,
                 "lr_mult": s.lr_mult * (self.plan.unfreeze_lr_mult if b in self._unfrozen else 1.0),
                 "num_parameters": sum(params[p].numel() for u in units for p in u.params),
-                "trainable_parameters": sum(params[p].numel() for u in units if u.name not in self._frozen for p in u.params),
+                "trainable_parameters": sum(params[p].numel() for u in units if u.key not in self._frozen for p in u.params),
                 "unfreeze_epoch": self.unfreeze_epoch(b),
                 "overrides": overrides,
             })
@@ -319,11 +332,11 @@ class PlanResult:
         """True when only the head trains, for the whole run, and the frozen part is a fixed
         function (no frozen BatchNorm in train mode): its features can be computed once and cached."""
         head_block = self.block_names[-1]
-        if any(u.block != head_block and u.params and u.name not in self._frozen for u in self._units):
+        if any(u.block != head_block and u.params and u.key not in self._frozen for u in self._units):
             return False
         if len(self._unfrozen) < len(self._candidates):
             return False
-        if self.plan.bn_mode == "train" and any(u.is_norm and u.name in self._frozen for u in self._units):
+        if self.plan.bn_mode == "train" and any(u.is_norm and u.key in self._frozen for u in self._units):
             return False
         return True
 
@@ -333,7 +346,7 @@ class PlanResult:
         prefix = []
         for b in self.block_names[:-1]:
             units = [u for u in self._units if u.block == b]
-            if not units or any(u.name not in self._frozen for u in units):
+            if not units or any(u.key not in self._frozen for u in units):
                 break
             prefix.extend(self._block_modules[b])
         return prefix
@@ -348,7 +361,7 @@ class PlanResult:
             return
         modules = dict(model.named_modules())
         for unit in self._units:
-            if unit.is_norm and unit.name in self._frozen:
+            if unit.is_norm and unit.key in self._frozen:
                 modules[unit.name].eval()
 
     def _groups(self, units: list[_Unit], base_lr: float, weight_decay: float, lr_scale: float) -> list[dict]:
@@ -383,7 +396,7 @@ class PlanResult:
         rebuilds exactly the groups a checkpointed optimizer had.
         """
         self._weight_decay = weight_decay
-        initial = [u for u in self._units if u.params and u.name in self._trainable_at_start()]
+        initial = [u for u in self._units if u.params and u.key in self._trainable_at_start()]
         groups = self._groups(initial, base_lr, weight_decay, 1.0)
         for block in self._unfrozen:
             groups += self._groups(self._released_units(block), base_lr, weight_decay, self.plan.unfreeze_lr_mult)
@@ -393,8 +406,8 @@ class PlanResult:
         return groups
 
     def _trainable_at_start(self) -> set[str]:
-        released = {u.name for b in self._unfrozen for u in self._released_units(b)}
-        return {u.name for u in self._units if u.name not in self._frozen and u.name not in released}
+        released = {u.key for b in self._unfrozen for u in self._released_units(b)}
+        return {u.key for u in self._units if u.key not in self._frozen and u.key not in released}
 
     def _released_units(self, block: str) -> list[_Unit]:
         return [u for u in self._units if u.block == block and u.setting.freeze and not u.pinned]
@@ -424,7 +437,7 @@ class PlanResult:
 
     def _release(self, block: str) -> None:
         self._unfrozen.append(block)
-        self._frozen -= {u.name for u in self._released_units(block)}
+        self._frozen -= {u.key for u in self._released_units(block)}
         self._sync_requires_grad()
 
     def state(self) -> dict[str, Any]:
@@ -453,7 +466,7 @@ class PlanResult:
         model = self.model if model is None else model
         modules = dict(model.named_modules())
         watched = {u.name: modules[u.name] for u in self._units
-                   if u.is_norm and u.name in self._frozen and modules[u.name].running_mean is not None}
+                   if u.is_norm and u.key in self._frozen and modules[u.name].running_mean is not None}
         if not watched or self.plan.bn_mode != "eval":
             return []
         found: dict[str, tuple[float, float]] = {}
@@ -517,7 +530,8 @@ def apply_plan(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]
             if unit.setting.transfer:
                 continue
             module = modules[unit.name]
-            if hasattr(module, "reset_parameters"):
+            split = unit.key != unit.name  # reset_parameters() would reset other blocks' parameters too
+            if hasattr(module, "reset_parameters") and not split:
                 module.reset_parameters()
             elif unit.params:
                 message = (f"module {unit.name or '(root)'} ({type(module).__name__}) has no reset_parameters(); "
@@ -557,7 +571,9 @@ def estimate_cost(plan_result: PlanResult, model: nn.Module | None, input_size: 
     costs its forward pass only; with the feature cache, not even that after the first epoch.
     """
     model = plan_result.model if model is None else model
-    unit_names = {u.name: u for u in plan_result._units}
+    owners = {}
+    for u in plan_result._units:  # module -> its block (the first, for a split container)
+        owners.setdefault(u.name, u)
     calls: list[tuple[str, float]] = []  # (unit, flops) in execution order
 
     def hook(name):
@@ -566,7 +582,7 @@ def estimate_cost(plan_result: PlanResult, model: nn.Module | None, input_size: 
         return record
 
     was_training = {name: m.training for name, m in model.named_modules()}
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name in unit_names]
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name in owners]
     try:
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -586,16 +602,17 @@ def estimate_cost(plan_result: PlanResult, model: nn.Module | None, input_size: 
     head_block = plan_result.block_names[-1]
     head_flops = 0.0
     for name, flops in calls:
-        unit = unit_names[name]
-        trains = bool(unit.params) and not plan_result.is_frozen(name)
+        unit = owners[name]
+        has_params = any(u.params for u in plan_result._units if u.name == name)
+        trains = plan_result.module_trains(name)
         forward += flops
-        full += flops + flops * bool(unit.params) + flops * anything_before_has_params
+        full += flops + flops * has_params + flops * anything_before_has_params
         planned += flops + flops * trains + flops * anything_before_trains
         if unit.block == head_block:  # on cached features the head is the whole network
             head_flops += flops + flops * trains + flops * head_before_trains
             head_before_trains = head_before_trains or trains
         anything_before_trains = anything_before_trains or trains
-        anything_before_has_params = anything_before_has_params or bool(unit.params)
+        anything_before_has_params = anything_before_has_params or has_params
 
     cache = bool(feature_cache and augment == "none" and plan_result.head_only())
     return {
