@@ -1,0 +1,60 @@
+"""`eval RUN` and `export RUN --format FMT`: what a finished run is worth, and taking it away."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import print_json
+
+
+def register(subparsers) -> None:
+    from ..export import EXPORTERS
+
+    p = subparsers.add_parser("eval", help="evaluate a run's best checkpoint on its val or test split")
+    p.add_argument("run", help="run id (folder name under the runs dir) or run folder")
+    p.add_argument("--split", choices=("val", "test", "train"), default="val")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--show", type=int, default=10, metavar="N", help="misclassified examples to list (text output)")
+    p.add_argument("--json", action="store_true", help="the full result as JSON")
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("export", help="export a run's model (state_dict, safetensors, torchscript, onnx)")
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("--format", required=True, dest="fmt", choices=EXPORTERS.names(), metavar="FMT",
+                   help=f"one of {', '.join(EXPORTERS.names())}")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN/exports)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--no-verify", action="store_true", help="skip reading the file back to compare predictions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_export)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(f"run {result.run} ({result.checkpoint} checkpoint), {result.split} split: {result.num_samples} images")
+    print(f"accuracy {result.accuracy:.4f}   loss {result.loss:.4f}   macro F1 {result.macro_f1:.4f}")
+    width = max(len("class"), *(len(c["class"]) for c in result.per_class))
+    print(f"\n{'class':<{width}}  precision  recall     f1  support")
+    for c in result.per_class:
+        print(f"{c['class']:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  {c['support']:7d}")
+    print(f"\nmisclassified: {result.num_misclassified}")
+    for m in result.misclassified[: max(args.show, 0)]:
+        print(f"  #{m['index']}: {m['true']} predicted as {m['predicted']} ({m['confidence']:.2f})")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..export import export_run
+
+    path = export_run(args.run, args.fmt, out_dir=args.out, checkpoint=args.checkpoint, verify=not args.no_verify)
+    if args.json:
+        print_json({"format": args.fmt, "path": str(path), "config": str(path.parent / "config.json")})
+    else:
+        print(path)
+    return 0
