@@ -1,0 +1,56 @@
+"""The live-curve figure and progress caption, as pure functions of metric rows and status."""
+
+from ui.curves import Series, build_figure, progress_info, split_rows
+
+
+def rows(epochs=2, steps=4):
+    out = []
+    for e in range(epochs):
+        for s in range(steps):
+            step = e * steps + s + 1
+            out.append({"kind": "step", "step": step, "epoch": e + 1, "train_loss": 1.0 / step, "images_per_s": 100.0})
+        out.append({"kind": "epoch", "epoch": e + 1, "step": (e + 1) * steps, "train_loss": 0.5, "train_acc": 0.6 + e / 10,
+                    "val_loss": 0.7, "val_acc": 0.5 + e / 10})
+    return out
+
+
+def test_step_and_epoch_rows_are_told_apart_with_or_without_a_kind_field():
+    steps, epochs = split_rows(rows())
+    assert len(steps) == 8 and len(epochs) == 2
+    legacy = [{"step": 1, "epoch": 1, "train_loss": 1.0}, {"epoch": 1, "train_loss": 1.0, "val_acc": 0.5}]
+    steps, epochs = split_rows(legacy)
+    assert steps == legacy[:1] and epochs == legacy[1:]
+
+
+def test_figure_draws_loss_and_accuracy_per_step_and_epoch_with_the_baseline_overlaid():
+    fig = build_figure([Series("transfer", rows()), Series("from scratch", rows(epochs=1))], uirevision="run-a")
+    names = [t.name for t in fig.data]
+    assert names[:5] == ["transfer · train loss (step)", "transfer · train loss", "transfer · val loss",
+                         "transfer · train acc", "transfer · val acc"]
+    assert "from scratch · val acc" in names
+    val_acc = next(t for t in fig.data if t.name == "transfer · val acc")
+    assert list(val_acc.x) == [1, 2] and list(val_acc.y) == [0.5, 0.6]
+    # Step rows sit on the epoch axis: step 4 of 4 per epoch ends epoch 1.
+    step_trace = fig.data[0]
+    assert list(step_trace.x)[3] == 1.0 and list(step_trace.x)[-1] == 2.0
+    # The baseline has its own colour; train/val differ by dash.
+    colours = {t.name.split(" · ")[0]: t.line.color for t in fig.data}
+    assert colours["transfer"] != colours["from scratch"]
+    assert fig.layout.uirevision == "run-a"
+
+
+def test_nan_rows_and_missing_validation_are_skipped_not_drawn():
+    data = [{"kind": "step", "step": 1, "epoch": 1, "train_loss": float("nan")},
+            {"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 0.4, "train_acc": 0.9, "val_loss": None, "val_acc": None}]
+    names = [t.name for t in build_figure([Series("run", data)], "x").data]
+    assert names == ["run · train loss", "run · train acc"]
+
+
+def test_progress_caption_has_epoch_step_speed_and_eta_while_running():
+    info = progress_info({"state": "running", "epoch": 1, "step": 25, "total_steps": 100}, rows(1),
+                         batch_size=50, epochs=4)
+    assert info.fraction == 0.25
+    # 75 steps left x 50 images / 100 images/s = 37.5 s
+    assert info.text == "running · epoch 1/4 · step 25/100 · 100 images/s · ETA 38 s"
+    done = progress_info({"state": "completed", "epoch": 4, "step": 100, "total_steps": 100}, rows(1), 50, 4)
+    assert done.fraction == 1.0 and "ETA" not in done.text

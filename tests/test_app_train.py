@@ -1,0 +1,95 @@
+"""AppTest of the Train page: widgets -> TrainConfig, Start -> a run folder, metrics -> traces."""
+
+import json
+
+import pytest
+
+from kt_core import runs
+from test_app_support import app_at, chart_traces, errors, make_run, no_exceptions
+
+
+def test_widgets_produce_the_train_config_that_start_would_launch():
+    at = app_at("train")
+    no_exceptions(at)
+    at.number_input(key="train_epochs").set_value(2)
+    at.number_input(key="train_batch_size").set_value(32)
+    at.number_input(key="train_lr").set_value(0.01)
+    at.selectbox(key="train_optimizer").select("sgd")
+    at.number_input(key="train_patience").set_value(3)
+    at.run()
+    no_exceptions(at)
+    train = at.session_state["kt_train"]
+    assert (train.epochs, train.batch_size, train.lr, train.optimizer, train.early_stopping) == (2, 32, 0.01, "sgd", 3)
+    shown = json.loads(at.get("json")[0].proto.body)
+    assert shown["train"]["epochs"] == 2 and shown["train"]["optimizer"] == "sgd"
+    assert shown["source"]["arch"] == "small_cnn" and shown["dataset"]["name"] == "sklearn_digits"
+
+
+def test_device_selector_offers_only_devices_present_here():
+    import torch
+
+    at = app_at("train")
+    options = at.selectbox(key="train_device").options
+    assert options[:2] == ["auto", "cpu"]
+    assert any(o.startswith("cuda") for o in options) == torch.cuda.is_available()
+    assert "mps" not in options or torch.backends.mps.is_available()
+
+
+def test_metric_rows_of_a_run_folder_become_the_chart_traces_with_baseline_overlaid():
+    run = make_run("transfer", epochs=3, acc=(0.6, 0.8, 0.9))
+    base = make_run("scratch", epochs=3, acc=(0.3, 0.4, 0.5), baseline_of=run)
+    at = app_at("train", run=run, baseline=base)
+    no_exceptions(at)
+    traces = {t["name"]: t for t in chart_traces(at)}
+    assert traces["transfer · val acc"]["y"] == pytest.approx([0.55, 0.75, 0.85])
+    assert traces["from scratch · val acc"]["y"] == pytest.approx([0.25, 0.35, 0.45])
+    assert len(traces["transfer · train loss (step)"]["x"]) == 12
+    progress = [p.proto.text for p in at.get("progress")]
+    assert any("completed · epoch 3/3 · step 12/12" in text for text in progress)
+    # The exact command that reproduces the run, and its config.
+    assert any(c.value.startswith("python -m kt_core train ") and run in c.value for c in at.code)
+
+
+def test_a_running_run_is_polled_and_only_new_rows_are_read(monkeypatch):
+    run = make_run("live", epochs=3, done_epochs=1, state="running")
+    runs.update_status(run, pid=None)  # keep it "running": fake a live worker for the page
+    monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
+    at = app_at("train", run=run)
+    no_exceptions(at)
+    assert len(chart_traces(at)[0]["x"]) == 4
+    assert at.button(key="train_stop").disabled is False and at.button(key="train_start").disabled is True
+    with open(runs.run_dir(run) / "metrics.jsonl", "a") as f:  # the worker appends a step
+        f.write(json.dumps({"kind": "step", "step": 5, "epoch": 2, "train_loss": 0.3, "images_per_s": 300.0}) + "\n")
+    at.run()
+    no_exceptions(at)
+    assert len(chart_traces(at)[0]["x"]) == 5
+    cache = at.session_state["kt_metric_cache"][run]
+    assert cache.offset == (runs.run_dir(run) / "metrics.jsonl").stat().st_size
+
+
+def test_start_launches_a_worker_and_its_baseline_into_run_folders():
+    at = app_at("train")
+    at.number_input(key="train_epochs").set_value(1)
+    at.text_input(key="train_name").input("from the ui")
+    at.button(key="train_start").click().run()
+    no_exceptions(at)
+    run, base = at.query_params["run"], at.query_params["baseline"]
+    try:
+        cfg = runs.load_config(run)
+        assert cfg.name == "from the ui" and cfg.train.epochs == 1 and cfg.plan.preset == "fine_tune"
+        base_cfg = runs.load_config(base)
+        assert base_cfg.plan.preset == "scratch" and base_cfg.baseline_of == run
+        assert runs.read_status(run)["pid"]
+    finally:
+        for rid in (run, base):
+            if runs.is_active(rid):
+                runs.stop(rid, timeout=5)
+
+
+def test_a_bad_config_is_shown_as_a_message_and_the_page_keeps_working():
+    at = app_at("train")
+    at.session_state["kt_source"] = __import__("kt_core.config", fromlist=["SourceConfig"]).SourceConfig(kind="file")
+    at.button(key="train_start").click().run()
+    no_exceptions(at)
+    assert any("source.path is required" in e for e in errors(at))
+    assert not runs.run_ids()
