@@ -227,6 +227,8 @@ class FitContext:
     epochs_since_best: int = 0
     # Running sums of the current epoch, on the device: loss*n, correct, seen.
     sums: torch.Tensor | None = None
+    # (loss*n, seen) of `sums` at the last step row: the next row averages from there.
+    log_base: tuple[float, float] = (0.0, 0.0)
     meta: dict = field(default_factory=dict)
     feature_cache: bool = False
     stop_requested: bool = False
@@ -263,6 +265,7 @@ def checkpoint_state(ctx: FitContext) -> dict:
         "step": ctx.step,
         "batch_in_epoch": ctx.batch_in_epoch,
         "epoch_sums": ctx.sums.detach().cpu().tolist() if ctx.sums is not None else None,
+        "log_base": list(ctx.log_base),
         "best_val_acc": ctx.best_val_acc,
         "epochs_since_best": ctx.epochs_since_best,
         "config": ctx.cfg.to_dict(),
@@ -296,7 +299,9 @@ def train_one_epoch(ctx: FitContext) -> bool:
     batches = iter_batches(ctx.train_split, t.batch_size, shuffle=True,
                            generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
                            num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch)
-    window = _Window(sums)
+    if ctx.batch_in_epoch == 0:
+        ctx.log_base = (0.0, 0.0)  # sums restart with the epoch; so does the step-row window
+    window = _Window(sums, ctx.log_base)
     for x, y in batches:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -336,9 +341,9 @@ def train_one_epoch(ctx: FitContext) -> bool:
 class _Window:
     """Step rows: mean loss and images/s since the previous row, one host sync per row."""
 
-    def __init__(self, sums: torch.Tensor):
+    def __init__(self, sums: torch.Tensor, base: tuple[float, float]):
         self.sums = sums
-        self.loss, self.seen = (float(v) for v in sums[[0, 2]].tolist())
+        self.loss, self.seen = base
         self.time = time.perf_counter()
 
     def row(self, ctx: FitContext) -> dict:
@@ -351,6 +356,7 @@ class _Window:
                "lr": _current_lr(ctx.optimizer), "images_per_s": n / max(now - self.time, 1e-9),
                "time": time.time()}
         (self.loss, self.seen), self.time = sums, now
+        ctx.log_base = (self.loss, self.seen)
         return row
 
 
@@ -358,7 +364,7 @@ def _check_finite(loss: float, ctx: FitContext) -> None:
     if not math.isfinite(loss):
         what = "NaN" if math.isnan(loss) else "infinite"
         raise TrainingError(f"loss became {what} at step {ctx.step}",
-                            f"lower the learning rate (now {ctx.cfg.train.lr:g})")
+                            f"lower the learning rate, now {ctx.cfg.train.lr:g}")
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -472,7 +478,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     try:
         return _fit_loop(ctx)
     except torch.OutOfMemoryError:
-        raise TrainingError("out of memory", f"use a smaller batch size (now {t.batch_size})") from None
+        raise TrainingError("out of memory", f"use a smaller batch size, now {t.batch_size}") from None
 
 
 def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContext:
@@ -561,6 +567,7 @@ def _restore(ctx: FitContext, state: dict) -> None:
             ctx.scaler.load_state_dict(state["scaler"])
         if state.get("epoch_sums"):
             ctx.sums = torch.tensor(state["epoch_sums"], device=ctx.device, dtype=torch.float64)
+        ctx.log_base = tuple(state.get("log_base") or (0.0, 0.0))
         ctx.best_val_acc = state.get("best_val_acc")
         ctx.epochs_since_best = int(state.get("epochs_since_best") or 0)
         rng = state.get("rng") or {}

@@ -1,0 +1,281 @@
+"""The engine on tiny models and in-memory data: what users rely on when they press Train."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kt_core import engine
+from kt_core.config import RunConfig, TrainConfig, TransferPlan
+from kt_core.data import PreparedData, TensorSplit
+from kt_core.engine import Callback, TrainingError, fit, lr_factor, resolve_device
+from kt_core.errors import DeviceError, KTError
+from kt_core.models import Block
+from kt_core.transfer import apply_plan
+
+VOLATILE = ("time", "images_per_s", "epoch_s")  # wall-clock fields; everything else is reproducible
+
+
+def make_data(n_train=240, n_val=80, seed=0) -> PreparedData:
+    """Two classes of 1x8x8 images told apart by the sign of a fixed random projection."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + n_val, 1, 8, 8, generator=g)
+    w = torch.randn(64, generator=g)
+    y = (x.flatten(1) @ w > 0).long()
+    return PreparedData(TensorSplit(x[:n_train], y[:n_train]), TensorSplit(x[n_train:], y[n_train:]), None,
+                        ["neg", "pos"], (1, 8, 8))
+
+
+def make_model(seed=1, dropout=0.0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Dropout(dropout), nn.Linear(256, 2))
+
+
+BLOCKS = [Block("features", ["0", "1"]), Block("head", ["5"])]
+
+
+def config(**train) -> RunConfig:
+    base = dict(epochs=3, batch_size=32, lr=0.01, device="cpu", log_every=2, optimizer="adam")
+    return RunConfig(train=TrainConfig(**{**base, **train}))
+
+
+class Recorder(Callback):
+    def __init__(self, stop_at_step=None):
+        self.rows, self.checkpoints, self.stop_at_step, self.ctx = [], {}, stop_at_step, None
+
+    def on_fit_start(self, ctx):
+        self.ctx = ctx
+
+    def on_step_end(self, ctx, row):
+        self.rows.append(row)
+
+    def on_epoch_end(self, ctx, row):
+        self.rows.append(row)
+
+    def should_stop(self, ctx):
+        return self.stop_at_step is not None and ctx.step >= self.stop_at_step
+
+    def on_checkpoint(self, ctx, state, tag):
+        # What a Checkpointer would write and read back: a deep copy, not live tensors.
+        self.checkpoints[tag] = torch.load(_to_bytes(state), weights_only=True)
+
+
+def _to_bytes(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+def stable(rows):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_asking_for_a_missing_gpu_fails_before_anything_starts(name):
+    model = make_model()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(DeviceError, match="no usable CUDA GPU") as err:
+        fit(model, make_data(), config(device=name))
+    assert "cpu" in err.value.hint
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(DeviceError, match="not a valid CUDA device" if torch.cuda.is_available() else "CUDA"):
+        resolve_device("cuda:x")
+    with pytest.raises(DeviceError):
+        resolve_device("tpu")
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def test_fit_learns_and_logs_the_contract_rows():
+    rec = Recorder()
+    result = fit(make_model(), make_data(), config(epochs=4), callbacks=[rec])
+    assert result.state == "completed" and result.epochs == 4
+    assert result.steps == 4 * math.ceil(240 / 32)
+    assert result.final_val_acc > 0.8  # a linearly separable problem is learned
+    steps = [r for r in rec.rows if r["kind"] == "step"]
+    epochs = [r for r in rec.rows if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(2, result.steps + 1, 2))
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert set(steps[0]) >= {"step", "epoch", "train_loss", "lr", "images_per_s"}
+    assert set(epochs[0]) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "lr"}
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert result.best_val_acc == max(r["val_acc"] for r in epochs)
+    assert set(rec.checkpoints) == {"last", "best"}
+    assert rec.checkpoints["last"]["epoch"] == 4 and rec.checkpoints["last"]["step"] == result.steps
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not():
+    def run(seed):
+        rec = Recorder()
+        fit(make_model(dropout=0.3), make_data(), config(seed=seed), callbacks=[rec])
+        return stable(rec.rows)
+
+    first = run(0)
+    assert run(0) == first
+    assert run(1) != first
+
+
+def test_a_nan_loss_fails_with_a_hint_to_lower_the_learning_rate():
+    torch.manual_seed(0)
+    deep = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    with pytest.raises(TrainingError, match=r"loss became (NaN|infinite) at step \d+") as err:
+        fit(deep, make_data(), config(optimizer="sgd", lr=1e6, epochs=2))
+    assert err.value.hint == "lower the learning rate, now 1e+06"
+
+
+def test_a_nan_injected_mid_run_is_caught_at_the_next_logged_step():
+    class Poison(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1 if self.training else 0
+            return x * float("nan") if self.calls == 5 else x
+
+    model = nn.Sequential(make_model(), Poison())
+    with pytest.raises(TrainingError, match="loss became NaN at step 6"):
+        fit(model, make_data(), config(log_every=2))
+
+
+def test_frozen_parameters_never_enter_the_optimizer_and_stay_bit_identical():
+    model = make_model()
+    plan = apply_plan(model, TransferPlan(preset="feature_extraction"), BLOCKS)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("5.")}
+    rec = Recorder()
+    fit(model, make_data(), config(feature_cache=False), plan, callbacks=[rec])
+    in_optimizer = {id(p) for g in rec.ctx.optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(model[5].weight), id(model[5].bias)}
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())  # BatchNorm buffers included
+
+
+def test_feature_cache_trains_the_head_exactly_like_the_full_forward_pass():
+    def run(cache):
+        model = make_model()  # same init both times; no dropout, frozen BatchNorm in eval mode
+        plan = apply_plan(model, TransferPlan(preset="feature_extraction"), BLOCKS, seed=0)
+        rec = Recorder()
+        result = fit(model, make_data(), config(feature_cache=cache, epochs=3), plan, callbacks=[rec])
+        return result, model, rec
+
+    cached, cached_model, cached_rec = run(True)
+    full, full_model, full_rec = run(False)
+    assert cached.feature_cache and not full.feature_cache
+    # The cached features are the backbone's eval-mode output, which is what a frozen backbone
+    # with frozen BatchNorm computes anyway: the head follows the same trajectory.
+    torch.testing.assert_close(cached_model[5].weight, full_model[5].weight, rtol=1e-4, atol=1e-5)
+    for a, b in zip(stable(cached_rec.rows), stable(full_rec.rows)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == (pytest.approx(b[key], rel=1e-4, abs=1e-5) if isinstance(b[key], float) else b[key]), key
+    # The checkpoint holds the whole model, so a cached run is a normal run to everyone else.
+    assert set(cached_rec.checkpoints["last"]["model"]) == set(full_model.state_dict())
+
+
+def test_feature_cache_is_not_used_when_images_are_augmented_or_the_backbone_trains():
+    model = make_model()
+    plan = apply_plan(model, TransferPlan(preset="fine_tune"), BLOCKS)
+    assert not fit(model, make_data(), config(epochs=1), plan).feature_cache
+    data = make_data()
+    data.augment = "light"
+    model = make_model()
+    plan = apply_plan(model, TransferPlan(preset="feature_extraction"), BLOCKS)
+    assert not engine.feature_cache_eligible(config(), data, plan)
+
+
+# --- stop and resume -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset, stop_at", [("fine_tune", 11), ("gradual_unfreeze", 12), ("fine_tune", 8)])
+def test_a_stop_mid_epoch_resumes_to_exactly_the_uninterrupted_run(preset, stop_at):
+    """Batch order, RNG, optimizer, schedule and unfrozen blocks all continue where they were."""
+    cfg = config(epochs=3, scheduler="cosine", warmup_epochs=0.5, seed=3,
+                 optimizer="sgd", lr=0.05)
+    cfg.plan = TransferPlan(preset=preset, unfreeze_every=1)
+
+    def start():
+        model = make_model(dropout=0.2)
+        return model, apply_plan(model, cfg.plan, BLOCKS, seed=0)
+
+    model, plan = start()
+    whole = Recorder()
+    fit(model, make_data(), cfg, plan, callbacks=[whole])
+
+    model, plan = start()
+    first = Recorder(stop_at_step=stop_at)
+    stopped = fit(model, make_data(), cfg, plan, callbacks=[first])
+    assert stopped.state == "stopped" and stopped.steps == stop_at
+    state = first.checkpoints["last"]
+    assert state["step"] == stop_at
+
+    model, plan = start()
+    second = Recorder()
+    resumed = fit(model, make_data(), cfg, plan, callbacks=[second], resume_state=state)
+    assert resumed.state == "completed" and resumed.epochs == 3
+    assert stable(first.rows + second.rows) == stable(whole.rows)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_val_acc():
+    data = make_data()
+    data.train.y = data.train.y[torch.randperm(len(data.train.y), generator=torch.Generator().manual_seed(0))]
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))  # lr ~ 0: val_acc never improves after epoch 1
+    result = fit(linear, data, config(epochs=20, early_stopping=2, lr=1e-12, optimizer="sgd"))
+    assert result.early_stopped and result.epochs == 3 and result.state == "completed"
+
+
+def test_gradient_clipping_bounds_each_update():
+    model = make_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(model, make_data(n_train=32), config(epochs=1, optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=1e-3))
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert 0 < moved.norm() <= 1e-3 * 1.0001
+
+
+# --- schedules ---------------------------------------------------------------------------------
+
+def test_schedules_warm_up_linearly_and_end_where_they_should():
+    t = TrainConfig(scheduler="cosine", warmup_epochs=1, epochs=10)
+    per_epoch, total = 10, 100
+    assert [lr_factor(s, total, per_epoch, t) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert lr_factor(10, total, per_epoch, t) == pytest.approx(1.0)
+    assert lr_factor(99, total, per_epoch, t) < 0.01
+    step = TrainConfig(scheduler="step", step_size=3, gamma=0.5)
+    assert [lr_factor(s * 10, total, per_epoch, step) for s in (0, 2, 3, 6)] == pytest.approx([1, 1, 0.5, 0.25])
+    one = TrainConfig(scheduler="onecycle", epochs=10)
+    peak = max(range(total), key=lambda s: lr_factor(s, total, per_epoch, one))
+    assert 25 <= peak <= 35 and lr_factor(0, total, per_epoch, one) == pytest.approx(1 / 25)
+    assert lr_factor(total, total, per_epoch, one) < 1e-4
+
+
+def test_the_logged_lr_follows_the_schedule_per_group():
+    model = make_model()
+    cfg = config(epochs=2, scheduler="cosine", log_every=1)
+    cfg.plan = TransferPlan(preset="discriminative", layer_decay=0.5)
+    plan = apply_plan(model, cfg.plan, BLOCKS)
+    rec = Recorder()
+    fit(model, make_data(), cfg, plan, callbacks=[rec])
+    lrs = [r["lr"] for r in rec.rows if r["kind"] == "step"]
+    assert lrs[0] == pytest.approx(0.01 * lr_factor(1, 16, 8, cfg.train))
+    assert lrs == sorted(lrs, reverse=True)
+    heads = {g["name"]: g["lr"] / g["initial_lr"] for g in rec.ctx.optimizer.param_groups}
+    assert len(set(round(v, 12) for v in heads.values())) == 1  # one schedule for every group
+
+
+def test_unknown_optimizer_lists_the_valid_names():
+    with pytest.raises(KTError, match="adamw"):
+        engine.OPTIMIZERS.get("lamb")
