@@ -1,0 +1,141 @@
+"""What a prepared dataset is: splits held in memory or as torch Datasets, and batching.
+
+Small datasets (up to ~100k images of up to 64x64) are decoded once into tensors and batched by
+slicing: a DataLoader's per-sample overhead would dominate a CPU epoch of a small CNN. Larger and
+image-folder datasets stay torch Datasets and go through a DataLoader with workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TensorSplit:
+    """One split held in memory: images `x` (N,C,H,W float) and labels `y` (N, int64)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+Split = TensorSplit | Dataset
+
+
+def split_labels(split: Split) -> torch.Tensor:
+    """All labels of a split (int64) without decoding its images where the split knows them."""
+    if isinstance(split, TensorSplit):
+        return split.y
+    targets = getattr(split, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets, dtype=torch.long)
+    return torch.as_tensor([int(split[i][1]) for i in range(len(split))], dtype=torch.long)
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready for training: splits after selection and transforms, plus what it is.
+
+    `augment` is the preset name; `augmenter(generator)` turns it into the batched callable that
+    `iter_batches` applies to training batches (never to evaluation batches).
+    """
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    class_names: list[str]
+    input_size: tuple[int, int, int]  # (C, H, W) after transforms
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    augment: str = "none"
+    warnings: list[str] = field(default_factory=list)
+    name: str = ""
+    flip: bool = False  # whether horizontal flips keep the label (photos, shapes; not digits)
+    native_size: tuple[int, int, int] | None = None  # (C, H, W) of the source images when uniform
+    from_cache: bool = False  # True when the tensors came from the on-disk cache
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def splits(self) -> dict[str, Split]:
+        return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class in each split, in `class_names` order (the Dataset page's histogram)."""
+        return {name: torch.bincount(split_labels(split), minlength=self.num_classes).tolist()
+                for name, split in self.splits().items()}
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(split) for name, split in self.splits().items()}
+
+    def augmenter(self, generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The batched augmentation of the `augment` preset (None for "none")."""
+        from .transforms import make_augment  # transforms imports nothing from here; keep it lazy anyway
+
+        return make_augment(self.augment, self.input_size, self.normalization, flip=self.flip, generator=generator)
+
+    def summary(self) -> dict:
+        """Plain data for the CLI's JSON and the Dataset page."""
+        return {
+            "name": self.name,
+            "class_names": list(self.class_names),
+            "num_classes": self.num_classes,
+            "input_size": list(self.input_size),
+            "native_size": list(self.native_size) if self.native_size else None,
+            "normalization": [list(self.normalization[0]), list(self.normalization[1])] if self.normalization else None,
+            "augment": self.augment,
+            "in_memory": all(isinstance(s, TensorSplit) for s in self.splits().values()),
+            "sizes": self.sizes(),
+            "counts": self.counts(),
+            "warnings": list(self.warnings),
+            "from_cache": self.from_cache,
+        }
+
+
+def iter_batches(
+    split: Split,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    num_workers: int = 0,
+    skip_batches: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield `(x, y)` batches. `augment` is a callable on a batch of images (or None):
+    pass `data.augmenter(generator)` for training batches.
+
+    The order depends only on `generator`'s state, so a run resumed mid-epoch with the same
+    generator state skips `skip_batches` and sees exactly the batches it had not seen.
+    """
+    if isinstance(augment, str):  # a preset name needs the data's normalization: see PreparedData.augmenter
+        raise TypeError("iter_batches(augment=...) takes a callable; use PreparedData.augmenter(generator)")
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else None
+    if isinstance(split, TensorSplit):
+        for start in range(skip_batches * batch_size, n, batch_size):
+            if order is None:
+                x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+            else:
+                idx = order[start:start + batch_size]
+                x, y = split.x[idx], split.y[idx]
+            yield (augment(x) if augment else x), y
+        return
+    indices = order.tolist() if order is not None else list(range(n))
+    indices = indices[skip_batches * batch_size:]
+    loader = DataLoader(torch.utils.data.Subset(split, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, persistent_workers=False)
+    for x, y in loader:
+        yield (augment(x) if augment else x), torch.as_tensor(y, dtype=torch.long)

@@ -1,0 +1,337 @@
+"""DatasetConfig -> PreparedData: read, select classes, split, pick K per class, shape, normalise.
+
+The order matters and is fixed:
+1. read the raw labelled images (registry reader), keep the chosen classes (relabelled 0..k-1);
+2. decode or check files, dropping unreadable ones (named in the warnings) *before* any
+   counting, so K per class is exact;
+3. split: the dataset's own val split if it has one, else a stratified `val_fraction` of the
+   training data; the validation set does not depend on K, so runs with different K compare on
+   the same images; then K training images per class from the rest;
+4. shape to the source's input (channels, resize to cover + centre crop, pad) and normalise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import DatasetError, KTError
+from ..settings import confine_path, get_settings
+from . import cache
+from .containers import PreparedData, Split, TensorSplit, split_labels
+from .raw import RawData, RawSplit, describe_skipped
+from .selection import check_classes, few_shot, resolve_classes, select_classes, stratified_split
+from .sources import DATASETS, LoadRequest
+from .transforms import (IMAGENET_NORMALIZATION, Geometry, Normalization, adapt_normalization, dataset_statistics,
+                         denormalize, fit_pil, fit_tensor, normalize, resolve_geometry)
+from . import torchvision_sets  # noqa: F401  (registers torchvision's datasets)
+
+log = logging.getLogger(__name__)
+
+IN_MEMORY_MAX_IMAGES = 100_000  # more images than this stay on disk behind a DataLoader
+IN_MEMORY_MAX_SIDE = 64  # image files are decoded into memory when shaped to at most this side
+IN_MEMORY_MAX_BYTES = 2 << 30  # float32 tensors of all splits together
+STATS_SAMPLE = 512  # images decoded to estimate a lazy dataset's mean/std
+IMBALANCE_RATIO = 1.5  # largest / smallest training class above this: warn
+TINY_VAL = 50  # fewer validation images than this: accuracy steps of 2 % or more
+UPSCALE_WARN = 4.0  # images enlarged this many times or more: blurry, and slow for nothing
+
+
+# --- lazy splits -----------------------------------------------------------------------------
+
+class ImageDataset(Dataset):
+    """A split decoded per item (big images, or too many to hold): for a DataLoader with workers."""
+
+    def __init__(self, raw: RawSplit, geometry: Geometry, normalization: Normalization | None):
+        self.raw, self.geometry, self.normalization = raw, geometry, normalization
+        self.targets = raw.labels
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image i as floats in [0,1], shaped but not normalised."""
+        if self.raw.images is not None:
+            return fit_tensor(self.raw.images[i:i + 1], self.geometry)[0]
+        try:
+            decoded = fit_pil(self.raw.open(i), self.geometry)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise DatasetError(f"cannot decode {self.raw.name(i)}: {exc}",
+                               "the file changed or is damaged since the dataset was checked; remove it") from None
+        return fit_tensor(decoded[None], self.geometry)[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return normalize(self.image(i)[None], self.normalization)[0], int(self.raw.labels[i])
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+def load_dataset(cfg, input_size=None, normalization=None, roots: tuple[Path, ...] | None = None) -> PreparedData:
+    """Prepare `cfg` (a DatasetConfig) for a model of `input_size` (C,H,W) whose weights expect
+    `normalization` ((mean,), (std,)) or None. `roots` set: server paths must lie under them."""
+    cfg.validate()
+    entry = DATASETS.entry(cfg.name)
+    root = _resolve_root(cfg, entry.meta, roots)
+    req = LoadRequest(root=root, options=dict(cfg.options), download=cfg.download, roots=roots,
+                      cache_dir=get_settings().cache_dir)
+    input_size = tuple(int(v) for v in input_size) if input_size else None
+    normalization = _plain_normalization(normalization)
+
+    fingerprint = entry.obj.fingerprint(req)
+    key = None
+    if fingerprint is not None:
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("download", "root")}
+        key = cache.cache_key([cfg.name, str(root), fingerprint, settings, input_size, normalization])
+        payload = cache.load_cached(key)
+        if payload is not None:
+            log.info("dataset %s: loaded from cache %s", cfg.name, cache.cache_file(key))
+            return _from_payload(payload, cfg)
+
+    raw = entry.obj.load(req)
+    data = prepare(raw, cfg, input_size, normalization, flip=raw.flip)
+    if key is not None and _in_memory(data):
+        cache.save_cached(key, _to_payload(data))
+    return data
+
+
+def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool = False) -> PreparedData:
+    """The selection and transform steps on already-read data (no cache, no registry)."""
+    warnings = list(raw.warnings)
+    raw = select_classes(raw, resolve_classes(cfg.classes, raw.class_names))
+    native, max_side = _native_size(raw)
+    geometry = resolve_geometry(cfg, input_size, native)
+    total = sum(len(s) for s in raw.splits.values())
+    # files are decoded once into memory when the result is small (decoding is the slow part:
+    # once beats every epoch); big results stay lazy behind a DataLoader
+    files_in_memory = max(geometry.size) <= IN_MEMORY_MAX_SIDE
+    bytes_needed = total * 4 * geometry.channels * geometry.size[0] * geometry.size[1]
+    in_memory = bytes_needed <= IN_MEMORY_MAX_BYTES and total <= IN_MEMORY_MAX_IMAGES and (
+        files_in_memory or all(s.images is not None for s in raw.splits.values()))
+
+    splits = {name: _materialize(split, name, geometry, in_memory, warnings) for name, split in raw.splits.items()}
+    pool = splits["train"]
+    check_classes(pool, raw.class_names)
+
+    if "val" in splits:
+        train, val = pool, splits["val"]
+    elif cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(pool.labels, cfg.val_fraction, cfg.seed)
+        train, val = pool.subset(train_idx), pool.subset(val_idx)
+    else:
+        train, val = pool, None
+    if cfg.per_class:
+        train = train.subset(few_shot(train.labels, cfg.per_class, cfg.seed, raw.class_names))
+    test = splits.get("test")
+
+    parts = {"train": train, "val": val, "test": test}
+    if in_memory:
+        shaped = {name: fit_tensor(s.images, geometry) for name, s in parts.items() if s is not None}
+        norm = _resolve_normalization(cfg.normalize, normalization, geometry.channels, lambda: shaped["train"])
+        out = {name: TensorSplit(normalize(x, norm), parts[name].labels) for name, x in shaped.items()}
+    else:
+        probe = ImageDataset(train, geometry, None)
+        norm = _resolve_normalization(cfg.normalize, normalization, geometry.channels, lambda: _sample(probe))
+        out = {name: ImageDataset(s, geometry, norm) for name, s in parts.items() if s is not None}
+
+    data = PreparedData(train=out["train"], val=out.get("val"), test=out.get("test"), class_names=list(raw.class_names),
+                        input_size=geometry.input_size, normalization=norm, augment=cfg.augment, warnings=warnings,
+                        name=cfg.name, flip=flip, native_size=native)
+    data.warnings += _quality_warnings(data, native, geometry, cfg)
+    for w in data.warnings:
+        log.warning("dataset %s: %s", cfg.name, w)
+    return data
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+def _resolve_root(cfg, meta: dict, roots) -> Path | None:
+    if not cfg.root:
+        if meta.get("needs_root"):
+            raise DatasetError(f"dataset {cfg.name!r} reads files and no root was given",
+                               "give the file or folder as root (CLI: --root PATH)")
+        return None
+    if roots is not None:
+        return confine_path(cfg.root, roots)
+    return Path(cfg.root).expanduser().resolve()
+
+
+def _plain_normalization(norm) -> Normalization | None:
+    if norm is None:
+        return None
+    try:
+        mean, std = norm
+        return tuple(float(v) for v in np.atleast_1d(mean)), tuple(float(v) for v in np.atleast_1d(std))
+    except (TypeError, ValueError):
+        raise DatasetError(f"normalization {norm!r} is not (mean, std)", "give ((m1, ...), (s1, ...)) or None") from None
+
+
+def _native_size(raw: RawData) -> tuple[tuple[int, int, int] | None, int | None]:
+    """(C,H,W) of the images when they share one size, and the largest side seen."""
+    train = raw.splits["train"]
+    if train.images is not None:
+        c, h, w = train.images.shape[1:]
+        return (int(c), int(h), int(w)), max(int(h), int(w))
+    sizes = set()
+    reader = train.reader
+    for i in range(min(16, len(train))):  # headers only: cheap even for big photos
+        try:
+            mode, w, h = reader.size(int(train.index[i])) if hasattr(reader, "size") else _pil_size(train.open(i))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue  # reported when the file is checked
+        sizes.add((1 if mode in ("1", "L", "I", "I;16", "F") else 3, h, w))
+    if not sizes:
+        return None, None
+    max_side = max(max(h, w) for _, h, w in sizes)
+    if len(sizes) == 1:
+        return next(iter(sizes)), max_side
+    return None, max_side  # mixed sizes: no native size; the source's input size decides
+
+
+def _pil_size(img: Image.Image) -> tuple[str, int, int]:
+    return img.mode, img.width, img.height
+
+
+def _materialize(split: RawSplit, name: str, geometry: Geometry, in_memory: bool, warnings: list[str]) -> RawSplit:
+    """Decode files into a tensor (in memory) or check them (lazy); drop and report bad ones."""
+    if split.images is not None:
+        return split
+    good, images, bad = [], [], []
+    for i in range(len(split)):
+        try:
+            if in_memory:
+                images.append(fit_pil(split.open(i), geometry))
+            else:
+                reason = split.reader.check(int(split.index[i])) if hasattr(split.reader, "check") else None
+                if reason:
+                    raise OSError(reason)
+            good.append(i)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            bad.append((split.name(i), str(exc) or type(exc).__name__))
+    if bad:
+        warnings.append(describe_skipped(f"unreadable images in {name}", bad))
+    kept = split.subset(torch.tensor(good, dtype=torch.long))
+    if in_memory:
+        kept = RawSplit(kept.labels, torch.stack(images) if images else torch.zeros((0, *geometry.input_size), dtype=torch.uint8),
+                        names=kept.names)
+    return kept
+
+
+def _sample(dataset: ImageDataset) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(dataset), generator=gen)[:STATS_SAMPLE].tolist()
+    return torch.stack([dataset.image(i) for i in idx])
+
+
+def _resolve_normalization(mode: str, source: Normalization | None, channels: int, train_images) -> Normalization | None:
+    if mode == "none":
+        return None
+    if mode == "imagenet":
+        return adapt_normalization(IMAGENET_NORMALIZATION, channels)
+    if mode == "source" or (mode == "auto" and source is not None):
+        if source is None:
+            raise DatasetError("normalize is 'source' but the source model has no known normalization",
+                               "use normalize auto (dataset statistics), dataset, imagenet or none")
+        return adapt_normalization(source, channels)
+    return dataset_statistics(train_images())  # "dataset", or "auto" without a source
+
+
+def _quality_warnings(data: PreparedData, native, geometry: Geometry, cfg) -> list[str]:
+    out = []
+    counts = data.counts()
+    train = counts["train"]
+    if min(train) and max(train) / min(train) > IMBALANCE_RATIO:
+        big, small = train.index(max(train)), train.index(min(train))
+        out.append(f"class imbalance: {data.class_names[big]!r} has {max(train)} training images, "
+                   f"{data.class_names[small]!r} only {min(train)}; consider per_class to balance it")
+    if data.val is None:
+        out.append("no validation split (val_fraction is 0): accuracy during training is not measured")
+    elif len(data.val) < TINY_VAL:
+        out.append(f"tiny validation set: {len(data.val)} images, so validation accuracy moves in steps of "
+                   f"{100 / max(len(data.val), 1):.1f} %; raise val_fraction or use more images")
+    if native and native[1]:
+        factor = min(geometry.content[0] / native[1], geometry.content[1] / native[2])
+        if factor >= UPSCALE_WARN:
+            out.append(f"images are upscaled {factor:.1f}x from {native[1]}x{native[2]} to "
+                       f"{geometry.content[0]}x{geometry.content[1]}: the source expects much bigger images; "
+                       "expect blur and slow epochs (a source for small images may suit better)")
+    return out
+
+
+def _in_memory(data: PreparedData) -> bool:
+    return all(isinstance(s, TensorSplit) for s in data.splits().values())
+
+
+def _to_payload(data: PreparedData) -> dict[str, Any]:
+    return {
+        "splits": {name: {"x": s.x, "y": s.y} for name, s in data.splits().items()},
+        "class_names": list(data.class_names),
+        "input_size": list(data.input_size),
+        "normalization": [list(data.normalization[0]), list(data.normalization[1])] if data.normalization else None,
+        "warnings": list(data.warnings),
+        "flip": data.flip,
+        "native_size": list(data.native_size) if data.native_size else None,
+    }
+
+
+def _from_payload(payload: dict[str, Any], cfg) -> PreparedData:
+    splits = {name: TensorSplit(s["x"], s["y"]) for name, s in payload["splits"].items()}
+    norm = payload["normalization"]
+    return PreparedData(
+        train=splits["train"], val=splits.get("val"), test=splits.get("test"), class_names=list(payload["class_names"]),
+        input_size=tuple(payload["input_size"]), normalization=(tuple(norm[0]), tuple(norm[1])) if norm else None,
+        augment=cfg.augment, warnings=list(payload["warnings"]), name=cfg.name, flip=bool(payload["flip"]),
+        native_size=tuple(payload["native_size"]) if payload["native_size"] else None, from_cache=True)
+
+
+# --- what the Dataset page and the CLI show --------------------------------------------------
+
+def preview(split: Split, class_names: list[str], per_class: int = 8, normalization: Normalization | None = None,
+            augment=None, seed: int = 0) -> list[tuple[np.ndarray, str]]:
+    """Up to `per_class` images of every class, as (HxW or HxWx3 uint8 numpy array, class name),
+    grouped by class in `class_names` order: ready for `st.image` or PIL. `normalization` is the
+    data's (to undo it); `augment` (a callable from `PreparedData.augmenter`) shows its effect."""
+    labels = split_labels(split)
+    gen = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    for c in range(len(class_names)):
+        members = torch.nonzero(labels == c).flatten()
+        chosen += members[torch.randperm(len(members), generator=gen)[:per_class]].tolist()
+    if not chosen:
+        return []
+    if isinstance(split, TensorSplit):
+        x = split.x[chosen]
+    else:
+        x = torch.stack([split[i][0] for i in chosen])
+    if augment is not None:
+        x = augment(x)
+    pixels = (denormalize(x.clone(), normalization) * 255).round().to(torch.uint8)
+    out = []
+    for image, i in zip(pixels, chosen):
+        array = image.permute(1, 2, 0).numpy()
+        out.append((array[:, :, 0] if array.shape[2] == 1 else array, class_names[int(labels[i])]))
+    return out
+
+
+def available_datasets(root: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every registered dataset with its facts and whether it can be used offline right now
+    (`present`: True/False, or None when it needs a path to tell)."""
+    rows = []
+    for entry in DATASETS:
+        meta = entry.meta
+        try:
+            present = entry.obj.present(Path(root) if root else None)
+        except (OSError, KTError):
+            present = False
+        rows.append({"name": entry.name, "description": meta.get("description", ""),
+                     "num_classes": meta.get("num_classes"), "image_size": meta.get("image_size"),
+                     "channels": meta.get("channels"), "offline": meta.get("offline", False),
+                     "needs_root": meta.get("needs_root", False), "has_test": meta.get("has_test", False),
+                     "present": present})
+    return rows
