@@ -43,12 +43,9 @@ def _evaluate(run_id: str, split: str, stamp: str):
 @st.cache_resource(max_entries=2, show_spinner="Loading the run's data...")
 def _split_images(run_id: str, split: str, stamp: str):
     """The evaluated split's images, prepared exactly as the evaluation saw them."""
-    from kt_core.data import load_dataset
-    from kt_core.evaluate import load_run_model
+    from kt_core.evaluate import load_run
 
-    _, loaded, cfg, _, _ = load_run_model(run_id)
-    data = load_dataset(cfg.dataset, input_size=loaded.input_size, normalization=loaded.normalization)
-    return data.splits().get(split)
+    return load_run(run_id, device="cpu").data.splits().get(split)
 
 
 def evaluation(run_id: str, split: str):
@@ -119,12 +116,14 @@ def downloads(run_id: str) -> None:
     c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{run_id}-metrics.csv",
                        "text/csv", key="runs_dl_metrics", disabled=not rows)
 
-    from kt_core.export import FORMATS, export_run
+    from kt_core.export import EXPORTERS, export_run
 
-    fmt = st.selectbox("Model format", FORMATS.names(), key="runs_export_format",
-                       format_func=lambda n: f"{n} — {FORMATS.meta(n).get('description', '')}")
-    if st.button("Export", key="runs_export"):
-        path = export_run(run_id, fmt)
+    fmt = st.selectbox("Model format", EXPORTERS.names(), key="runs_export_format",
+                       format_func=lambda n: f"{n} — {EXPORTERS.meta(n).get('description', '')}")
+    if st.button("Export", key="runs_export", help="Written to the run's exports/ folder and checked by reading "
+                                                   "it back: it must predict what the model predicts."):
+        with st.spinner(f"Exporting as {fmt}..."):
+            path = export_run(run_id, fmt)
         st.session_state["kt_export"] = (run_id, fmt, path.name, path.read_bytes())
     ready = st.session_state.get("kt_export")
     if ready and ready[:2] == (run_id, fmt):
