@@ -523,14 +523,16 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContex
 
 
 def _augmenter(data: PreparedData) -> Callable | None:
-    """The batch augmentation of `data` (kt_core.data owns the transforms)."""
-    from . import data as data_module
+    """The batch augmentation of `data` (kt_core.data owns the transforms).
 
-    make = getattr(data_module, "make_augment", None)
+    It draws from the global torch RNG, which checkpoints save and restore: a resumed run
+    augments the remaining batches exactly as the uninterrupted run would have.
+    """
+    make = getattr(data, "augmenter", None)
     if make is None:
-        log.warning("augmentation %r requested but kt_core.data offers none; training without it", data.augment)
+        log.warning("augmentation %r requested but the data offers none; training without it", data.augment)
         return None
-    return make(data.augment, data.input_size)
+    return make()
 
 
 def _use_feature_cache(ctx: FitContext) -> None:

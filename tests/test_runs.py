@@ -1,0 +1,181 @@
+"""The run folder contract: what the UI and scripts read while a worker writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kt_core import runs
+from kt_core.config import RunConfig, SourceConfig, TrainConfig
+from kt_core.errors import RunError
+
+
+def make_cfg(name="quick test", **train) -> RunConfig:
+    return RunConfig(name=name, source=SourceConfig(kind="arch", arch="small_cnn"),
+                     train=TrainConfig(**{"device": "cpu", **train}))
+
+
+def write_rows(folder, rows):
+    with open(folder / "metrics.jsonl", "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+# --- folders and ids ---------------------------------------------------------------------------
+
+def test_create_run_writes_the_contract_files(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    assert folder.parent == tmp_path
+    assert RunConfig.from_file(folder / "config.json") == make_cfg()
+    status = json.loads((folder / "status.json").read_text())
+    assert status["state"] == "queued" and status["step"] == 0 and status["error"] is None
+    assert (folder / "metrics.jsonl").read_text() == "" and (folder / "checkpoints").is_dir()
+    # readable and sortable: time first, then the slug of the name
+    assert re.fullmatch(r"\d{8}-\d{6}-quick-test-[0-9a-f]{4}", folder.name)
+
+
+def test_run_ids_sort_by_creation_time(tmp_path):
+    first = runs.create_run(make_cfg("b"), tmp_path).name
+    time.sleep(1.05)
+    second = runs.create_run(make_cfg("a"), tmp_path).name
+    assert sorted([second, first]) == [first, second]
+    assert list(runs.list_runs(tmp_path)["id"]) == [second, first]  # newest first
+
+
+def test_run_dir_accepts_ids_prefixes_paths_and_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("KT_RUNS_DIR", str(tmp_path))
+    old = runs.create_run(make_cfg("digits source"), tmp_path)
+    runs.update_status(old, state="completed")
+    new = runs.create_run(make_cfg("digits source"), tmp_path)  # newer but not completed
+    assert runs.run_dir(old.name) == old
+    assert runs.run_dir(str(new)) == new
+    assert runs.run_dir(new.name[:-2]) == new  # unique prefix
+    assert runs.run_dir("digits source") == old  # by name: the newest completed one
+    with pytest.raises(RunError, match="no run 'nope'") as err:
+        runs.run_dir("nope")
+    assert "kt_core runs" in err.value.hint
+
+
+def test_reproduce_command_points_at_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = runs.create_run(make_cfg(), tmp_path / "runs")
+    assert runs.reproduce_command(folder) == f"python -m kt_core train runs/{folder.name}/config.json"
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def test_read_metrics_is_incremental_and_never_returns_half_a_row(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    write_rows(folder, [{"kind": "step", "step": 1}, {"kind": "step", "step": 2}])
+    rows, offset = runs.read_metrics(folder)
+    assert [r["step"] for r in rows] == [1, 2]
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "st')  # a writer caught mid-line
+    again, offset2 = runs.read_metrics(folder, offset)
+    assert again == [] and offset2 == offset
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('ep": 3}\n')
+    rows, _ = runs.read_metrics(folder, offset)
+    assert rows == [{"kind": "step", "step": 3}]
+
+
+def test_truncate_metrics_keeps_rows_up_to_the_checkpoint_step(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    write_rows(folder, [{"kind": "step", "step": s} for s in (2, 4, 6)] + [{"kind": "epoch", "epoch": 1, "step": 6}]
+               + [{"kind": "step", "step": 8}])
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "st')  # torn by a kill -9
+    assert runs.truncate_metrics(folder, 6) == 4
+    rows, _ = runs.read_metrics(folder)
+    assert [(r["kind"], r["step"]) for r in rows] == [("step", 2), ("step", 4), ("step", 6), ("epoch", 6)]
+    assert (folder / "metrics.jsonl").read_text().endswith("\n")
+
+
+def test_metrics_long_and_compare_put_several_runs_in_one_table(tmp_path):
+    a = runs.create_run(make_cfg("a", lr=0.1), tmp_path)
+    b = runs.create_run(make_cfg("b", lr=0.2), tmp_path)
+    write_rows(a, [{"kind": "epoch", "epoch": 1, "step": 3, "val_acc": 0.5}])
+    write_rows(b, [{"kind": "epoch", "epoch": 1, "step": 3, "val_acc": 0.7},
+                   {"kind": "epoch", "epoch": 2, "step": 6, "val_acc": 0.8}])
+    runs.write_json_atomic(b / "summary.json", {"state": "completed", "best_val_acc": 0.8})
+    long = runs.metrics_long([a.name, b.name], tmp_path)
+    assert list(long.columns[:1]) == ["run_id"]
+    assert long.groupby("run_id")["val_acc"].max().to_dict() == {a.name: 0.5, b.name: 0.8}
+    table = runs.compare([a.name, b.name], tmp_path).set_index("run_id")
+    assert table.loc[b.name, "best_val_acc"] == 0.8 and table.loc[a.name, "train.lr"] == 0.1
+    assert table.loc[b.name, "source.arch"] == "small_cnn"
+
+
+def test_list_runs_reads_configs_statuses_and_summaries(tmp_path):
+    folder = runs.create_run(make_cfg("listed"), tmp_path)
+    runs.update_status(folder, state="completed", epoch=5)
+    runs.write_json_atomic(folder / "summary.json", {"best_val_acc": 0.9, "test_acc": 0.85})
+    frame = runs.list_runs(tmp_path)
+    assert list(frame.columns) == runs.LIST_COLUMNS
+    row = frame.iloc[0]
+    assert (row["name"], row["state"], row["best_val_acc"], row["test_acc"]) == ("listed", "completed", 0.9, 0.85)
+    assert (row["arch"], row["dataset"], row["preset"]) == ("small_cnn", "sklearn_digits", "fine_tune")
+    assert runs.list_runs(tmp_path / "empty").empty
+
+
+# --- liveness --------------------------------------------------------------------------------
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_running_run_whose_worker_is_gone_reads_as_interrupted_with_its_last_log_lines(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    (folder / "log.txt").write_text("starting\nTraceback: boom\n")
+    runs.update_status(folder, state="running", pid=dead_pid(), heartbeat=time.time())
+    status = runs.read_status(folder)
+    assert status["state"] == "interrupted"
+    assert status["log_tail"][-1] == "Traceback: boom"
+    assert json.loads((folder / "status.json").read_text())["state"] == "running"  # reading never writes
+
+
+def test_a_stale_heartbeat_reads_as_interrupted_even_if_the_pid_exists(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    runs.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time() - runs.STALE_AFTER_S - 1)
+    assert runs.read_status(folder)["state"] == "interrupted"
+    runs.update_status(folder, heartbeat=time.time())
+    assert runs.read_status(folder)["state"] == "running"
+
+
+def test_a_zombie_worker_is_not_alive(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited, not reaped: os.kill(pid, 0) would still succeed
+    try:
+        assert not runs.pid_alive(proc.pid)
+    finally:
+        proc.wait()
+
+
+def test_delete_refuses_a_running_run_and_stop_refuses_a_finished_one(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    runs.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time())
+    with pytest.raises(RunError, match="still running"):
+        runs.delete(folder)
+    runs.update_status(folder, state="completed")
+    with pytest.raises(RunError, match="not running"):
+        runs.stop(folder)
+    with pytest.raises(RunError, match="has completed"):
+        runs.resume(folder)
+    runs.delete(folder)
+    assert not folder.exists()
+
+
+def test_corrupt_status_is_a_clear_error(tmp_path):
+    folder = runs.create_run(make_cfg(), tmp_path)
+    (folder / "status.json").write_text("{")
+    with pytest.raises(RunError, match="corrupt"):
+        runs.read_status(folder)
+    assert runs.list_runs(tmp_path).iloc[0]["state"] == "corrupt"
