@@ -122,17 +122,21 @@ def _rule_matches(pattern: str, block: str, module_names: Iterable[str]) -> bool
     return pattern == block or any(fnmatch.fnmatchcase(m, pattern) for m in module_names)
 
 
+def _override(setting: Setting, rule) -> Setting:
+    return Setting(
+        transfer=setting.transfer if rule.transfer is None else bool(rule.transfer),
+        freeze=setting.freeze if rule.freeze is None else bool(rule.freeze),
+        lr_mult=setting.lr_mult if rule.lr_mult is None else float(rule.lr_mult),
+    )
+
+
 def _apply_rules(setting: Setting, rules, block: str, module_names: list[str]) -> tuple[Setting, bool]:
+    """The setting after the matching rules, in order; and whether a rule decided `freeze`."""
     pinned = False
     for rule in rules:
-        if not _rule_matches(rule.pattern, block, module_names):
-            continue
-        setting = Setting(
-            transfer=setting.transfer if rule.transfer is None else bool(rule.transfer),
-            freeze=setting.freeze if rule.freeze is None else bool(rule.freeze),
-            lr_mult=setting.lr_mult if rule.lr_mult is None else float(rule.lr_mult),
-        )
-        pinned = pinned or rule.freeze is not None
+        if _rule_matches(rule.pattern, block, module_names):
+            setting = _override(setting, rule)
+            pinned = pinned or rule.freeze is not None
     return setting, pinned
 
 
@@ -179,15 +183,6 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
     block_modules = {b.name: list(b.modules) for b in blocks}
     owners = [(m, b.name) for b in blocks for m in b.modules]
 
-    # Block-level settings (the Layers page's rows): the preset, then the rules that cover the
-    # whole block (its name, or a pattern matching every one of its modules or their parents).
-    # A rule on a single module shows up as that row's override instead.
-    block_setting: dict[str, Setting] = {}
-    for i, block in enumerate(blocks):
-        whole = [r for r in plan.rules if r.pattern == block.name or all(
-            any(fnmatch.fnmatchcase(a, r.pattern) for a in _ancestry(m)) for m in block.modules)]
-        block_setting[block.name], _ = _apply_rules(preset(i, n, plan), whole, block.name, [])
-
     units: list[_Unit] = []
     unassigned = []
     seen_params: set[int] = set()  # tied weights count once, with their first owner
@@ -217,6 +212,20 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
                 setting=setting, pinned=pinned, params=params,
                 is_norm=isinstance(module, _NormBase) and module.track_running_stats,
             ))
+
+    # Block-level settings (the Layers page's rows): the preset, then the rules that cover the
+    # whole block (its name, or a pattern matching every unit of it). A rule on part of a block
+    # shows up as that row's overrides instead.
+    block_setting: dict[str, Setting] = {}
+    for i, block in enumerate(blocks):
+        members = [_ancestry(u.name) + u.params for u in units if u.block == block.name] or \
+            [_ancestry(m) for m in block.modules]
+        whole = [r for r in plan.rules if r.pattern == block.name or all(
+            any(fnmatch.fnmatchcase(name, r.pattern) for name in names) for names in members)]
+        setting = preset(i, n, plan)
+        for rule in whole:
+            setting = _override(setting, rule)
+        block_setting[block.name] = setting
 
     warnings = []
     if unassigned:
