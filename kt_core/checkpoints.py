@@ -20,6 +20,7 @@ import pickle
 import pickletools
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,7 +209,9 @@ def _read_torchscript(name: str, data: bytes | None, path: Path | None) -> RawCh
     # TorchScript archives hold TorchScript code, run by the TorchScript interpreter: no Python
     # pickle of arbitrary classes is involved, so this is as safe as the weights_only loader.
     try:
-        module = torch.jit.load(_stream(data, path), map_location="cpu")
+        with warnings.catch_warnings():  # "torch.jit is deprecated": the user's files are still TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(_stream(data, path), map_location="cpu")
     except Exception as exc:  # torch.jit raises RuntimeError with C++ text
         raise CheckpointError(f"{name} is a TorchScript archive that cannot be loaded ({_first_line(exc)})",
                               "the file is truncated, corrupt or from a newer PyTorch; export it again") from None
@@ -475,7 +478,7 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], spec: Any = None) -
         report.fixes.append("the file has no BatchNorm num_batches_tracked counters: kept at 0 (they do not affect outputs)")
     if to_load:
         model.load_state_dict(to_load, strict=False)
-    log.info("loaded weights: %s", report.summary())
+    log.debug("loaded weights: %s", report.summary())
     return report
 
 

@@ -407,7 +407,7 @@ def torchvision_state_dict(spec: ArchSpec, weights: str) -> dict[str, torch.Tens
             raise CheckpointError(
                 f"weights {weights} for {spec.name} are not in the torch hub cache ({path}) and could "
                 f"not be downloaded ({type(exc).__name__}: {exc})",
-                f"copy {path.name} from {url} to {path.parent}, or use no weights (random initialisation)",
+                f"copy {path.name} from {url} to {path.parent}, or use no weights for random initialisation (--weights none; 'random initialisation' in the UI)",
             ) from None
     sd, _ = clean_state_dict(read_checkpoint(path).state_dict)
     return sd
@@ -490,6 +490,17 @@ def _shape_fits(key: str, got: tuple[int, ...], want: tuple[int, ...], spec: Arc
 # --- layer tree and blocks ---------------------------------------------------------------------
 
 
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """`model.get_submodule(name)` that also works on TorchScript modules."""
+    module = model
+    for part in filter(None, name.split(".")):
+        children = dict(module.named_children())
+        if part not in children:
+            raise AttributeError(f"{type(module).__name__} has no submodule {part!r}")
+        module = children[part]
+    return module
+
+
 def _has_params(module: nn.Module) -> bool:
     return next(iter(module.parameters()), None) is not None
 
@@ -506,7 +517,7 @@ def _units(model: nn.Module, spec: ArchSpec | None) -> list[str]:
         changed, out = False, []
         for unit in units:
             if unit in expand:
-                module = model.get_submodule(unit) if unit else model
+                module = submodule(model, unit)
                 out.extend(f"{unit}.{n}" if unit else n for n, _ in module.named_children())
                 changed = True
                 expand.discard(unit)
@@ -527,7 +538,7 @@ def _direct_params(model: nn.Module, spec: ArchSpec | None) -> list[str]:
     names = []
     for prefix in sorted(opened):
         try:
-            module = model.get_submodule(prefix) if prefix else model
+            module = submodule(model, prefix)
         except AttributeError:
             continue
         names.extend(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
@@ -543,7 +554,7 @@ def blocks(model: nn.Module, spec: ArchSpec | None = None) -> list[Block]:
     head (for unknown models: the last unit with parameters) is `head`.
     """
     units = _units(model, spec)
-    modules = {u: model.get_submodule(u) for u in units}
+    modules = {u: submodule(model, u) for u in units}
     with_params = [u for u in units if _has_params(modules[u])]
     if not with_params:
         raise KTError("the model has no parameters", "load a model with weights")

@@ -1,5 +1,123 @@
-"""Placeholder until this command group lands (replaced in the same session)."""
+"""`inspect SOURCE` (what a checkpoint, run or architecture holds) and `archs` (the registry)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from . import print_json
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "inspect", help="show what a source model is: architecture, mapping report, layer tree",
+        description="SOURCE is a checkpoint file (.pt/.pth/.bin/.ckpt/.th/.safetensors, TorchScript), "
+                    "a KT Studio run folder or run id, or an architecture name (see `archs`).")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--arch", help="architecture of a checkpoint file (default: inferred from its keys)")
+    p.add_argument("--weights", help="named torchvision weights for an architecture, e.g. IMAGENET1K_V1")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run")
+    p.add_argument("--num-classes", type=int, metavar="N", help="replace the head for N classes")
+    p.add_argument("--trust", action="store_true",
+                   help="allow arbitrary code while unpickling (only for files you trust)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=inspect_command)
+
+    a = subparsers.add_parser("archs", help="list the registered architectures")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=archs_command)
+
+
+def source_config(args: argparse.Namespace):
+    """SOURCE -> SourceConfig: an existing file, a folder (a run), an architecture, or a run id."""
+    from ..config import SourceConfig
+    from ..errors import KTError
+    from ..models import ARCHITECTURES
+    from ..settings import get_settings
+
+    text = args.source
+    path = Path(text).expanduser()
+    if path.is_file():
+        return SourceConfig(kind="file", path=text, arch=args.arch, trust=args.trust)
+    if path.is_dir():
+        return SourceConfig(kind="run", path=text, checkpoint=args.checkpoint)
+    if text in ARCHITECTURES:
+        weights = None if (args.weights or "").lower() in ("", "none") else args.weights
+        return SourceConfig(kind="arch", arch=text, weights=weights)
+    if (get_settings().runs_dir / text).is_dir():
+        return SourceConfig(kind="run", path=text, checkpoint=args.checkpoint)
+    ARCHITECTURES.entry(text)  # raises with close names when it looks like a mistyped architecture
+    raise KTError(f"{text!r} is not a file, a run or an architecture", "check the path")  # pragma: no cover
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..sources import inspect_source
+
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num-classes is {args.num_classes}", "use 1 or more classes")
+    info = inspect_source(source_config(args), num_classes=args.num_classes)
+    if args.json:
+        print_json(info)
+    else:
+        print(render(info))
+    return 0
+
+
+def render(info: dict[str, Any]) -> str:
+    """The inspection as text: a header, the mapping report, and an indented layer table."""
+    lines = [f"architecture : {info['architecture'] or 'unknown'}"
+             + (f"  (candidates: {', '.join(info['candidates'])})" if len(info.get("candidates") or []) > 1 else ""),
+             f"format       : {info['format']}",
+             f"parameters   : {info['num_parameters']:,}"
+             + (f" ({info['num_trainable']:,} trainable)" if info.get("num_trainable") is not None else ""),
+             f"input size   : {tuple(info['input_size']) if info.get('input_size') else 'unknown'}"
+             + (f"   normalization: mean {tuple(info['normalization'][0])}, std {tuple(info['normalization'][1])}"
+                if info.get("normalization") else ""),
+             f"classes      : {info.get('num_classes') or 'unknown'}"]
+    report = info["load_report"]
+    lines.append(f"weights      : {report['summary']}")
+    for fix in report.get("fixes") or []:
+        lines.append(f"  fixed: {fix}")
+    for item in report.get("mismatched") or []:
+        lines.append(f"  shape mismatch: {item['key']} file {tuple(item['source_shape'])} model {tuple(item['model_shape'])}")
+    for what in ("missing", "unexpected"):
+        keys = report.get(what) or []
+        if keys:
+            lines.append(f"  {what}: {', '.join(keys[:8])}" + (f" ... ({len(keys)} in all)" if len(keys) > 8 else ""))
+    for note in info.get("notes") or []:
+        lines.append(f"note: {note}")
+    if info.get("meta"):
+        shown = {k: v for k, v in info["meta"].items() if isinstance(v, (int, float, str)) and len(str(v)) < 60}
+        if shown:
+            lines.append("file meta    : " + ", ".join(f"{k}={v}" for k, v in list(shown.items())[:8]))
+    if info.get("blocks"):
+        lines.append("blocks       : " + " -> ".join(b["name"] for b in info["blocks"]))
+    lines.append("")
+    lines.append(f"{'layer':<44} {'type':<22} {'params':>12}  {'output':<20} block")
+    for row in info["layers"]:
+        name = "  " * row["depth"] + row["name"].rsplit(".", 1)[-1]
+        shape = row.get("output_shape")
+        shape = "x".join(map(str, shape)) if shape and all(isinstance(s, int) for s in shape) else (str(shape) if shape else "")
+        count = row.get("num_parameters_total", row["num_parameters"])
+        lines.append(f"{name[:44]:<44} {row['type'][:22]:<22} {count:>12,}  {shape:<20} {row.get('block') or ''}")
+    return "\n".join(lines)
+
+
+def archs_command(args: argparse.Namespace) -> int:
+    from ..models import ARCHITECTURES
+
+    rows = [{"name": spec.name, "family": spec.family, "input_size": list(spec.input_size),
+             "num_classes": spec.num_classes, "weights": list(spec.weights),
+             "normalization": [list(m) for m in spec.normalization] if spec.normalization else None,
+             "description": spec.description}
+            for spec in (entry.obj for entry in ARCHITECTURES)]
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"{'name':<22} {'family':<20} {'input':<12} weights")
+    for row in rows:
+        size = "x".join(map(str, row["input_size"]))
+        print(f"{row['name']:<22} {row['family']:<20} {size:<12} {', '.join(row['weights']) or '-'}")
+    return 0

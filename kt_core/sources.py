@@ -1,0 +1,381 @@
+"""The source model: a `SourceConfig` becomes a model with the source's weights, and a report.
+
+Three kinds of source, one registry: an architecture (with torchvision's named weights, or
+random), a checkpoint file (any format `checkpoints.read_checkpoint` reads), or a completed
+KT Studio run. Whatever the kind, the result is a `LoadedSource` in the source's native shape
+(its own class count and input channels); `LoadedSource.adapt` then fits it to the target task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .checkpoints import LoadReport, RawCheckpoint, load_into, read_checkpoint
+from .config import SourceConfig
+from .errors import CheckpointError, KTError, RunError
+from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, blocks, count_parameters, dry_run,
+                     get_spec, layer_tree, replace_head, torchvision_state_dict, weights_preprocessing)
+from .registry import Registry
+from .settings import confine_path, get_settings
+
+log = logging.getLogger(__name__)
+
+# Input sides tried, in order, for a model that does not say what it expects (TorchScript, a
+# pickled module of unknown architecture): MNIST-like, CIFAR-like, small and ImageNet-like.
+_GUESS_SIDES = (28, 32, 64, 224)
+
+
+class UnknownArchitectureError(CheckpointError):
+    """A state_dict that no registered architecture fits; `raw` keeps it for key-level inspection."""
+
+    def __init__(self, message: str, hint: str, raw: RawCheckpoint):
+        super().__init__(message, hint)
+        self.raw = raw
+
+
+class ScriptedWithHead(nn.Module):
+    """A TorchScript model (which cannot be edited) with a new linear head on its outputs."""
+
+    def __init__(self, body: nn.Module, in_features: int, num_classes: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@dataclass
+class LoadedSource:
+    """A source model with its weights loaded, and everything known about it."""
+
+    model: nn.Module
+    arch: str | None
+    spec: ArchSpec | None
+    report: LoadReport
+    input_size: tuple[int, int, int] | None  # (C, H, W) the source expects
+    normalization: Normalization | None  # mean/std the source was trained with, if known
+    candidates: list[str] = field(default_factory=list)  # architectures inferred from the keys
+    format: str = ""  # checkpoint format, or "torchvision_weights" / "random_init" for kind=arch
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # epoch, best accuracy, run config, ...
+    num_classes: int | None = None  # the model's current output classes
+
+    def adapt(self, num_classes: int | None = None, in_channels: int | None = None) -> None:
+        """Fit the model to a target task in place: a new head, an adapted first conv."""
+        if num_classes and num_classes != self.num_classes:
+            self._new_head(num_classes)
+        if in_channels and self.input_size and in_channels != self.input_size[0]:
+            self._new_input_channels(in_channels)
+
+    def _editable(self) -> bool:
+        return self.spec is not None and not isinstance(self.model, torch.jit.ScriptModule)
+
+    def _new_head(self, num_classes: int) -> None:
+        old = self.num_classes
+        if self._editable():
+            replace_head(self.model, self.spec, num_classes)
+            fix = f"head {self.spec.head} replaced: {old} -> {num_classes} classes (randomly initialised)"
+        else:
+            if old is None:
+                raise KTError("the source model's output size is unknown, so no head can be put on it",
+                              "name its architecture (--arch) or give its input size")
+            self.model = ScriptedWithHead(self.model, old, num_classes)
+            fix = (f"the TorchScript model cannot be edited: a new head (Linear {old} -> {num_classes}) "
+                   "takes its outputs")
+        self.report.fixes.append(fix)
+        self.num_classes = num_classes
+
+    def _new_input_channels(self, in_channels: int) -> None:
+        old = self.input_size[0]
+        if not self._editable():
+            raise KTError(f"the source takes {old}-channel images and cannot be adapted to {in_channels} "
+                          "(TorchScript or unknown architecture)",
+                          f"use {old}-channel data (the dataset's channels option)")
+        adapt_first_conv(self.model, self.spec, in_channels)
+        self.report.fixes.append(f"first conv {self.spec.first_conv}: {old} input channels adapted to {in_channels}")
+        self.input_size = (in_channels, *self.input_size[1:])
+        if self.normalization and len(self.normalization[0]) != in_channels:
+            mean, std = self.normalization
+            if in_channels == 1:  # the adapted conv sums the colour channels of a grey image
+                self.normalization = ((sum(mean) / len(mean),), (sum(std) / len(std),))
+            else:
+                self.normalization = (tuple(mean) * in_channels)[:in_channels], (tuple(std) * in_channels)[:in_channels]
+
+
+SOURCE_LOADERS: Registry[Callable[..., LoadedSource]] = Registry("source kind")
+
+
+def load_source(cfg: SourceConfig, num_classes: int | None = None, in_channels: int | None = None,
+                roots: tuple[Path, ...] | None = None, pretrained: bool = True) -> LoadedSource:
+    """Build the source model of `cfg` with its weights (random ones if not `pretrained`).
+
+    `num_classes` / `in_channels` adapt it to a target task (None keeps the source's own);
+    `roots` confines file paths (the UI passes the allowed roots, the CLI None). A from-scratch
+    baseline (`pretrained=False`) keeps the source's input size and normalization, so it sees
+    exactly the same data.
+    """
+    cfg.validate()
+    source = SOURCE_LOADERS.get(cfg.kind)(cfg, roots=roots, pretrained=pretrained)
+    source.adapt(num_classes, in_channels)
+    return source
+
+
+@SOURCE_LOADERS.register("arch")
+def _from_arch(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedSource:
+    spec = get_spec(cfg.arch)
+    input_size, normalization = weights_preprocessing(spec, cfg.weights)
+    model = spec.builder(spec.num_classes, spec.input_size[0])
+    notes = []
+    if cfg.weights and pretrained:
+        report = load_into(model, torchvision_state_dict(spec, cfg.weights), spec)
+        fmt = "torchvision_weights"
+    else:
+        report = LoadReport()
+        fmt = "random_init"
+        notes.append("random initialisation: no weights are loaded" +
+                     (f" (from-scratch twin of {cfg.weights})" if cfg.weights else ""))
+    return LoadedSource(model, spec.name, spec, report, input_size, normalization, [spec.name], fmt, notes,
+                        num_classes=spec.num_classes)
+
+
+@SOURCE_LOADERS.register("file")
+def _from_file(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedSource:
+    path = confine_path(cfg.path, roots) if roots is not None else Path(cfg.path).expanduser()
+    return from_checkpoint(read_checkpoint(path, trust=cfg.trust), cfg.arch, pretrained)
+
+
+@SOURCE_LOADERS.register("run")
+def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedSource:
+    folder = run_folder(cfg.path, roots)
+    config = _read_json(folder / "config.json")
+    notes = []
+    wanted = folder / "checkpoints" / f"{cfg.checkpoint}.pt"
+    other = folder / "checkpoints" / f"{'last' if cfg.checkpoint == 'best' else 'best'}.pt"
+    if not wanted.is_file():
+        if not other.is_file():
+            raise RunError(f"run {folder.name} has no checkpoint ({wanted.name} and {other.name} are missing)",
+                           "pick a run that completed at least one epoch")
+        notes.append(f"the run has no {wanted.name}; using {other.name}")
+        wanted = other
+    raw = read_checkpoint(wanted)
+    arch = raw.arch or (config.get("source") or {}).get("arch")
+    dataset = config.get("dataset") or {}
+    side = raw.meta.get("input_size") or dataset.get("image_size")
+    normalization = raw.meta.get("normalization")
+    if normalization is None and dataset.get("normalize") == "none":
+        normalization = ()  # explicitly no normalization
+    source = from_checkpoint(raw, arch, pretrained, side=side, normalization=normalization)
+    source.notes = notes + source.notes
+    source.meta = {"run": folder.name, "checkpoint": wanted.name, "run_name": config.get("name", ""),
+                   **{k: v for k, v in raw.meta.items() if k not in ("config", "optimizer", "scheduler")}}
+    return source
+
+
+def run_folder(run: str, roots: tuple[Path, ...] | None = None) -> Path:
+    """The folder of a run given as a path or as a run id under the runs folder."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        return confine_path(path, roots) if roots is not None else path
+    runs_dir = get_settings().runs_dir
+    if re.fullmatch(r"[\w.-]+", run) and run not in (".", "..") and (runs_dir / run).is_dir():
+        return runs_dir / run
+    raise RunError(f"no run {run!r}: not a folder, and not a run id under {runs_dir}",
+                   "give a run folder or an id listed by `python -m kt_core runs`")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path.parent.name} is not a KT Studio run: {path.name} is missing",
+                       "give a run folder (it holds config.json and checkpoints/)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} cannot be read ({exc})", "the run folder is damaged; pick another run") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is not a JSON object", "the run folder is damaged; pick another run")
+    return data
+
+
+def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: bool = True,
+                    side: int | None = None, normalization: Any = None) -> LoadedSource:
+    """A LoadedSource from what a file held: its module (TorchScript, trusted pickle) or a
+    registered architecture (named, or inferred from the keys) with the weights mapped in."""
+    from .models import infer_architectures
+
+    candidates = infer_architectures(raw.state_dict) if raw.state_dict else []
+    notes = []
+    spec = None
+    if arch:
+        spec = get_spec(arch)
+        if candidates and arch not in candidates:
+            notes.append(f"the keys fit {', '.join(candidates)}, not {arch}: see the mapping report")
+    elif candidates:
+        spec = get_spec(candidates[0])
+        if len(candidates) > 1:
+            notes.append(f"several architectures fit the keys: {', '.join(candidates)}; using {spec.name} "
+                         "(name another with --arch)")
+    elif raw.arch and raw.arch in ARCHITECTURES:
+        spec = get_spec(raw.arch)
+
+    if raw.module is not None:
+        model, report = _own_module(raw, spec, pretrained)
+    elif spec is None:
+        raise UnknownArchitectureError(
+            f"{raw.name}: no known architecture matches its {len(raw.state_dict)} weights",
+            "name the architecture (--arch, or the Architecture box), or save the model as TorchScript "
+            "(torch.jit.script(model).save(PATH)) so its code travels with it", raw)
+    else:
+        model = spec.builder(*_native_shape(raw.state_dict, spec))
+        if pretrained:
+            report = load_into(model, raw.state_dict, spec)
+            report.fixes[:0] = raw.fixes
+        else:
+            report = LoadReport(fixes=["random initialisation: the file's weights are not loaded (from-scratch baseline)"])
+
+    input_size, norm = _input_of(model, spec, raw.state_dict, side)
+    if normalization is not None:
+        norm = tuple(map(tuple, normalization)) if normalization else None
+    if input_size is None:
+        notes.append("the input size could not be found: name the architecture (--arch) to use its input size")
+    elif spec is None:
+        notes.append(f"input size {input_size} guessed by a trial forward pass (no architecture named)")
+    if report.mismatched:
+        notes.append(f"{len(report.mismatched)} weights have another shape than the model's and were not loaded")
+    if report.missing:
+        notes.append(f"{len(report.missing)} weights of the model are not in the file and keep their random initialisation")
+    return LoadedSource(model, spec.name if spec else None, spec, report, input_size, norm, candidates,
+                        raw.format, notes, dict(raw.meta), _output_classes(model, spec, input_size))
+
+
+def _own_module(raw: RawCheckpoint, spec: ArchSpec | None, pretrained: bool) -> tuple[nn.Module, LoadReport]:
+    if pretrained:
+        return raw.module, LoadReport(matched=list(raw.state_dict), fixes=list(raw.fixes))
+    if spec is None:
+        raise KTError(f"{raw.name} is a {raw.format} of no known architecture: a from-scratch twin cannot be built",
+                      "name its architecture (--arch) to train a from-scratch baseline")
+    model = spec.builder(*_native_shape(raw.state_dict, spec))
+    return model, LoadReport(fixes=[f"random initialisation of {spec.name} (from-scratch baseline)"])
+
+
+def _native_shape(sd: dict[str, torch.Tensor], spec: ArchSpec) -> tuple[int, int]:
+    """(num_classes, in_channels) of the weights, falling back to the spec's."""
+    head, conv = sd.get(f"{spec.head}.weight"), sd.get(f"{spec.first_conv}.weight")
+    classes = int(head.shape[0]) if head is not None else spec.num_classes
+    channels = int(conv.shape[1]) if conv is not None and conv.dim() == 4 else spec.input_size[0]
+    return classes, channels
+
+
+def _input_of(model: nn.Module, spec: ArchSpec | None, sd: dict[str, torch.Tensor],
+              side: int | None) -> tuple[tuple[int, int, int] | None, Normalization | None]:
+    if spec is not None:
+        channels = _native_shape(sd, spec)[1] if sd else spec.input_size[0]
+        h, w = (side, side) if side else spec.input_size[1:]
+        return (channels, h, w), spec.normalization
+    convs = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 4]
+    channel_options = [int(convs[0].shape[1])] if convs else [3, 1]
+    for channels in channel_options:
+        for s in ([side] if side else _GUESS_SIDES):
+            if dry_run(model, (channels, s, s))[1] is None:
+                return (channels, s, s), None
+    return None, None
+
+
+def _output_classes(model: nn.Module, spec: ArchSpec | None, input_size) -> int | None:
+    if spec is not None and not isinstance(model, torch.jit.ScriptModule):
+        head = model.get_submodule(spec.head)
+        return getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+    if input_size:
+        shapes, error = dry_run(model, input_size)
+        out = shapes.get("")
+        if error is None and isinstance(out, list) and out and isinstance(out[-1], int):
+            return out[-1]
+    return None
+
+
+# --- inspection (the CLI's JSON and the Source page) ------------------------------------------
+
+
+def keys_layer_table(sd: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Layers of an unknown model, from its keys: grouped by module prefix, types guessed."""
+    groups: dict[str, dict[str, list[int]]] = {}
+    for key, value in sd.items():
+        module, _, leaf = key.rpartition(".")
+        groups.setdefault(module, {})[leaf] = list(value.shape)
+    rows = []
+    for module, params in groups.items():
+        weight = params.get("weight", [])
+        if "running_mean" in params:
+            kind = "BatchNorm (guessed)"
+        elif len(weight) == 4:
+            kind = "Conv2d (guessed)"
+        elif len(weight) == 2:
+            kind = "Linear (guessed)"
+        elif len(weight) == 1:
+            kind = "Norm (guessed)"
+        else:
+            kind = "?"
+        count = sum(_numel(shape) for leaf, shape in params.items()
+                    if leaf not in ("running_mean", "running_var", "num_batches_tracked"))
+        rows.append({"name": module, "type": kind, "depth": module.count("."), "num_parameters": count,
+                     "num_parameters_total": count, "shapes": params})
+    return rows
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def inspect_source(cfg: SourceConfig, num_classes: int | None = None,
+                   roots: tuple[Path, ...] | None = None) -> dict[str, Any]:
+    """Everything known about a source, JSON-ready: the output of `python -m kt_core inspect --json`."""
+    try:
+        src = load_source(cfg, num_classes=num_classes, roots=roots)
+    except UnknownArchitectureError as exc:
+        raw = exc.raw
+        rows = keys_layer_table(raw.state_dict)
+        return {
+            "source": asdict(cfg), "format": raw.format, "architecture": None, "candidates": [],
+            "num_parameters": sum(r["num_parameters"] for r in rows), "num_trainable": None,
+            "input_size": None, "normalization": None, "num_classes": None,
+            "layers": rows, "blocks": [],
+            "load_report": LoadReport(fixes=list(raw.fixes)).to_dict(),
+            "notes": [f"no known architecture matched: {exc.message}; layers are listed from the keys. "
+                      f"To load it, {exc.hint}"],
+            "meta": raw.meta, "output_shape": None,
+        }
+    total, trainable = count_parameters(src.model)
+    notes = list(src.notes)
+    shapes, error = dry_run(src.model, src.input_size) if src.input_size else ({}, None)
+    if error:
+        notes.append(f"a dry run with input {src.input_size} failed ({error}); output shapes are partial")
+    return {
+        "source": asdict(cfg), "format": src.format, "architecture": src.arch, "candidates": src.candidates,
+        "num_parameters": total, "num_trainable": trainable,
+        "input_size": list(src.input_size) if src.input_size else None,
+        "normalization": [list(src.normalization[0]), list(src.normalization[1])] if src.normalization else None,
+        "num_classes": src.num_classes,
+        "layers": _rows_with_shapes(src, shapes),
+        "blocks": [{"name": b.name, "modules": b.modules} for b in blocks(src.model, src.spec)],
+        "load_report": src.report.to_dict(),
+        "notes": notes, "meta": src.meta, "output_shape": shapes.get(""),
+    }
+
+
+def _rows_with_shapes(src: LoadedSource, shapes: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layer tree with the shapes of a dry run already made (one forward pass, not two)."""
+    rows = layer_tree(src.model, None, src.spec)
+    for row in rows:
+        row["output_shape"] = shapes.get(row["name"])
+    return rows
