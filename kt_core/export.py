@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -100,14 +101,24 @@ _register(ExportFormat("safetensors", ".safetensors", "safetensors weights (no p
 
 # --- TorchScript --------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _quiet_jit():
+    # torch marks TorchScript deprecated (FutureWarning); it is still what many C++ and mobile
+    # deployments load, so we keep offering it without repeating the warning to every user.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        yield
+
+
 def _save_torchscript(model: nn.Module, path: Path, example: torch.Tensor) -> None:
-    with torch.no_grad():
+    with _quiet_jit(), torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(str(path))
+        traced.save(str(path))
 
 
 def _load_torchscript(path: Path, model_factory) -> Predictor:
-    module = torch.jit.load(str(path), map_location="cpu")
+    with _quiet_jit():
+        module = torch.jit.load(str(path), map_location="cpu")
     module.eval()
     return lambda x: module(x)
 

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("export", help="export a run's model (state_dict, safetensors, torchscript, onnx)")
     p.add_argument("run", help="run id or run folder")
-    p.add_argument("--format", required=True, dest="fmt", choices=EXPORTERS.names(), metavar="FMT",
+    p.add_argument("--format", required=True, dest="fmt", metavar="FMT",
                    help=f"one of {', '.join(EXPORTERS.names())}")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN/exports)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
