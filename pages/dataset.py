@@ -3,6 +3,7 @@
 import dataclasses
 
 import streamlit as st
+import torch
 
 from kt_core.config import AUGMENT_CHOICES, NORMALIZE_CHOICES, DatasetConfig
 from kt_core.settings import get_settings
@@ -20,7 +21,7 @@ with guard("Listing datasets") as listing:
 if not listing.ok:
     st.stop()
 
-ORIGINS = {"registered": "A registered dataset", "upload": "Upload a zip (ImageFolder)", "path": "A folder on the server"}
+ORIGINS = {"registered": "A dataset, or your files on the server", "upload": "Upload a zip (ImageFolder)"}
 origin = st.radio("Data", list(ORIGINS), format_func=ORIGINS.get, horizontal=True, key="dataset_origin")
 cfg = dataclasses.replace(current)
 if origin == "registered":
@@ -30,8 +31,15 @@ if origin == "registered":
     info = catalog[cfg.name]
     st.caption(info.get("description", ""))
     if info.get("needs_root") or not info.get("offline", True):
-        cfg.root = st.text_input("Root folder", value=cfg.root or "", key="dataset_root").strip() or None
-        cfg.download = st.checkbox("Download when missing (needs internet)", value=cfg.download, key="dataset_download")
+        cfg.root = st.text_input("Path on the server", value=cfg.root or "", key="dataset_root",
+                                 help="Confined to " + ", ".join(map(str, get_settings().allowed_roots))).strip() or None
+        if not info.get("offline", True):
+            cfg.download = st.checkbox("Download when missing (needs internet)", value=cfg.download,
+                                       key="dataset_download")
+        if not cfg.root and info.get("needs_root"):
+            st.info("Give the path of your files: an image folder tree (class/image), MNIST IDX files, "
+                    "an .npz or a CSV manifest (path,label), matching the format chosen above.")
+            st.stop()
     else:
         cfg.root = None
 elif origin == "upload":
@@ -39,13 +47,6 @@ elif origin == "upload":
     if uploaded is None:
         st.stop()
     cfg.name, cfg.root = "zip", str(source_view.save_upload(uploaded))
-else:
-    cfg.root = st.text_input("Folder (ImageFolder tree, IDX files, .npz or a CSV manifest)", key="dataset_path",
-                             value=cfg.root or "",
-                             help="Confined to " + ", ".join(map(str, get_settings().allowed_roots))).strip() or None
-    if not cfg.root:
-        st.stop()
-    cfg.name = "folder"
 
 source_summary = state.recall("source_summary") or {}
 input_size = source_summary.get("input_size") or None
@@ -88,5 +89,7 @@ st.markdown(f"**Preview** (training images after transforms{', augmentation show
 with guard("Drawing the preview"):
     from kt_core.data import preview
 
-    grid_by_class(preview(data.train, data.class_names, per_class=8, augment=cfg.augment != "none"))
+    augment = data.augmenter(torch.Generator().manual_seed(cfg.seed)) if cfg.augment != "none" else None
+    grid_by_class(preview(data.train, data.class_names, per_class=8, normalization=data.normalization,
+                          augment=augment, seed=cfg.seed))
 st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

@@ -88,8 +88,15 @@ else:
 
 if cfg is not None:
     state.set_source(cfg)
+    from kt_core.sources import UnknownArchitectureError
+
     with guard("Loading the source") as loading:
-        loaded = source_view.load(cfg)
+        try:
+            loaded = source_view.load(cfg)
+        except UnknownArchitectureError as exc:
+            show_error(exc, "Loading the source")
+            source_view.show_key_table(exc.raw.state_dict)  # still inspectable: the layers from the keys
+            st.stop()
     if loading.ok:
         state.remember("source_summary", {"arch": loaded.arch, "input_size": tuple(loaded.input_size or ()),
                                           "format": loaded.format})

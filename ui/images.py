@@ -9,12 +9,15 @@ import streamlit as st
 import torch
 
 
-def to_display(image: torch.Tensor) -> np.ndarray:
+def to_display(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """A float image tensor (C,H,W), normalised or not, as HxW or HxWx3 floats in [0, 1].
 
     Min-max per image undoes any mean/std normalisation well enough to see the content, and
-    needs no knowledge of which normalisation was used.
+    needs no knowledge of which normalisation was used. Numpy arrays (already HxW[xC] pixels,
+    e.g. from `kt_core.data.preview`) pass through.
     """
+    if isinstance(image, np.ndarray):
+        return image
     img = image.detach().float().cpu()
     if img.dim() == 2:
         img = img.unsqueeze(0)

@@ -80,6 +80,15 @@ def report_frames(report: dict) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def show_key_table(state_dict) -> None:
+    """A file no registered architecture fits: its layers, listed from the keys."""
+    from kt_core.sources import keys_layer_table
+
+    rows = keys_layer_table(state_dict)
+    st.markdown(f"**Layers listed from the file's keys** · {sum(r['num_parameters'] for r in rows):,} parameters")
+    st.dataframe(pd.DataFrame(rows).astype({"name": str}), hide_index=True)
+
+
 def show_report(loaded) -> None:
     report = loaded.report.to_dict() if loaded.report is not None else {}
     n = {k: len(report.get(k) or []) for k in ("matched", "missing", "unexpected", "mismatched")}
@@ -101,15 +110,15 @@ def show_report(loaded) -> None:
 
 
 def show_layer_tree(loaded) -> None:
-    from kt_core.models import layer_tree
+    from kt_core.models import count_parameters, layer_tree
 
-    rows = layer_tree(loaded.model, tuple(loaded.input_size))
+    rows = layer_tree(loaded.model, tuple(loaded.input_size) if loaded.input_size else None, loaded.spec)
+    total, trainable = count_parameters(loaded.model)
     table = pd.DataFrame([{
         "layer": "\u2003" * int(r["depth"]) + (r["name"].rsplit(".", 1)[-1] or "(model)"),
         "name": r["name"], "type": r["type"], "block": r.get("block") or "",
         "params": int(r["num_parameters_total"]), "output": str(r.get("output_shape") or ""),
     } for r in rows])
-    total = int(sum(r["num_parameters"] for r in rows))
     st.markdown(f"**Layer tree** · {len(rows)} modules · {total:,} parameters")
     st.dataframe(table, hide_index=True, height=min(420, 36 + 35 * len(table)),
                  column_config={"params": st.column_config.NumberColumn(format="%d")})

@@ -1,0 +1,102 @@
+"""AppTest of the Source page: architecture -> layer tree and report; files refused with messages."""
+
+import torch
+from torch import nn
+
+from kt_core import runs
+from test_app_support import app_at, errors, make_run, no_exceptions
+
+
+def layer_table(at):
+    return next(df.value for df in at.dataframe if "layer" in df.value.columns)
+
+
+def test_choosing_an_architecture_shows_its_layer_tree_and_the_source_config():
+    at = app_at("source")
+    no_exceptions(at)
+    at.radio(key="source_kind").set_value("arch")
+    at.selectbox(key="source_arch").select("mnist_net").run()
+    no_exceptions(at)
+    table = layer_table(at)
+    assert list(table["name"]) == ["conv1", "conv2", "fc1", "fc2"] or {"conv1", "conv2", "fc1", "fc2"} <= set(table["name"])
+    params = dict(zip(table["name"], table["params"]))
+    assert params["conv1"] == 20 * 1 * 5 * 5 + 20 and params["fc2"] == 500 * 10 + 10
+    source = at.session_state["kt_source"]
+    assert (source.kind, source.arch, source.weights) == ("arch", "mnist_net", None)
+    assert any(m.label == "Architecture" and m.value == "mnist_net" for m in at.metric)
+
+
+def test_a_real_legacy_checkpoint_by_server_path_is_loaded_with_its_report(real_data, monkeypatch):
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(real_data))
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.text_input(key="source_path").input(str(real_data / "checkpoints" / "mnist_cnn.pt")).run()
+    no_exceptions(at)
+    assert not errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Architecture"] == "mnist_net"
+    assert metrics["Matched keys"] == "8" and metrics["Missing"] == "0" and metrics["Shape mismatch"] == "0"
+
+
+def test_a_pickled_module_is_refused_with_a_message_and_the_page_keeps_working(tmp_path, monkeypatch):
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    path = tmp_path / "whole_model.pt"
+    torch.save(nn.Sequential(nn.Linear(2, 2)), path)
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.text_input(key="source_path").input(str(path)).run()
+    no_exceptions(at)
+    assert any("refused" in e and "state_dict" in e for e in errors(at))
+    assert at.checkbox(key="source_trust").value is False
+    # The app keeps working: another choice loads normally.
+    at.radio(key="source_kind").set_value("arch").run()
+    no_exceptions(at)
+    assert not errors(at) and layer_table(at) is not None
+
+
+def test_paths_outside_the_allowed_roots_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path / "allowed"))
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.text_input(key="source_path").input("/etc/passwd").run()
+    no_exceptions(at)
+    assert any("outside the folders this server may read" in e for e in errors(at))
+
+
+def test_the_trust_opt_in_is_hidden_when_the_administrator_disables_it(monkeypatch):
+    monkeypatch.setenv("KT_ALLOW_TRUST", "0")
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    assert not [c for c in at.checkbox if c.key == "source_trust"]
+
+
+def test_a_completed_run_can_be_picked_as_the_source():
+    run = make_run("source run")
+    make_run("unfinished", done_epochs=1, state="stopped")
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("run").run()
+    assert at.selectbox(key="source_run").options == [run]
+    source = at.session_state["kt_source"]
+    assert (source.kind, source.path, source.checkpoint) == ("run", run, "best")
+    # A hand-written run has no checkpoint: that is said, not thrown.
+    no_exceptions(at)
+    assert any("no checkpoint" in e for e in errors(at))
+
+
+def test_train_a_source_model_first_launches_a_scratch_run_that_becomes_the_source():
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("train").run()
+    at.selectbox(key="src_train_dataset").select("sklearn_digits")
+    at.number_input(key="src_train_epochs").set_value(1)
+    at.button(key="src_train_start").click().run()
+    no_exceptions(at)
+    [run] = runs.run_ids()
+    try:
+        cfg = runs.load_config(run)
+        assert (cfg.plan.preset, cfg.dataset.name, cfg.source.arch, cfg.train.epochs) == \
+            ("scratch", "sklearn_digits", "small_cnn", 1)
+        source = at.session_state["kt_source"]
+        assert (source.kind, source.path) == ("run", run)
+    finally:
+        if runs.is_active(run):
+            runs.stop(run, timeout=5)
