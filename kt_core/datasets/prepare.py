@@ -30,7 +30,7 @@ from .raw import RawData, RawSplit, describe_skipped
 from .selection import check_classes, few_shot, resolve_classes, select_classes, stratified_split
 from .sources import DATASETS, LoadRequest
 from .transforms import (IMAGENET_NORMALIZATION, Geometry, Normalization, adapt_normalization, dataset_statistics,
-                         denormalize, fit_pil, fit_tensor, normalize, resolve_geometry)
+                         denormalize, fit_pil, fit_tensor, make_augment, normalize, resolve_geometry)
 from . import torchvision_sets  # noqa: F401  (registers torchvision's datasets)
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool =
                         name=cfg.name, flip=flip, native_size=native)
     data.warnings += _quality_warnings(data, native, geometry, cfg)
     for w in data.warnings:
-        log.warning("dataset %s: %s", cfg.name, w)
+        log.info("dataset %s: %s", cfg.name, w)  # callers show data.warnings themselves
     return data
 
 
@@ -294,9 +294,14 @@ def _from_payload(payload: dict[str, Any], cfg) -> PreparedData:
 
 def preview(split: Split, class_names: list[str], per_class: int = 8, normalization: Normalization | None = None,
             augment=None, seed: int = 0) -> list[tuple[np.ndarray, str]]:
-    """Up to `per_class` images of every class, as (HxW or HxWx3 uint8 numpy array, class name),
-    grouped by class in `class_names` order: ready for `st.image` or PIL. `normalization` is the
-    data's (to undo it); `augment` (a callable from `PreparedData.augmenter`) shows its effect."""
+    """Up to `per_class` images of every class, grouped by class in `class_names` order, as
+    (uint8 pixels, class name): HxW for grayscale, HxWx3 for colour, un-normalised, ready for
+    `st.image` or `PIL.Image.fromarray`.
+
+    `normalization` is the data's (`PreparedData.normalization`), to undo it. `augment` shows an
+    augmentation's effect: a callable from `PreparedData.augmenter()` (applied before undoing
+    the normalisation, as in training) or a preset name ("light", "standard").
+    """
     labels = split_labels(split)
     gen = torch.Generator().manual_seed(seed)
     chosen: list[int] = []
@@ -305,18 +310,16 @@ def preview(split: Split, class_names: list[str], per_class: int = 8, normalizat
         chosen += members[torch.randperm(len(members), generator=gen)[:per_class]].tolist()
     if not chosen:
         return []
-    if isinstance(split, TensorSplit):
-        x = split.x[chosen]
-    else:
-        x = torch.stack([split[i][0] for i in chosen])
-    if augment is not None:
+    x = split.x[chosen] if isinstance(split, TensorSplit) else torch.stack([split[i][0] for i in chosen])
+    if callable(augment):
         x = augment(x)
-    pixels = (denormalize(x.clone(), normalization) * 255).round().to(torch.uint8)
-    out = []
-    for image, i in zip(pixels, chosen):
-        array = image.permute(1, 2, 0).numpy()
-        out.append((array[:, :, 0] if array.shape[2] == 1 else array, class_names[int(labels[i])]))
-    return out
+    x = denormalize(x.clone(), normalization)
+    if isinstance(augment, str):  # a preset on [0,1] pixels: no normalisation to know
+        augmenter = make_augment(augment, tuple(x.shape[1:]), None, flip=True, generator=gen)
+        x = augmenter(x) if augmenter else x
+    pixels = (x * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [(image[:, :, 0] if image.shape[2] == 1 else image, class_names[int(labels[i])])
+            for image, i in zip(pixels, chosen)]
 
 
 def available_datasets(root: str | Path | None = None) -> list[dict[str, Any]]:

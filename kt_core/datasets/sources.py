@@ -487,3 +487,37 @@ DATASETS.add("csv", DatasetSource(_load_csv, _csv_fingerprint, _root_present),
              description="a CSV manifest with path,label columns (optional split column); "
                          "relative paths start at the CSV's folder",
              num_classes=None, image_size=None, channels=3, offline=True, needs_root=True, has_test=True, flip=True)
+
+
+# --- a path of any of the kinds above ---------------------------------------------------------
+
+def detect_kind(path: Path) -> str:
+    """Which reader a path needs: by suffix for files, by content for folders."""
+    if path.is_file():
+        name = path.name.lower()
+        for suffix, kind in ((".npz", "npz"), (".csv", "csv"), (".zip", "zip")):
+            if name.endswith(suffix):
+                return kind
+        if _IDX_IMAGES.match(path.name) or _IDX_LABELS.match(path.name):
+            return "idx"
+        raise DatasetError(f"cannot tell what kind of dataset {path.name} is",
+                           "give an ImageFolder tree or IDX folder, or a .npz, .csv or .zip file")
+    if path.is_dir():
+        for folder in (path, path / "raw"):
+            if folder.is_dir() and any(_IDX_IMAGES.match(p.name) for p in folder.iterdir()):
+                return "idx"
+        return "image_folder"
+    raise DatasetError(f"{path} does not exist", "check the path")
+
+
+def _load_folder(req: LoadRequest) -> RawData:
+    return DATASETS.get(detect_kind(_require_root(req))).load(req)
+
+
+def _folder_fingerprint(req: LoadRequest) -> Any:
+    return DATASETS.get(detect_kind(_require_root(req))).fingerprint(req)
+
+
+DATASETS.add("folder", DatasetSource(_load_folder, _folder_fingerprint, _root_present),
+             description="any path: an ImageFolder tree or IDX folder, or a .npz, .csv or .zip file (detected)",
+             num_classes=None, image_size=None, channels=None, offline=True, needs_root=True, has_test=True, flip=True)
