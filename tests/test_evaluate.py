@@ -1,0 +1,143 @@
+"""Evaluation: metrics checked against hand counts, misclassified examples, runs and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from kt_core.cli import main
+from kt_core.data import TensorSplit
+from kt_core.errors import DatasetError, KTError
+from kt_core.evaluate import evaluate_model, evaluate_run, load_run
+
+# The "model" is the identity: each input row *is* the logits, so every number below is known.
+LOGITS = torch.tensor([
+    [4.0, 0.0, 0.0],  # 0 -> 0
+    [3.0, 0.0, 0.0],  # 0 -> 0
+    [0.0, 0.0, 5.0],  # 0 -> 2, very confident
+    [0.0, 2.0, 0.0],  # 1 -> 1
+    [1.0, 0.0, 0.0],  # 1 -> 0, barely
+    [0.0, 0.0, 3.0],  # 2 -> 2
+])
+LABELS = torch.tensor([0, 0, 0, 1, 1, 2])
+NAMES = ["cat", "dog", "owl"]
+
+
+def test_metrics_match_hand_counts():
+    result = evaluate_model(nn.Identity(), TensorSplit(LOGITS, LABELS), NAMES, batch_size=4)
+    assert result.num_samples == 6
+    assert result.accuracy == pytest.approx(4 / 6)
+    assert result.loss == pytest.approx(nn.functional.cross_entropy(LOGITS, LABELS).item())
+    assert result.confusion == [[2, 0, 1], [1, 1, 0], [0, 0, 1]]
+    per_class = {c["class"]: c for c in result.per_class}
+    assert per_class["cat"]["precision"] == pytest.approx(2 / 3) and per_class["cat"]["recall"] == pytest.approx(2 / 3)
+    assert per_class["dog"]["precision"] == 1.0 and per_class["dog"]["recall"] == 0.5
+    assert per_class["owl"]["precision"] == 0.5 and per_class["owl"]["recall"] == 1.0
+    assert per_class["owl"]["f1"] == pytest.approx(2 / 3)
+    assert [c["support"] for c in result.per_class] == [3, 2, 1]
+    assert result.macro_f1 == pytest.approx((2 / 3 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_misclassified_examples_most_confident_first_with_their_split_index():
+    result = evaluate_model(nn.Identity(), TensorSplit(LOGITS, LABELS), NAMES, max_misclassified=None)
+    assert result.num_misclassified == 2
+    first, second = result.misclassified
+    assert (first["index"], first["true"], first["predicted"]) == (2, "cat", "owl")
+    assert first["confidence"] == pytest.approx(LOGITS[2].softmax(0)[2].item())
+    assert (second["index"], second["true"], second["predicted"]) == (4, "dog", "cat")
+    assert first["confidence"] > second["confidence"]
+    capped = evaluate_model(nn.Identity(), TensorSplit(LOGITS, LABELS), NAMES, max_misclassified=1)
+    assert [m["index"] for m in capped.misclassified] == [2] and capped.num_misclassified == 2
+    json.dumps(result.to_dict())  # plain data, ready for --json and the UI
+
+
+def test_a_class_missing_from_the_split_gets_zeros_not_a_crash():
+    result = evaluate_model(nn.Identity(), TensorSplit(LOGITS[:3], LABELS[:3]), NAMES)
+    owl = result.per_class[2]
+    assert owl["support"] == 0 and owl["recall"] == 0.0 and owl["precision"] == 0.0
+
+
+def test_evaluation_restores_the_model_mode():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+    model.train()
+    a = evaluate_model(model, TensorSplit(LOGITS, LABELS), NAMES)
+    b = evaluate_model(model, TensorSplit(LOGITS, LABELS), NAMES)
+    assert model.training
+    assert a.accuracy == b.accuracy and a.loss == b.loss  # dropout off during evaluation
+
+
+@pytest.mark.parametrize("model, split, names, error, words", [
+    (nn.Identity(), TensorSplit(LOGITS, LABELS), ["a", "b"], KTError, ["3", "2 classes"]),
+    (nn.Identity(), TensorSplit(LOGITS[:0], LABELS[:0]), NAMES, DatasetError, ["empty"]),
+])
+def test_mismatches_fail_clearly(model, split, names, error, words):
+    with pytest.raises(error) as info:
+        evaluate_model(model, split, names)
+    assert all(w in str(info.value) for w in words) and info.value.hint
+
+
+# --- a real run -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny completed run (mnist_net on 3 digit classes, 2 epochs), trained in-process."""
+    from kt_core import runs
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+    from kt_core.worker import run_worker
+
+    torch.set_num_threads(1)
+    cfg = RunConfig(name="eval", source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
+                    plan=TransferPlan(preset="fine_tune"),
+                    train=TrainConfig(epochs=2, batch_size=16, device="cpu"))
+    folder = runs.create_run(cfg, tmp_path_factory.mktemp("runs"))
+    assert run_worker(folder)["state"] == "completed"
+    return folder
+
+
+def test_evaluate_run_uses_the_best_checkpoint_on_the_runs_own_split(finished_run):
+    from kt_core.engine import evaluate
+
+    result = evaluate_run(finished_run, "val")
+    run = load_run(finished_run)
+    loss, acc = evaluate(run.model, run.data.val)  # the engine's own numbers agree
+    assert result.accuracy == pytest.approx(acc) and result.loss == pytest.approx(loss, rel=1e-5)
+    assert result.num_samples == len(run.data.val) and result.class_names == ["0", "1", "2"]
+    assert result.run == finished_run.name and result.checkpoint == "best"
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert result.accuracy == pytest.approx(summary["best_val_acc"])
+    saved = json.loads((finished_run / "eval" / "val.json").read_text())
+    assert saved["accuracy"] == result.accuracy and saved["confusion"] == result.confusion
+
+
+def test_cli_eval_json_and_text(finished_run, capsys):
+    assert main(["eval", str(finished_run), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "confusion", "per_class", "misclassified", "loss"} <= set(data)
+    assert sum(map(sum, data["confusion"])) == data["num_samples"]
+
+    assert main(["eval", str(finished_run), "--checkpoint", "last"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy" in text and "precision" in text and "misclassified" in text
+
+
+def test_cli_eval_errors_are_one_line(finished_run, tmp_path, capsys):
+    assert main(["eval", str(finished_run), "--split", "test"]) == 2  # sklearn digits: no test split
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no test split" in err[0] and "val" in err[0]
+
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_a_run_without_checkpoints_cannot_be_evaluated_yet(tmp_path):
+    from kt_core import runs
+    from kt_core.config import RunConfig, SourceConfig
+
+    folder = runs.create_run(RunConfig(source=SourceConfig(kind="arch", arch="mnist_net")), tmp_path)
+    with pytest.raises(KTError, match="no checkpoint"):
+        evaluate_run(folder)
