@@ -370,3 +370,52 @@ def test_a_real_architecture_plans_by_its_own_blocks():
     assert frozen == {"conv1", "bn1", "layer1"}
     assert [r["name"] for r in result.rows] == ["stem", "layer1", "layer2", "layer3", "head"]
     assert sum(r["num_parameters"] for r in result.rows) == sum(p.numel() for p in model.parameters())
+
+
+# --- through the engine -------------------------------------------------------------------------
+
+def fit_data():
+    from kt_core.data import PreparedData, TensorSplit
+
+    x, y = batch(48, seed=3)
+    vx, vy = batch(16, seed=4)
+    return PreparedData(TensorSplit(x, y), TensorSplit(vx, vy), None, ["a", "b", "c"], (1, 16, 16))
+
+
+@pytest.mark.parametrize("feature_cache", [True, False])
+def test_engine_fit_keeps_frozen_layers_and_their_bn_statistics_bit_identical(feature_cache):
+    from kt_core.config import TrainConfig
+    from kt_core.engine import fit
+
+    model = source_model()
+    cfg = RunConfig(plan=TransferPlan(preset="freeze_first_n", freeze_first_n=2) if not feature_cache
+                    else TransferPlan(preset="feature_extraction"),
+                    train=TrainConfig(epochs=2, batch_size=16, lr=0.05, device="cpu", feature_cache=feature_cache))
+    result = apply_plan(model, cfg.plan, model_blocks(model))
+    start = snapshot(model)
+    outcome = fit(model, fit_data(), cfg, result)
+    after = snapshot(model)
+    assert outcome.state == "completed" and outcome.feature_cache is feature_cache
+    frozen = FROZEN[cfg.plan.preset]
+    moved = changed(start, after)
+    assert {k for k in moved if block_of(k) in frozen} == set()  # weights, running stats, counters
+    assert {"fc.weight", "fc.bias"} <= moved
+    if not feature_cache:
+        assert {"stage2.0.weight", "stage2.1.running_mean"} <= moved
+
+
+def test_engine_fit_unfreezes_gradually_into_new_param_groups():
+    from kt_core.config import TrainConfig
+    from kt_core.engine import fit
+
+    model = source_model()
+    cfg = RunConfig(plan=TransferPlan(preset="gradual_unfreeze", unfreeze_every=1, unfreeze_lr_mult=0.1),
+                    train=TrainConfig(epochs=3, batch_size=16, lr=0.05, device="cpu", optimizer="sgd"))
+    result = apply_plan(model, cfg.plan, model_blocks(model))
+    start = snapshot(model)
+    outcome = fit(model, fit_data(), cfg, result)
+    assert outcome.state == "completed" and not outcome.feature_cache
+    assert result.state() == {"unfrozen": ["stage2", "stage1"]}  # released at epochs 1 and 2
+    moved = changed(start, snapshot(model))
+    assert {"stage2.0.weight", "stage1.0.weight"} <= moved
+    assert not {k for k in moved if block_of(k) == "stem"}  # its turn would come at epoch 3
