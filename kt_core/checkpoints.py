@@ -53,7 +53,8 @@ _MAGIC = (  # first bytes of files people rename to .pt by mistake
 # Globals a pickle may name that signal an attack, not a model: whole modules, and the builtins
 # that run code or touch files (builtins.set and friends are harmless and common).
 _DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "runpy", "importlib",
-                      "webbrowser", "pty", "code", "ctypes", "pickle", "marshal", "types")
+                      "webbrowser", "pty", "code", "ctypes", "pickle", "marshal", "types", "io", "_io",
+                      "pathlib", "tempfile", "multiprocessing", "threading", "signal")
 _DANGEROUS_BUILTINS = ("eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
                        "apply", "execfile", "input", "breakpoint", "globals", "vars")
 
