@@ -213,27 +213,27 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
                 is_norm=isinstance(module, _NormBase) and module.track_running_stats,
             ))
 
-    # Block-level settings (the Layers page's rows): the preset, then the rules that cover the
-    # whole block (its name, or a pattern matching every unit of it). A rule on part of a block
-    # shows up as that row's overrides instead.
-    block_setting: dict[str, Setting] = {}
-    for i, block in enumerate(blocks):
-        members = [_ancestry(u.name) + u.params for u in units if u.block == block.name] or \
-            [_ancestry(m) for m in block.modules]
-        whole = [r for r in plan.rules if r.pattern == block.name or all(
-            any(fnmatch.fnmatchcase(name, r.pattern) for name in names) for names in members)]
-        setting = preset(i, n, plan)
-        for rule in whole:
-            setting = _override(setting, rule)
-        block_setting[block.name] = setting
-
     warnings = []
     if unassigned:
         order.insert(max(n - 1, 0), UNASSIGNED)
         block_modules[UNASSIGNED] = unassigned
-        block_setting[UNASSIGNED] = preset(max(n - 2, 0), n, plan)
         warnings.append(f"modules outside every block follow the block before the head: {', '.join(unassigned)}")
         log.warning(warnings[-1])
+
+    # Block-level settings (the Layers page's rows): the preset, then the rules that cover the
+    # whole block (its name, or a pattern matching every unit of it). A rule on part of a block
+    # shows up as that row's overrides instead.
+    block_setting: dict[str, Setting] = {}
+    for block in order:
+        index = max(n - 2, 0) if block == UNASSIGNED else [b.name for b in blocks].index(block)
+        members = [_ancestry(u.name) + u.params for u in units if u.block == block] or \
+            [_ancestry(m) for m in block_modules[block]]
+        setting = preset(index, n, plan)
+        for rule in plan.rules:
+            if rule.pattern == block or all(any(fnmatch.fnmatchcase(name, rule.pattern) for name in names)
+                                            for names in members):
+                setting = _override(setting, rule)
+        block_setting[block] = setting
 
     all_names = [name for name, _ in model.named_modules() if name] + [name for name, _ in model.named_parameters()]
     for rule in plan.rules:
@@ -261,11 +261,19 @@ class PlanResult:
         self._block_setting: dict[str, Setting] = block_setting
         self._units: list[_Unit] = units
         self.warnings: list[str] = list(warnings)
-        self.head: str = block_modules[order[-1]][-1] if order else ""
+        self.head: str = self._head_module()
         self._frozen: set[str] = {u.key for u in units if u.setting.freeze}
         self._unfrozen: list[str] = []  # blocks gradual unfreezing has released, in order
         self._candidates: list[str] = self._unfreeze_candidates()
         self._weight_decay = 0.0  # of the last param_groups() call; unfrozen groups use it too
+
+    def _head_module(self) -> str:
+        """The head block's last module with parameters (the classifier), not a trailing
+        activation: the engine caches the features that go into this module."""
+        modules = dict(self.model.named_modules())
+        entries = self._block_modules[self.block_names[-1]]
+        with_params = [m for m in entries if m in modules and any(True for _ in modules[m].parameters())]
+        return (with_params or entries)[-1]
 
     # -- what is frozen -------------------------------------------------------------------------
 

@@ -419,3 +419,28 @@ def test_engine_fit_unfreezes_gradually_into_new_param_groups():
     moved = changed(start, snapshot(model))
     assert {"stage2.0.weight", "stage1.0.weight"} <= moved
     assert not {k for k in moved if block_of(k) == "stem"}  # its turn would come at epoch 3
+
+
+def test_parameters_outside_every_block_are_planned_and_reported():
+    from kt_core.models import Block
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))  # held by the root, named by no block
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.fc = nn.Linear(2, 3)
+            self.act = nn.LogSoftmax(1)
+
+        def forward(self, x):
+            return self.act(self.fc(self.conv(x).mean((2, 3)) * self.scale))
+
+    model = Scaled()
+    result = apply_plan(model, TransferPlan(preset="feature_extraction", rules=[LayerRule("scale", lr_mult=2.0)]),
+                        [Block("stem", ["conv"]), Block("head", ["fc", "act"])])
+    assert result.head == "fc"  # the classifier, not the activation after it
+    assert [r["name"] for r in result.rows] == ["stem", "(unassigned)", "head"]
+    unassigned = result.rows[1]
+    assert unassigned["freeze"] is True and unassigned["lr_mult"] == 2.0 and unassigned["num_parameters"] == 1
+    assert not model.scale.requires_grad
+    assert any("scale" in w or "(root)" in w for w in result.warnings)
