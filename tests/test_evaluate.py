@@ -141,3 +141,20 @@ def test_a_run_without_checkpoints_cannot_be_evaluated_yet(tmp_path):
     folder = runs.create_run(RunConfig(source=SourceConfig(kind="arch", arch="mnist_net")), tmp_path)
     with pytest.raises(KTError, match="no checkpoint"):
         evaluate_run(folder)
+
+
+@pytest.mark.real_data
+def test_a_real_third_party_checkpoint_scores_its_published_accuracy_on_real_mnist(real_data):
+    """pytorch/examples' MNIST Net: 98.94 % on the official test set with Normalize(0.1307, 0.3081)."""
+    from kt_core.config import SourceConfig
+    from kt_core.data import read_idx
+    from kt_core.sources import load_source
+
+    model = load_source(SourceConfig(kind="file", path=str(real_data / "checkpoints" / "mnist_cnn.pt"))).model
+    x = read_idx(real_data / "mnist" / "t10k-images-idx3-ubyte.gz").float().div(255).sub(0.1307).div(0.3081)
+    y = read_idx(real_data / "mnist" / "t10k-labels-idx1-ubyte.gz").long()
+    result = evaluate_model(model, TensorSplit(x.unsqueeze(1), y), [str(d) for d in range(10)], batch_size=1000)
+    assert result.accuracy == pytest.approx(0.9894, abs=5e-5)
+    assert result.num_misclassified == 106
+    assert [c["support"] for c in result.per_class] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert sum(result.confusion[d][d] for d in range(10)) == 9894
