@@ -170,6 +170,8 @@ def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedS
     arch = raw.arch or (config.get("source") or {}).get("arch")
     dataset = config.get("dataset") or {}
     side = raw.meta.get("input_size") or dataset.get("image_size")
+    if isinstance(side, (list, tuple)):  # run checkpoints store the data's (C, H, W)
+        side = int(side[-1])
     normalization = raw.meta.get("normalization")
     if normalization is None and dataset.get("normalize") == "none":
         normalization = ()  # explicitly no normalization
