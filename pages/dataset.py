@@ -5,7 +5,8 @@ import dataclasses
 import streamlit as st
 import torch
 
-from kt_core.config import AUGMENT_CHOICES, NORMALIZE_CHOICES, DatasetConfig
+from kt_core.config import AUGMENT_CHOICES, NORMALIZE_CHOICES
+from kt_core.errors import KTError
 from kt_core.settings import get_settings
 from ui import dataset_view, source_view, state
 from ui.errors import guard
@@ -27,7 +28,7 @@ cfg = dataclasses.replace(current)
 if origin == "registered":
     names = list(catalog)
     cfg.name = st.selectbox("Dataset", names, index=names.index(cfg.name) if cfg.name in names else 0,
-                            key="dataset_name", format_func=lambda n: f"{n}{'' if catalog[n].get('present', True) else ' (not present offline)'}")
+                            key="dataset_name", format_func=lambda n: f"{n}{' (not present offline)' if catalog[n].get('present') is False else ''}")
     info = catalog[cfg.name]
     st.caption(info.get("description", ""))
     if info.get("needs_root") or not info.get("offline", True):
@@ -48,8 +49,11 @@ elif origin == "upload":
         st.stop()
     cfg.name, cfg.root = "zip", str(source_view.save_upload(uploaded))
 
-source_summary = state.recall("source_summary") or {}
-input_size = source_summary.get("input_size") or None
+try:  # shape the images for the chosen source, as training will
+    input_size = source_view.load(state.get_source()).input_size
+except KTError as exc:
+    input_size = None
+    st.caption(f"Images are shown at their own size: the source could not be loaded ({exc.message}).")
 with guard("Reading the dataset") as reading:
     everything = dataset_view.load(dataclasses.replace(cfg, classes=None, per_class=None), input_size)
 if not reading.ok:

@@ -99,4 +99,4 @@ def test_train_a_source_model_first_launches_a_scratch_run_that_becomes_the_sour
         assert (source.kind, source.path) == ("run", run)
     finally:
         if runs.is_active(run):
-            runs.stop(run, timeout=5)
+            runs.stop(run, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training

@@ -83,7 +83,7 @@ def test_start_launches_a_worker_and_its_baseline_into_run_folders():
     finally:
         for rid in (run, base):
             if runs.is_active(rid):
-                runs.stop(rid, timeout=5)
+                runs.stop(rid, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
 
 
 def test_a_bad_config_is_shown_as_a_message_and_the_page_keeps_working():
