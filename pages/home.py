@@ -2,9 +2,8 @@
 
 import streamlit as st
 
-from kt_core import runs as kt_runs
 from ui import state
-from ui.curves import live_curves
+from ui.curves import live_curves, run_progress
 from ui.errors import guard, show_error
 from ui.sidebar import active_runs
 from ui.system import facts
@@ -14,7 +13,7 @@ st.markdown(
     "KT Studio moves what a trained network knows to a new task: pick a **source** model (a checkpoint, "
     "torchvision weights or one of your runs), choose which layers to **transfer, re-initialise or freeze**, "
     "and point it at a **target dataset** with as few labelled images as you have. "
-    "Training runs in its own process while the dashboard shows live curves next to a from-scratch baseline, "
+    "Training runs in its own process while live curves compare it with the same network trained from scratch, "
     "so you see what transfer bought you. "
     "Every run is a folder you can compare, evaluate, export and reproduce from the command line."
 )
@@ -32,23 +31,28 @@ if c2.button("Run the demo", type="primary", key="demo_start", icon=":material/r
         from kt_core.demo import run_demo
 
         handle = run_demo(per_class=k)
-        state.remember("demo", {"transfer": handle.transfer_run, "baseline": handle.baseline_run, "k": k})
+        state.remember("demo", handle)
         state.watch_run(handle.transfer_run, handle.baseline_run)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - shown to the user, the page keeps working
         show_error(exc, "The demo could not start")
 
 demo = state.recall("demo")
 if demo:
+    from kt_core.demo import conclusion
+
+    def source_progress() -> None:
+        if not demo.source_reused:
+            run_progress("source: small CNN on MNIST (cached for the next click)", demo.source_run)
+
     with guard("Drawing the demo"):
-        live_curves([("transfer", demo["transfer"]), ("from scratch", demo["baseline"])], key="demo_curves")
-        summaries = [kt_runs.read_json(kt_runs.run_dir(demo[which]) / "summary.json") for which in ("transfer", "baseline")]
-        if all(s and s.get("state") == "completed" for s in summaries):
-            t, b = (s.get("test_acc") or s.get("final_val_acc") or 0.0 for s in summaries)
-            verdict = "transfer wins" if t > b else "no gain from transfer this time"
-            st.success(f"Transfer: {t:.0%} vs from scratch: {b:.0%} with {demo['k']} labelled images per class "
-                       f"({verdict}).")
+        live_curves([("transfer", demo.transfer_run), ("from scratch", demo.baseline_run)], key="demo_curves",
+                    title=f"Transfer vs from scratch, {demo.per_class} labelled images per class",
+                    extra=source_progress)
+        verdict = conclusion(demo)
+        if verdict:
+            st.success(verdict[0].upper() + verdict[1:])
         st.page_link("pages/train.py", label="Open these runs on the Train page", icon=":material/monitoring:",
-                     query_params={"run": demo["transfer"], "baseline": demo["baseline"]})
+                     query_params={"run": demo.transfer_run, "baseline": demo.baseline_run})
 
 st.subheader("This machine")
 st.dataframe([{"what": k, "value": v} for k, v in facts().items()], hide_index=True, width="content")

@@ -182,6 +182,15 @@ def _series_for(label: str, run_id: str, status: dict) -> Series:
     return Series(label, rows, total / seen.epochs if total and seen.epochs else None)
 
 
+def run_progress(label: str, run_id: str, status: dict | None = None) -> dict:
+    """One progress bar with its caption (state, epoch, step, images/s, ETA); returns the status."""
+    status = kt_runs.read_status(run_id) if status is None else status
+    seen = _seen(run_id)
+    info = progress_info(status, new_rows(run_id), seen.batch_size, seen.epochs)
+    st.progress(info.fraction, text=f"**{label}** · {info.text}")
+    return status
+
+
 def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
                 show_progress: bool = True) -> list[dict]:
     """Draw progress bars and the one figure for `runs` = [(label, run_id)]; return the statuses."""
@@ -189,12 +198,9 @@ def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
     for label, run_id in runs:
         status = kt_runs.read_status(run_id)
         statuses.append(status)
-        s = _series_for(label, run_id, status)
-        series.append(s)
+        series.append(_series_for(label, run_id, status))
         if show_progress:
-            seen = _seen(run_id)
-            info = progress_info(status, s.rows, seen.batch_size, seen.epochs)
-            st.progress(info.fraction, text=f"**{label}** · {info.text}")
+            run_progress(label, run_id, status)
     uirevision = "+".join(run_id for _, run_id in runs)
     st.plotly_chart(build_figure(series, uirevision, title), key=key, width="stretch")
     return statuses
