@@ -23,6 +23,7 @@ Run ids are readable and sort by creation time: `20261128-113000-quick-3f2a`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -315,7 +316,7 @@ def resume(run: str | os.PathLike, foreground: bool = False) -> str:
     if foreground:
         from .worker import run_worker
 
-        run_worker(folder, console=True)
+        run_worker(folder)
     else:
         _check_device(load_config(folder))
         _spawn_worker(folder)
@@ -476,12 +477,16 @@ class Prepared:
         return getattr(self.source, "arch", None)
 
 
-def prepare(cfg: RunConfig, device=None, roots=None) -> Prepared:
-    """Build everything a run needs from its config (no training). `roots` confines paths (UI)."""
+def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike | None = None) -> Prepared:
+    """Build everything a run needs from its config (no training). `roots` confines paths (UI);
+    a source run given by id or name is looked up in `runs_dir` (default: the settings')."""
     from . import data as data_module
     from . import models, sources, transfer
 
-    src = sources.load_source(cfg.source, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
+    source_cfg = cfg.source
+    if source_cfg.kind == "run":  # a run id, prefix or name ("the newest completed run named X")
+        source_cfg = dataclasses.replace(source_cfg, path=str(run_dir(source_cfg.path, runs_dir)))
+    src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
     data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
                                     roots=roots)
     src.adapt(data.num_classes, data.input_size[0])

@@ -142,27 +142,21 @@ def load_checkpoint(path: Path) -> dict:
 
 
 @contextlib.contextmanager
-def _run_logging(folder: Path, console: bool):
-    """Worker logs go to log.txt: via a file handler in the foreground, via the redirected
-    stderr of a spawned worker (which also catches crashes that bypass logging)."""
+def _run_logging(folder: Path):
+    """While the worker runs, every log record also goes to the run's log.txt."""
     root = logging.getLogger()
-    formatter = logging.Formatter(LOG_FORMAT)
-    handler = None
-    if console:
-        handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    else:
-        for h in root.handlers:
-            h.setFormatter(formatter)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
+    handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    previous = root.level
+    if previous > logging.INFO or previous == logging.NOTSET:
         root.setLevel(logging.INFO)
     try:
         yield
     finally:
-        if handler is not None:
-            root.removeHandler(handler)
-            handler.close()
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(previous)
 
 
 @contextlib.contextmanager
@@ -189,14 +183,14 @@ def _signals(stop: StopFlag):
         signal.signal(signal.SIGTERM, old[1])
 
 
-def run_worker(run: str | os.PathLike, console: bool = False) -> dict:
+def run_worker(run: str | os.PathLike) -> dict:
     """Train run folder `run` to its end (resuming from checkpoints/last.pt if there is one).
 
     Returns the final status dict; the state is completed, stopped or failed. Never raises for a
     training problem: it is written to status.json and log.txt for whoever watches the run.
     """
     folder = runs.run_dir(run)
-    with _run_logging(folder, console):
+    with _run_logging(folder):
         status = StatusWriter(folder)
         status.update(state="running", pid=os.getpid(), error=None)
         status.start()
@@ -208,7 +202,7 @@ def run_worker(run: str | os.PathLike, console: bool = False) -> dict:
                 device = resolve_device(cfg.train.device)
                 resume_state = _resume_state(folder)
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
-                prepared = runs.prepare(cfg, device)
+                prepared = runs.prepare(cfg, device, runs_dir=folder.parent)
                 for warning in list(getattr(prepared.data, "warnings", [])) + list(getattr(prepared.plan, "warnings", [])):
                     log.warning("%s", warning)
                 metrics = MetricsWriter(folder / "metrics.jsonl")

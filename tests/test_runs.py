@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from kt_core import runs
 from kt_core.config import RunConfig, SourceConfig, TrainConfig
@@ -179,3 +180,90 @@ def test_corrupt_status_is_a_clear_error(tmp_path):
     with pytest.raises(RunError, match="corrupt"):
         runs.read_status(folder)
     assert runs.list_runs(tmp_path).iloc[0]["state"] == "corrupt"
+
+
+# --- real workers: launch, stop, kill -9, resume -----------------------------------------------
+
+def worker_cfg(epochs=2, per_class=40, **train) -> RunConfig:
+    """A small real run: mnist_net on scikit-learn's digits (offline), a few dozen steps an epoch."""
+    return RunConfig.from_dict({
+        "name": "worker test",
+        "source": {"kind": "arch", "arch": "mnist_net"},
+        "dataset": {"name": "sklearn_digits", "per_class": per_class},
+        "plan": {"preset": "fine_tune"},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.001, "device": "cpu", "log_every": 5, **train},
+    })
+
+
+@pytest.fixture
+def one_thread_workers(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two shared cores: one worker, one test
+
+
+def wait_for(predicate, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_continuous(folder, cfg, total_steps):
+    rows, _ = runs.read_metrics(folder)
+    steps = [r["step"] for r in rows if r["kind"] == "step"]
+    assert steps == list(range(cfg.train.log_every, total_steps + 1, cfg.train.log_every))  # no gap, no duplicate
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, cfg.train.epochs + 1))
+
+
+@pytest.mark.slow
+def test_stop_mid_epoch_leaves_a_resumable_run(tmp_path, one_thread_workers):
+    cfg = worker_cfg(epochs=2)
+    run_id = runs.launch(cfg, tmp_path)
+    folder = tmp_path / run_id
+    wait_for(lambda: len(runs.read_metrics(folder)[0]) >= 2, what="two step rows")
+    status = runs.stop(folder, timeout=30)
+    assert status["state"] == "stopped" and status.get("error") is None
+    checkpoint = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < checkpoint["step"] < status["total_steps"]
+    assert not (folder / "STOP").exists()
+
+    runs.resume(folder)
+    final = wait_for(lambda: runs.read_status(folder)["state"] not in runs.ACTIVE_STATES and runs.read_status(folder),
+                     what="the resumed run to end")
+    assert final["state"] == "completed", final
+    assert_continuous(folder, cfg, final["total_steps"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["best_val_acc"] > 0.2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_detected_and_resumed_with_continuous_metrics(tmp_path, one_thread_workers):
+    cfg = worker_cfg(epochs=6, per_class=20)
+    run_id = runs.launch(cfg, tmp_path)
+    folder = tmp_path / run_id
+    wait_for(lambda: any(r.get("kind") == "step" and r["epoch"] >= 2 for r in runs.read_metrics(folder)[0]),
+             what="a step row of epoch 2")
+    os.kill(runs.read_status(folder)["pid"], 9)
+    status = wait_for(lambda: runs.read_status(folder)["state"] == "interrupted" and runs.read_status(folder),
+                      timeout=10, what="the kill to be noticed")
+    assert "log_tail" in status and status["error"]
+    runs.resume(folder)
+    final = wait_for(lambda: runs.read_status(folder)["state"] not in runs.ACTIVE_STATES and runs.read_status(folder),
+                     what="the resumed run to end")
+    assert final["state"] == "completed", final
+    assert_continuous(folder, cfg, final["total_steps"])
+    assert "resumed at epoch" in (folder / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_several_runs_train_at_once_and_a_baseline_points_at_its_transfer_run(tmp_path, one_thread_workers):
+    cfg = worker_cfg(epochs=1, per_class=10)
+    run_id, baseline_id = runs.launch_with_baseline(cfg, tmp_path)
+    for rid in (run_id, baseline_id):
+        wait_for(lambda: runs.read_status(tmp_path / rid)["state"] not in runs.ACTIVE_STATES, what=f"{rid} to end")
+        assert runs.read_status(tmp_path / rid)["state"] == "completed"
+    frame = runs.list_runs(tmp_path).set_index("id")
+    assert frame.loc[baseline_id, "baseline_of"] == run_id
+    assert frame.loc[baseline_id, "preset"] == "scratch" and frame.loc[run_id, "preset"] == "fine_tune"

@@ -89,7 +89,7 @@ def _train(args) -> int:
         folder = runs.create_run(run_cfg, args.runs_dir)
         if not args.json:
             print(f"run {folder.name} ({folder})", flush=True)
-        status = run_worker(folder, console=True)
+        status = run_worker(folder)
         summary = runs.read_json(folder / "summary.json") or {}
         results.append({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
                         "summary": summary, "reproduce": runs.reproduce_command(folder)})
@@ -173,6 +173,12 @@ def _delete(args) -> int:
 def _worker(args) -> int:
     from ..worker import run_worker
 
-    status = run_worker(args.run_dir, console=False)
+    import logging
+
+    # stderr is log.txt here (the launcher redirects it); run_worker logs to log.txt itself.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
+        root.removeHandler(handler)
+    status = run_worker(args.run_dir)
     return 0 if status["state"] == "completed" else 1
 
