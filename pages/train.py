@@ -43,6 +43,8 @@ def train_form(cfg: TrainConfig) -> TrainConfig:
         patience = int(c3.number_input("Early stopping patience (0 = off)", 0, 100, cfg.early_stopping or 0,
                                        key="train_patience"))
         cfg.early_stopping = patience or None
+        cfg.log_every = int(c4.number_input("Log every N steps", 1, 10000, cfg.log_every, key="train_log_every",
+                                            help="Step rows of the live loss curve; epoch rows come anyway."))
         cfg.feature_cache = c4.checkbox("Feature cache", cfg.feature_cache, key="train_feature_cache",
                                         help="Frozen layers run once per image instead of once per epoch.")
     return cfg

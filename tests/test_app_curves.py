@@ -54,3 +54,10 @@ def test_progress_caption_has_epoch_step_speed_and_eta_while_running():
     assert info.text == "running · epoch 1/4 · step 25/100 · 100 images/s · ETA 38 s"
     done = progress_info({"state": "completed", "epoch": 4, "step": 100, "total_steps": 100}, rows(1), 50, 4)
     assert done.fraction == 1.0 and "ETA" not in done.text
+
+
+def test_eta_falls_back_to_epoch_durations_when_no_step_row_came_yet():
+    epoch_rows = [{"kind": "epoch", "epoch": 1, "step": 2, "train_loss": 1.0, "epoch_s": 2.0},
+                  {"kind": "epoch", "epoch": 2, "step": 4, "train_loss": 0.9, "epoch_s": 4.0}]
+    info = progress_info({"state": "running", "epoch": 2, "step": 4, "total_steps": 20}, epoch_rows, 64, 10)
+    assert info.text == "running · epoch 2/10 · step 4/20 · ETA 24 s"  # 8 epochs left x 3 s

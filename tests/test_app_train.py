@@ -93,3 +93,15 @@ def test_a_bad_config_is_shown_as_a_message_and_the_page_keeps_working():
     no_exceptions(at)
     assert any("source.path is required" in e for e in errors(at))
     assert not runs.run_ids()
+
+
+def test_a_failed_run_shows_its_error_and_log_instead_of_polling():
+    run = make_run("crashed", done_epochs=1, state="failed")
+    runs.update_status(run, error="loss became NaN at step 4 (lower the learning rate)")
+    with open(runs.run_dir(run) / "log.txt", "a") as f:
+        f.write("INFO starting\nERROR loss became NaN at step 4\n")
+    at = app_at("train", run=run)
+    no_exceptions(at)
+    assert any("crashed" not in e and "failed — loss became NaN at step 4" in e for e in errors(at))
+    assert any("ERROR loss became NaN at step 4" in c.value for c in at.code)
+    assert at.button(key="train_start").disabled is False  # nothing runs: a new run may start

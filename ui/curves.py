@@ -133,9 +133,24 @@ def progress_info(status: dict, rows: list[dict], batch_size: int | None = None,
     speed = next((r["images_per_s"] for r in reversed(rows) if _finite(r.get("images_per_s"))), None)
     if speed:
         parts.append(f"{speed:,.0f} images/s")
-        if state in ACTIVE_STATES and total and batch_size:
-            parts.append(f"ETA {_duration((total - step) * batch_size / speed)}")
+    if state in ACTIVE_STATES:
+        eta = _eta(status, rows, speed, batch_size, epochs)
+        if eta is not None:
+            parts.append(f"ETA {_duration(eta)}")
     return Progress(fraction, " · ".join(parts))
+
+
+def _eta(status: dict, rows: list[dict], speed: float | None, batch_size: int | None,
+         epochs: int | None) -> float | None:
+    """Seconds left: from the training speed of step rows, else from the epochs' durations
+    (small datasets can finish an epoch before the first step row is due)."""
+    step, total = status.get("step") or 0, status.get("total_steps") or 0
+    if speed and total and batch_size:
+        return (total - step) * batch_size / speed
+    durations = [r["epoch_s"] for r in rows if not is_step_row(r) and _finite(r.get("epoch_s"))]
+    if durations and epochs:
+        return (epochs - len(durations)) * sum(durations) / len(durations)
+    return None
 
 
 def _duration(seconds: float) -> str:
@@ -188,6 +203,9 @@ def run_progress(label: str, run_id: str, status: dict | None = None) -> dict:
     seen = _seen(run_id)
     info = progress_info(status, new_rows(run_id), seen.batch_size, seen.epochs)
     st.progress(info.fraction, text=f"**{label}** · {info.text}")
+    if status.get("state") in ("failed", "interrupted"):
+        st.error(f"{label}: {status['state']} — {status.get('error') or 'see the log'}. "
+                 "Resume it on the Runs page once the cause is fixed.", icon=":material/error:")
     return status
 
 

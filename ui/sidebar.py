@@ -27,6 +27,6 @@ def sidebar() -> None:
             if not active:
                 st.caption("None. Start one on the Train page, or the demo on Home.")
             for row in active:
-                label = f"{row.get('name') or row['id']} · {row['state']}"
+                label = row.get("name") or row["id"]  # no state here: the sidebar is not polled
                 st.page_link("pages/train.py", label=label, icon=":material/monitoring:",
                              query_params={"run": row["id"]})
