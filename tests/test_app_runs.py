@@ -70,3 +70,43 @@ def test_downloads_offer_the_config_and_the_metrics_csv():
     assert "config.json" in labels and "metrics.csv" in labels
     formats = {o.split(" — ")[0] for o in at.selectbox(key="runs_export_format").options}
     assert formats == {"state_dict", "safetensors", "torchscript", "onnx"}
+
+
+@pytest.fixture
+def trained_run():
+    """A real run, trained in-process by the worker: 3 digit classes, 8 images each, 2 epochs."""
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig
+    from kt_core.worker import run_worker
+
+    cfg = RunConfig(name="real", source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=8, val_fraction=0.2),
+                    train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, log_every=1)).validate()
+    folder = runs.create_run(cfg)
+    assert run_worker(folder)["state"] == "completed"
+    return folder.name
+
+
+def test_a_trained_run_shows_its_confusion_matrix_mistakes_per_class_metrics_and_exports(trained_run):
+    at = app_at("runs", run=trained_run)
+    no_exceptions(at)
+    assert not errors(at)
+    heatmap = next(t for i in range(len(at.get("plotly_chart"))) for t in chart_traces(at, i) if t["type"] == "heatmap")
+    confusion = heatmap["z"]
+    assert heatmap["x"] == ["0", "1", "2"] and len(confusion) == 3
+    per_class = next(df.value for df in at.dataframe if "recall" in df.value.columns)
+    assert list(per_class["support"]) == [sum(row) for row in confusion]  # rows of the matrix = true classes
+    mistakes = sum(sum(row) for row in confusion) - sum(confusion[i][i] for i in range(3))
+    accuracy = next(m.value for m in at.metric if m.label == "Accuracy")
+    assert accuracy == f"{1 - mistakes / sum(map(sum, confusion)):.1%}"
+    assert mistakes, "a 2-epoch model on 24 images still makes mistakes to show"
+    # Choosing a cell (the largest by default) shows exactly that cell's misclassified images,
+    # then 16 sample predictions.
+    cell = at.selectbox(key="runs_cell").value
+    assert cell[2] == max(confusion[i][j] for i in range(3) for j in range(3) if i != j)
+    assert len(at.get("image")) == min(24, confusion[cell[0]][cell[1]]) + min(16, sum(map(sum, confusion)))
+    at.selectbox(key="runs_export_format").select(
+        next(o for o in at.selectbox(key="runs_export_format").options if o.startswith("safetensors")))
+    at.button(key="runs_export").click().run()
+    no_exceptions(at)
+    assert (runs.run_dir(trained_run) / "exports" / "model.safetensors").is_file()
+    assert any(b.proto.label == "Download model.safetensors" for b in at.get("download_button"))
