@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from kt_core.config import SourceConfig
+from kt_core.errors import KTError
 from kt_core.settings import get_settings
 
 
@@ -42,14 +43,21 @@ def allowed_roots() -> tuple[Path, ...]:
 
 
 def _stamp(cfg: SourceConfig) -> str:
-    """Cache key part that changes when the file behind the config changes."""
-    if cfg.kind == "file" and cfg.path:
-        try:
-            st_ = Path(cfg.path).expanduser().stat()
-            return f"{st_.st_mtime_ns}:{st_.st_size}"
-        except OSError:
-            return "missing"
-    return ""
+    """Cache key part that changes when the file behind the config changes (a run's checkpoint
+    is rewritten every epoch while it trains)."""
+    try:
+        if cfg.kind == "file" and cfg.path:
+            path = Path(cfg.path).expanduser()
+        elif cfg.kind == "run" and cfg.path:
+            from kt_core.runs import run_dir
+
+            path = run_dir(cfg.path) / "checkpoints" / f"{cfg.checkpoint}.pt"
+        else:
+            return ""
+        stat = path.stat()
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+    except (OSError, KTError):
+        return "missing"  # load_source says what is wrong
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the source model...")
