@@ -5,7 +5,7 @@ import streamlit as st
 from kt_core import runs as kt_runs
 from ui import run_view, state
 from ui.curves import ACTIVE_STATES, forget, live_curves
-from ui.errors import guard, show_error
+from ui.errors import guard
 
 st.title("Runs")
 with guard("Reading the runs folder") as listing:
@@ -39,7 +39,7 @@ st.markdown(f"**{labels[run_id]}** · state **{run_state}**"
             + (f" · error: {status['error']}" if status.get("error") else ""))
 
 # --- actions ---------------------------------------------------------------------------------
-c1, c2, c3, c4 = st.columns([1, 1, 1, 3])
+c1, c2, c3, c4, c5 = st.columns([1, 1, 1.4, 1, 2.6])
 if c1.button("Stop", key="runs_stop", disabled=run_state not in ACTIVE_STATES, icon=":material/stop:"):
     with guard("Stopping"):
         with st.spinner("Stopping: the run finishes its batch and saves a checkpoint..."):
@@ -52,8 +52,14 @@ if c2.button("Resume", key="runs_resume", disabled=run_state in ACTIVE_STATES or
         forget(run_id)
         state.watch_run(run_id)
         st.switch_page("pages/train.py", query_params={"run": run_id})
-confirm = c4.checkbox("Yes, delete this run folder", key="runs_delete_confirm")
-if c3.button("Delete", key="runs_delete", disabled=not confirm or run_state in ACTIVE_STATES,
+if c3.button("Edit and re-run", key="runs_edit", icon=":material/edit:",
+             help="Loads this run's source, dataset, layers and training choices into the pages."):
+    with guard("Loading the run's config"):
+        state.load_run_config(kt_runs.load_config(run_id))
+        state.watch_run(None)
+        st.switch_page("pages/train.py")
+confirm = c5.checkbox("Yes, delete this run folder", key="runs_delete_confirm")
+if c4.button("Delete", key="runs_delete", disabled=not confirm or run_state in ACTIVE_STATES,
              icon=":material/delete:"):
     with guard("Deleting"):
         kt_runs.delete(run_id)

@@ -110,3 +110,13 @@ def test_a_trained_run_shows_its_confusion_matrix_mistakes_per_class_metrics_and
     no_exceptions(at)
     assert (runs.run_dir(trained_run) / "exports" / "model.safetensors").is_file()
     assert any(b.proto.label == "Download model.safetensors" for b in at.get("download_button"))
+
+
+def test_edit_and_rerun_loads_a_runs_config_into_the_pages():
+    run = make_run("to tweak", epochs=7)
+    at = app_at("runs", run=run)
+    at.button(key="runs_edit").click().run()
+    no_exceptions(at)
+    assert at.session_state["kt_train"].epochs == 7 and at.session_state["kt_dataset"].per_class == 5
+    assert at.number_input(key="train_epochs").value == 7  # now on the Train page, ready to start
+    assert "run" not in at.query_params

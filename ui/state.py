@@ -10,13 +10,9 @@ the worker process, which only ever talks to its run folder.
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
-
 import streamlit as st
 
 from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
-
-T = TypeVar("T")
 
 # session_state key -> the default factory of that piece of the config
 _PIECES = {
