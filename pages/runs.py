@@ -25,7 +25,8 @@ overlay = st.multiselect("Overlay the curves of", ids, format_func=labels.get, k
                          default=[r for r in (watched, state.current_baseline()) if r in ids] or ids[:1])
 if overlay:
     with guard("Drawing the curves"):
-        live_curves([(labels[r], r) for r in overlay], key="runs_overlay_chart", show_progress=False)
+        names = dict(zip(table["id"], table["name"]))
+        live_curves([(names.get(r) or r, r) for r in overlay], key="runs_overlay_chart", show_progress=False)
 
 st.divider()
 run_id = st.selectbox("One run in depth", ids, format_func=labels.get, key="runs_one",

@@ -30,8 +30,8 @@ def test_selected_runs_are_overlaid_on_one_chart():
     at.multiselect(key="runs_overlay").set_value([a, b]).run()
     no_exceptions(at)
     traces = {t["name"]: t for t in chart_traces(at)}
-    assert traces[f"a · {a} (completed) · val acc"]["y"] == pytest.approx([0.55, 0.65, 0.75])
-    assert traces[f"b · {b} (completed) · val acc"]["y"] == pytest.approx([0.15, 0.25, 0.35])
+    assert traces["a · val acc"]["y"] == pytest.approx([0.55, 0.65, 0.75])
+    assert traces["b · val acc"]["y"] == pytest.approx([0.15, 0.25, 0.35])
 
 
 def test_the_watched_run_of_the_url_is_preselected():
@@ -120,3 +120,13 @@ def test_edit_and_rerun_loads_a_runs_config_into_the_pages():
     assert at.session_state["kt_train"].epochs == 7 and at.session_state["kt_dataset"].per_class == 5
     assert at.number_input(key="train_epochs").value == 7  # now on the Train page, ready to start
     assert "run" not in at.query_params
+
+
+def test_the_watched_run_survives_a_page_switch_that_clears_the_url():
+    a = make_run("watched")
+    make_run("other")
+    at = app_at("train", run=a)
+    at.query_params.clear()  # what Streamlit's navigation does to the query string
+    at.switch_page("pages/runs.py").run()
+    assert at.selectbox(key="runs_one").value == a
+    assert at.query_params["run"] == a  # put back: a refresh now re-attaches too

@@ -83,19 +83,36 @@ def load_run_config(cfg: RunConfig) -> None:
 
 # --- the watched run, in the URL -------------------------------------------------------------
 
+def _watched(key: str) -> str | None:
+    """`?key=...` of the URL, else what this session watched last (then put back in the URL).
+
+    The URL is what survives a refresh or opens in a second tab; the session copy is what
+    survives Streamlit's page switches, which start every page with a clean query string.
+    """
+    value = st.query_params.get(key)
+    if value:
+        st.session_state[f"kt_watch_{key}"] = value
+        return value
+    value = st.session_state.get(f"kt_watch_{key}")
+    if value:
+        st.query_params[key] = value
+    return value or None
+
+
 def current_run() -> str | None:
-    """The run id of `?run=...`, or None."""
-    return st.query_params.get("run") or None
+    """The watched run id (`?run=...`), or None."""
+    return _watched("run")
 
 
 def current_baseline() -> str | None:
     """The from-scratch twin of the watched run (`?baseline=...`), or None."""
-    return st.query_params.get("baseline") or None
+    return _watched("baseline")
 
 
 def watch_run(run_id: str | None, baseline: str | None = None) -> None:
-    """Attach the page to `run_id` and its baseline (None detaches): both go into the URL."""
+    """Attach the pages to `run_id` and its baseline (None detaches): URL and session both."""
     for key, value in (("run", run_id), ("baseline", baseline)):
+        st.session_state[f"kt_watch_{key}"] = value
         if value:
             st.query_params[key] = value
         elif key in st.query_params:
