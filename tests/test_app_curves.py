@@ -61,3 +61,9 @@ def test_eta_falls_back_to_epoch_durations_when_no_step_row_came_yet():
                   {"kind": "epoch", "epoch": 2, "step": 4, "train_loss": 0.9, "epoch_s": 4.0}]
     info = progress_info({"state": "running", "epoch": 2, "step": 4, "total_steps": 20}, epoch_rows, 64, 10)
     assert info.text == "running · epoch 2/10 · step 4/20 · ETA 24 s"  # 8 epochs left x 3 s
+
+
+def test_a_queued_run_says_what_it_waits_for():
+    info = progress_info({"state": "queued", "note": "waiting for source run demo-source", "epoch": 0, "step": 0,
+                          "total_steps": None}, [], 64, 30)
+    assert info.fraction == 0.0 and info.text == "queued · waiting for source run demo-source · epoch 0/30"

@@ -124,6 +124,8 @@ def progress_info(status: dict, rows: list[dict], batch_size: int | None = None,
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     fraction = min(1.0, step / total) if total else (1.0 if state == "completed" else 0.0)
     parts = [state]
+    if status.get("note"):  # e.g. "waiting for source run ..." while a chained run is queued
+        parts.append(str(status["note"]))
     if status.get("epoch") is not None and epochs:
         parts.append(f"epoch {status['epoch']}/{epochs}")
     elif status.get("epoch") is not None:
