@@ -38,9 +38,11 @@ def histogram(counts: dict[str, list[int]], class_names: list[str]) -> go.Figure
     fig = go.Figure()
     for split, per_class in counts.items():
         fig.add_trace(go.Bar(name=split, x=[str(c) for c in class_names], y=list(per_class)))
-    fig.update_layout(barmode="group", height=300, margin=dict(l=40, r=10, t=30, b=40),
-                      title="Images per class", xaxis_title="class", yaxis_title="images",
-                      legend=dict(orientation="h", y=1.12))
+    fig.update_layout(barmode="group", height=300, margin=dict(l=40, r=10, t=40, b=40),
+                      title="Images per class", yaxis_title="images",
+                      # class names like "0".."9" are names, not numbers: one tick each
+                      xaxis=dict(title="class", type="category"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
 
