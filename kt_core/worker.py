@@ -200,6 +200,9 @@ def run_worker(run: str | os.PathLike) -> dict:
             with _signals(stop):
                 cfg = runs.load_config(folder)
                 device = resolve_device(cfg.train.device)
+                if not _wait_for_source_run(cfg, folder, status, stop):
+                    status.update(state="stopped", error="stopped while waiting for the source run")
+                    return runs.read_status(folder)
                 resume_state = _resume_state(folder)
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
                 prepared = runs.prepare(cfg, device, runs_dir=folder.parent)
@@ -233,6 +236,37 @@ def run_worker(run: str | os.PathLike) -> dict:
                 metrics.close()
             (folder / "STOP").unlink(missing_ok=True)
         return runs.read_status(folder)
+
+
+def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, stop: StopFlag) -> bool:
+    """A run whose source is a run still training waits for it, queued, instead of failing.
+
+    This lets the UI launch a chain (train a source, then transfer from it, next to a baseline)
+    in one click. Returns False when asked to stop while waiting; raises if the source ends badly.
+    """
+    if cfg.source.kind != "run":
+        return True
+    try:
+        source = runs.run_dir(cfg.source.path, folder.parent)
+    except KTError:
+        return True  # not a run of this folder: load_source gives the precise error
+    announced = False
+    while True:
+        state = runs.read_status(source)["state"]
+        if state == "completed":
+            if announced:
+                status.update(state="running", note=None)
+            return True
+        if state not in runs.ACTIVE_STATES:
+            raise RunError(f"source run {source.name} ended as {state}, so there is nothing to transfer",
+                           f"resume it (`python -m kt_core resume {source.name}`) or pick another source")
+        if not announced:
+            log.info("run %s: waiting for source run %s to finish", folder.name, source.name)
+            status.update(state="queued", note=f"waiting for source run {source.name}")
+            announced = True
+        if stop.should_stop(None):
+            return False
+        time.sleep(0.5)
 
 
 def _resume_state(folder: Path) -> dict | None:
