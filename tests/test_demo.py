@@ -76,3 +76,13 @@ def test_a_transfer_run_waits_for_its_source_run_and_fails_if_it_fails():
     status = runs.read_status(transfer)
     assert status["state"] == "failed"
     assert f"source run {source.name} ended as failed" in status["error"]
+
+
+def test_the_examples_are_the_demo_configs_so_cli_and_ui_share_the_source_model():
+    from pathlib import Path
+
+    from kt_core.config import RunConfig
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert RunConfig.from_file(examples / "source_mnist.json") == demo.source_config()
+    assert RunConfig.from_file(examples / "quick.json") == demo.transfer_config("demo-source", 10)
