@@ -20,7 +20,7 @@ from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, 
 from kt_core.data import PreparedData, TensorSplit, iter_batches
 
 from . import plain
-from .harness import FIGURES, Context, EpochClock, Skip, Target, interleave, median
+from .harness import FIGURES, Context, EpochClock, Target, best, interleave, median
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def planned_copy(model: torch.nn.Module, cfg: RunConfig):
 
 
 def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
-            trained: dict | None = None) -> float:
-    """Images/s of kt_core's `fit` over the epochs after the first, from `model`'s weights."""
+            trained: dict | None = None) -> list[float]:
+    """Images/s of each of kt_core's `fit` epochs after the first, from `model`'s weights."""
     from kt_core.engine import Callback, fit
 
     clock = EpochClock(ctx.device)
@@ -91,11 +91,11 @@ def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Con
     fit(copy, data, cfg, plan=plan, callbacks=[Tick()], device=ctx.device)
     if trained is not None:
         trained["kt_core"] = copy
-    return clock.images_per_s(len(data.train))
+    return clock.epoch_rates(len(data.train))
 
 
 def plain_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
-               frozen_children: int = 0, trained: dict | None = None) -> float:
+               frozen_children: int = 0, trained: dict | None = None) -> list[float]:
     """Images/s of the plain loop: same weights, data, batch order, optimizer and epochs as `kt_rate`."""
     from kt_core.engine import epoch_generator
 
@@ -113,7 +113,7 @@ def plain_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: 
     plain.train(net, optimizer, epochs, ctx.device, frozen=frozen, on_epoch_end=lambda *_: clock.tick())
     if trained is not None:
         trained["plain"] = copy
-    return clock.images_per_s(len(y))
+    return clock.epoch_rates(len(y))
 
 
 def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -123,7 +123,7 @@ def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 def ratio_of(samples: dict[str, list[float]], top: str, bottom: str) -> tuple[float, str]:
-    a, b = median(samples[top]), median(samples[bottom])
+    a, b = best(samples[top]), best(samples[bottom])
     return a / b, f"{top} {a:.0f} img/s / {bottom} {b:.0f} img/s"
 
 
@@ -204,29 +204,36 @@ def partial_freezing(ctx: Context) -> tuple[float, str]:
 # --- B5: start latency ------------------------------------------------------------------------
 
 def demo_config() -> RunConfig:
-    """The app's demo run, as the Start button launches it, on the CPU."""
+    """The first run the Home page's Demo button starts (the source model), on the CPU."""
     from kt_core import demo
 
-    cfg = demo.demo_config()
-    cfg.train.device = "cpu"
-    return cfg.validate()
+    return demo.source_config(device="cpu").validate()
 
 
 def wait_for_first_metric(run_path: Path, timeout: float) -> float:
-    """Seconds until `metrics.jsonl` holds one complete line (polling every 5 ms)."""
+    """The moment `metrics.jsonl` holds one complete line (polled every 5 ms); a dead worker raises."""
+    from kt_core import runs
+
     metrics = run_path / "metrics.jsonl"
     deadline = time.perf_counter() + timeout
+    polls = 0
     while time.perf_counter() < deadline:
         try:
             if b"\n" in metrics.read_bytes():
                 return time.perf_counter()
         except FileNotFoundError:
             pass
+        polls += 1
+        if polls % 40 == 0:  # every ~0.2 s: a worker that failed will never write the row
+            status = runs.read_status(run_path)
+            if status.get("state") in ("failed", "interrupted", "stopped", "completed"):
+                raise RuntimeError(f"run {run_path.name} ended {status['state']} before its first metric row: "
+                                   f"{status.get('error')}")
         time.sleep(0.005)
     raise RuntimeError(f"no metric row in {metrics} after {timeout:.0f} s")
 
 
-@FIGURES.register("B5", title="start latency: runs.launch to the first metric row (demo config, CPU)",
+@FIGURES.register("B5", title="start latency: runs.launch to the first metric row (the demo's first run, CPU)",
                   target=Target("<=", 3.0, "s"))
 def start_latency(ctx: Context) -> tuple[float, str]:
     from kt_core import runs
@@ -237,10 +244,11 @@ def start_latency(ctx: Context) -> tuple[float, str]:
     for _ in range(ctx.scale.launches):
         start = time.perf_counter()
         run_id = runs.launch(cfg, runs_dir=runs_dir)
-        latencies.append(wait_for_first_metric(runs.run_dir(runs_dir / run_id), timeout=60) - start)
-        runs.stop(runs_dir / run_id, timeout=30)
+        latencies.append(wait_for_first_metric(runs_dir / run_id, timeout=60) - start)
+        runs.stop(runs_dir / run_id, timeout=30)  # the rest of the run is not part of the figure
     shown = ", ".join(f"{t:.2f}" for t in latencies)
-    return median(latencies), f"median of {len(latencies)} launches ({shown} s)"
+    return median(latencies), (f"median of {len(latencies)} launches ({shown} s); {cfg.source.arch} on {cfg.dataset.name}, "
+                               f"batch {cfg.train.batch_size}, a step row every {cfg.train.log_every} steps")
 
 
 # --- B6: memory -------------------------------------------------------------------------------
@@ -268,8 +276,7 @@ def memory(ctx: Context) -> tuple[float, str]:
         "kt_core": [sys.executable, "-m", "kt_core", "train", str(cfg_path), "--runs-dir", str(ctx.workdir / "b6_runs")],
         "plain": [sys.executable, "-m", "bench.plain", str(cfg_path), "--threads", str(ctx.threads)],
     }
-    # Peak RSS hardly varies between runs; two per side (interleaved) guard against a fluke.
-    samples = interleave({k: (lambda c=c: peak_rss_mb(c, env)) for k, c in sides.items()}, 2)
+    samples = interleave({k: (lambda c=c: peak_rss_mb(c, env)) for k, c in sides.items()}, ctx.scale.memory_runs)
     a, b = median(samples["kt_core"]), median(samples["plain"])
     return a / b, f"kt_core train {a:.0f} MB / plain loop {b:.0f} MB (sklearn_digits, small_cnn)"
 
@@ -282,18 +289,18 @@ def data_path(ctx: Context) -> tuple[float, str]:
     model, data = synthetic_task("small_cnn", ctx)
     bs, epochs = ctx.scale.batch_size, 1 + ctx.scale.epochs
 
-    def run(batches_per_epoch) -> float:
+    def run(batches_per_epoch) -> list[float]:
         m = plain.fresh_copy(model).to(ctx.device)
         optimizer = plain.make_optimizer("adamw", m.parameters(), 1e-3)
         clock = EpochClock(ctx.device)
         plain.train(m, optimizer, batches_per_epoch, ctx.device, on_epoch_end=lambda *_: clock.tick())
-        return clock.images_per_s(len(data.train))
+        return clock.epoch_rates(len(data.train))
 
-    def via_iter_batches() -> float:
+    def via_iter_batches() -> list[float]:
         gen = torch.Generator().manual_seed(0)
         return run(iter_batches(data.train, bs, shuffle=True, generator=gen) for _ in range(epochs))
 
-    def prebatched() -> float:
+    def prebatched() -> list[float]:
         gen = torch.Generator().manual_seed(0)  # the same order, sliced before the clock starts
         ready = [list(plain.shuffled_batches(data.train.x, data.train.y, bs, gen)) for _ in range(epochs)]
         return run(ready)

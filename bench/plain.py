@@ -102,27 +102,21 @@ def split_sequential(model: nn.Module, frozen_children: int, probe: torch.Tensor
 # --- the reference side of B6: a fresh process that trains a run config with the plain loop ---
 
 def _train_config(path: str) -> int:
+    """Build model and data exactly as a run does (`kt_core.runs.prepare`), then train plainly."""
     from kt_core.config import RunConfig
-    from kt_core.data import load_dataset
-    from kt_core.models import build_model
+    from kt_core.engine import resolve_device
+    from kt_core.runs import prepare
 
     cfg = RunConfig.from_file(path)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.source.arch)
-    spec_size = getattr(model, "input_size", None)
-    data = load_dataset(cfg.dataset, input_size=spec_size)
-    model = build_model(cfg.source.arch, num_classes=data.num_classes, in_channels=data.input_size[0])
-    device = torch.device("cpu" if cfg.train.device == "auto" and not torch.cuda.is_available()
-                          else ("cuda" if cfg.train.device == "auto" else cfg.train.device))
-    model.to(device)
-    opt = make_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr, cfg.train.momentum,
-                         cfg.train.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    train_split = data.train
-    epochs = (shuffled_batches(train_split.x, train_split.y, cfg.train.batch_size, gen)
-              for _ in range(cfg.train.epochs))
-    loss = train(model, opt, epochs, device)
-    print(f"plain loop: {cfg.train.epochs} epochs, last loss {loss:.4f}")
+    t = cfg.train
+    device = resolve_device(t.device)
+    prepared = prepare(cfg, device)
+    x, y = prepared.data.train.x, prepared.data.train.y
+    optimizer = make_optimizer(t.optimizer, prepared.model.parameters(), t.lr, t.momentum, t.weight_decay)
+    epochs = (shuffled_batches(x, y, t.batch_size, torch.Generator().manual_seed(t.seed * 1_000_003 + e))
+              for e in range(t.epochs))
+    loss = train(prepared.model, optimizer, epochs, device)
+    print(f"plain loop: {t.epochs} epochs, last loss {loss:.4f}")
     return 0
 
 
