@@ -53,7 +53,47 @@ class ArchSpec:
     stages: str | None = None  # container whose children are the stages (its blocks), if any
 
 
-ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
+class _ArchitectureRegistry(Registry[ArchSpec]):
+    """The registry, with torchvision's families added the first time a lookup needs them.
+
+    Importing `torchvision.models` costs ~1.6 s of CPU and ~200 MB (it pulls in torch._dynamo):
+    a worker training one of our own architectures must not pay that before its first step
+    (benchmark B5, start latency). A name we registered ourselves never triggers the import.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self._complete = False
+
+    def _add_torchvision(self) -> None:
+        if not self._complete:
+            self._complete = True
+            _register_torchvision()
+
+    def entry(self, name: str):
+        if name not in self._entries:
+            self._add_torchvision()
+        return super().entry(name)
+
+    def names(self) -> list[str]:
+        self._add_torchvision()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._add_torchvision()
+        return super().__contains__(name)
+
+    def __iter__(self):
+        self._add_torchvision()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._add_torchvision()
+        return super().__len__()
+
+
+ARCHITECTURES: Registry[ArchSpec] = _ArchitectureRegistry("architecture")
 
 
 @dataclass
@@ -264,8 +304,6 @@ def _register_torchvision() -> None:
             description=description, stages=stages,
         ))
 
-
-_register_torchvision()
 
 
 # --- building, heads and input channels --------------------------------------------------------
