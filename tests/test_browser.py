@@ -201,7 +201,7 @@ def test_the_demo_runs_offline_and_concludes_from_its_results(server, page):
     page.goto(server["url"])
     page.get_by_role("button", name="Run the demo").click()
     page.locator('.js-plotly-plot').first.wait_for()
-    wait_for(lambda: page.get_by_text("from scratch:").count() >= 1, 240, "the demo's conclusion line")
+    wait_for(lambda: page.get_by_text("from scratch:").count() >= 1, 300, "the demo's conclusion line")
     text = page.get_by_text("from scratch:").first.inner_text()
     assert text.startswith("Transfer: ") and "labelled images per class" in text
     lengths = trace_lengths(page)

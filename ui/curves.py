@@ -101,7 +101,8 @@ def build_figure(series: list[Series], uirevision: str, title: str | None = None
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
     fig.update_layout(
         uirevision=uirevision,  # keeps zoom and legend toggles across redraws of this run
-        height=380, margin=dict(l=40, r=20, t=50 if title else 30, b=40), title=title,
+        height=400 if title else 380, margin=dict(l=40, r=20, t=80 if title else 30, b=40),
+        title=dict(text=title, y=0.97) if title else None,
         legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
     )
     return fig
