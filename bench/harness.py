@@ -2,9 +2,9 @@
 
 Absolute times on a shared machine are noise, so every figure is a *ratio* of two things measured
 in the same process run, interleaved (A B B A ...) so that a neighbour's burst of CPU hits both
-sides alike. Throughputs are summarised by the best timed epoch of all repeats, as `timeit` does:
-interference only ever adds time, so the fastest sample is the one closest to the work itself.
-Latencies and memory, which users meet as typical values, are summarised by the median.
+sides alike. A throughput ratio is the median, over the repeats, of the ratio of two back-to-back
+runs, each run summarised by its best timed epoch as `timeit` does (interference only ever adds
+time). Latencies and memory, which users meet as typical values, are summarised by the median.
 """
 
 from __future__ import annotations
@@ -138,19 +138,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(sides: dict[str, Callable[[], float | list[float]]], repeats: int) -> dict[str, list[float]]:
-    """Run each side `repeats` times in A B, B A, A B ... order and return every sample.
+def interleave(sides: dict[str, Callable[[], float | list[float]]], repeats: int) -> dict[str, list[list[float]]]:
+    """Run each side `repeats` times in A B, B A, A B ... order; per side, one list of samples a run.
 
     Each callable returns one sample or a list (one rate per timed epoch); warm-up belongs inside
     it. Alternating the order cancels a slow drift (thermal, a neighbour's job) to first order.
     """
     names = list(sides)
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    runs: dict[str, list[list[float]]] = {n: [] for n in names}
     for i in range(repeats):
         for name in (names if i % 2 == 0 else names[::-1]):
             got = sides[name]()
-            samples[name].extend(got if isinstance(got, list) else [got])
-    return samples
+            runs[name].append(got if isinstance(got, list) else [got])
+    return runs
 
 
 def median(values: list[float]) -> float:
@@ -160,6 +160,19 @@ def median(values: list[float]) -> float:
 def best(rates: list[float]) -> float:
     """The fastest sample: on a busy machine noise only slows a sample down, never speeds it up."""
     return max(rates)
+
+
+def flat(runs: list[list[float]]) -> list[float]:
+    return [x for run in runs for x in run]
+
+
+def paired_ratio(top: list[list[float]], bottom: list[list[float]]) -> float:
+    """Median over repeats of best(top run i) / best(bottom run i).
+
+    Runs i of both sides ran back to back, so they saw the same machine; pairing them cancels
+    the slow swings of a shared host that a ratio of two overall bests would still catch.
+    """
+    return median([best(a) / best(b) for a, b in zip(top, bottom)])
 
 
 def clock_for(device: torch.device) -> Callable[[], float]:
@@ -236,8 +249,9 @@ def render_results_md(results: list[Result], facts: dict[str, str], command: str
     return (
         "# KT Studio benchmark results\n\n"
         "Written by `python -m bench`; every figure is a ratio of two measurements taken in the same\n"
-        "run, interleaved; throughputs are the best timed epoch of the repeats, latency and memory the\n"
-        "median (absolute times on shared machines are noise).\n\n"
+        "run, interleaved; a throughput ratio is the median over repeats of back-to-back pairs of runs\n"
+        "(each run: its best timed epoch); latency and memory are medians. Absolute times on shared\n"
+        "machines are noise; the ratios are the result.\n\n"
         f"- command: `{command}`\n- scale: {scale.name} ({scale.train_images} training images, "
         f"{scale.epochs} timed epochs after one warm-up, {scale.repeats} repeats per side, "
         f"batch {scale.batch_size})\n- when: {when}, {elapsed_s:.0f} s in all\n{fact_lines}\n\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 
-from .harness import FIGURES, Context, Skip, Target, interleave, median
+from .harness import FIGURES, Context, Skip, Target, flat, interleave, median
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,45 @@ def missing_prerequisite() -> str | None:
     if not CHROMIUM.exists():
         return f"no Chromium at {CHROMIUM} (make browser installs Debian's)"
     return None
+
+
+def _process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds so far), from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
+    return table
+
+
+def cpu_seconds_by_group(streamlit_pid: int) -> dict[str, float]:
+    """CPU time so far of the dashboard server and of the browser, each with its children.
+
+    What B4 costs is CPU taken from the worker; these two numbers say who takes it.
+    """
+    table = _process_table()
+
+    def subtree(root: int) -> set[int]:
+        found, frontier = {root}, [root]
+        while frontier:
+            parent = frontier.pop()
+            children = [pid for pid, (ppid, _, _) in table.items() if ppid == parent]
+            found.update(children)
+            frontier.extend(children)
+        return found
+
+    server = subtree(streamlit_pid)
+    browser = {pid for pid, (_, name, _) in table.items() if "chrom" in name.lower() or "headless" in name.lower()}
+    return {"dashboard": sum(table[p][2] for p in server if p in table),
+            "browser": sum(table[p][2] for p in browser - server)}
 
 
 def free_port() -> int:
@@ -73,7 +112,7 @@ def dashboard(runs_dir: Path, threads: int):
             if time.monotonic() > deadline:
                 raise RuntimeError("streamlit did not answer its health check within 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -125,7 +164,8 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     timeout = 120 + 60 * ctx.scale.ui_epochs
 
-    with dashboard(runs_dir, ctx.threads) as url, sync_playwright() as pw:
+    ui_cpu: list[dict[str, float]] = []  # CPU seconds of server and browser per watched run, and its length
+    with dashboard(runs_dir, ctx.threads) as (url, server_pid), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
             def headless_run() -> float:
@@ -136,10 +176,13 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
                 run_id = runs.launch(cfg, runs_dir=runs_dir)
                 page = browser.new_page()
                 try:
+                    before, started = cpu_seconds_by_group(server_pid), time.monotonic()
                     page.goto(f"{url}/train?run={run_id}", wait_until="domcontentloaded")
                     # The page is live once the curves' fragment has drawn: a Plotly chart appears.
                     page.wait_for_selector(".js-plotly-plot", timeout=60_000)
                     summary = wait_until_done(runs_dir / run_id, timeout)
+                    after = cpu_seconds_by_group(server_pid)
+                    ui_cpu.append({k: after[k] - before[k] for k in after} | {"wall": time.monotonic() - started})
                 finally:
                     page.close()
                 return summary["images_per_s"]
@@ -147,6 +190,8 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
             samples = interleave({"with UI": watched_run, "no UI": headless_run}, max(1, ctx.scale.repeats - 1))
         finally:
             browser.close()
-    a, b = median(samples["with UI"]), median(samples["no UI"])
+    a, b = median(flat(samples["with UI"])), median(flat(samples["no UI"]))
+    wall = sum(u["wall"] for u in ui_cpu)
+    share = ", ".join(f"{k} {sum(u[k] for u in ui_cpu) / wall:.0%} of a core" for k in ("dashboard", "browser"))
     return a / b, (f"with the Train page open {a:.0f} img/s / without {b:.0f} img/s "
-                   f"(worker's own summary, {len(samples['no UI'])} runs each)")
+                   f"(worker's own summary, {len(samples['no UI'])} runs each); while watching: {share}")

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from bench import figures, plain, ui_tax  # noqa: F401  (importing registers the figures)
-from bench.harness import FIGURES, SCALES, Context, Result, Skip, Target, interleave, render_table, run_figure
+from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
+                           run_figure)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| (B\d) \| .+ \| (\S+(?: s)?) \| ([<>]=) [\d.]+(?: s)? \| (PASS|FAIL|SKIP|ERROR) \| .* \|$")
@@ -112,7 +113,14 @@ def test_interleaving_alternates_the_order_of_the_sides():
     calls = []
     samples = interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
     assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert samples == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+    assert samples == {"a": [[1.0]] * 3, "b": [[2.0]] * 3}
+
+
+def test_paired_ratio_compares_runs_that_ran_side_by_side():
+    # The machine slowed down by half between repeats: pairs still say "equal", overall bests would not.
+    fast_then_slow = {"kt": [[100.0, 90.0], [50.0, 45.0]], "plain": [[100.0, 95.0], [50.0, 40.0]]}
+    assert paired_ratio(fast_then_slow["kt"], fast_then_slow["plain"]) == 1.0
+    assert paired_ratio([[95.0]], [[100.0]]) == 0.95
 
 
 def test_plain_cut_refuses_a_model_whose_forward_is_not_its_children():
