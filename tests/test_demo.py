@@ -86,3 +86,28 @@ def test_the_examples_are_the_demo_configs_so_cli_and_ui_share_the_source_model(
     examples = Path(__file__).resolve().parents[1] / "examples"
     assert RunConfig.from_file(examples / "source_mnist.json") == demo.source_config()
     assert RunConfig.from_file(examples / "quick.json") == demo.transfer_config("demo-source", 10)
+
+
+@pytest.mark.slow
+def test_the_demo_from_the_cli_shows_transfer_winning_and_caches_its_source(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def demo_cli(k: int) -> dict:
+        out = subprocess.run([sys.executable, "-m", "kt_core", "demo", "--per-class", str(k), "--json"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    first = demo_cli(5)
+    assert not first["source_reused"]
+    assert set(first["states"].values()) == {"completed"}
+    assert "transfer wins" in first["conclusion"], first["conclusion"]
+    second = demo_cli(1)  # the next click reuses the trained source model
+    assert second["source_reused"] and second["source"] == first["source"]
+    assert "with 1 labelled image per class" in second["conclusion"]

@@ -36,7 +36,7 @@ def _demo(args) -> int:
         raise
     line = demo.conclusion(handle)
     if args.json:
-        print_json({**ids, "states": states, "conclusion": line})
+        print_json({**ids, "source_reused": handle.source_reused, "states": states, "conclusion": line})
     else:
         print(line or f"the demo did not complete: {states}; see `python -m kt_core logs RUN`")
     return 0 if line else 1
