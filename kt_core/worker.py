@@ -206,7 +206,8 @@ def run_worker(run: str | os.PathLike) -> dict:
                 resume_state = _resume_state(folder)
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
                 prepared = runs.prepare(cfg, device, runs_dir=folder.parent)
-                for warning in list(getattr(prepared.data, "warnings", [])) + list(getattr(prepared.plan, "warnings", [])):
+                for warning in (list(prepared.data.warnings) + list(prepared.plan.warnings)
+                                + _bn_warnings(prepared, device)):
                     log.warning("%s", warning)
                 metrics = MetricsWriter(folder / "metrics.jsonl")
                 callbacks = [metrics, Progress(status), stop, Checkpointer(folder / "checkpoints")]
@@ -236,6 +237,19 @@ def run_worker(run: str | os.PathLike) -> dict:
                 metrics.close()
             (folder / "STOP").unlink(missing_ok=True)
         return runs.read_status(folder)
+
+
+def _bn_warnings(prepared, device: torch.device) -> list[str]:
+    """Frozen BatchNorm statistics that do not fit the target data, judged on one batch."""
+    from .data import iter_batches
+
+    x, _ = next(iter_batches(prepared.data.train, 256), (None, None))
+    if x is None:
+        return []
+    warnings = prepared.plan.bn_stat_warnings(prepared.model, x.to(device))
+    if len(warnings) > 3:  # a whole stage of mismatched layers is one finding, not a page of them
+        warnings = warnings[:3] + [f"... and {len(warnings) - 3} more frozen BatchNorm layers like these"]
+    return warnings
 
 
 def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, stop: StopFlag) -> bool:

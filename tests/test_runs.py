@@ -267,3 +267,19 @@ def test_several_runs_train_at_once_and_a_baseline_points_at_its_transfer_run(tm
     frame = runs.list_runs(tmp_path).set_index("id")
     assert frame.loc[baseline_id, "baseline_of"] == run_id
     assert frame.loc[baseline_id, "preset"] == "scratch" and frame.loc[run_id, "preset"] == "fine_tune"
+
+
+def test_frozen_batchnorm_that_does_not_fit_the_target_data_is_warned_about_in_the_log(tmp_path):
+    from kt_core.config import DatasetConfig, TransferPlan
+    from kt_core.worker import run_worker
+
+    # a random-weight CIFAR ResNet's BN statistics (mean 0, var 1 everywhere) against raw digits
+    cfg = RunConfig(name="bn", source=SourceConfig(kind="arch", arch="cifar_resnet20"),
+                    dataset=DatasetConfig(name="sklearn_digits", per_class=5, normalize="none", channels=3,
+                                          image_size=32),
+                    plan=TransferPlan(preset="feature_extraction"), train=TrainConfig(epochs=1, device="cpu"))
+    folder = runs.create_run(cfg, tmp_path)
+    assert run_worker(folder)["state"] == "completed"
+    log_text = (folder / "log.txt").read_text()
+    assert "frozen BatchNorm layer" in log_text and "consider bn_mode" in log_text
+    assert "more frozen BatchNorm layers like these" in log_text  # summarised, not a page of lines
