@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     names = parse_only(args.only)
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
+    # Workers and reference processes started by B4-B6 inherit this: the same threads everywhere.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     scale = SCALES[args.scale or ("quick" if args.quick else "full")]
     started = time.perf_counter()
     results = []

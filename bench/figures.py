@@ -1,8 +1,10 @@
 """The figures B1-B7 (B4, the browser one, lives in `ui_tax.py`). Each returns `(measured, detail)`.
 
-Every in-process figure follows one pattern: build the model once, then let each side start from
-a copy of the same weights, train `1 + scale.epochs` epochs on the same tensors in the same order,
-and time the epochs after the first (warm-up: allocator, caches, lazy init) with an `EpochClock`.
+The in-process figures (B1, B3, B7) follow one pattern: build the model once, let each side start
+from a copy of the same weights, train `1 + scale.epochs` epochs on the same tensors in the same
+order, the two sides *taking turns epoch by epoch* (`lockstep`), and report the median of the
+per-epoch ratios; the first epoch of each side (allocator, caches, lazy init) is not timed.
+B2 compares two kt_core configurations, whole runs interleaved (its ratio is far from the target).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +23,8 @@ from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, 
 from kt_core.data import PreparedData, TensorSplit, iter_batches
 
 from . import plain
-from .harness import FIGURES, Context, EpochClock, Target, best, flat, interleave, median, paired_ratio
+from .harness import (FIGURES, Context, EpochClock, Target, best, clock_for, flat, interleave, median, paired_ratio,
+                      sync)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,7 @@ def planned_copy(model: torch.nn.Module, cfg: RunConfig):
     return copy, plan
 
 
-def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
-            trained: dict | None = None) -> list[float]:
+def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context) -> list[float]:
     """Images/s of each of kt_core's `fit` epochs after the first, from `model`'s weights."""
     from kt_core.engine import Callback, fit
 
@@ -89,31 +92,62 @@ def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Con
 
     copy, plan = planned_copy(model, cfg)
     fit(copy, data, cfg, plan=plan, callbacks=[Tick()], device=ctx.device)
-    if trained is not None:
-        trained["kt_core"] = copy
     return clock.epoch_rates(len(data.train))
 
 
-def plain_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
-               frozen_children: int = 0, trained: dict | None = None) -> list[float]:
-    """Images/s of the plain loop: same weights, data, batch order, optimizer and epochs as `kt_rate`."""
-    from kt_core.engine import epoch_generator
+@dataclass
+class Lockstep:
+    """Per timed epoch, the images/s of each side; epoch i of both ran back to back."""
 
-    copy, _ = planned_copy(model, cfg)
-    net, frozen = copy.to(ctx.device), None
+    kt_core: list[float]
+    plain: list[float]
+    weight_gap: float  # largest difference of the final weights: ~0 when both did the same work
+
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.kt_core, self.plain)]
+
+
+def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
+             frozen_children: int = 0) -> Lockstep:
+    """kt_core's `fit` and the plain loop, taking turns one epoch each.
+
+    The plain loop's epoch runs inside the engine's `on_epoch_end`, between two engine epochs, so
+    epoch i of both sides sees the same machine; a neighbour's burst cannot favour one side. Both
+    start from the same weights and draw the same batches (the engine's per-epoch generator), and
+    their first epochs are warm-up. The engine's time for an epoch runs from the end of the plain
+    epoch before it to its own `on_epoch_end`: its between-epoch bookkeeping is included.
+    """
+    from kt_core.engine import Callback, epoch_generator, fit
+
+    t, now = cfg.train, clock_for(ctx.device)
+    ref, _ = planned_copy(model, cfg)
+    ref.to(ctx.device)
+    net, frozen = ref, None
     if frozen_children:
-        frozen, net = plain.split_sequential(net, frozen_children, data.train.x[:2].to(ctx.device))
-    optimizer = plain.make_optimizer(cfg.train.optimizer, net.parameters(), cfg.train.lr,
-                                     cfg.train.momentum, cfg.train.weight_decay)
-    x, y, t = data.train.x, data.train.y, cfg.train
-    # The engine draws each epoch's order from a generator seeded by (seed, epoch): so do we.
-    epochs = (plain.shuffled_batches(x, y, t.batch_size, epoch_generator(t.seed, e)) for e in range(t.epochs))
-    clock = EpochClock(ctx.device)
-    torch.manual_seed(t.seed)  # the engine seeds dropout and friends the same way
-    plain.train(net, optimizer, epochs, ctx.device, frozen=frozen, on_epoch_end=lambda *_: clock.tick())
-    if trained is not None:
-        trained["plain"] = copy
-    return clock.epoch_rates(len(y))
+        frozen, net = plain.split_sequential(ref, frozen_children, data.train.x[:2].to(ctx.device))
+    optimizer = plain.make_optimizer(t.optimizer, net.parameters(), t.lr, t.momentum, t.weight_decay)
+    x, y, n = data.train.x, data.train.y, len(data.train)
+    kt_times: list[float] = []
+    plain_times: list[float] = []
+    resumed: list[float] = []  # when the engine got the CPU back after the last plain epoch
+
+    class Turn(Callback):
+        def on_epoch_end(self, fit_ctx, row) -> None:
+            sync(ctx.device)
+            if resumed:
+                kt_times.append(now() - resumed[-1])
+            started = now()
+            batches = plain.shuffled_batches(x, y, t.batch_size, epoch_generator(t.seed, len(plain_times)))
+            plain.train_epoch(net, optimizer, batches, ctx.device, frozen)
+            sync(ctx.device)
+            plain_times.append(now() - started)
+            resumed.append(now())
+
+    engine_model, plan = planned_copy(model, cfg)
+    torch.manual_seed(t.seed)
+    fit(engine_model, data, cfg, plan=plan, callbacks=[Turn()], device=ctx.device)
+    # Epoch 1 of each side is warm-up: the engine's first epoch has no start mark, drop the plain one.
+    return Lockstep([n / s for s in kt_times], [n / s for s in plain_times[1:]], weight_gap(engine_model, ref))
 
 
 def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -122,16 +156,22 @@ def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
                for pa, pb in zip(a.parameters(), b.parameters()))
 
 
+def lockstep_figure(model, data, cfg, ctx: Context, frozen_children: int = 0) -> tuple[float, str]:
+    """The median of the per-epoch ratios over `scale.repeats` fresh lock-step runs."""
+    runs = [lockstep(model, data, cfg, ctx, frozen_children) for _ in range(ctx.scale.repeats)]
+    ratios = [r for run in runs for r in run.ratios()]
+    kt, ref = best([v for run in runs for v in run.kt_core]), best([v for run in runs for v in run.plain])
+    gap = max(run.weight_gap for run in runs)
+    work = (f"same final weights (largest difference {gap:.1e})" if gap < 1e-4 else
+            f"FINAL WEIGHTS DIFFER by {gap:.1e}: the sides did different work")
+    return median(ratios), (f"median of {len(ratios)} epoch pairs; best kt_core {kt:.0f} img/s, "
+                            f"plain {ref:.0f} img/s; {work}")
+
+
 def ratio_of(runs: dict[str, list[list[float]]], top: str, bottom: str) -> tuple[float, str]:
     """The paired ratio, with each side's best rate overall for a sense of scale."""
     a, b = best(flat(runs[top])), best(flat(runs[bottom]))
     return paired_ratio(runs[top], runs[bottom]), f"{top} {a:.0f} img/s / {bottom} {b:.0f} img/s"
-
-
-def same_work(trained: dict) -> str:
-    gap = weight_gap(trained["kt_core"], trained["plain"])
-    verdict = "same final weights" if gap < 1e-4 else "FINAL WEIGHTS DIFFER: the sides did different work"
-    return f"{verdict} (largest weight difference {gap:.1e})"
 
 
 # --- B1: engine overhead ----------------------------------------------------------------------
@@ -142,14 +182,9 @@ def engine_overhead(ctx: Context) -> tuple[float, str]:
     ratios, details = [], []
     for arch in ("small_cnn", "cifar_resnet20"):
         model, data = synthetic_task(arch, ctx)
-        cfg = run_config(arch, ctx)
-        trained: dict = {}
-        samples = interleave({"kt_core": lambda: kt_rate(model, data, cfg, ctx, trained),
-                              "plain": lambda: plain_rate(model, data, cfg, ctx, trained=trained)},
-                             ctx.scale.repeats)
-        r, d = ratio_of(samples, "kt_core", "plain")
+        r, d = lockstep_figure(model, data, run_config(arch, ctx), ctx)
         ratios.append(r)
-        details.append(f"{arch}: {r:.2f} = {d}, {same_work(trained)}")
+        details.append(f"{arch}: {r:.2f} ({d})")
     # The figure is the worse of the two models: the engine must keep up on both.
     return min(ratios), "; ".join(details)
 
@@ -194,12 +229,8 @@ def partial_freezing(ctx: Context) -> tuple[float, str]:
     if not children:
         raise RuntimeError("small_cnn's first blocks are not leading children; the plain cut needs them")
     cfg = run_config("small_cnn", ctx, TransferPlan(preset="freeze_first_n", freeze_first_n=half))
-    trained: dict = {}
-    samples = interleave({"kt_core": lambda: kt_rate(model, data, cfg, ctx, trained),
-                          "plain": lambda: plain_rate(model, data, cfg, ctx, children, trained)},
-                         ctx.scale.repeats)
-    r, d = ratio_of(samples, "kt_core", "plain")
-    return r, f"{half} of {len(body)} blocks frozen; {d}, {same_work(trained)}"
+    r, d = lockstep_figure(model, data, cfg, ctx, frozen_children=children)
+    return r, f"{half} of {len(body)} blocks frozen; {d}"
 
 
 # --- B5: start latency ------------------------------------------------------------------------
@@ -289,23 +320,29 @@ def memory(ctx: Context) -> tuple[float, str]:
                               "images/s (small_cnn)", target=Target(">=", 0.95))
 def data_path(ctx: Context) -> tuple[float, str]:
     model, data = synthetic_task("small_cnn", ctx)
-    bs, epochs = ctx.scale.batch_size, 1 + ctx.scale.epochs
-
-    def run(batches_per_epoch) -> list[float]:
-        m = plain.fresh_copy(model).to(ctx.device)
-        optimizer = plain.make_optimizer("adamw", m.parameters(), 1e-3)
-        clock = EpochClock(ctx.device)
-        plain.train(m, optimizer, batches_per_epoch, ctx.device, on_epoch_end=lambda *_: clock.tick())
-        return clock.epoch_rates(len(data.train))
-
-    def via_iter_batches() -> list[float]:
-        gen = torch.Generator().manual_seed(0)
-        return run(iter_batches(data.train, bs, shuffle=True, generator=gen) for _ in range(epochs))
-
-    def prebatched() -> list[float]:
-        gen = torch.Generator().manual_seed(0)  # the same order, sliced before the clock starts
-        ready = [list(plain.shuffled_batches(data.train.x, data.train.y, bs, gen)) for _ in range(epochs)]
-        return run(ready)
-
-    samples = interleave({"iter_batches": via_iter_batches, "pre-batched": prebatched}, ctx.scale.repeats)
-    return ratio_of(samples, "iter_batches", "pre-batched")
+    bs, epochs, now = ctx.scale.batch_size, 1 + ctx.scale.epochs, clock_for(ctx.device)
+    ratios, rates = [], {"iter_batches": [], "pre-batched": []}
+    for _ in range(ctx.scale.repeats):
+        # Two identical models and optimizers, taking turns one epoch each (as in `lockstep`).
+        sides = {}
+        for name in rates:
+            m = plain.fresh_copy(model).to(ctx.device)
+            sides[name] = (m, plain.make_optimizer("adamw", m.parameters(), 1e-3))
+        for epoch in range(epochs):
+            gen = torch.Generator().manual_seed(epoch)
+            lazy = iter_batches(data.train, bs, shuffle=True, generator=gen)
+            ready = list(plain.shuffled_batches(data.train.x, data.train.y, bs, torch.Generator().manual_seed(epoch)))
+            took = {}
+            for name, batches in (("iter_batches", lazy), ("pre-batched", ready)):
+                m, optimizer = sides[name]
+                started = now()
+                plain.train_epoch(m, optimizer, batches, ctx.device)
+                sync(ctx.device)
+                took[name] = now() - started
+            if epoch:  # the first epoch is warm-up
+                ratios.append(took["pre-batched"] / took["iter_batches"])
+                for name in rates:
+                    rates[name].append(len(data.train) / took[name])
+    a, b = best(rates["iter_batches"]), best(rates["pre-batched"])
+    return median(ratios), (f"median of {len(ratios)} epoch pairs; best iter_batches {a:.0f} img/s, "
+                            f"pre-batched {b:.0f} img/s (same order, same plain step)")

@@ -92,8 +92,8 @@ SCALES = {
     # tiny: the smoke test's size; checks that every figure runs, its numbers mean little.
     "tiny": Scale("tiny", train_images=96, epochs=1, repeats=1, batch_size=32, launches=1, ui_epochs=2,
                   memory_runs=1),
-    "quick": Scale("quick", train_images=192, epochs=2, repeats=2, launches=1, ui_epochs=3, memory_runs=1),
-    "full": Scale("full", train_images=512, epochs=2, repeats=3, launches=3, ui_epochs=6, memory_runs=2),
+    "quick": Scale("quick", train_images=192, epochs=3, repeats=1, launches=1, ui_epochs=3, memory_runs=1),
+    "full": Scale("full", train_images=512, epochs=4, repeats=2, launches=3, ui_epochs=6, memory_runs=2),
 }
 
 

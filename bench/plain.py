@@ -60,18 +60,25 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Ten
     return loss.detach()
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: Iterable[Batches],
-          device: torch.device, frozen: nn.Module | None = None,
-          on_epoch_end: Callable[[int, float], None] | None = None) -> float:
-    """Train over `epochs` (an iterable of epochs, each an iterable of batches); the last loss."""
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, device: torch.device,
+                frozen: nn.Module | None = None) -> torch.Tensor:
+    """One pass over `batches`; returns the last batch's loss."""
     model.train()
     if frozen is not None:
         frozen.eval()  # frozen BatchNorm keeps its statistics, like the engine's bn_mode "eval"
     loss = torch.zeros(())
+    for xb, yb in batches:
+        loss = train_step(model, optimizer, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True), frozen)
+    return loss
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: Iterable[Batches],
+          device: torch.device, frozen: nn.Module | None = None,
+          on_epoch_end: Callable[[int, float], None] | None = None) -> float:
+    """Train over `epochs` (an iterable of epochs, each an iterable of batches); the last loss."""
+    loss = torch.zeros(())
     for epoch, batches in enumerate(epochs):
-        for xb, yb in batches:
-            loss = train_step(model, optimizer, xb.to(device, non_blocking=True),
-                              yb.to(device, non_blocking=True), frozen)
+        loss = train_epoch(model, optimizer, batches, device, frozen)
         if on_epoch_end is not None:
             on_epoch_end(epoch, float(loss))
     return float(loss)
