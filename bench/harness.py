@@ -2,9 +2,10 @@
 
 Absolute times on a shared machine are noise, so every figure is a *ratio* of two things measured
 in the same process run, interleaved (A B B A ...) so that a neighbour's burst of CPU hits both
-sides alike. A throughput ratio is the median, over the repeats, of the ratio of two back-to-back
-runs, each run summarised by its best timed epoch as `timeit` does (interference only ever adds
-time). Latencies and memory, which users meet as typical values, are summarised by the median.
+sides alike (B1, B3, B7 go further: the sides take turns epoch by epoch, see `figures.lockstep`).
+B2's runs are paired back to back, each summarised by its best timed epoch as `timeit` does
+(interference only ever adds time). Latencies and memory, which users meet as typical values,
+are summarised by the median.
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def render_results_md(results: list[Result], facts: dict[str, str], command: str
     return (
         "# KT Studio benchmark results\n\n"
         "Written by `python -m bench`; every figure is a ratio of two measurements taken in the same\n"
-        "run, interleaved; a throughput ratio is the median over repeats of back-to-back pairs of runs\n"
-        "(each run: its best timed epoch); latency and memory are medians. Absolute times on shared\n"
+        "run. B1, B3, B7: the two sides take turns epoch by epoch, the figure is the median per-epoch\n"
+        "ratio; B2: whole runs interleaved; B4-B6: fresh processes, medians. Absolute times on shared\n"
         "machines are noise; the ratios are the result.\n\n"
         f"- command: `{command}`\n- scale: {scale.name} ({scale.train_images} training images, "
         f"{scale.epochs} timed epochs after one warm-up, {scale.repeats} repeats per side, "
