@@ -185,7 +185,7 @@ class Callback:
     def on_fit_start(self, ctx: "FitContext") -> None: ...
 
     def on_step_end(self, ctx: "FitContext", row: dict) -> None:
-        """Called for each logged step row (every `log_every` steps), not every batch."""
+        """Called for each logged step row (step 1, then every `log_every` steps), not every batch."""
 
     def on_epoch_end(self, ctx: "FitContext", row: dict) -> None: ...
 
@@ -328,7 +328,8 @@ def train_one_epoch(ctx: FitContext) -> bool:
         sums[2] += y.shape[0]
         ctx.step += 1
         ctx.batch_in_epoch += 1
-        if ctx.step % log_every == 0:
+        # The very first step is logged too: the user sees a loss within a second of Start.
+        if ctx.step % log_every == 0 or ctx.step == 1:
             row = window.row(ctx)
             for cb in callbacks:
                 cb.on_step_end(ctx, row)

@@ -109,7 +109,7 @@ def test_fit_learns_and_logs_the_contract_rows():
     assert result.final_val_acc > 0.8  # a linearly separable problem is learned
     steps = [r for r in rec.rows if r["kind"] == "step"]
     epochs = [r for r in rec.rows if r["kind"] == "epoch"]
-    assert [r["step"] for r in steps] == list(range(2, result.steps + 1, 2))
+    assert [r["step"] for r in steps] == [1] + list(range(2, result.steps + 1, 2))  # step 1: feedback at once
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
     assert set(steps[0]) >= {"step", "epoch", "train_loss", "lr", "images_per_s"}
     assert set(epochs[0]) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "lr"}

@@ -213,7 +213,7 @@ def wait_for(predicate, timeout=90.0, what="condition"):
 def assert_continuous(folder, cfg, total_steps):
     rows, _ = runs.read_metrics(folder)
     steps = [r["step"] for r in rows if r["kind"] == "step"]
-    assert steps == list(range(cfg.train.log_every, total_steps + 1, cfg.train.log_every))  # no gap, no duplicate
+    assert steps == [1] + list(range(cfg.train.log_every, total_steps + 1, cfg.train.log_every))  # no gap, no duplicate
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, cfg.train.epochs + 1))
 
 

@@ -113,7 +113,7 @@ def test_ctrl_c_stops_gracefully_and_resume_finishes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     rows, _ = runs.read_metrics(folder)
     steps = [r["step"] for r in rows if r["kind"] == "step"]
-    assert steps == sorted(set(steps)) and steps == list(range(2, steps[-1] + 1, 2))
+    assert steps == sorted(set(steps)) and steps == [1] + list(range(2, steps[-1] + 1, 2))
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
 
 
