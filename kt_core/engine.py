@@ -632,10 +632,10 @@ def _fit_loop(ctx: FitContext) -> FitResult:
         monitored = val_acc if val_acc is not None else train_acc
         if ctx.best_val_acc is None or monitored > ctx.best_val_acc:
             ctx.best_val_acc, ctx.epochs_since_best = monitored, 0
-            _checkpoint(ctx, "best")
+            _checkpoint(ctx, "last", "best")  # one state for both: a checkpointer can link, not rewrite
         else:
             ctx.epochs_since_best += 1
-        _checkpoint(ctx, "last")
+            _checkpoint(ctx, "last")
         if t.early_stopping and ctx.epochs_since_best >= t.early_stopping and ctx.epoch < t.epochs:
             log.info("early stopping after epoch %d: no better val_acc for %d epochs", ctx.epoch, t.early_stopping)
             early_stopped = True
@@ -657,9 +657,11 @@ def _fit_loop(ctx: FitContext) -> FitResult:
     return result
 
 
-def _checkpoint(ctx: FitContext, tag: str) -> None:
+def _checkpoint(ctx: FitContext, *tags: str) -> None:
+    """Hand the same state object to every checkpoint hook, once per tag."""
     if not any(type(cb).on_checkpoint is not Callback.on_checkpoint for cb in ctx.callbacks):
         return  # nobody stores checkpoints: skip copying the state
     state = checkpoint_state(ctx)
-    for cb in ctx.callbacks:
-        cb.on_checkpoint(ctx, state, tag)
+    for tag in tags:
+        for cb in ctx.callbacks:
+            cb.on_checkpoint(ctx, state, tag)

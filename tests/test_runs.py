@@ -283,3 +283,18 @@ def test_frozen_batchnorm_that_does_not_fit_the_target_data_is_warned_about_in_t
     log_text = (folder / "log.txt").read_text()
     assert "frozen BatchNorm layer" in log_text and "consider bn_mode" in log_text
     assert "more frozen BatchNorm layers like these" in log_text  # summarised, not a page of lines
+
+
+def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp_path):
+    from kt_core.worker import Checkpointer, load_checkpoint
+
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    best_state = {"epoch": 1, "model": {"w": torch.ones(3)}}
+    ckpt.on_checkpoint(None, best_state, "last")
+    ckpt.on_checkpoint(None, best_state, "best")
+    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "best.pt"
+    assert os.stat(last).st_ino == os.stat(best).st_ino  # linked, not written twice
+    ckpt.on_checkpoint(None, {"epoch": 2, "model": {"w": torch.zeros(3)}}, "last")
+    assert load_checkpoint(last)["epoch"] == 2
+    assert load_checkpoint(best)["epoch"] == 1 and torch.equal(load_checkpoint(best)["model"]["w"], torch.ones(3))
+    assert not list((tmp_path / "checkpoints").glob(".*tmp"))
