@@ -67,3 +67,13 @@ def test_a_queued_run_says_what_it_waits_for():
     info = progress_info({"state": "queued", "note": "waiting for source run demo-source", "epoch": 0, "step": 0,
                           "total_steps": None}, [], 64, 30)
     assert info.fraction == 0.0 and info.text == "queued · waiting for source run demo-source · epoch 0/30"
+
+
+def test_a_long_run_s_step_trace_is_thinned_but_keeps_its_newest_point():
+    from ui.curves import MAX_STEP_POINTS, Series, build_figure
+
+    rows = [{"kind": "step", "step": s, "epoch": 1 + s // 100, "train_loss": 1.0 / s} for s in range(1, 5001)]
+    fig = build_figure([Series("long", rows, 100)], "long")
+    step_trace = next(t for t in fig.data if t.name.endswith("(step)"))
+    assert len(step_trace.y) <= MAX_STEP_POINTS + 1
+    assert step_trace.y[-1] == 1.0 / 5000 and step_trace.y[0] == 1.0

@@ -23,7 +23,10 @@ from plotly.subplots import make_subplots
 from kt_core import runs as kt_runs
 
 ACTIVE_STATES = kt_runs.ACTIVE_STATES
-POLL_SECONDS = 1.0
+# Every poll re-sends and re-draws the figure in the browser: 2 s keeps the curves live while
+# the dashboard costs a training run little CPU (bench B4).
+POLL_SECONDS = 2.0
+MAX_STEP_POINTS = 400  # per run: a long run's per-step trace is thinned, not sent whole each poll
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#c026d3")
 
 
@@ -79,7 +82,7 @@ def build_figure(series: list[Series], uirevision: str, title: str | None = None
     for i, s in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         steps, epochs = split_rows(s.rows)
-        steps = [r for r in steps if _finite(r.get("train_loss"))]
+        steps = _thin([r for r in steps if _finite(r.get("train_loss"))], MAX_STEP_POINTS)
         per_epoch = s.steps_per_epoch or _steps_per_epoch(epochs)
         if steps:
             fig.add_trace(go.Scatter(
@@ -106,6 +109,14 @@ def build_figure(series: list[Series], uirevision: str, title: str | None = None
         legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
     )
     return fig
+
+
+def _thin(rows: list[dict], limit: int) -> list[dict]:
+    """At most about `limit` evenly spaced rows, always keeping the newest."""
+    if len(rows) <= limit:
+        return rows
+    stride = -(-len(rows) // limit)
+    return rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
 
 
 def _finite(value) -> bool:
