@@ -24,6 +24,7 @@ Run ids are readable and sort by creation time: `20261128-113000-quick-3f2a`.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +189,7 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def _spawn_worker(folder: Path) -> int:
+def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     # `-m kt_core` must import this very package, whatever the caller's working directory.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
@@ -196,13 +198,92 @@ def _spawn_worker(folder: Path) -> int:
     # side). OpenMP's default busy-waiting then makes each 5-10x slower than alone; passive
     # waiting keeps two 2-thread workers on 2 cores at ~90% of two 1-thread ones (measured).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with open(folder / "log.txt", "ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kt_core", "worker", str(folder.resolve())],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: Ctrl-C in a terminal or a server restart spare it
-            env=env, cwd=os.getcwd(),
-        )
+    return env
+
+
+def _popen_worker(args: list[str], stdout, stdin) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kt_core", "worker", *args],
+        stdout=stdout, stderr=subprocess.STDOUT, stdin=stdin,
+        start_new_session=True,  # its own process group: Ctrl-C in a terminal or a server restart spare it
+        env=_worker_env(), cwd=os.getcwd(),
+    )
+
+
+class _Standby:
+    """One worker process started ahead of time (torch imported, optimizers ready), waiting on
+    its stdin for the run folder to train. Starting Python and torch costs ~2 s and torch's first
+    optimizer ~1.3 s more; the dashboard keeps a standby so Start shows a loss at once.
+
+    A standby whose parent goes away reads end-of-file and exits; one started under another
+    working directory or environment is retired, never reused.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._key: tuple | None = None
+
+    @staticmethod
+    def key() -> tuple:
+        return os.getcwd(), tuple(sorted(_worker_env().items()))
+
+    def take(self) -> subprocess.Popen | None:
+        """The ready standby for the current environment (and a fresh one started behind it)."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            proc, key = self._proc, self._key
+            self._proc = None
+            if proc is not None and (proc.poll() is not None or key != self.key()):
+                self._retire(proc)
+                proc = None
+            self._start()
+            return proc
+
+    def _start(self) -> None:
+        self._proc = _popen_worker(["--standby"], subprocess.DEVNULL, subprocess.PIPE)
+        self._key = self.key()
+
+    @staticmethod
+    def _retire(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # end-of-file: the standby exits
+        _children[proc.pid] = proc  # reaped by later polls
+
+    def close(self) -> None:
+        with self._lock:
+            self.enabled = False
+            if self._proc is not None:
+                self._retire(self._proc)
+                self._proc = None
+
+
+_standby = _Standby()
+
+
+def keep_worker_warm(enabled: bool = True) -> None:
+    """Keep one worker process started ahead of time for the next launch (the dashboard does)."""
+    if enabled and not _standby.enabled:
+        _standby.enabled = True
+        _standby.take()  # starts the first one
+    elif not enabled:
+        _standby.close()
+
+
+def _spawn_worker(folder: Path) -> int:
+    folder = folder.resolve()
+    proc = _standby.take()
+    if proc is not None:
+        try:
+            proc.stdin.write(f"{folder}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died in the meantime: start one the ordinary way
+            proc = None
+    if proc is None:
+        with open(folder / "log.txt", "ab") as log_file:
+            proc = _popen_worker([str(folder)], log_file, subprocess.DEVNULL)
     _children[proc.pid] = proc
     update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
     log.info("run %s: worker pid %d started", folder.name, proc.pid)

@@ -6,6 +6,7 @@
 | `KT_CACHE_DIR` | `./.kt_cache` | decoded datasets, the demo's source model |
 | `KT_ALLOWED_ROOTS` | working dir and `~/kt-studio` | `os.pathsep`-separated roots that paths typed into the UI must lie under |
 | `KT_ALLOW_TRUST` | `1` | `0` hides the "trust this file" opt-in (arbitrary unpickling) in the UI |
+| `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
 
 The CLI is the local user's own: it is not confined to the roots.
 """
@@ -32,6 +33,7 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("KT_CACHE_DIR", ".kt_cache")))
     allowed_roots: tuple[Path, ...] = field(default_factory=lambda: _roots_from_env())
     allow_trust: bool = field(default_factory=lambda: _flag("KT_ALLOW_TRUST", True))
+    warm_worker: bool = field(default_factory=lambda: _flag("KT_WARM_WORKER", True))
 
 
 def _roots_from_env() -> tuple[Path, ...]:

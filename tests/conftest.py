@@ -37,6 +37,8 @@ def _isolated_dirs(tmp_path, monkeypatch):
     """Every test gets its own runs and cache folders, so tests never see each other's runs."""
     monkeypatch.setenv("KT_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("KT_CACHE_DIR", str(tmp_path / "cache"))
+    # No standby worker per AppTest (each would import torch); its own test turns it on.
+    monkeypatch.setenv("KT_WARM_WORKER", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -298,3 +298,26 @@ def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp
     assert load_checkpoint(last)["epoch"] == 2
     assert load_checkpoint(best)["epoch"] == 1 and torch.equal(load_checkpoint(best)["model"]["w"], torch.ones(3))
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_a_warm_standby_worker_trains_the_next_launch_and_another_stands_by(tmp_path, one_thread_workers):
+    runs.keep_worker_warm(True)
+    try:
+        first_standby = runs._standby._proc.pid
+        run_id = runs.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
+        assert runs.read_status(runs.run_dir(run_id, tmp_path))["pid"] == first_standby
+        assert runs._standby._proc.pid != first_standby  # the next one is already starting
+        wait_for(lambda: not runs.is_active(runs.run_dir(run_id, tmp_path)), what="the run to finish")
+        folder = runs.run_dir(run_id, tmp_path)
+        assert runs.read_status(folder)["state"] == "completed"
+        assert "completed" in (folder / "log.txt").read_text()  # its output went to the run's log
+
+        spare = runs._standby._proc
+        os.environ["KT_CACHE_DIR"] = str(tmp_path / "other-cache")  # (restored by the autouse fixture)
+        second = runs.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
+        assert runs.read_status(runs.run_dir(second, tmp_path))["pid"] != spare.pid  # other env: not reused
+        wait_for(lambda: spare.poll() is not None, timeout=30, what="the retired standby to exit")
+        wait_for(lambda: not runs.is_active(runs.run_dir(second, tmp_path)), what="the second run")
+    finally:
+        runs.keep_worker_warm(False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from kt_core import runs as kt_runs
+from kt_core.settings import get_settings
 from ui.curves import ACTIVE_STATES
 from ui.errors import guard
 from ui.system import best_device
@@ -18,7 +19,16 @@ def active_runs() -> list[dict]:
     return [row for row in table.to_dict("records") if row.get("state") in ACTIVE_STATES]
 
 
+@st.cache_resource
+def _keep_a_worker_warm() -> bool:
+    """Once per server: a worker process started ahead of time, so Start shows a loss at once."""
+    enabled = get_settings().warm_worker
+    kt_runs.keep_worker_warm(enabled)
+    return enabled
+
+
 def sidebar() -> None:
+    _keep_a_worker_warm()
     with st.sidebar:
         st.caption(f"Device: **{best_device()}**")
         with guard("Reading the runs folder"):

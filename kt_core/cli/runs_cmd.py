@@ -12,9 +12,12 @@ that name). Exit codes: 0 done, 1 the run did not complete (failed or stopped), 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from .. import runs
 from ..config import RunConfig
+from ..errors import KTError
 from . import print_json
 
 
@@ -63,7 +66,9 @@ def register(subparsers) -> None:
     # No help=: argparse would list the internal command as "==SUPPRESS==".
     p = subparsers.add_parser("worker",
                               description="Internal: train one run folder (started by the launcher).")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--standby", action="store_true",
+                   help="import everything, then read the run folder from stdin (end-of-file: exit)")
     p.set_defaults(func=_worker)
 
 
@@ -173,6 +178,13 @@ def _delete(args) -> int:
 def _worker(args) -> int:
     from ..worker import run_worker
 
+    if args.standby:
+        args.run_dir = _wait_for_a_run()
+        if args.run_dir is None:
+            return 0
+    elif not args.run_dir:
+        raise KTError("worker needs a run folder", "python -m kt_core worker RUN_DIR")
+
     import logging
 
     # stderr is log.txt here (the launcher redirects it); run_worker logs to log.txt itself.
@@ -182,3 +194,22 @@ def _worker(args) -> int:
     status = run_worker(args.run_dir)
     return 0 if status["state"] == "completed" else 1
 
+
+
+def _wait_for_a_run() -> str | None:
+    """Standby: pay the start-up costs now, then take the run folder the launcher sends."""
+    import torch
+
+    # torch imports its compiler stack on the first optimizer; do it before a run is waiting.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    from .. import runs, worker  # noqa: F401
+
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None  # the launcher went away without a run for us
+    # From here on this is an ordinary worker: stdout/stderr to the run's log, no stdin.
+    log_fd = os.open(os.path.join(line, "log.txt"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    return line
