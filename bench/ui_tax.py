@@ -93,7 +93,9 @@ def free_port() -> int:
 def dashboard(runs_dir: Path, threads: int):
     """`streamlit run app.py` on a free port, reading `runs_dir`; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "KT_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": str(threads)}
+    # No standby worker: a real server starts it (importing torch, ~3 s of CPU) when its first page
+    # is shown, before anyone presses Start; here the page opens mid-run and would bill it to B4.
+    env = {**os.environ, "KT_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": str(threads), "KT_WARM_WORKER": "0"}
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--browser.gatherUsageStats", "false"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
