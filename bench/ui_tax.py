@@ -189,7 +189,7 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
                     page.close()
                 return summary["images_per_s"]
 
-            samples = interleave({"with UI": watched_run, "no UI": headless_run}, max(1, ctx.scale.repeats - 1))
+            samples = interleave({"with UI": watched_run, "no UI": headless_run}, ctx.scale.ui_repeats)
         finally:
             browser.close()
     a, b = median(flat(samples["with UI"])), median(flat(samples["no UI"]))

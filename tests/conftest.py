@@ -45,3 +45,21 @@ def _isolated_dirs(tmp_path, monkeypatch):
 def _few_threads():
     # Two cores here; keep tests predictable and leave a core for subprocess workers.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """One tiny completed run (mnist_net on 3 digit classes, 2 epochs), trained in-process once
+    for every test that evaluates or exports a real run."""
+    from kt_core import runs
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+    from kt_core.worker import run_worker
+
+    torch.set_num_threads(1)
+    cfg = RunConfig(name="finished", source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
+                    plan=TransferPlan(preset="fine_tune"),
+                    train=TrainConfig(epochs=2, batch_size=16, device="cpu"))
+    folder = runs.create_run(cfg, tmp_path_factory.mktemp("runs"))
+    assert run_worker(folder)["state"] == "completed"
+    return folder

@@ -81,23 +81,6 @@ def test_mismatches_fail_clearly(model, split, names, error, words):
 
 # --- a real run -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One tiny completed run (mnist_net on 3 digit classes, 2 epochs), trained in-process."""
-    from kt_core import runs
-    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
-    from kt_core.worker import run_worker
-
-    torch.set_num_threads(1)
-    cfg = RunConfig(name="eval", source=SourceConfig(kind="arch", arch="mnist_net"),
-                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
-                    plan=TransferPlan(preset="fine_tune"),
-                    train=TrainConfig(epochs=2, batch_size=16, device="cpu"))
-    folder = runs.create_run(cfg, tmp_path_factory.mktemp("runs"))
-    assert run_worker(folder)["state"] == "completed"
-    return folder
-
-
 def test_evaluate_run_uses_the_best_checkpoint_on_the_runs_own_split(finished_run):
     from kt_core.engine import evaluate
 
