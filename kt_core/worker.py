@@ -122,13 +122,14 @@ class Checkpointer(Callback):
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self._written: tuple[int, Path] | None = None  # (id of the state, file it was saved to)
+        self._written: tuple[dict, Path] | None = None  # the last state saved, and where
 
     def on_checkpoint(self, ctx: FitContext, state: dict, tag: str) -> None:
         path = self.folder / f"{tag}.pt"
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.unlink(missing_ok=True)
-        if self._written and self._written[0] == id(state) and self._written[1].is_file():
+        # Compared by identity, holding the object: a freed state's id() can come back for the next.
+        if tag == "best" and self._written and self._written[0] is state and self._written[1].is_file():
             # The same state as the file just written (a best epoch is also the last): a hard
             # link costs nothing, where a second torch.save of model + optimizer costs an epoch's
             # worth of time on small runs. The later rename of last.pt leaves best.pt intact.
@@ -140,7 +141,7 @@ class Checkpointer(Callback):
                 pass  # a filesystem without hard links: write it out
         torch.save(state, tmp)
         os.replace(tmp, path)
-        self._written = (id(state), path)
+        self._written = (state, path)
 
 
 # --- the worker ----------------------------------------------------------------------------
