@@ -290,16 +290,26 @@ def _spawn_worker(folder: Path) -> int:
     return proc.pid
 
 
-def _check_device(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> None:
+    """What can fail before a run folder exists fails now, not later in a worker's log: a device
+    that is not here, a source run that is not there."""
     from .engine import resolve_device
 
-    resolve_device(cfg.train.device)  # DeviceError now, not in a worker's log later
+    cfg.validate()
+    resolve_device(cfg.train.device)
+    if cfg.source.kind == "run":
+        try:
+            run_dir(cfg.source.path, runs_dir)
+        except RunError:
+            raise RunError(
+                f"the source run {cfg.source.path!r} is not in {runs_root(runs_dir)}",
+                "train it first (for the examples: python -m kt_core train examples/source_mnist.json), "
+                "or give a run id, name or folder listed by `python -m kt_core runs`") from None
 
 
 def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> str:
     """Create the run folder and start its worker process; returns the run id at once."""
-    cfg.validate()
-    _check_device(cfg)
+    preflight(cfg, runs_dir)
     folder = create_run(cfg, runs_dir)
     _spawn_worker(folder)
     return folder.name
@@ -395,7 +405,7 @@ def resume(run: str | os.PathLike, foreground: bool = False) -> str:
         raise RunError(f"run {folder.name} is already {status['state']}", "stop it first, or watch it")
     if status["state"] == "completed":
         raise RunError(f"run {folder.name} has completed", "start a new run from its config.json to train again")
-    load_config(folder)  # a broken config.json fails here, not in the worker
+    preflight(load_config(folder), folder.parent)  # a broken config.json or a gone device fails here
     (folder / "STOP").unlink(missing_ok=True)
     update_status(folder, state="queued", error=None, heartbeat=time.time(), pid=os.getpid() if foreground else None)
     if foreground:
@@ -403,7 +413,6 @@ def resume(run: str | os.PathLike, foreground: bool = False) -> str:
 
         run_worker(folder)
     else:
-        _check_device(load_config(folder))
         _spawn_worker(folder)
     return folder.name
 

@@ -158,3 +158,12 @@ def test_transfer_from_digits_0_4_beats_its_baseline_on_5_9_with_10_images_per_c
     t_acc, b_acc = transferred["summary"]["final_val_acc"], baseline["summary"]["final_val_acc"]
     assert t_acc > b_acc + 0.02, (t_acc, b_acc)
     assert t_acc > 0.84
+
+
+def test_a_missing_source_run_is_refused_before_any_run_folder_exists(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "kt_core", "train", str(ROOT / "examples" / "quick.json"),
+                          "--runs-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "source run 'demo-source'" in out.stderr and "examples/source_mnist.json" in out.stderr
+    assert not list(tmp_path.glob("r/*/config.json"))  # nothing half-made

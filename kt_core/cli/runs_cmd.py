@@ -85,8 +85,7 @@ def _train(args) -> int:
         cfg.train.device = args.device
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
-    cfg.validate()
-    runs._check_device(cfg)
+    runs.preflight(cfg, args.runs_dir)
     results = []
     for run_cfg in (cfg, None) if args.baseline else (cfg,):
         if run_cfg is None:  # the baseline points at the transfer run it belongs to
