@@ -34,8 +34,8 @@ FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
 
 def missing_prerequisite() -> str | None:
     """Why B4 cannot run here, or None."""
-    if not (ROOT / "app.py").is_file() or not (ROOT / "pages" / "train.py").is_file():
-        return "the dashboard (app.py with pages/train.py) is not in this checkout"
+    if not (ROOT / "app.py").is_file() or not (ROOT / "app_pages" / "train.py").is_file():
+        return "the dashboard (app.py with app_pages/train.py) is not in this checkout"
     for module in ("streamlit", "playwright"):
         if importlib.util.find_spec(module) is None:
             return f"the {module} package is not installed (pip install -r requirements-dev.txt)"

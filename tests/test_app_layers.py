@@ -68,7 +68,7 @@ def test_the_plan_carries_to_the_train_page_config():
     at.number_input(key="layers_freeze_n").set_value(2).run()
     no_exceptions(at)
     assert at.session_state["kt_plan"] == TransferPlan(preset="freeze_first_n", freeze_first_n=2)
-    at.switch_page("pages/train.py").run()
+    at.switch_page("app_pages/train.py").run()
     import json
 
     shown = json.loads(at.get("json")[0].proto.body)

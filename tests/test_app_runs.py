@@ -127,6 +127,6 @@ def test_the_watched_run_survives_a_page_switch_that_clears_the_url():
     make_run("other")
     at = app_at("train", run=a)
     at.query_params.clear()  # what Streamlit's navigation does to the query string
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("app_pages/runs.py").run()
     assert at.selectbox(key="runs_one").value == a
     assert at.query_params["run"] == a  # put back: a refresh now re-attaches too

@@ -8,6 +8,7 @@ We never run `playwright install`: the browser is /usr/bin/chromium (Makefile: `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -43,10 +44,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`streamlit run app.py` on a free port, with its own runs and cache folders."""
-    home = tmp_path_factory.mktemp("kt_browser")
+@contextlib.contextmanager
+def streamlit_server(home: Path):
+    """`streamlit run app.py` on a free port, with its own runs and cache folders under `home`."""
     port = _free_port()
     env = dict(os.environ, KT_RUNS_DIR=str(home / "runs"), KT_CACHE_DIR=str(home / "cache"), PYTHONUNBUFFERED="1")
     log = open(home / "streamlit.log", "wb")
@@ -67,14 +67,22 @@ def server(tmp_path_factory):
             proc.kill()
             pytest.fail(f"streamlit did not become healthy: {(home / 'streamlit.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield {"url": url, "runs": home / "runs", "env": env}
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    _stop_all(home / "runs", env)
+        yield {"url": url, "runs": home / "runs", "env": env}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        _stop_all(home / "runs", env)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with streamlit_server(tmp_path_factory.mktemp("kt_browser")) as srv:
+        yield srv
 
 
 def _stop_all(runs_dir: Path, env: dict) -> None:
@@ -207,3 +215,25 @@ def test_the_demo_runs_offline_and_concludes_from_its_results(server, page):
     lengths = trace_lengths(page)
     assert lengths["transfer · val acc"] >= 2 and lengths["from scratch · val acc"] >= 2
     shot(page, "7-demo")
+
+
+def test_a_deep_link_as_a_servers_first_request_gets_the_whole_app(tmp_path, page):
+    """A bookmarked /train?run=... right after a restart: the navigation table and the sidebar
+    are there (a folder named pages/ would make Streamlit serve the bare page instead)."""
+    from kt_core import runs
+
+    with streamlit_server(tmp_path) as srv:
+        os.environ["KT_RUNS_DIR"] = str(srv["runs"])  # (restored by the autouse fixture)
+        run_id = runs.create_run(_tiny_config(), srv["runs"]).name
+        page.goto(f"{srv['url']}/train?run={run_id}")
+        page.get_by_role("heading", name=f"Run {run_id}").wait_for()
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        assert nav.get_by_role("link", name="Home").is_visible()
+        assert nav.get_by_role("link", name="app").count() == 0
+        assert page.get_by_text("Device:").first.is_visible()
+
+
+def _tiny_config():
+    from kt_core.config import RunConfig, SourceConfig
+
+    return RunConfig(name="deep link", source=SourceConfig(kind="arch", arch="mnist_net"))

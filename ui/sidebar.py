@@ -38,5 +38,5 @@ def sidebar() -> None:
                 st.caption("None. Start one on the Train page, or the demo on Home.")
             for row in active:
                 label = row.get("name") or row["id"]  # no state here: the sidebar is not polled
-                st.page_link("pages/train.py", label=label, icon=":material/monitoring:",
+                st.page_link("app_pages/train.py", label=label, icon=":material/monitoring:",
                              query_params={"run": row["id"]})

@@ -18,7 +18,7 @@ with guard("Loading the source") as loading:
     loaded = source_view.load(source)
     blocks = model_blocks(loaded.model, loaded.spec)
 if not loading.ok:
-    st.page_link("pages/source.py", label="Choose another source", icon=":material/arrow_back:")
+    st.page_link("app_pages/source.py", label="Choose another source", icon=":material/arrow_back:")
     st.stop()
 
 st.markdown(f"Source: **{loaded.arch or source.path}** · {len(blocks)} blocks")
@@ -51,4 +51,4 @@ for warning in preview.warnings:
 if plan.rules:
     with st.expander(f"Your {len(plan.rules)} override rule(s), as saved in the run config"):
         st.json([r.__dict__ for r in plan.rules])
-st.page_link("pages/dataset.py", label="Next: the target dataset", icon=":material/arrow_forward:")
+st.page_link("app_pages/dataset.py", label="Next: the target dataset", icon=":material/arrow_forward:")

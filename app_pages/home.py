@@ -51,7 +51,7 @@ if demo:
         verdict = conclusion(demo)
         if verdict:
             st.success(verdict[0].upper() + verdict[1:])
-        st.page_link("pages/train.py", label="Open these runs on the Train page", icon=":material/monitoring:",
+        st.page_link("app_pages/train.py", label="Open these runs on the Train page", icon=":material/monitoring:",
                      query_params={"run": demo.transfer_run, "baseline": demo.baseline_run})
 
 st.subheader("This machine")

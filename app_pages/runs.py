@@ -52,13 +52,13 @@ if c2.button("Resume", key="runs_resume", disabled=run_state in ACTIVE_STATES or
         kt_runs.resume(run_id)
         forget(run_id)
         state.watch_run(run_id)
-        st.switch_page("pages/train.py", query_params={"run": run_id})
+        st.switch_page("app_pages/train.py", query_params={"run": run_id})
 if c3.button("Edit and re-run", key="runs_edit", icon=":material/edit:",
              help="Loads this run's source, dataset, layers and training choices into the pages."):
     with guard("Loading the run's config"):
         state.load_run_config(kt_runs.load_config(run_id))
         state.watch_run(None)
-        st.switch_page("pages/train.py")
+        st.switch_page("app_pages/train.py")
 confirm = c5.checkbox("Yes, delete this run folder", key="runs_delete_confirm")
 if c4.button("Delete", key="runs_delete", disabled=not confirm or run_state in ACTIVE_STATES,
              icon=":material/delete:"):

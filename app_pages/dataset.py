@@ -96,4 +96,4 @@ with guard("Drawing the preview"):
     augment = data.augmenter(torch.Generator().manual_seed(cfg.seed)) if cfg.augment != "none" else None
     grid_by_class(preview(data.train, data.class_names, per_class=8, normalization=data.normalization,
                           augment=augment, seed=cfg.seed))
-st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")
+st.page_link("app_pages/train.py", label="Next: train", icon=":material/arrow_forward:")

@@ -103,5 +103,5 @@ if cfg is not None:
         source_view.show_report(loaded)
         with guard("Building the layer tree"):
             source_view.show_layer_tree(loaded)
-        st.page_link("pages/layers.py", label="Next: choose what to transfer and freeze",
+        st.page_link("app_pages/layers.py", label="Next: choose what to transfer and freeze",
                      icon=":material/arrow_forward:")
