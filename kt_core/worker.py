@@ -47,9 +47,16 @@ class StatusWriter:
         self._thread = threading.Thread(target=self._beat, name="kt-heartbeat", daemon=True)
 
     def update(self, **fields) -> None:
+        """Change fields and write status.json now (states, errors: readers must see them)."""
         with self._lock:
             self.status.update(fields, heartbeat=time.time())
             runs.write_json_atomic(self.path, self.status)
+
+    def note(self, **fields) -> None:
+        """Change fields in memory; the heartbeat writes them within HEARTBEAT_EVERY_S. For progress
+        counters at every logged step, where a file rewrite per batch would slow small runs."""
+        with self._lock:
+            self.status.update(fields)
 
     def start(self) -> None:
         self._thread.start()
@@ -89,7 +96,7 @@ class MetricsWriter(Callback):
 
 
 class Progress(Callback):
-    """Mirrors epoch, step and total steps into status.json at every logged row."""
+    """Mirrors epoch, step and total steps into status.json (steps via the heartbeat, epochs at once)."""
 
     def __init__(self, status: StatusWriter):
         self.status = status
@@ -99,7 +106,7 @@ class Progress(Callback):
                            feature_cache=ctx.feature_cache)
 
     def on_step_end(self, ctx: FitContext, row: dict) -> None:
-        self.status.update(epoch=ctx.epoch, step=ctx.step)
+        self.status.note(epoch=ctx.epoch, step=ctx.step)
 
     def on_epoch_end(self, ctx: FitContext, row: dict) -> None:
         self.status.update(epoch=ctx.epoch, step=ctx.step)
