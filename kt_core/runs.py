@@ -276,6 +276,9 @@ def _spawn_worker(folder: Path) -> int:
     folder = folder.resolve()
     proc = _standby.take()
     if proc is not None:
+        # The status names the worker before the worker learns its run: once it has the folder it
+        # is the run's only writer, and a later write here could overwrite its `running` or `failed`.
+        update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
         try:
             proc.stdin.write(f"{folder}\n".encode())
             proc.stdin.close()
@@ -284,8 +287,8 @@ def _spawn_worker(folder: Path) -> int:
     if proc is None:
         with open(folder / "log.txt", "ab") as log_file:
             proc = _popen_worker([str(folder)], log_file, subprocess.DEVNULL)
+        update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
     _children[proc.pid] = proc
-    update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
     log.info("run %s: worker pid %d started", folder.name, proc.pid)
     return proc.pid
 
