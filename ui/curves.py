@@ -13,6 +13,7 @@ are tested without a browser.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -180,6 +181,7 @@ class _Seen:
 
     rows: list[dict] = field(default_factory=list)
     offset: int = 0
+    file_id: tuple[int, int] | None = None  # (device, inode) of the metrics.jsonl read so far
     epochs: int | None = None
     batch_size: int | None = None
 
@@ -193,8 +195,19 @@ def _seen(run_id: str) -> _Seen:
 
 
 def new_rows(run_id: str) -> list[dict]:
-    """All rows of `run_id` so far; only the bytes appended since the last call are read."""
+    """All rows of `run_id` so far; only the bytes appended since the last call are read.
+
+    A resume (from any tab or the CLI) rewrites metrics.jsonl as a new file cut back to its
+    checkpoint: a new file means reading from the start again, never from a stale offset.
+    """
     seen = _seen(run_id)
+    try:
+        stat = os.stat(kt_runs.run_dir(run_id) / "metrics.jsonl")
+        file_id = (stat.st_dev, stat.st_ino)
+    except FileNotFoundError:
+        file_id = None
+    if file_id != seen.file_id:
+        seen.rows, seen.offset, seen.file_id = [], 0, file_id
     rows, seen.offset = kt_runs.read_metrics(run_id, since=seen.offset)
     seen.rows.extend(rows)
     return seen.rows
