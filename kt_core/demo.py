@@ -66,15 +66,15 @@ class DemoHandle:
 def find_source_run(cfg: RunConfig, runs_dir=None) -> str | None:
     """A completed (or still training) run of exactly this source config, newest first."""
     wanted = cfg.to_dict()
-    for run_id in sorted(runs.run_ids(runs_dir), reverse=True):
+    for run_id in runs.run_ids(runs_dir):  # newest first
         folder = runs.run_dir(run_id, runs_dir)
         try:
             if runs.load_config(folder).to_dict() != wanted:
                 continue
         except Exception:  # noqa: BLE001 - a foreign or corrupt folder is simply not a match
             continue
-        state = runs.read_status(folder).get("state")
-        if state == "completed" or (state in ("queued", "running") and runs.is_active(folder)):
+        # read_status already reports a run whose worker died as interrupted
+        if runs.read_status(folder).get("state") in ("completed", *runs.ACTIVE_STATES):
             return run_id
     return None
 

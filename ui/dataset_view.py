@@ -10,12 +10,7 @@ import streamlit as st
 
 from kt_core.config import DatasetConfig
 from kt_core.settings import get_settings
-from ui.source_view import upload_dir
-
-
-def allowed_roots() -> tuple[Path, ...]:
-    """The settings' roots plus our uploads folder (zips we saved ourselves)."""
-    return get_settings().allowed_roots + (upload_dir().resolve(),)
+from ui.source_view import allowed_roots
 
 
 @st.cache_resource(max_entries=4, show_spinner="Preparing the dataset...")
