@@ -499,18 +499,24 @@ def infer_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
     transfer changes. BatchNorm's `num_batches_tracked` counters are ignored (older files lack them).
     """
     keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
-    found = []
-    for entry in ARCHITECTURES:
-        spec = entry.obj
-        head_w, conv_w = f"{spec.head}.weight", f"{spec.first_conv}.weight"
-        if head_w not in keys or conv_w not in keys:  # cheap filter before building anything
-            continue
-        signature = _signature(spec.name)
-        if set(signature) != keys:
-            continue
-        if all(_shape_fits(k, tuple(state_dict[k].shape), shape, spec) for k, shape in signature.items()):
-            found.append(spec.name)
-    return found
+    return [entry.name for entry in ARCHITECTURES if _fits(state_dict, keys, entry.obj)]
+
+
+def architecture_fits(state_dict: dict[str, torch.Tensor], arch: str) -> bool:
+    """Whether `state_dict` fits the one architecture `arch` (as `infer_architectures` judges):
+    checking a named architecture needs no scan of the registry, nor torchvision's import."""
+    keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    return _fits(state_dict, keys, get_spec(arch))
+
+
+def _fits(state_dict: dict[str, torch.Tensor], keys: set[str], spec: ArchSpec) -> bool:
+    head_w, conv_w = f"{spec.head}.weight", f"{spec.first_conv}.weight"
+    if head_w not in keys or conv_w not in keys:  # cheap filter before building anything
+        return False
+    signature = _signature(spec.name)
+    if set(signature) != keys:
+        return False
+    return all(_shape_fits(k, tuple(state_dict[k].shape), shape, spec) for k, shape in signature.items())
 
 
 def _shape_fits(key: str, got: tuple[int, ...], want: tuple[int, ...], spec: ArchSpec) -> bool:

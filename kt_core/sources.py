@@ -211,9 +211,17 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
                     side: int | None = None, normalization: Any = None) -> LoadedSource:
     """A LoadedSource from what a file held: its module (TorchScript, trusted pickle) or a
     registered architecture (named, or inferred from the keys) with the weights mapped in."""
-    from .models import infer_architectures
+    from .models import architecture_fits, infer_architectures
 
-    candidates = infer_architectures(raw.state_dict) if raw.state_dict else []
+    # A named architecture (or the one a KT Studio run recorded) that fits is checked alone; the
+    # whole registry (torchvision's included, ~1.5 s to import) is scanned only when it is needed.
+    known = arch or (raw.arch if raw.arch and raw.arch in ARCHITECTURES else None)
+    if not raw.state_dict:
+        candidates = []
+    elif known and architecture_fits(raw.state_dict, known):
+        candidates = [known]
+    else:
+        candidates = infer_architectures(raw.state_dict)
     notes = []
     spec = None
     if arch:
