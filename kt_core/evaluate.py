@@ -153,14 +153,10 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None) -> R
 
     run_dir = runs.run_dir(run)
     cfg = runs.load_config(run_dir)
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not ckpt.is_file():
-        other = run_dir / "checkpoints" / ("last.pt" if checkpoint == "best" else "best.pt")
-        if not other.is_file():
-            raise RunError(f"run {run_dir.name} has no checkpoint yet",
-                           "wait for its first epoch to finish, or resume it")
-        log.warning("run %s has no %s checkpoint; using %s", run_dir.name, checkpoint, other.stem)
-        ckpt, checkpoint = other, other.stem
+    ckpt = runs.run_checkpoint(run_dir, checkpoint)
+    if ckpt.stem != checkpoint:
+        log.warning("run %s has no %s checkpoint; using %s", run_dir.name, checkpoint, ckpt.stem)
+        checkpoint = ckpt.stem
     prepared = runs.prepare(cfg, device)
     state = load_checkpoint(ckpt)
     try:

@@ -102,26 +102,64 @@ def new_run_id(cfg: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}-{secrets.token_hex(2)}"
 
 
+class AmbiguousRunError(RunError):
+    """A run id prefix that several runs share."""
+
+
+RUNS_HINT = "`python -m kt_core runs` lists the runs (id and name), or see the Runs page"
+
+
 def run_dir(run: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
     """The folder of `run`: a run folder path, a run id, a unique id prefix, or a run name
-    (the newest run whose config has that name, completed ones first)."""
-    path = Path(run)
+    (the newest run whose config has that name, completed ones first).
+
+    The one place a run is looked up: the CLI, the UI and run sources (`sources.run_folder`,
+    which adds the UI's path confinement) all resolve runs here.
+    """
+    text = str(run)
+    if not text.strip():
+        raise RunError("no run given", f"give a run id, id prefix, name or folder; {RUNS_HINT}")
+    path = Path(text).expanduser()
     if (path / "config.json").is_file():
         return path
     root = runs_root(runs_dir)
-    if (root / str(run) / "config.json").is_file():
-        return root / str(run)
-    ids = sorted((p.name for p in root.iterdir() if (p / "config.json").is_file()), reverse=True) if root.is_dir() else []
-    prefixed = [i for i in ids if i.startswith(str(run))]
+    if (root / text / "config.json").is_file():
+        return root / text
+    ids = run_ids(root)
+    prefixed = [i for i in ids if i.startswith(text)]
     if len(prefixed) == 1:
         return root / prefixed[0]
-    named = [i for i in ids if _config_name(root / i) == str(run)]
+    named = [i for i in ids if _config_name(root / i) == text]
     if named:
         completed = [i for i in named if (read_json(root / i / "status.json") or {}).get("state") == "completed"]
         return root / (completed or named)[0]
     if len(prefixed) > 1:
-        raise RunError(f"{run!r} matches {len(prefixed)} runs", "give more of the run id")
-    raise RunError(f"no run {str(run)!r} in {root}", "`python -m kt_core runs` lists the runs; or pass --runs-dir")
+        shown = ", ".join(prefixed[:3]) + (", ..." if len(prefixed) > 3 else "")
+        raise AmbiguousRunError(f"{text!r} matches {len(prefixed)} runs ({shown})", "give more of the run id")
+    if path.is_dir():
+        raise RunError(f"{path.name or text} is not a KT Studio run: config.json is missing",
+                       "give a run folder (it holds config.json and checkpoints/), or a run id or name; " + RUNS_HINT)
+    raise RunError(f"no run {text!r} in {root} (no run folder, id, id prefix or name matches)",
+                   f"{RUNS_HINT}; or pass --runs-dir")
+
+
+CHECKPOINTS = ("best", "last")
+
+
+def run_checkpoint(folder: str | os.PathLike, which: str = "best") -> Path:
+    """The checkpoint file of run folder `folder` to use when `which` ("best" or "last") is asked:
+    that one if it exists, else the other (a stopped run may have no best.pt yet, a hand-copied
+    run only best.pt). Callers compare the returned name with `which` to say when it differs."""
+    if which not in CHECKPOINTS:
+        raise RunError(f"unknown checkpoint {which!r}", f"use one of {', '.join(CHECKPOINTS)}")
+    folder = Path(folder)
+    other = CHECKPOINTS[1 - CHECKPOINTS.index(which)]
+    for name in (which, other):
+        path = folder / "checkpoints" / f"{name}.pt"
+        if path.is_file():
+            return path
+    raise RunError(f"run {folder.name} has no checkpoint yet ({which}.pt and {other}.pt are missing)",
+                   "wait for its first epoch to finish, or resume it; or pick a run that completed an epoch")
 
 
 def _config_name(folder: Path) -> str | None:
@@ -303,6 +341,8 @@ def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> None
     if cfg.source.kind == "run":
         try:
             run_dir(cfg.source.path, runs_dir)
+        except AmbiguousRunError:
+            raise
         except RunError:
             raise RunError(
                 f"the source run {cfg.source.path!r} is not in {runs_root(runs_dir)}",

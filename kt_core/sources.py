@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,8 @@ from .errors import CheckpointError, KTError, RunError
 from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, blocks, count_parameters, dry_run,
                      get_spec, layer_tree, replace_head, torchvision_state_dict, weights_preprocessing)
 from .registry import Registry
-from .settings import confine_path, get_settings
+from .runs import run_checkpoint, run_dir, runs_root
+from .settings import confine_path
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +158,9 @@ def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedS
     folder = run_folder(cfg.path, roots)
     config = _read_json(folder / "config.json")
     notes = []
-    wanted = folder / "checkpoints" / f"{cfg.checkpoint}.pt"
-    other = folder / "checkpoints" / f"{'last' if cfg.checkpoint == 'best' else 'best'}.pt"
-    if not wanted.is_file():
-        if not other.is_file():
-            raise RunError(f"run {folder.name} has no checkpoint ({wanted.name} and {other.name} are missing)",
-                           "pick a run that completed at least one epoch")
-        notes.append(f"the run has no {wanted.name}; using {other.name}")
-        wanted = other
+    wanted = run_checkpoint(folder, cfg.checkpoint)
+    if wanted.stem != cfg.checkpoint:
+        notes.append(f"the run has no {cfg.checkpoint}.pt; using {wanted.name}")
     raw = read_checkpoint(wanted)
     arch = raw.arch or (config.get("source") or {}).get("arch")
     dataset = config.get("dataset") or {}
@@ -182,16 +177,20 @@ def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedS
     return source
 
 
-def run_folder(run: str, roots: tuple[Path, ...] | None = None) -> Path:
-    """The folder of a run given as a path or as a run id under the runs folder."""
-    path = Path(run).expanduser()
-    if path.is_dir():
-        return confine_path(path, roots) if roots is not None else path
-    runs_dir = get_settings().runs_dir
-    if re.fullmatch(r"[\w.-]+", run) and run not in (".", "..") and (runs_dir / run).is_dir():
-        return runs_dir / run
-    raise RunError(f"no run {run!r}: not a folder, and not a run id under {runs_dir}",
-                   "give a run folder or an id listed by `python -m kt_core runs`")
+def run_folder(run: str, roots: tuple[Path, ...] | None = None, runs_dir: str | Path | None = None) -> Path:
+    """The folder of a source run: anything `runs.run_dir` takes (a folder, a run id, a unique id
+    prefix, a run name), looked up in `runs_dir` (default: the settings' runs folder).
+
+    With `roots` (the UI) the folder must lie under one of them or under the runs folder itself;
+    a path is checked before anything is looked up, so nothing outside the roots is even probed.
+    """
+    text = str(run)
+    if roots is not None and (Path(text).expanduser().is_absolute() or any(sep in text for sep in ("/", "\\"))):
+        confine_path(text, roots + (runs_root(runs_dir).resolve(),))
+    folder = run_dir(text, runs_dir)
+    if roots is not None:
+        folder = confine_path(folder, roots + (runs_root(runs_dir).resolve(),))
+    return folder
 
 
 def _read_json(path: Path) -> dict[str, Any]:

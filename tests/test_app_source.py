@@ -100,3 +100,21 @@ def test_train_a_source_model_first_launches_a_scratch_run_that_becomes_the_sour
     finally:
         if runs.is_active(run):
             runs.stop(run, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
+
+
+def test_the_source_cache_key_follows_the_checkpoint_a_run_source_really_uses():
+    from kt_core.config import SourceConfig
+    from ui.source_view import _stamp
+
+    run = make_run("only last")
+    checkpoints = runs.run_dir(run) / "checkpoints"
+    cfg = SourceConfig(kind="run", path=run, checkpoint="best")
+    assert _stamp(cfg) == "missing"  # load_source says what is wrong
+    (checkpoints / "last.pt").write_bytes(b"epoch 1")
+    first = _stamp(cfg)
+    assert first.startswith("last.pt:")  # no best.pt: the loader uses last.pt, so the key follows it
+    (checkpoints / "last.pt").write_bytes(b"epoch 2, rewritten")
+    assert _stamp(cfg) not in (first, "missing")
+    assert _stamp(SourceConfig(kind="run", path="only last")) == _stamp(cfg)  # by name too
+    (checkpoints / "best.pt").write_bytes(b"best")
+    assert _stamp(cfg).startswith("best.pt:")

@@ -38,6 +38,20 @@ def test_bad_sources_exit_2_with_one_line(tmp_path, capsys):
     assert len(err) == 2 and "PNG image" in err[0] and "did you mean resnet18" in err[1]
 
 
+def test_inspect_takes_a_run_as_train_does_by_folder_id_prefix_or_name(finished_run, capsys, monkeypatch):
+    monkeypatch.setenv("KT_RUNS_DIR", str(finished_run.parent))
+    for text in (str(finished_run), finished_run.name, finished_run.name[:12], "finished"):
+        assert main(["inspect", text, "--json"]) == 0, text
+        info = json.loads(capsys.readouterr().out)
+        assert (info["format"], info["meta"]["run"], info["num_classes"]) == ("kt_run", finished_run.name, 3)
+    assert main(["inspect", "no-such-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a checkpoint file, an architecture or a run" in err[0]
+    assert "python -m kt_core runs" in err[0] and "python -m kt_core archs" in err[0]
+    assert main(["inspect", str(finished_run.parent / "gone.pt")]) == 2
+    assert "no such file or run folder" in capsys.readouterr().err
+
+
 def test_refused_pickle_and_trust_flag(tmp_path, capsys):
     torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pt")
     assert main(["inspect", str(tmp_path / "whole.pt")]) == 2

@@ -189,6 +189,37 @@ def test_run_falls_back_to_last_and_refuses_what_is_not_a_run(tmp_path, monkeypa
         load_source(SourceConfig(kind="run", path=str(tmp_path / "plain")))
 
 
+def test_a_run_source_by_name_or_id_prefix_as_train_takes_it(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("KT_RUNS_DIR", str(runs_dir))
+    make_run(runs_dir, "20240101-120000-digits")
+    make_run(runs_dir, "20240102-090000-digits", classes=5)
+    newest = load_source(SourceConfig(kind="run", path="digits source"))  # the name: the newest such run
+    assert newest.meta["run"] == "20240102-090000-digits" and newest.num_classes == 5
+    assert load_source(SourceConfig(kind="run", path="20240101")).meta["run"] == "20240101-120000-digits"
+    with pytest.raises(RunError, match="matches 2 runs") as err:
+        load_source(SourceConfig(kind="run", path="2024"))
+    assert "more of the run id" in err.value.hint
+    with pytest.raises(RunError, match="no run 'nope'") as err:
+        load_source(SourceConfig(kind="run", path="nope"))
+    assert "python -m kt_core runs" in err.value.hint
+
+
+def test_run_sources_are_confined_when_roots_are_given(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("KT_RUNS_DIR", str(runs_dir))
+    make_run(runs_dir, "20240101-120000-digits")
+    outside, _ = make_run(tmp_path / "elsewhere", "outside")
+    roots = ((tmp_path / "allowed").resolve(),)
+    # ids and names are looked up in the server's own runs folder, which is always readable
+    assert load_source(SourceConfig(kind="run", path="digits source"), roots=roots).meta["run"] == "20240101-120000-digits"
+    (runs_dir / "linked").symlink_to(outside, target_is_directory=True)  # but not what it links to
+    for path in (str(outside), str(runs_dir / ".." / "elsewhere" / "outside"), "linked"):
+        with pytest.raises(PathNotAllowedError):
+            load_source(SourceConfig(kind="run", path=path), roots=roots)
+    assert load_source(SourceConfig(kind="run", path=str(outside)), roots=(tmp_path.resolve(),)).meta["run"] == "outside"
+
+
 class WholeModel(nn.Module):
     def __init__(self):
         super().__init__()

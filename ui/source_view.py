@@ -44,18 +44,19 @@ def allowed_roots() -> tuple[Path, ...]:
 
 def _stamp(cfg: SourceConfig) -> str:
     """Cache key part that changes when the file behind the config changes (a run's checkpoint
-    is rewritten every epoch while it trains)."""
+    is rewritten every epoch while it trains). For a run, the checkpoint the loader will really
+    use (`runs.run_checkpoint`: best.pt, else last.pt), named in the key as it may switch."""
     try:
         if cfg.kind == "file" and cfg.path:
             path = Path(cfg.path).expanduser()
         elif cfg.kind == "run" and cfg.path:
-            from kt_core.runs import run_dir
+            from kt_core.runs import run_checkpoint, run_dir
 
-            path = run_dir(cfg.path) / "checkpoints" / f"{cfg.checkpoint}.pt"
+            path = run_checkpoint(run_dir(cfg.path), cfg.checkpoint)
         else:
             return ""
         stat = path.stat()
-        return f"{stat.st_mtime_ns}:{stat.st_size}"
+        return f"{path.name}:{stat.st_mtime_ns}:{stat.st_size}"
     except (OSError, KTError):
         return "missing"  # load_source says what is wrong
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "inspect", help="show what a source model is: architecture, mapping report, layer tree",
         description="SOURCE is a checkpoint file (.pt/.pth/.bin/.ckpt/.th/.safetensors, TorchScript), "
-                    "a KT Studio run folder or run id, or an architecture name (see `archs`).")
+                    "a KT Studio run (folder, id, id prefix or name, see `runs`), or an architecture name (see `archs`).")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--arch", help="architecture of a checkpoint file (default: inferred from its keys)")
     p.add_argument("--weights", help="named torchvision weights for an architecture, e.g. IMAGENET1K_V1")
@@ -30,25 +31,36 @@ def register(subparsers) -> None:
 
 
 def source_config(args: argparse.Namespace):
-    """SOURCE -> SourceConfig: an existing file, a folder (a run), an architecture, or a run id."""
+    """SOURCE -> SourceConfig: an existing file, an architecture, or a run (whatever `runs.run_dir`
+    takes: a folder, a run id, a unique id prefix or a run name, as `train` does)."""
     from ..config import SourceConfig
-    from ..errors import KTError
+    from ..errors import CheckpointError, KTError, RunError
     from ..models import ARCHITECTURES
-    from ..settings import get_settings
+    from ..runs import AmbiguousRunError, run_dir
 
     text = args.source
-    path = Path(text).expanduser()
-    if path.is_file():
+    if Path(text).expanduser().is_file():
         return SourceConfig(kind="file", path=text, arch=args.arch, trust=args.trust)
-    if path.is_dir():
-        return SourceConfig(kind="run", path=text, checkpoint=args.checkpoint)
-    if text in ARCHITECTURES:
+    if text in ARCHITECTURES and not Path(text).expanduser().is_dir():
         weights = None if (args.weights or "").lower() in ("", "none") else args.weights
         return SourceConfig(kind="arch", arch=text, weights=weights)
-    if (get_settings().runs_dir / text).is_dir():
-        return SourceConfig(kind="run", path=text, checkpoint=args.checkpoint)
-    ARCHITECTURES.entry(text)  # raises with close names when it looks like a mistyped architecture
-    raise KTError(f"{text!r} is not a file, a run or an architecture", "check the path")  # pragma: no cover
+    try:
+        folder = run_dir(text)
+    except AmbiguousRunError:
+        raise
+    except RunError as not_a_run:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise  # a folder that is not a run: say so
+        if path.suffix or any(sep in text for sep in ("/", "\\")):
+            raise CheckpointError(f"{text}: no such file or run folder",
+                                  "check the path (a checkpoint file, or a run folder holding config.json)") from None
+        if difflib.get_close_matches(text, ARCHITECTURES.names(), n=1):
+            ARCHITECTURES.entry(text)  # a mistyped architecture: raises, naming the close ones
+        raise KTError(f"{text!r} is not a checkpoint file, an architecture or a run ({not_a_run.message})",
+                      "give a checkpoint file's path, an architecture (`python -m kt_core archs` lists them) "
+                      "or a run folder, id, id prefix or name (`python -m kt_core runs` lists them)") from None
+    return SourceConfig(kind="run", path=str(folder), checkpoint=args.checkpoint)
 
 
 def inspect_command(args: argparse.Namespace) -> int:
