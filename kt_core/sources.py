@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoints import LoadReport, RawCheckpoint, load_into, read_checkpoint
 from .config import SourceConfig
+from .datasets.transforms import adapt_normalization
 from .errors import CheckpointError, KTError, RunError
 from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, blocks, count_parameters, dry_run,
                      get_spec, layer_tree, replace_head, torchvision_state_dict, weights_preprocessing)
@@ -103,12 +104,7 @@ class LoadedSource:
         adapt_first_conv(self.model, self.spec, in_channels)
         self.report.fixes.append(f"first conv {self.spec.first_conv}: {old} input channels adapted to {in_channels}")
         self.input_size = (in_channels, *self.input_size[1:])
-        if self.normalization and len(self.normalization[0]) != in_channels:
-            mean, std = self.normalization
-            if in_channels == 1:  # the adapted conv sums the colour channels of a grey image
-                self.normalization = ((sum(mean) / len(mean),), (sum(std) / len(std),))
-            else:
-                self.normalization = (tuple(mean) * in_channels)[:in_channels], (tuple(std) * in_channels)[:in_channels]
+        self.normalization = adapt_normalization(self.normalization, in_channels)
 
 
 SOURCE_LOADERS: Registry[Callable[..., LoadedSource]] = Registry("source kind")

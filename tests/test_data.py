@@ -337,6 +337,27 @@ def test_normalization_modes():
         load_dataset(digits(normalize="source"))
 
 
+def test_normalization_adapts_to_odd_channel_counts_as_the_first_conv_does():
+    """One rule for data and sources (models.adapt_input_conv's): channel i takes source channel
+    i mod n, one channel takes the average."""
+    from kt_core.datasets.transforms import adapt_normalization
+    from kt_core.models import IMAGENET_NORMALIZATION as IMAGENET
+
+    two = ((0.1, 0.2), (0.3, 0.4))
+    assert adapt_normalization(two, 3) == ((0.1, 0.2, 0.1), (0.3, 0.4, 0.3))
+    assert adapt_normalization(IMAGENET, 2) == (IMAGENET[0][:2], IMAGENET[1][:2])
+    assert adapt_normalization(IMAGENET, 4) == (IMAGENET[0] + IMAGENET[0][:1], IMAGENET[1] + IMAGENET[1][:1])
+    assert adapt_normalization(((0.5,), (0.25,)), 3) == ((0.5,) * 3, (0.25,) * 3)
+    assert adapt_normalization(IMAGENET, 1) == ((pytest.approx(sum(IMAGENET[0]) / 3),), (pytest.approx(sum(IMAGENET[1]) / 3),))
+    assert adapt_normalization(None, 3) is None
+    with pytest.raises(DatasetError, match="2 means and 1 stds") as err:
+        adapt_normalization(((0.1, 0.2), (0.3,)), 3)
+    assert "one mean and one std per channel" in err.value.hint
+    # a 2-channel source's statistics on 3-channel data: adapted, not refused
+    data = load_dataset(digits(normalize="source"), input_size=(3, 8, 8), normalization=two)
+    assert data.normalization == ((0.1, 0.2, 0.1), (0.3, 0.4, 0.3))
+
+
 def test_augment_presets_are_batched_and_seeded():
     data = load_dataset(DatasetConfig(name="synthetic_shapes", augment="standard",
                                       options={"per_class": 10, "test_per_class": 0}))

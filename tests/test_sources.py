@@ -93,6 +93,20 @@ def test_named_architecture_that_does_not_fit_is_reported(tmp_path):
     assert any("fit cifar_resnet20, not cifar_resnet32" in n for n in src.notes)
 
 
+def test_adapted_channels_normalise_as_the_adapted_first_conv_reads_them():
+    from kt_core.datasets.transforms import adapt_normalization
+
+    src = load_source(SourceConfig(kind="arch", arch="cifar_resnet20"))
+    rgb = src.normalization
+    src.adapt(in_channels=2)
+    assert src.normalization == adapt_normalization(rgb, 2) == (rgb[0][:2], rgb[1][:2])
+    two_channel = src.model.conv1.weight.detach().clone()
+    src.adapt(in_channels=3)  # the odd case: channel 2 is read like channel 0, weights and statistics alike
+    assert src.normalization == adapt_normalization(src_two := (rgb[0][:2], rgb[1][:2]), 3)
+    assert src.normalization == (src_two[0] + src_two[0][:1], src_two[1] + src_two[1][:1])
+    assert torch.allclose(src.model.conv1.weight[:, 2], two_channel[:, 0] * 2 / 3)
+
+
 def test_torchscript_source_gets_a_head_on_top(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 7)).eval()
     with pytest.warns(FutureWarning):

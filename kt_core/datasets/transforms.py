@@ -139,19 +139,30 @@ def fit_pil(img: Image.Image, geometry: Geometry) -> torch.Tensor:
 # --- normalisation ---------------------------------------------------------------------------
 
 def adapt_normalization(norm: Normalization | None, channels: int) -> Normalization | None:
-    """Give `norm` one value per channel: a grayscale source's stats repeat for RGB data,
-    an RGB source's stats average for grayscale data."""
+    """Give `norm` one mean/std per channel, the way `models.adapt_input_conv` adapts a first conv:
+    for one channel the values average (the adapted conv sums the colour channels of a grey
+    image); for more, channel i takes the values of source channel i mod n (the adapted conv
+    repeats the source's filters so): a grayscale source's stats repeat for RGB data, and an odd
+    count such as 2 -> 3 gives (m0, m1, m0).
+
+    The one rule for both the data (`normalize` source/imagenet) and `LoadedSource.adapt`.
+    """
     if norm is None:
         return None
-    mean, std = tuple(float(v) for v in norm[0]), tuple(float(v) for v in norm[1])
+    try:
+        mean, std = tuple(float(v) for v in norm[0]), tuple(float(v) for v in norm[1])
+    except (TypeError, ValueError, IndexError):
+        raise DatasetError(f"normalization {norm!r} is not (mean, std)", "give ((m1, ...), (s1, ...))") from None
+    if not mean or len(mean) != len(std):
+        raise DatasetError(f"normalization has {len(mean)} means and {len(std)} stds",
+                           "give one mean and one std per channel")
+    if channels < 1:
+        raise DatasetError(f"images with {channels} channels cannot be normalised", "use 1 or 3 channels")
     if len(mean) == channels:
         return mean, std
-    if len(mean) == 1:
-        return mean * channels, std * channels
     if channels == 1:
         return (sum(mean) / len(mean),), (sum(std) / len(std),)
-    raise DatasetError(f"normalization has {len(mean)} values for {channels}-channel images",
-                       "give one mean/std per channel")
+    return tuple(mean[i % len(mean)] for i in range(channels)), tuple(std[i % len(std)] for i in range(channels))
 
 
 def dataset_statistics(x: torch.Tensor) -> Normalization:
