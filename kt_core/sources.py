@@ -69,6 +69,26 @@ class LoadedSource:
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # epoch, best accuracy, run config, ...
     num_classes: int | None = None  # the model's current output classes
+    # (model, input_size, (shapes, error)) of the last trial forward pass: see `trial()`.
+    _trial: tuple | None = field(default=None, repr=False, compare=False)
+
+    def trial(self) -> tuple[dict[str, Any], str | None]:
+        """Output shapes per module of one forward pass of a dummy batch at `input_size`, and
+        the error if it failed (`models.dry_run`); ({}, None) when the input size is unknown.
+
+        Run once per model and input size, then reused: finding the class count, `inspect_source`
+        and the UI's layer tree all need it, and a forward pass of a large TorchScript model is
+        not free."""
+        if self.input_size is None:
+            return {}, None
+        size = tuple(self.input_size)
+        if self._trial is None or self._trial[0] is not self.model or self._trial[1] != size:
+            self._trial = (self.model, size, dry_run(self.model, size))
+        return self._trial[2]
+
+    def remember_trial(self, size: tuple[int, int, int], result: tuple[dict[str, Any], str | None]) -> None:
+        """Keep the result of a trial forward pass already made on this model at `size`."""
+        self._trial = (self.model, tuple(size), result)
 
     def adapt(self, num_classes: int | None = None, in_channels: int | None = None) -> None:
         """Fit the model to a target task in place: a new head, an adapted first conv."""
@@ -85,11 +105,18 @@ class LoadedSource:
         if self._editable():
             replace_head(self.model, self.spec, num_classes)
             fix = f"head {self.spec.head} replaced: {old} -> {num_classes} classes (randomly initialised)"
+            self._trial = None  # the head changed in place
         else:
             if old is None:
                 raise KTError("the source model's output size is unknown, so no head can be put on it",
                               "name its architecture (--arch) or give its input size")
+            body_trial = self._trial if self._trial and self._trial[0] is self.model else None
             self.model = ScriptedWithHead(self.model, old, num_classes)
+            if body_trial and body_trial[2][1] is None and isinstance(body_trial[2][0].get(""), list):
+                # The wrapper's shapes follow from the body's: no second forward pass through it.
+                out = body_trial[2][0][""]
+                head_out = [*out[:-1], num_classes]
+                self.remember_trial(body_trial[1], ({"body": out, "head": head_out, "": head_out}, None))
             fix = (f"the TorchScript model cannot be edited: a new head (Linear {old} -> {num_classes}) "
                    "takes its outputs")
         self.report.fixes.append(fix)
@@ -105,6 +132,7 @@ class LoadedSource:
         self.report.fixes.append(f"first conv {self.spec.first_conv}: {old} input channels adapted to {in_channels}")
         self.input_size = (in_channels, *self.input_size[1:])
         self.normalization = adapt_normalization(self.normalization, in_channels)
+        self._trial = None
 
 
 SOURCE_LOADERS: Registry[Callable[..., LoadedSource]] = Registry("source kind")
@@ -246,7 +274,7 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
         else:
             report = LoadReport(fixes=["random initialisation: the file's weights are not loaded (from-scratch baseline)"])
 
-    input_size, norm = _input_of(model, spec, raw.state_dict, side)
+    input_size, norm, trial = _input_of(model, spec, raw.state_dict, side)
     if normalization is not None:
         norm = tuple(map(tuple, normalization)) if normalization else None
     if input_size is None:
@@ -257,8 +285,12 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
         notes.append(f"{len(report.mismatched)} weights have another shape than the model's and were not loaded")
     if report.missing:
         notes.append(f"{len(report.missing)} weights of the model are not in the file and keep their random initialisation")
-    return LoadedSource(model, spec.name if spec else None, spec, report, input_size, norm, candidates,
-                        raw.format, notes, dict(raw.meta), _output_classes(model, spec, input_size))
+    source = LoadedSource(model, spec.name if spec else None, spec, report, input_size, norm, candidates,
+                          raw.format, notes, dict(raw.meta))
+    if trial is not None:
+        source.remember_trial(input_size, trial)
+    source.num_classes = _output_classes(source)
+    return source
 
 
 def _own_module(raw: RawCheckpoint, spec: ArchSpec | None, pretrained: bool) -> tuple[nn.Module, LoadReport]:
@@ -279,30 +311,34 @@ def _native_shape(sd: dict[str, torch.Tensor], spec: ArchSpec) -> tuple[int, int
     return classes, channels
 
 
-def _input_of(model: nn.Module, spec: ArchSpec | None, sd: dict[str, torch.Tensor],
-              side: int | None) -> tuple[tuple[int, int, int] | None, Normalization | None]:
+def _input_of(model: nn.Module, spec: ArchSpec | None, sd: dict[str, torch.Tensor], side: int | None
+              ) -> tuple[tuple[int, int, int] | None, Normalization | None, tuple[dict[str, Any], str | None] | None]:
+    """(input size, normalization, the successful trial forward pass or None).
+
+    A model of unknown architecture is tried on a few input sizes; the pass that worked is
+    returned so it need not be run again (`LoadedSource.trial`)."""
     if spec is not None:
         channels = _native_shape(sd, spec)[1] if sd else spec.input_size[0]
         h, w = (side, side) if side else spec.input_size[1:]
-        return (channels, h, w), spec.normalization
+        return (channels, h, w), spec.normalization, None
     convs = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 4]
     channel_options = [int(convs[0].shape[1])] if convs else [3, 1]
     for channels in channel_options:
         for s in ([side] if side else _GUESS_SIDES):
-            if dry_run(model, (channels, s, s))[1] is None:
-                return (channels, s, s), None
-    return None, None
+            trial = dry_run(model, (channels, s, s))
+            if trial[1] is None:
+                return (channels, s, s), None, trial
+    return None, None, None
 
 
-def _output_classes(model: nn.Module, spec: ArchSpec | None, input_size) -> int | None:
-    if spec is not None and not isinstance(model, torch.jit.ScriptModule):
-        head = model.get_submodule(spec.head)
+def _output_classes(source: LoadedSource) -> int | None:
+    if source._editable():
+        head = source.model.get_submodule(source.spec.head)
         return getattr(head, "out_features", None) or getattr(head, "out_channels", None)
-    if input_size:
-        shapes, error = dry_run(model, input_size)
-        out = shapes.get("")
-        if error is None and isinstance(out, list) and out and isinstance(out[-1], int):
-            return out[-1]
+    shapes, error = source.trial()
+    out = shapes.get("")
+    if error is None and isinstance(out, list) and out and isinstance(out[-1], int):
+        return out[-1]
     return None
 
 
@@ -362,7 +398,7 @@ def inspect_source(cfg: SourceConfig, num_classes: int | None = None,
         }
     total, trainable = count_parameters(src.model)
     notes = list(src.notes)
-    shapes, error = dry_run(src.model, src.input_size) if src.input_size else ({}, None)
+    shapes, error = src.trial()
     if error:
         notes.append(f"a dry run with input {src.input_size} failed ({error}); output shapes are partial")
     return {
@@ -371,15 +407,16 @@ def inspect_source(cfg: SourceConfig, num_classes: int | None = None,
         "input_size": list(src.input_size) if src.input_size else None,
         "normalization": [list(src.normalization[0]), list(src.normalization[1])] if src.normalization else None,
         "num_classes": src.num_classes,
-        "layers": _rows_with_shapes(src, shapes),
+        "layers": layer_rows(src),
         "blocks": [{"name": b.name, "modules": b.modules} for b in blocks(src.model, src.spec)],
         "load_report": src.report.to_dict(),
         "notes": notes, "meta": src.meta, "output_shape": shapes.get(""),
     }
 
 
-def _rows_with_shapes(src: LoadedSource, shapes: dict[str, Any]) -> list[dict[str, Any]]:
-    """The layer tree with the shapes of a dry run already made (one forward pass, not two)."""
+def layer_rows(src: LoadedSource) -> list[dict[str, Any]]:
+    """`models.layer_tree` of the source, with the output shapes of its (cached) trial forward pass."""
+    shapes = src.trial()[0]
     rows = layer_tree(src.model, None, src.spec)
     for row in rows:
         row["output_shape"] = shapes.get(row["name"])

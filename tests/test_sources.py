@@ -107,6 +107,34 @@ def test_adapted_channels_normalise_as_the_adapted_first_conv_reads_them():
     assert torch.allclose(src.model.conv1.weight[:, 2], two_channel[:, 0] * 2 / 3)
 
 
+def save_script(model: nn.Module, path: Path) -> None:
+    with pytest.warns(FutureWarning):  # torch marks TorchScript deprecated
+        torch.jit.script(model).save(str(path))
+
+
+def test_a_torchscript_source_is_tried_once_however_often_it_is_looked_at(tmp_path, monkeypatch):
+    from kt_core import sources
+
+    save_script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 7)).eval(),
+                tmp_path / "ts32.pt")  # takes 1x32x32 only
+    calls = []
+    real = sources.dry_run
+    monkeypatch.setattr(sources, "dry_run", lambda model, size: calls.append(tuple(size)) or real(model, size))
+    cfg = SourceConfig(kind="file", path=str(tmp_path / "ts32.pt"))
+    info = inspect_source(cfg)
+    assert info["input_size"] == [1, 32, 32] and info["num_classes"] == 7 and info["output_shape"] == [1, 7]
+    assert calls == [(1, 28, 28), (1, 32, 32)]  # one wrong guess, then the one pass that worked: reused
+    calls.clear()
+    info = inspect_source(cfg, num_classes=3)  # a new head on top: its shapes follow from the body's
+    assert info["output_shape"] == [1, 3] and info["num_classes"] == 3
+    assert calls == [(1, 28, 28), (1, 32, 32)]
+    src = load_source(cfg)
+    calls.clear()
+    rows = {row["name"]: row for row in sources.layer_rows(src)}
+    assert src.trial()[0][""] == [1, 7] and calls == []  # the UI's layer tree reuses it too
+    assert src.model(torch.zeros(2, 1, 32, 32)).shape == (2, 7) and rows
+
+
 def test_torchscript_source_gets_a_head_on_top(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 7)).eval()
     with pytest.warns(FutureWarning):

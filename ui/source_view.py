@@ -119,9 +119,10 @@ def show_report(loaded) -> None:
 
 
 def show_layer_tree(loaded) -> None:
-    from kt_core.models import count_parameters, layer_tree
+    from kt_core.models import count_parameters
+    from kt_core.sources import layer_rows
 
-    rows = layer_tree(loaded.model, tuple(loaded.input_size) if loaded.input_size else None, loaded.spec)
+    rows = layer_rows(loaded)  # shapes from the source's one cached trial forward pass
     total, trainable = count_parameters(loaded.model)
     table = pd.DataFrame([{
         "layer": "\u2003" * int(r["depth"]) + (r["name"].rsplit(".", 1)[-1] or "(model)"),
