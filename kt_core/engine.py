@@ -274,6 +274,7 @@ def checkpoint_state(ctx: FitContext) -> dict:
                 "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
         "kt_studio_version": __version__,
         "arch": ctx.meta.get("arch"),
+        "built_from": ctx.meta.get("built_from"),  # "arch" | "source": how evaluate.load_run rebuilds the model
         "class_names": list(ctx.data.class_names),
         "input_size": list(ctx.data.input_size),
         "normalization": ctx.data.normalization,

@@ -131,22 +131,32 @@ def evaluate_model(model: nn.Module, split, class_names: Sequence[str], device: 
 
 @dataclass
 class RunModel:
-    """A run's trained model and its data, rebuilt exactly as the run's training built them."""
+    """A run's trained model (and, unless asked not to, its data) rebuilt from the run folder."""
 
     model: nn.Module
-    data: Any  # PreparedData
+    data: Any  # PreparedData, or None from load_run(..., with_data=False)
     cfg: Any  # RunConfig
     run_dir: Path
     checkpoint: str  # "best" or "last", the one loaded
     arch: str | None = None
+    input_size: tuple[int, int, int] | None = None  # (C, H, W) the model takes, as trained
+    normalization: Any = None  # ((mean, ...), (std, ...)) of its inputs, or None
+    class_names: list[str] = field(default_factory=list)
 
 
-def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None) -> RunModel:
-    """Rebuild a run's model and data from its `config.json` and load its checkpoint.
+# What a run checkpoint must hold for its model and data to be rebuilt without the source.
+_CHECKPOINT_KEYS = ("model", "input_size", "class_names")
 
-    `runs.prepare` builds architecture, head and data the way the worker did, so evaluation
-    sees the same split, image size and normalization as training; the checkpoint's weights
-    then replace the freshly prepared ones. Falls back to `last` when there is no `best` yet.
+
+def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with_data: bool = True) -> RunModel:
+    """Rebuild a run's model from its checkpoint, and its data from its `config.json`.
+
+    The architecture comes from the checkpoint (`arch`, its weights' shapes) and its weights are
+    loaded strictly; the source's weights are never read, so a run can be evaluated or exported
+    after its source file or source run is gone. Only a model that runs its source file's own
+    code (TorchScript, a trusted pickled module) needs that file again. The data is prepared
+    with the input size and normalization the checkpoint recorded, which gives the same splits,
+    image size and normalization as training. Falls back to `last` when there is no `best` yet.
     """
     from . import runs
     from .worker import load_checkpoint
@@ -156,16 +166,82 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None) -> R
     ckpt = runs.run_checkpoint(run_dir, checkpoint)
     if ckpt.stem != checkpoint:
         log.warning("run %s has no %s checkpoint; using %s", run_dir.name, checkpoint, ckpt.stem)
-        checkpoint = ckpt.stem
-    prepared = runs.prepare(cfg, device)
     state = load_checkpoint(ckpt)
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise RunError(f"checkpoint {ckpt} lacks {', '.join(missing)}: it was not written by KT Studio's trainer",
+                       f"train the run again (`{runs.reproduce_command(run_dir)}`)")
+    input_size = tuple(int(v) for v in state["input_size"])
+    normalization = state.get("normalization")
+    class_names = [str(c) for c in state["class_names"]]
+    model, arch = _rebuild(cfg, state, run_dir, ckpt)
+    data = None
+    if with_data:
+        from .data import load_dataset
+
+        # The data's own (C, H, W) and normalization give the geometry and normalization that the
+        # source's gave in training (see datasets.transforms.resolve_geometry / adapt_normalization).
+        data = load_dataset(cfg.dataset, input_size=input_size, normalization=normalization)
+        if [str(c) for c in data.class_names] != class_names:
+            raise RunError(f"run {run_dir.name} was trained on classes {class_names}, its dataset now has "
+                           f"{[str(c) for c in data.class_names]}",
+                           "the dataset changed since training; evaluate on the data the run was trained on")
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return RunModel(model, data, cfg, run_dir, ckpt.stem, arch, input_size, normalization, class_names)
+
+
+def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path) -> tuple[nn.Module, str | None]:
+    """The run's model with the checkpoint's weights: from its registered architecture, or (for
+    a model that is its source file's own module) from the source file."""
+    from .sources import rebuild_model
+
+    arch = state.get("arch")
+    built_from = state.get("built_from") or _legacy_built_from(cfg, arch)
+    if built_from == "arch":
+        try:
+            return rebuild_model(arch, state["model"]), arch
+        except (KeyError, RuntimeError) as exc:
+            raise RunError(f"checkpoint {ckpt} does not fit architecture {arch} of run {run_dir.name}: "
+                           f"{str(exc).splitlines()[0]}",
+                           "the checkpoint file was replaced or damaged; re-run the config") from None
+    return _rebuild_from_source(cfg, state, run_dir, ckpt), arch
+
+
+def _legacy_built_from(cfg, arch: str | None) -> str:
+    """For checkpoints written before `built_from` was recorded: architecture and run sources are
+    always built from the registry; a file source may be TorchScript or a pickled module, whose
+    code is in the file: use the file while it is there, the architecture once it is gone."""
+    if not arch:
+        return "source"
+    if cfg.source.kind == "file" and Path(cfg.source.path or "").expanduser().is_file():
+        return "source"
+    return "arch"
+
+
+def _rebuild_from_source(cfg, state: dict, run_dir: Path, ckpt: Path) -> nn.Module:
+    import dataclasses
+
+    from . import runs
+    from .sources import load_source
+
+    source_cfg = cfg.source
     try:
-        prepared.model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
+        if source_cfg.kind == "run":
+            source_cfg = dataclasses.replace(source_cfg, path=str(runs.run_dir(source_cfg.path, run_dir.parent)))
+        src = load_source(source_cfg, num_classes=len(state["class_names"]), in_channels=int(state["input_size"][0]))
+    except KTError as exc:
+        raise RunError(f"run {run_dir.name}'s model runs the code of its source ({source_cfg.path or source_cfg.arch}), "
+                       f"which cannot be loaded: {exc.message}",
+                       "put the source file back where the run's config.json says; runs of a registered "
+                       "architecture need no source") from None
+    try:
+        src.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
         raise RunError(f"checkpoint {ckpt} does not fit the model of run {run_dir.name}: {str(exc).splitlines()[0]}",
-                       "the run's config.json or its source changed since training; re-run the config") from None
-    prepared.model.eval()
-    return RunModel(prepared.model, prepared.data, cfg, run_dir, checkpoint, prepared.arch)
+                       "the run's source file changed since training; put the original back or re-run the config") from None
+    return src.model
 
 
 def evaluate_run(run: str | os.PathLike, split: str = "val", device: torch.device | str = "cpu",

@@ -235,16 +235,17 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
     """Export a run's model (its best checkpoint) into `out_dir` (default `RUN/exports/`).
 
     Beside the file go the run's `config.json` and `<file>.json`: format, input size,
-    normalization and class names, everything needed to feed the model. With `verify`, the file
-    is read back with its format's loader and must predict what the model predicts.
+    normalization and class names, everything needed to feed the model. The model is rebuilt
+    from the checkpoint alone (which also holds that metadata): neither the source nor the
+    dataset is loaded. With `verify`, the file is read back with its format's loader and must
+    predict what the model predicts.
     """
     from .evaluate import load_run
 
     spec = EXPORTERS.get(fmt)  # an unknown format fails before anything is loaded
-    loaded = load_run(run, checkpoint, device="cpu")
-    data = loaded.data
+    loaded = load_run(run, checkpoint, device="cpu", with_data=False)
     out = Path(out_dir) if out_dir is not None else loaded.run_dir / "exports"
-    input_size = tuple(data.input_size)
+    input_size = tuple(loaded.input_size)
     path = export_model(loaded.model, fmt, out / f"model{spec.suffix}", torch.zeros(2, *input_size))
     if verify:
         verify_export(path, fmt, loaded.model, torch.randn(3, *input_size, generator=torch.Generator().manual_seed(0)))
@@ -256,8 +257,8 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
         "checkpoint": loaded.checkpoint,
         "arch": loaded.arch,
         "input_size": list(input_size),
-        "normalization": [list(v) for v in data.normalization] if data.normalization else None,
-        "class_names": [str(c) for c in data.class_names],
+        "normalization": [list(v) for v in loaded.normalization] if loaded.normalization else None,
+        "class_names": list(loaded.class_names),
         "how_to_load": spec.description,
     }
     (out / f"{path.name}.json").write_text(json.dumps(meta, indent=1))

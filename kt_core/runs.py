@@ -613,6 +613,14 @@ class Prepared:
     def arch(self) -> str | None:
         return getattr(self.source, "arch", None)
 
+    @property
+    def built_from(self) -> str:
+        """"arch" when the model is a registered architecture (rebuilt from `arch` and the weights'
+        shapes alone), "source" when it runs the source file's own code (TorchScript, a pickle)."""
+        if self.arch is None or getattr(self.source, "own_module", False):
+            return "source"
+        return "arch"
+
 
 def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike | None = None) -> Prepared:
     """Build everything a run needs from its config (no training). `roots` confines paths (UI);

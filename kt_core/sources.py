@@ -69,6 +69,9 @@ class LoadedSource:
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # epoch, best accuracy, run config, ...
     num_classes: int | None = None  # the model's current output classes
+    # True when the model is the file's own module (TorchScript, a trusted pickle): its code
+    # lives in the source file, so a run trained from it cannot be rebuilt from `arch` alone.
+    own_module: bool = False
     # (model, input_size, (shapes, error)) of the last trial forward pass: see `trial()`.
     _trial: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -259,6 +262,7 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
     elif raw.arch and raw.arch in ARCHITECTURES:
         spec = get_spec(raw.arch)
 
+    own_module = raw.module is not None and pretrained
     if raw.module is not None:
         model, report = _own_module(raw, spec, pretrained)
     elif spec is None:
@@ -286,7 +290,7 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
     if report.missing:
         notes.append(f"{len(report.missing)} weights of the model are not in the file and keep their random initialisation")
     source = LoadedSource(model, spec.name if spec else None, spec, report, input_size, norm, candidates,
-                          raw.format, notes, dict(raw.meta))
+                          raw.format, notes, dict(raw.meta), own_module=own_module)
     if trial is not None:
         source.remember_trial(input_size, trial)
     source.num_classes = _output_classes(source)
@@ -340,6 +344,20 @@ def _output_classes(source: LoadedSource) -> int | None:
     if error is None and isinstance(out, list) and out and isinstance(out[-1], int):
         return out[-1]
     return None
+
+
+def rebuild_model(arch: str, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Registered architecture `arch` in the shape of `state_dict` (its head's class count, its
+    first conv's input channels) with exactly those weights, loaded strictly.
+
+    How a trained run's model is rebuilt from its checkpoint alone: no source weights are read,
+    so it works after the run's source file or source run is gone. Raises `RuntimeError` (from
+    `load_state_dict`) when the weights do not fit, and KTError for an unknown `arch`.
+    """
+    spec = get_spec(arch)
+    model = spec.builder(*_native_shape(state_dict, spec))
+    model.load_state_dict(state_dict)
+    return model
 
 
 # --- inspection (the CLI's JSON and the Source page) ------------------------------------------

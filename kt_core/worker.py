@@ -233,7 +233,7 @@ def run_worker(run: str | os.PathLike) -> dict:
                 metrics = MetricsWriter(folder / "metrics.jsonl")
                 callbacks = [metrics, Progress(status), stop, Checkpointer(folder / "checkpoints")]
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, callbacks, resume_state,
-                             device, meta={"arch": prepared.arch})
+                             device, meta={"arch": prepared.arch, "built_from": prepared.built_from})
                 summary = _summary(folder, cfg, result, prepared, device)
                 runs.write_json_atomic(folder / "summary.json", summary)
                 status.update(state=result.state, epoch=result.epochs, step=result.steps)

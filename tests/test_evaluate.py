@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from kt_core.cli import main
+from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 from kt_core.data import TensorSplit
-from kt_core.errors import DatasetError, KTError
+from kt_core.errors import DatasetError, KTError, RunError
 from kt_core.evaluate import evaluate_model, evaluate_run, load_run
 
 # The "model" is the identity: each input row *is* the logits, so every number below is known.
@@ -124,6 +125,84 @@ def test_a_run_without_checkpoints_cannot_be_evaluated_yet(tmp_path):
     folder = runs.create_run(RunConfig(source=SourceConfig(kind="arch", arch="mnist_net")), tmp_path)
     with pytest.raises(KTError, match="no checkpoint"):
         evaluate_run(folder)
+
+
+# --- runs whose source is gone ------------------------------------------------------------------
+
+def trained(source: SourceConfig, classes, runs_dir, name="run", preset="fine_tune"):
+    from kt_core import runs
+    from kt_core.worker import run_worker
+
+    cfg = RunConfig(name=name, source=source, plan=TransferPlan(preset=preset),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=classes, per_class=5),
+                    train=TrainConfig(epochs=1, batch_size=16, device="cpu"))
+    folder = runs.create_run(cfg, runs_dir)
+    status = run_worker(folder)
+    assert status["state"] == "completed", status.get("error")
+    return folder
+
+
+def no_rebuild_through_the_source(*args, **kwargs):
+    raise AssertionError("the run's model must be rebuilt from its checkpoint, not through runs.prepare")
+
+
+def test_a_run_is_evaluated_and_exported_after_its_source_run_is_deleted(tmp_path, monkeypatch):
+    from kt_core import data, runs
+    from kt_core.export import export_run
+
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("KT_RUNS_DIR", str(runs_dir))
+    source = trained(SourceConfig(kind="arch", arch="mnist_net"), [0, 1, 2], runs_dir, "digits source", "scratch")
+    target = trained(SourceConfig(kind="run", path="digits source"), [3, 4], runs_dir)  # by name, as train takes it
+    before = evaluate_run(target, save=False)
+    runs.delete(source)
+    monkeypatch.setattr(runs, "prepare", no_rebuild_through_the_source)
+    after = evaluate_run(target, save=False)
+    assert (after.accuracy, after.loss, after.confusion) == (before.accuracy, before.loss, before.confusion)
+    assert after.class_names == ["3", "4"]
+    summary = json.loads((target / "summary.json").read_text())
+    assert after.accuracy == pytest.approx(summary["best_val_acc"])
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("export needs no dataset"))
+    path = export_run(target, "state_dict")
+    meta = json.loads((path.parent / f"{path.name}.json").read_text())
+    assert meta["class_names"] == ["3", "4"] and meta["input_size"] == [1, 28, 28] and meta["arch"] == "mnist_net"
+    assert len(meta["normalization"][0]) == 1
+
+
+def test_a_file_source_may_go_unless_the_model_runs_its_code(tmp_path, monkeypatch):
+    from kt_core.models import build_model
+    from kt_core.worker import load_checkpoint
+
+    runs_dir = tmp_path / "runs"
+    weights = tmp_path / "net.pt"
+    torch.save(build_model("mnist_net").state_dict(), weights)
+    run = trained(SourceConfig(kind="file", path=str(weights)), [0, 1, 2], runs_dir)
+    expected = evaluate_run(run, save=False)
+    weights.unlink()
+    assert evaluate_run(run, save=False).confusion == expected.confusion
+    # A checkpoint written before `built_from` was recorded: a gone file source -> its architecture.
+    for ckpt in (run / "checkpoints").glob("*.pt"):
+        state = load_checkpoint(ckpt)
+        assert state.pop("built_from") == "arch"
+        ckpt.unlink()  # best.pt may be a hard link to last.pt
+        torch.save(state, ckpt)
+    assert evaluate_run(run, save=False).confusion == expected.confusion
+
+    # TorchScript: the model is the file's own code, with a new head; it needs the file.
+    script = tmp_path / "ts.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 7))
+                         ).save(str(script))
+    run = trained(SourceConfig(kind="file", path=str(script)), [0, 1, 2], runs_dir)
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["built_from"] == "source"
+    expected = evaluate_run(run, save=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert expected.accuracy == pytest.approx(summary["best_val_acc"])
+    script.unlink()
+    with pytest.raises(RunError, match="runs the code of its source") as err:
+        evaluate_run(run, save=False)
+    assert str(script) in err.value.message and "put the source file back" in err.value.hint
 
 
 @pytest.mark.real_data
