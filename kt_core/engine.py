@@ -248,10 +248,9 @@ class FitResult:
     total_params: int
     feature_cache: bool
     early_stopped: bool = False
-    history: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "history"}
+        return dict(self.__dict__)
 
 
 def checkpoint_state(ctx: FitContext) -> dict:
@@ -598,7 +597,7 @@ def _fit_loop(ctx: FitContext) -> FitResult:
     t = ctx.cfg.train
     for cb in ctx.callbacks:
         cb.on_fit_start(ctx)
-    started, images, history = time.perf_counter(), 0, []
+    started, images = time.perf_counter(), 0
     state, early_stopped, val_acc, train_acc = "completed", False, None, None
     while ctx.epoch < t.epochs:
         if ctx.batch_in_epoch == 0 and ctx.plan is not None and not ctx.feature_cache and ctx.epoch > 0:
@@ -627,7 +626,6 @@ def _fit_loop(ctx: FitContext) -> FitResult:
                "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                "epoch_s": time.perf_counter() - epoch_started, "lr": _current_lr(ctx.optimizer),
                "time": time.time()}
-        history.append(row)
         for cb in ctx.callbacks:
             cb.on_epoch_end(ctx, row)
         monitored = val_acc if val_acc is not None else train_acc
@@ -652,7 +650,7 @@ def _fit_loop(ctx: FitContext) -> FitResult:
         state=state, epochs=ctx.epoch, steps=ctx.step, best_val_acc=ctx.best_val_acc if ctx.val_split is not None else None,
         final_val_acc=val_acc, final_train_acc=train_acc, train_s=train_s,
         images_per_s=images / train_s if train_s > 0 else 0.0, trainable_params=trainable, total_params=total,
-        feature_cache=ctx.feature_cache, early_stopped=early_stopped, history=history)
+        feature_cache=ctx.feature_cache, early_stopped=early_stopped)
     for cb in ctx.callbacks:
         cb.on_fit_end(ctx, result)
     return result

@@ -357,17 +357,6 @@ class PlanResult:
             return False
         return True
 
-    def frozen_prefix(self) -> list[str]:
-        """Module names of the leading blocks that are entirely frozen: they need no backward
-        pass, so the engine may run them under `torch.no_grad()`."""
-        prefix = []
-        for b in self.block_names[:-1]:
-            units = [u for u in self._units if u.block == b]
-            if not units or any(u.key not in self._frozen for u in units):
-                break
-            prefix.extend(self._block_modules[b])
-        return prefix
-
     # -- training-time helpers ------------------------------------------------------------------
 
     def train_mode(self, model: nn.Module | None = None) -> None:

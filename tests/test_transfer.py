@@ -271,18 +271,17 @@ def test_gradual_unfreezing_resumes_with_the_same_optimizer_groups():
         apply_plan(source_model(), plan, model_blocks(again)).load_state({"unfrozen": ["stem"]})
 
 
-def test_head_only_and_frozen_prefix():
+def test_head_only():
     def plan_for(**kw):
         model = source_model()
         return apply_plan(model, TransferPlan(**kw), model_blocks(model))
 
     fe = plan_for(preset="feature_extraction")
-    assert fe.head_only() and fe.frozen_prefix() == ["conv", "bn", "stage1", "stage2", "pool"]
-    assert fe.head == "fc"
+    assert fe.head_only() and fe.head == "fc"
     assert not plan_for(preset="feature_extraction", bn_mode="train").head_only()
     assert not plan_for(preset="gradual_unfreeze").head_only()  # unfreezing comes later
-    assert not plan_for(preset="fine_tune").head_only() and plan_for(preset="fine_tune").frozen_prefix() == []
-    assert plan_for(preset="freeze_first_n", freeze_first_n=1).frozen_prefix() == ["conv", "bn"]
+    assert not plan_for(preset="fine_tune").head_only()
+    assert not plan_for(preset="freeze_first_n", freeze_first_n=1).head_only()
 
 
 def test_bn_statistics_warning_fires_only_for_data_unlike_the_source():
