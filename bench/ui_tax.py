@@ -1,24 +1,22 @@
 """B4, the UI tax: does watching a run's live curves in the dashboard slow the run down?
 
-Both sides launch the same run config the way the Start button does (`kt_core.runs.launch`: a
-separate worker process) and read the worker's own images/s from `summary.json`. The UI side
-additionally has `streamlit run app.py` serving and a headless Chromium showing the Train page
-with `?run=<id>`, so the page's fragment polls the run folder and redraws the curves all along.
+The UI side is what a user does: the dashboard is open in a browser (headless Chromium, Train
+page) and the run starts with its **Start** button, so the page polls the run folder and redraws
+the curves until the run ends. The other side starts the same config with no dashboard at all
+(`kt_core.runs.launch`, as the CLI does). Both sides read the worker's own images/s from
+`summary.json`, and the config the dashboard launched is checked to be the same as the CLI's.
+Opening the dashboard (loading the app into the browser, the server's first page) happens once,
+before any timed run, as it does for a user: it is reported beside the figure, not in it.
 Without the app, Streamlit, Playwright or Chromium the figure is a SKIP that says which is missing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
@@ -45,7 +43,11 @@ def missing_prerequisite() -> str | None:
 
 
 def _process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds so far), from /proc (Linux)."""
+    """pid -> (parent pid, command name, CPU seconds so far), from /proc (Linux).
+
+    Training workers are left out, running or exited (zombies): the dashboard starts them as its
+    children, and their CPU is the run's, not the dashboard's.
+    """
     ticks = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in Path("/proc").iterdir():
@@ -53,10 +55,13 @@ def _process_table() -> dict[int, tuple[int, str, float]]:
             continue
         try:
             stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z" or argv[1:4] == [b"-m", b"kt_core", b"worker"]:
+            continue
         table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
     return table
 
@@ -81,47 +86,6 @@ def cpu_seconds_by_group(streamlit_pid: int) -> dict[str, float]:
     browser = {pid for pid, (_, name, _) in table.items() if "chrom" in name.lower() or "headless" in name.lower()}
     return {"dashboard": sum(table[p][2] for p in server if p in table),
             "browser": sum(table[p][2] for p in browser - server)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def dashboard(runs_dir: Path, threads: int):
-    """`streamlit run app.py` on a free port, reading `runs_dir`; yields its base URL."""
-    port = free_port()
-    # No standby worker: a real server starts it (importing torch, ~3 s of CPU) when its first page
-    # is shown, before anyone presses Start; here the page opens mid-run and would bill it to B4.
-    env = {**os.environ, "KT_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": str(threads), "KT_WARM_WORKER": "0"}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.port", str(port), "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited {proc.returncode}: {proc.stderr.read().decode()[-400:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not answer its health check within 60 s")
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def ui_config(ctx: Context) -> RunConfig:
@@ -151,6 +115,48 @@ def wait_until_done(run_path: Path, timeout: float) -> dict:
     raise RuntimeError(f"run {run_path.name} did not finish within {timeout:.0f} s")
 
 
+def open_train_page(page, url: str, template_run: str) -> None:
+    """Load the dashboard and put `template_run`'s config on the Train page, baseline off.
+
+    The way a user re-runs a config: Runs -> "Edit and re-run" -> Train.
+    """
+    page.goto(f"{url}/runs?run={template_run}")
+    page.get_by_role("button", name="Edit and re-run").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for()
+    baseline = page.get_by_role("checkbox", name="Also train a from-scratch baseline")
+    if baseline.is_checked():
+        page.get_by_text("Also train a from-scratch baseline").click()
+        _until(lambda: not baseline.is_checked(), 30, "the baseline checkbox to clear")
+
+
+def start_from_page(page, runs_dir: Path) -> str:
+    """Press Start on the Train page; the id of the run it launched."""
+    from kt_core import runs
+
+    known = set(runs.run_ids(runs_dir))
+    page.get_by_role("button", name="Start").click()
+    return _until(lambda: next(iter(set(runs.run_ids(runs_dir)) - known), None), 60, "Start to create a run")
+
+
+def _until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def same_run(cfg: RunConfig, launched: RunConfig) -> None:
+    """The dashboard must have launched exactly the CLI side's config (its name aside)."""
+    want, got = cfg.to_dict(), launched.to_dict()
+    want.pop("name", None), got.pop("name", None)
+    if want != got:
+        diff = {k: (want.get(k), got.get(k)) for k in want.keys() | got.keys() if want.get(k) != got.get(k)}
+        raise RuntimeError(f"the dashboard launched another config than the CLI side: {diff}")
+
+
 @FIGURES.register("B4", title="UI tax: a run's images/s while the Train page shows its live curves in Chromium / "
                               "the same run with no UI", target=Target(">=", 0.95))
 def ui_tax(ctx: Context) -> tuple[float, str]:
@@ -160,40 +166,59 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
     from playwright.sync_api import sync_playwright
 
     from kt_core import runs
+    from ui.server import serve
 
     cfg = ui_config(ctx)
     runs_dir = ctx.workdir / "b4_runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     timeout = 120 + 60 * ctx.scale.ui_epochs
+    # No standby worker: the CLI side has none either (B5 measures what it buys at Start).
+    env = {"KT_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": str(ctx.threads), "KT_WARM_WORKER": "0"}
 
-    ui_cpu: list[dict[str, float]] = []  # CPU seconds of server and browser per watched run, and its length
-    with dashboard(runs_dir, ctx.threads) as (url, server_pid), sync_playwright() as pw:
+    def headless_run() -> float:
+        run_id = runs.launch(cfg, runs_dir=runs_dir)
+        return wait_until_done(runs_dir / run_id, timeout)["images_per_s"]
+
+    template = runs.launch(cfg, runs_dir=runs_dir)  # warm-up (file cache, dataset) and the config to re-run
+    wait_until_done(runs_dir / template, timeout)
+    cpu: dict[str, list[dict[str, float]]] = {"with UI": [], "no UI": []}  # per run: CPU s of server, browser
+
+    with serve(env) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
-            def headless_run() -> float:
-                run_id = runs.launch(cfg, runs_dir=runs_dir)
-                return wait_until_done(runs_dir / run_id, timeout)["images_per_s"]
+            page = browser.new_page()
+            before = cpu_seconds_by_group(server.pid)
+            open_train_page(page, server.url, template)
+            opened = cpu_seconds_by_group(server.pid)
+
+            def measured(side: str, run) -> float:
+                start, started = cpu_seconds_by_group(server.pid), time.monotonic()
+                rate = run()
+                end = cpu_seconds_by_group(server.pid)
+                cpu[side].append({k: end[k] - start[k] for k in end} | {"wall": time.monotonic() - started})
+                return rate
 
             def watched_run() -> float:
-                run_id = runs.launch(cfg, runs_dir=runs_dir)
-                page = browser.new_page()
-                try:
-                    before, started = cpu_seconds_by_group(server_pid), time.monotonic()
-                    page.goto(f"{url}/train?run={run_id}", wait_until="domcontentloaded")
-                    # The page is live once the curves' fragment has drawn: a Plotly chart appears.
-                    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
-                    summary = wait_until_done(runs_dir / run_id, timeout)
-                    after = cpu_seconds_by_group(server_pid)
-                    ui_cpu.append({k: after[k] - before[k] for k in after} | {"wall": time.monotonic() - started})
-                finally:
-                    page.close()
+                run_id = start_from_page(page, runs_dir)
+                same_run(cfg, runs.load_config(runs_dir / run_id))
+                page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+                summary = wait_until_done(runs_dir / run_id, timeout)
+                # The page draws the final chart and offers Start again: the next run starts from there.
+                _until(lambda: page.get_by_role("button", name="Start").is_enabled(), 60, "Start to be enabled again")
                 return summary["images_per_s"]
 
-            samples = interleave({"with UI": watched_run, "no UI": headless_run}, ctx.scale.ui_repeats)
+            samples = interleave({"with UI": lambda: measured("with UI", watched_run),
+                                  "no UI": lambda: measured("no UI", headless_run)}, ctx.scale.ui_repeats)
         finally:
             browser.close()
     a, b = median(flat(samples["with UI"])), median(flat(samples["no UI"]))
-    wall = sum(u["wall"] for u in ui_cpu)
-    share = ", ".join(f"{k} {sum(u[k] for u in ui_cpu) / wall:.0%} of a core" for k in ("dashboard", "browser"))
-    return a / b, (f"with the Train page open {a:.0f} img/s / without {b:.0f} img/s "
-                   f"(worker's own summary, {len(samples['no UI'])} runs each); while watching: {share}")
+
+    def share(side: str) -> str:
+        wall = sum(u["wall"] for u in cpu[side])
+        return ", ".join(f"{k} {sum(u[k] for u in cpu[side]) / wall:.0%}" for k in ("dashboard", "browser"))
+
+    return a / b, (f"with the Train page open {a:.0f} img/s / without {b:.0f} img/s (worker's own summary, "
+                   f"{len(samples['no UI'])} runs each); CPU of a core while watching: {share('with UI')}; "
+                   f"while the page sat idle: {share('no UI')}; opening the dashboard, once: "
+                   f"{opened['dashboard'] - before['dashboard']:.1f} s server, "
+                   f"{opened['browser'] - before['browser']:.1f} s browser")

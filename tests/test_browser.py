@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,45 +34,17 @@ def _need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def streamlit_server(home: Path):
     """`streamlit run app.py` on a free port, with its own runs and cache folders under `home`."""
-    port = _free_port()
-    env = dict(os.environ, KT_RUNS_DIR=str(home / "runs"), KT_CACHE_DIR=str(home / "cache"), PYTHONUNBUFFERED="1")
-    log = open(home / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"streamlit did not become healthy: {(home / 'streamlit.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    from ui.server import serve
+
+    env = {"KT_RUNS_DIR": str(home / "runs"), "KT_CACHE_DIR": str(home / "cache")}
     try:
-        yield {"url": url, "runs": home / "runs", "env": env}
+        with serve(env, log_path=home / "streamlit.log") as srv:
+            yield {"url": srv.url, "runs": home / "runs"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        _stop_all(home / "runs", env)
+        _stop_all(home / "runs")  # workers outlive the server by design
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +53,7 @@ def server(tmp_path_factory):
         yield srv
 
 
-def _stop_all(runs_dir: Path, env: dict) -> None:
+def _stop_all(runs_dir: Path) -> None:
     """Workers outlive the server by design; the test stops the ones it started."""
     from kt_core import runs
 
