@@ -201,7 +201,7 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
             def watched_run() -> float:
                 run_id = start_from_page(page, runs_dir)
                 same_run(cfg, runs.load_config(runs_dir / run_id))
-                page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+                page.wait_for_selector(".kt-live", timeout=60_000)  # the live chart is drawn
                 summary = wait_until_done(runs_dir / run_id, timeout)
                 # The page draws the final chart and offers Start again: the next run starts from there.
                 _until(lambda: page.get_by_role("button", name="Start").is_enabled(), 60, "Start to be enabled again")

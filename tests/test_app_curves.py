@@ -1,6 +1,9 @@
 """The live-curve figure and progress caption, as pure functions of metric rows and status."""
 
-from ui.curves import Series, build_figure, progress_info, split_rows
+import json
+
+from ui import live_chart
+from ui.curves import Series, build_figure, progress_info, split_rows, traces
 
 
 def rows(epochs=2, steps=4):
@@ -12,6 +15,17 @@ def rows(epochs=2, steps=4):
         out.append({"kind": "epoch", "epoch": e + 1, "step": (e + 1) * steps, "train_loss": 0.5, "train_acc": 0.6 + e / 10,
                     "val_loss": 0.7, "val_acc": 0.5 + e / 10})
     return out
+
+
+def test_the_live_chart_and_the_final_figure_draw_the_same_lines():
+    series = [Series("transfer", rows()), Series("from scratch", rows(epochs=1))]
+    lines, fig = traces(series), build_figure(series, uirevision="x")
+    assert [(t.name, t.x, t.y) for t in lines] == [(t.name, list(t.x), list(t.y)) for t in fig.data]
+    assert [t.panel for t in lines] == [0, 0, 0, 1, 1] * 2
+    # What the browser gets at each poll is plain JSON, with the planned epochs as the x range.
+    sent = json.loads(json.dumps(live_chart.payload(lines, x_max=10, title=None, height=380)))
+    assert sent["x_max"] == 10 and [t["name"] for t in sent["traces"]] == [t.name for t in lines]
+    assert sent["traces"][0]["markers"] is False and sent["traces"][4]["dash"] == "dot"
 
 
 def test_step_and_epoch_rows_are_told_apart_with_or_without_a_kind_field():

@@ -63,6 +63,13 @@ def chart_traces(at: AppTest, index: int = 0) -> list[dict]:
     return json.loads(charts[index].proto.spec)["data"]
 
 
+def live_chart(at: AppTest) -> dict:
+    """What the live chart of a running run was sent: {traces, x_max, title, height}."""
+    found = [e for e in at.get("bidi_component") if e.proto.component_name == "kt_live_curves"]
+    assert found, "no live chart on the page"
+    return json.loads(found[0].proto.json)
+
+
 def chart_layout(at: AppTest, index: int = 0) -> dict:
     return json.loads(at.get("plotly_chart")[index].proto.spec)["layout"]
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kt_core import runs
-from test_app_support import app_at, chart_traces, errors, make_run, no_exceptions
+from test_app_support import app_at, chart_traces, errors, live_chart, make_run, no_exceptions
 
 
 def test_widgets_produce_the_train_config_that_start_would_launch():
@@ -56,13 +56,15 @@ def test_a_running_run_is_polled_and_only_new_rows_are_read(monkeypatch):
     monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
     at = app_at("train", run=run)
     no_exceptions(at)
-    assert len(chart_traces(at)[0]["x"]) == 4
+    assert not at.get("plotly_chart")  # while it runs: the canvas chart, cheap to redraw at each poll
+    chart = live_chart(at)
+    assert len(chart["traces"][0]["x"]) == 4 and chart["x_max"] == 3  # the axis spans the planned epochs
     assert at.button(key="train_stop").disabled is False and at.button(key="train_start").disabled is True
     with open(runs.run_dir(run) / "metrics.jsonl", "a") as f:  # the worker appends a step
         f.write(json.dumps({"kind": "step", "step": 5, "epoch": 2, "train_loss": 0.3, "images_per_s": 300.0}) + "\n")
     at.run()
     no_exceptions(at)
-    assert len(chart_traces(at)[0]["x"]) == 5
+    assert len(live_chart(at)["traces"][0]["x"]) == 5
     cache = at.session_state["kt_metric_cache"][run]
     assert cache.offset == (runs.run_dir(run) / "metrics.jsonl").stat().st_size
 

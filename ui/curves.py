@@ -2,12 +2,12 @@
 
 The worker appends metric rows; the page never trains. One `@st.fragment(run_every=...)` per
 page polls the run folder, reads only the rows it has not seen (`read_metrics(run, since=n)`),
-and redraws one Plotly figure under a stable `key` with `uirevision` set to the run id, so a
-user's zoom survives every redraw. When every watched run has ended the fragment triggers one
-full rerun and the page draws the final, static chart: polling stops by itself.
+and redraws the live chart (`ui.live_chart`, a canvas: cheap to redraw beside a training run).
+When every watched run has ended the fragment triggers one full rerun and the page draws the
+final Plotly figure, with zoom and hover: polling stops by itself.
 
-`build_figure` and `progress_info` are pure functions of metric rows and status dicts, so they
-are tested without a browser.
+`traces`, `build_figure` and `progress_info` are pure functions of metric rows and status
+dicts, so they are tested without a browser.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from kt_core import runs as kt_runs
+from ui import live_chart
 
 ACTIVE_STATES = kt_runs.ACTIVE_STATES
 # Every poll re-sends and re-draws the figure in the browser: 2 s keeps the curves live while
 # the dashboard costs a training run little CPU (bench B4).
 POLL_SECONDS = 2.0
 MAX_STEP_POINTS = 400  # per run: a long run's per-step trace is thinned, not sent whole each poll
+CHART_HEIGHT = 380
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#c026d3")
 
 
@@ -73,39 +75,61 @@ def _step_x(row: dict, steps_per_epoch: float | None) -> float:
     return float(row.get("epoch", 1)) - 0.5
 
 
-def build_figure(series: list[Series], uirevision: str, title: str | None = None) -> go.Figure:
-    """Loss (left) and accuracy (right) against epochs: one colour per run, solid train, dotted val.
+@dataclass
+class Trace:
+    """One line of the chart, as both the live view and the final Plotly figure draw it."""
+
+    name: str
+    panel: int  # 0: loss, 1: accuracy
+    x: list[float]
+    y: list[float]
+    color: str
+    group: str  # the run's label: one legend group per run
+    dash: str = "solid"  # "solid" train, "dot" val
+    width: float = 2
+    opacity: float = 1.0
+    markers: bool = True  # epoch points are marked; the per-step loss is a thin line
+
+
+def traces(series: list[Series]) -> list[Trace]:
+    """Loss and accuracy against epochs: one colour per run, solid train, dotted val.
 
     Step rows are drawn thin and translucent behind the epoch points, so the noisy per-step loss
     and the smoothed per-epoch trend read together.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    out = []
     for i, s in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         steps, epochs = split_rows(s.rows)
         steps = _thin([r for r in steps if _finite(r.get("train_loss"))], MAX_STEP_POINTS)
         per_epoch = s.steps_per_epoch or _steps_per_epoch(epochs)
         if steps:
-            fig.add_trace(go.Scatter(
-                x=[_step_x(r, per_epoch) for r in steps], y=[r["train_loss"] for r in steps],
-                name=f"{s.label} · train loss (step)", mode="lines", legendgroup=s.label,
-                line=dict(color=color, width=1), opacity=0.35), row=1, col=1)
-        for metric, col, dash in (("train_loss", 1, "solid"), ("val_loss", 1, "dot"),
-                                  ("train_acc", 2, "solid"), ("val_acc", 2, "dot")):
+            out.append(Trace(f"{s.label} · train loss (step)", 0, [_step_x(r, per_epoch) for r in steps],
+                             [r["train_loss"] for r in steps], color, s.label, width=1, opacity=0.35,
+                             markers=False))
+        for metric, panel, dash in (("train_loss", 0, "solid"), ("val_loss", 0, "dot"),
+                                    ("train_acc", 1, "solid"), ("val_acc", 1, "dot")):
             points = [r for r in epochs if _finite(r.get(metric))]
-            if not points:
-                continue
-            split, what = metric.split("_")
-            fig.add_trace(go.Scatter(
-                x=[r["epoch"] for r in points], y=[r[metric] for r in points],
-                name=f"{s.label} · {split} {what}", mode="lines+markers", legendgroup=s.label,
-                line=dict(color=color, dash=dash, width=2)), row=1, col=col)
+            if points:
+                split, what = metric.split("_")
+                out.append(Trace(f"{s.label} · {split} {what}", panel, [r["epoch"] for r in points],
+                                 [r[metric] for r in points], color, s.label, dash=dash))
+    return out
+
+
+def build_figure(series: list[Series], uirevision: str, title: str | None = None) -> go.Figure:
+    """The final, interactive chart of `series` (zoom, hover, legend toggles): loss | accuracy."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    for t in traces(series):
+        fig.add_trace(go.Scatter(x=t.x, y=t.y, name=t.name, mode="lines+markers" if t.markers else "lines",
+                                 legendgroup=t.group, line=dict(color=t.color, dash=t.dash, width=t.width),
+                                 opacity=t.opacity), row=1, col=t.panel + 1)
     fig.update_xaxes(title_text="epoch", rangemode="tozero")
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
     fig.update_layout(
         uirevision=uirevision,  # keeps zoom and legend toggles across redraws of this run
-        height=400 if title else 380, margin=dict(l=40, r=20, t=80 if title else 30, b=40),
+        height=CHART_HEIGHT + (20 if title else 0), margin=dict(l=40, r=20, t=80 if title else 30, b=40),
         title=dict(text=title, y=0.97) if title else None,
         legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
     )
@@ -237,8 +261,11 @@ def run_progress(label: str, run_id: str, status: dict | None = None) -> dict:
 
 
 def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
-                show_progress: bool = True) -> list[dict]:
-    """Draw progress bars and the one figure for `runs` = [(label, run_id)]; return the statuses."""
+                show_progress: bool = True, live: bool = False) -> list[dict]:
+    """Draw progress bars and the one chart for `runs` = [(label, run_id)]; return the statuses.
+
+    `live`: the light canvas chart that a poll can redraw cheaply; otherwise the Plotly figure.
+    """
     statuses, series = [], []
     for label, run_id in runs:
         status = kt_runs.read_status(run_id)
@@ -246,14 +273,19 @@ def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
         series.append(_series_for(label, run_id, status))
         if show_progress:
             run_progress(label, run_id, status)
-    uirevision = "+".join(run_id for _, run_id in runs)
-    st.plotly_chart(build_figure(series, uirevision, title), key=key, width="stretch")
+    if live:
+        planned = [_seen(run_id).epochs for _, run_id in runs]
+        live_chart.show(traces(series), max(filter(None, planned), default=None), title,
+                        CHART_HEIGHT, key=f"{key}_live")
+    else:
+        uirevision = "+".join(run_id for _, run_id in runs)
+        st.plotly_chart(build_figure(series, uirevision, title), key=key, width="stretch")
     return statuses
 
 
 @st.fragment(run_every=POLL_SECONDS)
 def _live(runs: list[tuple[str, str]], key: str, title: str | None, show_progress: bool, extra) -> None:
-    statuses = render_runs(runs, key, title, show_progress)
+    statuses = render_runs(runs, key, title, show_progress, live=True)
     if extra is not None:
         extra()
     if not any(s.get("state") in ACTIVE_STATES for s in statuses):
