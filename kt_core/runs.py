@@ -557,6 +557,27 @@ def _row(folder: Path) -> dict:
     }
 
 
+def active_runs(runs_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Queued and running runs, newest first: id, name, state, epoch/epochs, step/total_steps.
+
+    Reads each run's status.json and only the active runs' config.json, so every page of the
+    dashboard can call it (`list_runs` reads every file of every run).
+    """
+    root, out = runs_root(runs_dir), []
+    for run_id in run_ids(runs_dir):
+        try:
+            status = read_status(root / run_id)
+            if status.get("state") not in ACTIVE_STATES:
+                continue
+            cfg = read_json(root / run_id / "config.json") or {}
+        except RunError:  # a corrupt folder is listed (as corrupt) on the Runs page, not here
+            continue
+        out.append({"id": run_id, "name": cfg.get("name", ""), "state": status["state"],
+                    "epoch": status.get("epoch"), "epochs": cfg.get("train", {}).get("epochs"),
+                    "step": status.get("step"), "total_steps": status.get("total_steps")})
+    return out
+
+
 def list_runs(runs_dir: str | os.PathLike | None = None):
     """One row per run, newest first (pandas DataFrame with LIST_COLUMNS)."""
     import pandas as pd

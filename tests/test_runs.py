@@ -125,6 +125,18 @@ def test_list_runs_reads_configs_statuses_and_summaries(tmp_path):
     assert runs.list_runs(tmp_path / "empty").empty
 
 
+def test_active_runs_lists_only_queued_and_running_runs_and_skips_corrupt_folders(tmp_path):
+    done = runs.create_run(make_cfg("done"), tmp_path)
+    runs.update_status(done, state="completed")
+    live = runs.create_run(make_cfg("live", epochs=7), tmp_path)
+    runs.update_status(live, state="running", pid=os.getpid(), heartbeat=time.time(), epoch=2, step=9, total_steps=30)
+    broken = runs.create_run(make_cfg("broken"), tmp_path)
+    (broken / "status.json").write_text("{not json")
+    assert runs.active_runs(tmp_path) == [{"id": live.name, "name": "live", "state": "running", "epoch": 2,
+                                           "epochs": 7, "step": 9, "total_steps": 30}]
+    assert runs.active_runs(tmp_path / "empty") == []
+
+
 # --- liveness --------------------------------------------------------------------------------
 
 def dead_pid() -> int:

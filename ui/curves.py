@@ -248,11 +248,12 @@ def _series_for(label: str, run_id: str, status: dict) -> Series:
     return Series(label, rows, total / seen.epochs if total and seen.epochs else None)
 
 
-def run_progress(label: str, run_id: str, status: dict | None = None) -> dict:
-    """One progress bar with its caption (state, epoch, step, images/s, ETA); returns the status."""
+def run_progress(label: str, run_id: str, status: dict | None = None, rows: list[dict] | None = None) -> dict:
+    """One progress bar with its caption (state, epoch, step, images/s, ETA); returns the status.
+    `status` and `rows` are read from the run folder unless the caller has just read them."""
     status = kt_runs.read_status(run_id) if status is None else status
     seen = _seen(run_id)
-    info = progress_info(status, new_rows(run_id), seen.batch_size, seen.epochs)
+    info = progress_info(status, new_rows(run_id) if rows is None else rows, seen.batch_size, seen.epochs)
     st.progress(info.fraction, text=f"**{label}** · {info.text}")
     if status.get("state") in ("failed", "interrupted"):
         st.error(f"{label}: {status['state']} — {status.get('error') or 'see the log'}. "
@@ -272,7 +273,7 @@ def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
         statuses.append(status)
         series.append(_series_for(label, run_id, status))
         if show_progress:
-            run_progress(label, run_id, status)
+            run_progress(label, run_id, status, series[-1].rows)
     if live:
         planned = [_seen(run_id).epochs for _, run_id in runs]
         live_chart.show(traces(series), max(filter(None, planned), default=None), title,

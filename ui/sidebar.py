@@ -6,17 +6,13 @@ import streamlit as st
 
 from kt_core import runs as kt_runs
 from kt_core.settings import get_settings
-from ui.curves import ACTIVE_STATES
 from ui.errors import guard
 from ui.system import best_device
 
 
 def active_runs() -> list[dict]:
     """Queued and running runs, newest first, as plain dicts (id, name, state, ...)."""
-    table = kt_runs.list_runs()
-    if table is None or len(table) == 0:
-        return []
-    return [row for row in table.to_dict("records") if row.get("state") in ACTIVE_STATES]
+    return kt_runs.active_runs()
 
 
 @st.cache_resource
