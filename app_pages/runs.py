@@ -27,6 +27,10 @@ if overlay:
     with guard("Drawing the curves"):
         names = dict(zip(table["id"], table["name"]))
         live_curves([(names.get(r) or r, r) for r in overlay], key="runs_overlay_chart", show_progress=False)
+if len(overlay) > 1:
+    with guard("Comparing the runs"):
+        st.markdown("**What sets them apart**: results, and the config values that differ")
+        st.dataframe(run_view.comparison(overlay, labels), key="runs_compare")
 
 st.divider()
 run_id = st.selectbox("One run in depth", ids, format_func=labels.get, key="runs_one",

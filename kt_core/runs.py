@@ -588,18 +588,32 @@ def list_runs(runs_dir: str | os.PathLike | None = None):
     return frame
 
 
-def compare(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None):
-    """One row per run: state, summary and the flattened config (`train.lr`, `plan.preset`, ...)."""
+def compare(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None, differing_only: bool = False):
+    """One row per run: state, summary and the flattened config (`train.lr`, `plan.preset`, ...).
+
+    A run named twice (by id and by name, say) is one row. `differing_only` keeps, of the config,
+    only the columns whose values differ between the runs: what sets the runs apart.
+    """
     import pandas as pd
 
-    rows = []
+    rows, seen, config_columns = [], set(), set()
     for run in run_ids:
         folder = run_dir(run, runs_dir)
+        if folder.name in seen:
+            continue
+        seen.add(folder.name)
+        cfg = read_json(folder / "config.json") or {}
         summary = read_json(folder / "summary.json") or {}
-        flat = pd.json_normalize(json.loads((folder / "config.json").read_text()), sep=".").iloc[0].to_dict()
+        config = pd.json_normalize(cfg, sep=".").iloc[0].to_dict() if cfg else {}
+        config_columns.update(config)
         rows.append({"run_id": folder.name, "state": read_status(folder)["state"],
-                     **{k: v for k, v in summary.items() if k != "state"}, **flat})
-    return pd.DataFrame(rows)
+                     **{k: v for k, v in summary.items() if k != "state"}, **config})
+    frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "state"])
+    if differing_only and len(frame) > 1:
+        same = [c for c in frame.columns if c in config_columns
+                and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() == 1]
+        frame = frame.drop(columns=same)
+    return frame
 
 
 def metrics_long(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None):

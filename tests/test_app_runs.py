@@ -32,6 +32,11 @@ def test_selected_runs_are_overlaid_on_one_chart():
     traces = {t["name"]: t for t in chart_traces(at)}
     assert traces["a · val acc"]["y"] == pytest.approx([0.55, 0.65, 0.75])
     assert traces["b · val acc"]["y"] == pytest.approx([0.15, 0.25, 0.35])
+    # Beside the curves: what sets the runs apart, results first, then the config values that differ.
+    table = next(d.value for d in at.dataframe if "best_val_acc" in d.value.index)
+    assert list(table.columns) == [f"a · {a} (completed)", f"b · {b} (completed)"]
+    assert list(table.loc["best_val_acc"]) == ["0.75", "0.35"]
+    assert list(table.loc["name"]) == ["a", "b"] and "source.arch" not in table.index
 
 
 def test_the_watched_run_of_the_url_is_preselected():

@@ -111,6 +111,14 @@ def test_metrics_long_and_compare_put_several_runs_in_one_table(tmp_path):
     table = runs.compare([a.name, b.name], tmp_path).set_index("run_id")
     assert table.loc[b.name, "best_val_acc"] == 0.8 and table.loc[a.name, "train.lr"] == 0.1
     assert table.loc[b.name, "source.arch"] == "small_cnn"
+    # What sets them apart: the config columns that differ (name, lr), every summary column.
+    differ = runs.compare([a.name, b.name, "b"], tmp_path, differing_only=True)
+    assert list(differ["run_id"]) == [a.name, b.name]  # "b" is run b again, by its name
+    assert {"name", "train.lr", "best_val_acc"} <= set(differ.columns) and "source.arch" not in differ.columns
+    assert list(runs.compare([], tmp_path).columns) == ["run_id", "state"]
+    (a / "config.json").write_text("{broken")
+    with pytest.raises(RunError, match="corrupt"):
+        runs.compare([a.name], tmp_path)
 
 
 def test_list_runs_reads_configs_statuses_and_summaries(tmp_path):

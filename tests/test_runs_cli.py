@@ -59,12 +59,31 @@ def test_train_json_output_carries_the_summary_and_the_reproduce_command(tmp_pat
     assert result["reproduce"].startswith("python -m kt_core train ") and result["reproduce"].endswith("config.json")
 
 
+def test_compare_shows_results_and_only_the_config_values_that_differ(tmp_path, capsys):
+    made = []
+    for name, lr, acc in (("slow", 0.001, 0.81), ("fast", 0.01, 0.9)):
+        cfg = RunConfig.from_file(write_cfg(tmp_path / f"{name}.json", train={"lr": lr}))
+        cfg.name = name
+        folder = runs.create_run(cfg, tmp_path / "r")
+        runs.write_json_atomic(folder / "summary.json", {"state": "completed", "best_val_acc": acc})
+        made.append(folder.name)
+    assert main(["compare", "slow", "fast", "--runs-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert lines["train.lr"] == ["0.0010", "0.0100"] and lines["best_val_acc"] == ["0.8100", "0.9000"]
+    assert "source.arch" not in lines  # the same in both: left out unless --all
+    assert main(["compare", *made, "--all", "--json", "--runs-dir", str(tmp_path / "r")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in rows] == made and rows[0]["source.arch"] == "mnist_net"
+
+
 @pytest.mark.parametrize("args, words", [
     (["train", "missing.json"], ["does not exist"]),
     (["train", "{cfg}", "--device", "cuda:7"], ["cuda"]),
     (["train", "{cfg}", "--epochs", "0"], ["train.epochs"]),
     (["status", "nope"], ["no run 'nope'"]),
     (["resume", "nope"], ["no run 'nope'"]),
+    (["compare", "nope"], ["no run 'nope'"]),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, capsys, args, words):
     if torch.cuda.device_count() > 7 and "cuda:7" in args:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from kt_core import runs as kt_runs
+from kt_core.config import RunConfig
 from ui.images import image_grid
 
 SUMMARY_COLUMNS = ("id", "name", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "source",
@@ -26,6 +29,29 @@ def labels(table: pd.DataFrame) -> dict[str, str]:
         state = row.get("state") or "?"
         out[row["id"]] = f"{row['name']} · {row['id']} ({state})" if row.get("name") else f"{row['id']} ({state})"
     return out
+
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+RESULT_ROWS = ("state", "best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "images_per_s",
+               "trainable_params")
+
+
+def comparison(run_ids: list[str], labels: dict[str, str]) -> pd.DataFrame:
+    """Runs as columns; their results first, then every config value that differs between them."""
+    frame = kt_runs.compare(run_ids, differing_only=True).set_index("run_id")
+    results = [c for c in RESULT_ROWS if c in frame.columns]
+    config = [c for c in frame.columns if c.split(".")[0] in CONFIG_FIELDS]
+    shown = frame[results + config].T
+    shown.columns = [labels.get(r, r) for r in shown.columns]
+    return shown.map(_cell)
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _checkpoint_stamp(run_id: str) -> str:

@@ -3,6 +3,7 @@
     python -m kt_core train examples/quick.json            # foreground; exit 0 only when completed
     python -m kt_core train CONFIG --baseline --epochs 3   # plus its from-scratch baseline
     python -m kt_core runs --json
+    python -m kt_core compare RUN RUN                      # results + the config values that differ
     python -m kt_core stop RUN ; python -m kt_core resume RUN
 
 RUN is a run id, a unique prefix of one, a run folder path, or a run name (the newest run of
@@ -38,6 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--runs-dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_list)
+
+    p = subparsers.add_parser("compare", help="runs side by side: their results and the config values that differ")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, id prefixes, folders or names")
+    p.add_argument("--all", action="store_true", help="every config value, not only the ones that differ")
+    p.add_argument("--runs-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_compare)
 
     p = subparsers.add_parser("status", help="one run's status (stale workers show as interrupted)")
     _run_args(p)
@@ -126,6 +134,17 @@ def _list(args) -> int:
         return 0
     shown = frame[["id", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "arch", "dataset"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    return 0
+
+
+def _compare(args) -> int:
+    frame = runs.compare(args.runs, args.runs_dir, differing_only=not args.all)
+    if args.json:
+        print_json(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
+        return 0
+    # One column per run, one row per field: config values read across, like a diff.
+    table = frame.set_index("run_id").T
+    print(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     return 0
 
 
