@@ -86,6 +86,7 @@ class Scale:
     batch_size: int = 64
     launches: int = 3  # B5: fresh worker launches
     ui_epochs: int = 4  # B4: epochs of the run watched in the browser
+    ui_per_class: int = 30  # B4: training digits per class (x10 classes, 10% held out): the epoch's length
     ui_repeats: int = 1  # B4: runs per side, interleaved (the median counts: one run is noisy here)
     memory_runs: int = 2  # B6: fresh processes per side
 
@@ -93,10 +94,11 @@ class Scale:
 SCALES = {
     # tiny: the smoke test's size; checks that every figure runs, its numbers mean little.
     "tiny": Scale("tiny", train_images=96, epochs=1, repeats=1, batch_size=32, launches=1, ui_epochs=2,
-                  memory_runs=1),
-    "quick": Scale("quick", train_images=192, epochs=3, repeats=1, launches=1, ui_epochs=3, memory_runs=1),
-    "full": Scale("full", train_images=512, epochs=4, repeats=2, launches=3, ui_epochs=6, ui_repeats=3,
-                  memory_runs=2),
+                  ui_per_class=20, memory_runs=1),
+    "quick": Scale("quick", train_images=192, epochs=3, repeats=1, launches=1, ui_epochs=2, ui_per_class=50,
+                   memory_runs=1),
+    "full": Scale("full", train_images=512, epochs=4, repeats=2, launches=3, ui_epochs=2, ui_per_class=150,
+                  ui_repeats=5, memory_runs=2),
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 
-from .harness import FIGURES, Context, Skip, Target, flat, interleave, median
+from .harness import FIGURES, Context, Skip, Target, flat, interleave, median, paired_ratio
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,8 @@ def missing_prerequisite() -> str | None:
     return None
 
 
-def _process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds so far), from /proc (Linux).
-
-    Training workers are left out, running or exited (zombies): the dashboard starts them as its
-    children, and their CPU is the run's, not the dashboard's.
-    """
+def _process_table() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds so far), from /proc (Linux)."""
     ticks = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in Path("/proc").iterdir():
@@ -55,45 +51,35 @@ def _process_table() -> dict[int, tuple[int, str, float]]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] == "Z" or argv[1:4] == [b"-m", b"kt_core", b"worker"]:
-            continue
-        table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
+        table[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
     return table
 
 
 def cpu_seconds_by_group(streamlit_pid: int) -> dict[str, float]:
-    """CPU time so far of the dashboard server and of the browser, each with its children.
+    """CPU time so far of the dashboard server process and of the browser's processes.
 
-    What B4 costs is CPU taken from the worker; these two numbers say who takes it.
+    What B4 costs is CPU taken from the worker; these two numbers say who takes it. The server's
+    children are not counted: they are the training workers that its Start button launched.
     """
     table = _process_table()
-
-    def subtree(root: int) -> set[int]:
-        found, frontier = {root}, [root]
-        while frontier:
-            parent = frontier.pop()
-            children = [pid for pid, (ppid, _, _) in table.items() if ppid == parent]
-            found.update(children)
-            frontier.extend(children)
-        return found
-
-    server = subtree(streamlit_pid)
-    browser = {pid for pid, (_, name, _) in table.items() if "chrom" in name.lower() or "headless" in name.lower()}
-    return {"dashboard": sum(table[p][2] for p in server if p in table),
-            "browser": sum(table[p][2] for p in browser - server)}
+    browser = [cpu for pid, (name, cpu) in table.items()
+               if pid != streamlit_pid and ("chrom" in name.lower() or "headless" in name.lower())]
+    return {"dashboard": table.get(streamlit_pid, ("", 0.0))[1], "browser": sum(browser)}
 
 
 def ui_config(ctx: Context) -> RunConfig:
-    """small_cnn on 30 offline digits per class: epochs of ~1 s, so the page polls every epoch."""
+    """small_cnn on offline digits; full scale: 150 per class, epochs of ~5 s and a step row about
+    every second, so each poll of the page has new rows to draw (its costliest case). Epochs that
+    long keep the per-epoch validation and checkpoint a small, steady part of the run's time."""
     return RunConfig(
         name="bench ui tax",
         source=SourceConfig(kind="arch", arch="small_cnn"),
-        dataset=DatasetConfig(name="sklearn_digits", per_class=30, val_fraction=0.1, augment="none"),
+        dataset=DatasetConfig(name="sklearn_digits", per_class=ctx.scale.ui_per_class, val_fraction=0.1,
+                              augment="none"),
         plan=TransferPlan(preset="fine_tune"),
         train=TrainConfig(epochs=ctx.scale.ui_epochs, batch_size=ctx.scale.batch_size, device=ctx.device.type,
                           log_every=5, seed=0),
@@ -211,14 +197,17 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
                                   "no UI": lambda: measured("no UI", headless_run)}, ctx.scale.ui_repeats)
         finally:
             browser.close()
+    # Runs i of both sides ran back to back: their ratio cancels the host's slow swings (±15% from
+    # one epoch to the next here), which a ratio of two medians still carries.
+    ratio = paired_ratio(samples["with UI"], samples["no UI"])
     a, b = median(flat(samples["with UI"])), median(flat(samples["no UI"]))
 
     def share(side: str) -> str:
         wall = sum(u["wall"] for u in cpu[side])
         return ", ".join(f"{k} {sum(u[k] for u in cpu[side]) / wall:.0%}" for k in ("dashboard", "browser"))
 
-    return a / b, (f"with the Train page open {a:.0f} img/s / without {b:.0f} img/s (worker's own summary, "
-                   f"{len(samples['no UI'])} runs each); CPU of a core while watching: {share('with UI')}; "
+    return ratio, (f"median of {len(samples['no UI'])} back-to-back pairs; with the Train page open {a:.0f} img/s / "
+                   f"without {b:.0f} img/s (medians, worker's own summary); CPU of a core while watching: {share('with UI')}; "
                    f"while the page sat idle: {share('no UI')}; opening the dashboard, once: "
                    f"{opened['dashboard'] - before['dashboard']:.1f} s server, "
                    f"{opened['browser'] - before['browser']:.1f} s browser")
