@@ -41,6 +41,10 @@ class DeviceError(KTError):
     """A device that was asked for but is not available."""
 
 
+class SettingsError(KTError):
+    """A deployment setting (environment variable) that cannot be used."""
+
+
 class PathNotAllowedError(KTError):
     """A path typed into the UI that lies outside the configured roots."""
 

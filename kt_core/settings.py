@@ -7,6 +7,8 @@
 | `KT_ALLOWED_ROOTS` | working dir and `~/kt-studio` | `os.pathsep`-separated roots that paths typed into the UI must lie under |
 | `KT_ALLOW_TRUST` | `1` | `0` hides the "trust this file" opt-in (arbitrary unpickling) in the UI |
 | `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
+| `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
+| `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
 
 The CLI is the local user's own: it is not confined to the roots.
 """
@@ -17,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PathNotAllowedError
+from .errors import PathNotAllowedError, SettingsError
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -34,6 +36,26 @@ class Settings:
     allowed_roots: tuple[Path, ...] = field(default_factory=lambda: _roots_from_env())
     allow_trust: bool = field(default_factory=lambda: _flag("KT_ALLOW_TRUST", True))
     warm_worker: bool = field(default_factory=lambda: _flag("KT_WARM_WORKER", True))
+
+    # Read when a zip is extracted, so a mistyped value fails that upload with its message, not
+    # every page of the server.
+    @property
+    def zip_max_bytes(self) -> int:
+        return _count("KT_ZIP_MAX_BYTES", 2 << 30)
+
+    @property
+    def zip_max_files(self) -> int:
+        return _count("KT_ZIP_MAX_FILES", 200_000)
+
+
+def _count(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip().replace("_", "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"{name}={os.environ[name]!r} is not a positive whole number",
+                            f"set {name} to a count such as {default}, or unset it for the default")
+    return int(value)
 
 
 def _roots_from_env() -> tuple[Path, ...]:

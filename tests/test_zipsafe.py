@@ -149,3 +149,23 @@ def test_zip_with_one_class_refused(tmp_path):
     archive = make_zip(tmp_path / "one.zip", {f"cat/{i}.png": png_bytes() for i in range(4)})
     with pytest.raises(DatasetError, match="at least two classes"):
         load_dataset(DatasetConfig(name="zip", root=str(archive)))
+
+
+def test_the_servers_zip_limits_bind_and_a_dataset_option_can_only_lower_them(tmp_path, monkeypatch):
+    archive = make_zip(tmp_path / "pets.zip", {f"{cls}/{i}.png": png_bytes(size=12)
+                                               for cls in ("cat", "dog") for i in range(3)})
+    monkeypatch.setenv("KT_ZIP_MAX_FILES", "4")  # an administrator's cap: 6 entries are too many
+    with pytest.raises(DatasetError, match="more than the limit of 4"):
+        load_dataset(DatasetConfig(name="zip", root=str(archive)))
+    with pytest.raises(DatasetError, match="outside this server's limit") as raised:
+        load_dataset(DatasetConfig(name="zip", root=str(archive), options={"max_files": 1000}))
+    assert "KT_ZIP_MAX_FILES" in raised.value.hint
+    monkeypatch.setenv("KT_ZIP_MAX_FILES", "100")
+    with pytest.raises(DatasetError, match="more than the limit of 5"):  # the option lowers the cap
+        load_dataset(DatasetConfig(name="zip", root=str(archive), options={"max_files": 5}))
+    assert load_dataset(DatasetConfig(name="zip", root=str(archive))).class_names == ["cat", "dog"]
+    monkeypatch.setenv("KT_ZIP_MAX_BYTES", "lots")  # read at the next extraction: a new zip
+    other = make_zip(tmp_path / "other.zip", {f"{cls}/{i}.png": png_bytes(size=14) for cls in "ab" for i in range(2)})
+    from kt_core.errors import SettingsError
+    with pytest.raises(SettingsError, match="KT_ZIP_MAX_BYTES"):
+        load_dataset(DatasetConfig(name="zip", root=str(other)))

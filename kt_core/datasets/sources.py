@@ -388,9 +388,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_zip(req: LoadRequest) -> RawData:
-    from ..zipsafe import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, extract_zip
+def _zip_limit(req: LoadRequest, option: str, ceiling: int, variable: str) -> int:
+    """A zip limit: the server's (`KT_ZIP_*`), or a dataset option that lowers it, never raises it."""
+    value = req.options.get(option)
+    if value is None:
+        return ceiling
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"dataset option {option}={value!r} is not a whole number",
+                           f"give a count, at most {ceiling:,}") from None
+    if not 0 < value <= ceiling:
+        raise DatasetError(f"dataset option {option}={value:,} is outside this server's limit (1 to {ceiling:,})",
+                           f"use a smaller zip, or ask the administrator to raise {variable}")
+    return value
 
+
+def _load_zip(req: LoadRequest) -> RawData:
+    from ..settings import get_settings
+    from ..zipsafe import extract_zip
+
+    settings = get_settings()
     path = _require_root(req, ".zip file")
     if not path.is_file():
         raise DatasetError(f"{path} is not a file", "give the .zip of an ImageFolder tree")
@@ -398,9 +416,10 @@ def _load_zip(req: LoadRequest) -> RawData:
     dest = req.cache_dir / "zips" / _sha256(path)[:24]
     warnings = []
     if not dest.is_dir():
-        report = extract_zip(path, dest,
-                             max_total_bytes=int(req.options.get("max_total_bytes", DEFAULT_MAX_TOTAL_BYTES)),
-                             max_files=int(req.options.get("max_files", DEFAULT_MAX_FILES)))
+        report = extract_zip(
+            path, dest,
+            max_total_bytes=_zip_limit(req, "max_total_bytes", settings.zip_max_bytes, "KT_ZIP_MAX_BYTES"),
+            max_files=_zip_limit(req, "max_files", settings.zip_max_files, "KT_ZIP_MAX_FILES"))
         if report.skipped:
             warnings.append(f"the zip's {report.skipped} non-image files were not extracted"
                             f" ({', '.join(report.skipped_names[:5])}{', ...' if report.skipped > 5 else ''})")
