@@ -81,9 +81,9 @@ with tab_eval:
     else:
         split = st.radio("Split", ["val", "test"], horizontal=True, key="runs_eval_split")
         with guard("Evaluating") as evaluating:
-            report = run_view.evaluation(run_id, split)
+            report, images = run_view.evaluation(run_id, split)
         if evaluating.ok:
-            run_view.show_evaluation(run_id, report)
+            run_view.show_evaluation(report, images)
 
 with tab_files:
     with guard("Preparing downloads"):

@@ -244,15 +244,19 @@ def _rebuild_from_source(cfg, state: dict, run_dir: Path, ckpt: Path) -> nn.Modu
     return src.model
 
 
-def evaluate_run(run: str | os.PathLike, split: str = "val", device: torch.device | str = "cpu",
+def evaluate_run(run: str | os.PathLike | RunModel, split: str = "val", device: torch.device | str = "cpu",
                  checkpoint: str = "best", batch_size: int = 256, save: bool = True) -> EvalResult:
     """Evaluate a run's checkpoint on its own `val` or `test` split (or `train`).
 
-    With `save`, the result is also written to `RUN/eval/<split>.json` for the Runs page.
+    `run` may be a `RunModel` that `load_run` already gave (the Runs page keeps it for the
+    split's images); then `checkpoint` is the one it loaded. With `save`, the result is also
+    written to `RUN/eval/<split>.json` for the Runs page.
     """
     if split not in SPLITS:
         raise KTError(f"unknown split {split!r}", f"valid splits: {', '.join(SPLITS)}")
-    loaded = load_run(run, checkpoint)
+    loaded = run if isinstance(run, RunModel) else load_run(run, checkpoint)
+    if loaded.data is None:
+        raise KTError("the run was loaded without its data", "load it with load_run(run) to evaluate it")
     data_split = loaded.data.splits().get(split)
     if data_split is None or len(data_split) == 0:
         have = ", ".join(k for k, v in loaded.data.splits().items() if len(v)) or "none"

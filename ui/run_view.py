@@ -61,20 +61,16 @@ def _checkpoint_stamp(run_id: str) -> str:
 
 @st.cache_resource(max_entries=4, show_spinner="Evaluating the run...")
 def _evaluate(run_id: str, split: str, stamp: str):
-    from kt_core.evaluate import evaluate_run
+    """The report and the evaluated split's images, prepared exactly as the evaluation saw them:
+    one load of the run's model and data for both."""
+    from kt_core.evaluate import evaluate_run, load_run
 
-    return evaluate_run(run_id, split=split)
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the run's data...")
-def _split_images(run_id: str, split: str, stamp: str):
-    """The evaluated split's images, prepared exactly as the evaluation saw them."""
-    from kt_core.evaluate import load_run
-
-    return load_run(run_id, device="cpu").data.splits().get(split)
+    loaded = load_run(run_id, device="cpu")
+    return evaluate_run(loaded, split=split), loaded.data.splits().get(split)
 
 
 def evaluation(run_id: str, split: str):
+    """(report, split images) of `run_id`, cached until its checkpoints change."""
     return _evaluate(run_id, split, _checkpoint_stamp(run_id))
 
 
@@ -99,7 +95,8 @@ def _image(split, index: int):
     return split.x[index] if hasattr(split, "x") else split[index][0]
 
 
-def show_evaluation(run_id: str, report) -> None:
+def show_evaluation(report, split) -> None:
+    """Metrics, confusion matrix, the images of a chosen cell, per-class table, sample predictions."""
     c1, c2, c3 = st.columns(3)
     c1.metric("Accuracy", f"{report.accuracy:.1%}")
     c2.metric("Macro F1", f"{report.macro_f1:.3f}")
@@ -107,7 +104,6 @@ def show_evaluation(run_id: str, report) -> None:
     st.plotly_chart(confusion_figure(report), key="runs_confusion")
     names = report.class_names
     options = cells(report)
-    split = _split_images(run_id, report.split, _checkpoint_stamp(run_id))
     if options:
         cell = st.selectbox("Show the images of a cell (true → predicted)", options, key="runs_cell",
                             format_func=lambda c: f"{names[c[0]]} → {names[c[1]]} ({c[2]} images)")
