@@ -51,3 +51,7 @@ class PathNotAllowedError(KTError):
 
 class RunError(KTError):
     """A run folder that is missing, corrupt, or in a state that forbids the action."""
+
+
+class AmbiguousRunError(RunError):
+    """A run id prefix that several runs share."""

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import RunConfig
-from .errors import KTError, RunError
-from .settings import get_settings
+from .errors import AmbiguousRunError, KTError, RunError
+from .settings import get_settings, user_path
 
 log = logging.getLogger(__name__)
 
@@ -102,25 +102,22 @@ def new_run_id(cfg: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}-{secrets.token_hex(2)}"
 
 
-class AmbiguousRunError(RunError):
-    """A run id prefix that several runs share."""
-
-
 RUNS_HINT = "`python -m kt_core runs` lists the runs (id and name), or see the Runs page"
 
 
-def run_dir(run: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
+def run_dir(run: str | os.PathLike, runs_dir: str | os.PathLike | None = None, paths: bool = True) -> Path:
     """The folder of `run`: a run folder path, a run id, a unique id prefix, or a run name
     (the newest run whose config has that name, completed ones first).
 
     The one place a run is looked up: the CLI, the UI and run sources (`sources.run_folder`,
-    which adds the UI's path confinement) all resolve runs here.
+    which adds the UI's path confinement) all resolve runs here. `paths=False` looks only in
+    the runs folder: `run` is never tried as a path of its own.
     """
     text = str(run)
     if not text.strip():
         raise RunError("no run given", f"give a run id, id prefix, name or folder; {RUNS_HINT}")
-    path = Path(text).expanduser()
-    if (path / "config.json").is_file():
+    path = user_path(text)
+    if paths and (path / "config.json").is_file():
         return path
     root = runs_root(runs_dir)
     if (root / text / "config.json").is_file():
@@ -136,7 +133,7 @@ def run_dir(run: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -
     if len(prefixed) > 1:
         shown = ", ".join(prefixed[:3]) + (", ..." if len(prefixed) > 3 else "")
         raise AmbiguousRunError(f"{text!r} matches {len(prefixed)} runs ({shown})", "give more of the run id")
-    if path.is_dir():
+    if paths and path.is_dir():
         raise RunError(f"{path.name or text} is not a KT Studio run: config.json is missing",
                        "give a run folder (it holds config.json and checkpoints/), or a run id or name; " + RUNS_HINT)
     raise RunError(f"no run {text!r} in {root} (no run folder, id, id prefix or name matches)",
@@ -599,9 +596,9 @@ def compare(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None, d
     rows, seen, config_columns = [], set(), set()
     for run in run_ids:
         folder = run_dir(run, runs_dir)
-        if folder.name in seen:
+        if folder.resolve() in seen:
             continue
-        seen.add(folder.name)
+        seen.add(folder.resolve())
         cfg = read_json(folder / "config.json") or {}
         summary = read_json(folder / "summary.json") or {}
         config = pd.json_normalize(cfg, sep=".").iloc[0].to_dict() if cfg else {}

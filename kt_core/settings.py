@@ -21,6 +21,10 @@ from pathlib import Path
 
 from .errors import PathNotAllowedError, SettingsError
 
+# Dataset zips: what one may extract to and hold unless KT_ZIP_MAX_BYTES / KT_ZIP_MAX_FILES say.
+DEFAULT_MAX_TOTAL_BYTES = 2 << 30  # 2 GiB extracted
+DEFAULT_MAX_FILES = 200_000
+
 
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name)
@@ -41,11 +45,11 @@ class Settings:
     # every page of the server.
     @property
     def zip_max_bytes(self) -> int:
-        return _count("KT_ZIP_MAX_BYTES", 2 << 30)
+        return _count("KT_ZIP_MAX_BYTES", DEFAULT_MAX_TOTAL_BYTES)
 
     @property
     def zip_max_files(self) -> int:
-        return _count("KT_ZIP_MAX_FILES", 200_000)
+        return _count("KT_ZIP_MAX_FILES", DEFAULT_MAX_FILES)
 
 
 def _count(name: str, default: int) -> int:
@@ -72,10 +76,17 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def user_path(text: str | os.PathLike) -> Path:
+    """`~/...` expanded to the home folder; any other text as it is (`~draft` may be a run's
+    name, and expanding it as another user's home would fail)."""
+    text = str(text)
+    return Path(text).expanduser() if text == "~" or text.startswith(("~/", "~" + os.sep)) else Path(text)
+
+
 def confine_path(path: str | os.PathLike, roots: tuple[Path, ...] | None = None) -> Path:
     """Resolve `path` (symlinks and `..` included) and refuse it unless it lies under a root."""
     roots = get_settings().allowed_roots if roots is None else roots
-    resolved = Path(path).expanduser().resolve()
+    resolved = user_path(path).resolve()
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved

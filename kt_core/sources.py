@@ -20,12 +20,12 @@ from torch import nn
 from .checkpoints import LoadReport, RawCheckpoint, load_into, read_checkpoint
 from .config import SourceConfig
 from .datasets.transforms import adapt_normalization
-from .errors import CheckpointError, KTError, RunError
+from .errors import CheckpointError, KTError, PathNotAllowedError, RunError
 from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, blocks, count_parameters, dry_run,
                      get_spec, layer_tree, replace_head, torchvision_state_dict, weights_preprocessing)
 from .registry import Registry
 from .runs import run_checkpoint, run_dir, runs_root
-from .settings import confine_path
+from .settings import confine_path, user_path
 
 log = logging.getLogger(__name__)
 
@@ -208,16 +208,22 @@ def run_folder(run: str, roots: tuple[Path, ...] | None = None, runs_dir: str | 
     """The folder of a source run: anything `runs.run_dir` takes (a folder, a run id, a unique id
     prefix, a run name), looked up in `runs_dir` (default: the settings' runs folder).
 
-    With `roots` (the UI) the folder must lie under one of them or under the runs folder itself;
-    a path is checked before anything is looked up, so nothing outside the roots is even probed.
+    With `roots` (the UI) the folder must lie under one of them or under the runs folder itself.
+    Text that would name a place outside them is looked up only as a run id or name in the runs
+    folder, never probed on disk, so the answer says nothing about what exists out there.
     """
     text = str(run)
-    if roots is not None and (Path(text).expanduser().is_absolute() or any(sep in text for sep in ("/", "\\"))):
-        confine_path(text, roots + (runs_root(runs_dir).resolve(),))
-    folder = run_dir(text, runs_dir)
-    if roots is not None:
-        folder = confine_path(folder, roots + (runs_root(runs_dir).resolve(),))
-    return folder
+    if roots is None:
+        return run_dir(text, runs_dir)
+    allowed = roots + (runs_root(runs_dir).resolve(),)
+    try:
+        confine_path(text, allowed)
+        inside = True
+    except PathNotAllowedError:
+        inside = False
+        if Path(text).is_absolute() or text in (".", "..", "~") or any(sep in text for sep in ("/", "\\")):
+            raise  # plainly a path, and not an allowed one: say so
+    return confine_path(run_dir(text, runs_dir, paths=inside), allowed)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

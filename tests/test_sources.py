@@ -262,6 +262,29 @@ def test_run_sources_are_confined_when_roots_are_given(tmp_path, monkeypatch):
     assert load_source(SourceConfig(kind="run", path=str(outside)), roots=(tmp_path.resolve(),)).meta["run"] == "outside"
 
 
+
+def test_a_confined_lookup_says_nothing_about_folders_outside_the_roots(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("KT_RUNS_DIR", str(runs_dir))
+    make_run(runs_dir, "20240101-120000-digits")
+    make_run(tmp_path / "cwd", "secret")  # a run folder in the server's working directory
+    monkeypatch.chdir(tmp_path / "cwd")
+    roots = ((tmp_path / "allowed").resolve(),)  # the working directory is not a root
+    # A bare word is a run id or name in the runs folder: ./secret is never looked at, so the
+    # answer is the same whether it exists or not.
+    with pytest.raises(RunError, match="no run 'secret'"):
+        load_source(SourceConfig(kind="run", path="secret"), roots=roots)
+    with pytest.raises(RunError, match="no run 'missing'"):
+        load_source(SourceConfig(kind="run", path="missing"), roots=roots)
+    for path in ("./secret", "..", "~/anything"):  # plainly paths: refused as such
+        with pytest.raises(PathNotAllowedError):
+            load_source(SourceConfig(kind="run", path=path), roots=roots)
+    assert load_source(SourceConfig(kind="run", path="20240101"), roots=roots).meta["run"] == "20240101-120000-digits"
+    # A name starting with "~" is a name, not another user's home folder.
+    with pytest.raises(RunError, match="no run '~draft'"):
+        load_source(SourceConfig(kind="run", path="~draft"), roots=roots)
+
+
 class WholeModel(nn.Module):
     def __init__(self):
         super().__init__()

@@ -34,14 +34,15 @@ def source_config(args: argparse.Namespace):
     """SOURCE -> SourceConfig: an existing file, an architecture, or a run (whatever `runs.run_dir`
     takes: a folder, a run id, a unique id prefix or a run name, as `train` does)."""
     from ..config import SourceConfig
-    from ..errors import CheckpointError, KTError, RunError
+    from ..errors import AmbiguousRunError, CheckpointError, KTError, RunError
     from ..models import ARCHITECTURES
-    from ..runs import AmbiguousRunError, run_dir
+    from ..runs import run_dir
+    from ..settings import user_path
 
     text = args.source
-    if Path(text).expanduser().is_file():
+    if user_path(text).is_file():
         return SourceConfig(kind="file", path=text, arch=args.arch, trust=args.trust)
-    if text in ARCHITECTURES and not Path(text).expanduser().is_dir():
+    if text in ARCHITECTURES and not user_path(text).is_dir():
         weights = None if (args.weights or "").lower() in ("", "none") else args.weights
         return SourceConfig(kind="arch", arch=text, weights=weights)
     try:
@@ -49,7 +50,7 @@ def source_config(args: argparse.Namespace):
     except AmbiguousRunError:
         raise
     except RunError as not_a_run:
-        path = Path(text).expanduser()
+        path = user_path(text)
         if path.is_dir():
             raise  # a folder that is not a run: say so
         if path.suffix or any(sep in text for sep in ("/", "\\")):

@@ -144,7 +144,7 @@ def _compare(args) -> int:
         return 0
     # One column per run, one row per field: config values read across, like a diff.
     table = frame.set_index("run_id").T
-    print(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    print(table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))  # 3e-05 stays 3e-05
     return 0
 
 
