@@ -25,11 +25,10 @@ from typing import BinaryIO
 
 from .datasets.raw import is_image_file
 from .errors import DatasetError
+from .settings import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOTAL_BYTES = 2 << 30  # 2 GiB extracted
-DEFAULT_MAX_FILES = 200_000
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _IGNORED_PREFIXES = ("__MACOSX/",)  # macOS resource forks: "._x.jpg" files that are not images

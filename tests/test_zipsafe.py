@@ -164,6 +164,14 @@ def test_the_servers_zip_limits_bind_and_a_dataset_option_can_only_lower_them(tm
     with pytest.raises(DatasetError, match="more than the limit of 5"):  # the option lowers the cap
         load_dataset(DatasetConfig(name="zip", root=str(archive), options={"max_files": 5}))
     assert load_dataset(DatasetConfig(name="zip", root=str(archive))).class_names == ["cat", "dog"]
+    # Already extracted: the zip is held to the limits in force now all the same.
+    monkeypatch.setenv("KT_ZIP_MAX_FILES", "4")
+    with pytest.raises(DatasetError, match="over the limit of 4 files"):
+        load_dataset(DatasetConfig(name="zip", root=str(archive), val_fraction=0.34))
+    for bad in ("abc", True, 2.5, 0):
+        with pytest.raises(DatasetError, match="max_files"):
+            load_dataset(DatasetConfig(name="zip", root=str(archive), options={"max_files": bad}))
+    monkeypatch.setenv("KT_ZIP_MAX_FILES", "100")
     monkeypatch.setenv("KT_ZIP_MAX_BYTES", "lots")  # read at the next extraction: a new zip
     other = make_zip(tmp_path / "other.zip", {f"{cls}/{i}.png": png_bytes(size=14) for cls in "ab" for i in range(2)})
     from kt_core.errors import SettingsError

@@ -393,15 +393,24 @@ def _zip_limit(req: LoadRequest, option: str, ceiling: int, variable: str) -> in
     value = req.options.get(option)
     if value is None:
         return ceiling
-    try:
-        value = int(value)
-    except (TypeError, ValueError):
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
         raise DatasetError(f"dataset option {option}={value!r} is not a whole number",
-                           f"give a count, at most {ceiling:,}") from None
+                           f"give a count, at most {ceiling:,}")
+    value = int(value)
     if not 0 < value <= ceiling:
         raise DatasetError(f"dataset option {option}={value:,} is outside this server's limit (1 to {ceiling:,})",
                            f"use a smaller zip, or ask the administrator to raise {variable}")
     return value
+
+
+def _check_extracted(dest: Path, max_total_bytes: int, max_files: int) -> None:
+    """An earlier extraction of the same zip, held to today's limits."""
+    files = [p for p in dest.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    if len(files) > max_files or total > max_total_bytes:
+        raise DatasetError(f"the zip's {len(files)} images ({total:,} bytes) are over the limit of {max_files} files "
+                           f"and {max_total_bytes:,} bytes",
+                           "use a smaller zip, or ask the administrator to raise KT_ZIP_MAX_FILES / KT_ZIP_MAX_BYTES")
 
 
 def _load_zip(req: LoadRequest) -> RawData:
@@ -409,17 +418,20 @@ def _load_zip(req: LoadRequest) -> RawData:
     from ..zipsafe import extract_zip
 
     settings = get_settings()
+    # Checked at every load, not only at the first extraction: a zip extracted earlier must
+    # still fit the limits in force now.
+    max_total_bytes = _zip_limit(req, "max_total_bytes", settings.zip_max_bytes, "KT_ZIP_MAX_BYTES")
+    max_files = _zip_limit(req, "max_files", settings.zip_max_files, "KT_ZIP_MAX_FILES")
     path = _require_root(req, ".zip file")
     if not path.is_file():
         raise DatasetError(f"{path} is not a file", "give the .zip of an ImageFolder tree")
     # keyed by content: the same upload is extracted once, a changed one never reuses old files
     dest = req.cache_dir / "zips" / _sha256(path)[:24]
     warnings = []
-    if not dest.is_dir():
-        report = extract_zip(
-            path, dest,
-            max_total_bytes=_zip_limit(req, "max_total_bytes", settings.zip_max_bytes, "KT_ZIP_MAX_BYTES"),
-            max_files=_zip_limit(req, "max_files", settings.zip_max_files, "KT_ZIP_MAX_FILES"))
+    if dest.is_dir():
+        _check_extracted(dest, max_total_bytes, max_files)
+    else:
+        report = extract_zip(path, dest, max_total_bytes=max_total_bytes, max_files=max_files)
         if report.skipped:
             warnings.append(f"the zip's {report.skipped} non-image files were not extracted"
                             f" ({', '.join(report.skipped_names[:5])}{', ...' if report.skipped > 5 else ''})")
