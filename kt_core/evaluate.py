@@ -215,6 +215,8 @@ def _legacy_built_from(cfg, arch: str | None) -> str:
     code is in the file: use the file while it is there, the architecture once it is gone."""
     if not arch:
         return "source"
+    if cfg.plan.preset == "scratch":  # a from-scratch baseline is its architecture, whatever the source
+        return "arch"
     if cfg.source.kind == "file" and Path(cfg.source.path or "").expanduser().is_file():
         return "source"
     return "arch"
