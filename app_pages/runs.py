@@ -26,7 +26,8 @@ overlay = st.multiselect("Overlay the curves of", ids, format_func=labels.get, k
 if overlay:
     with guard("Drawing the curves"):
         names = dict(zip(table["id"], table["name"]))
-        live_curves([(names.get(r) or r, r) for r in overlay], key="runs_overlay_chart", show_progress=False)
+        live_curves(list(zip(run_view.curve_labels(overlay, names), overlay)), key="runs_overlay_chart",
+                    show_progress=False)
 if len(overlay) > 1:
     with guard("Comparing the runs"):
         st.markdown("**What sets them apart**: results, and the config values that differ")

@@ -39,6 +39,15 @@ def test_selected_runs_are_overlaid_on_one_chart():
     assert list(table.loc["name"]) == ["a", "b"] and "source.arch" not in table.index
 
 
+def test_overlaid_runs_of_the_same_name_keep_apart_in_the_legend():
+    a, b = make_run("again", acc=(0.6, 0.7, 0.8)), make_run("again", acc=(0.2, 0.3, 0.4))
+    at = app_at("runs")
+    at.multiselect(key="runs_overlay").set_value([a, b]).run()
+    no_exceptions(at)
+    names = {t["name"] for t in chart_traces(at)}
+    assert {f"again · {a} · val acc", f"again · {b} · val acc"} <= names
+
+
 def test_the_watched_run_of_the_url_is_preselected():
     a = make_run("a")
     make_run("b")

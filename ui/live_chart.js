@@ -80,14 +80,7 @@ function legend(root, traces) {
   }));
 }
 
-export default function ({ data, parentElement }) {
-  let root = parentElement.querySelector(".kt-live");
-  if (!root) {
-    root = document.createElement("div");
-    root.className = "kt-live";
-    root.innerHTML = '<div class="title"></div><canvas></canvas><div class="legend"></div>';
-    parentElement.appendChild(root);
-  }
+function draw(root, data) {
   const traces = data.traces || [];
   // What the page shows, for tests and for anyone reading the DOM: points per trace.
   root.dataset.points = JSON.stringify(Object.fromEntries(traces.map((t) => [t.name, t.x.length])));
@@ -112,4 +105,21 @@ export default function ({ data, parentElement }) {
   drawPanel(ctx, left, "Loss", traces.filter((t) => t.panel === 0), xMax, false);
   drawPanel(ctx, right, "Accuracy", traces.filter((t) => t.panel === 1), xMax, true);
   legend(root.querySelector(".legend"), traces);
+}
+
+export default function ({ data, parentElement }) {
+  let root = parentElement.querySelector(".kt-live");
+  if (!root) {
+    root = document.createElement("div");
+    root.className = "kt-live";
+    root.innerHTML = '<div class="title"></div><canvas></canvas><div class="legend"></div>';
+    parentElement.appendChild(root);
+    // A narrower or wider page (window, sidebar) redraws the last data at once, not at the next poll.
+    let lastWidth = 0;
+    new ResizeObserver(() => {
+      if (root.clientWidth !== lastWidth && root.kt_data) { lastWidth = root.clientWidth; draw(root, root.kt_data); }
+    }).observe(root);
+  }
+  root.kt_data = data;
+  draw(root, data);
 }

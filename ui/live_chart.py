@@ -20,7 +20,7 @@ CSS = """
 .kt-live { font: 13px sans-serif; color: #374151; }
 .kt-live .title { font-weight: 600; margin-bottom: 4px; }
 .kt-live .title:empty { display: none; }
-.kt-live canvas { display: block; }
+.kt-live canvas { display: block; max-width: 100%; }
 .kt-live .legend { display: flex; flex-wrap: wrap; gap: 2px 16px; margin-top: 4px; }
 .kt-live .legend i { display: inline-block; width: 22px; margin: 0 6px 3px 0; vertical-align: middle; }
 """

@@ -31,6 +31,13 @@ def labels(table: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def curve_labels(run_ids: list[str], names: dict[str, str]) -> list[str]:
+    """A short legend label per run: its name, with its id where two overlaid runs share a name
+    (a re-run config), so their lines never merge into one legend entry."""
+    short = [names.get(r) or r for r in run_ids]
+    return [f"{s} · {r}" if short.count(s) > 1 else s for s, r in zip(short, run_ids)]
+
+
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 RESULT_ROWS = ("state", "best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "images_per_s",
                "trainable_params")
