@@ -42,8 +42,8 @@ def missing_prerequisite() -> str | None:
     return None
 
 
-def _process_table() -> dict[int, tuple[str, float]]:
-    """pid -> (command name, CPU seconds so far), from /proc (Linux)."""
+def _process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds so far), from /proc (Linux)."""
     ticks = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in Path("/proc").iterdir():
@@ -55,20 +55,26 @@ def _process_table() -> dict[int, tuple[str, float]]:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        table[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+        table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
     return table
 
 
 def cpu_seconds_by_group(streamlit_pid: int) -> dict[str, float]:
-    """CPU time so far of the dashboard server process and of the browser's processes.
+    """CPU time so far of the dashboard server process and of the browser we drive.
 
     What B4 costs is CPU taken from the worker; these two numbers say who takes it. The server's
-    children are not counted: they are the training workers that its Start button launched.
+    children are not counted: they are the training workers that its Start button launched. The
+    browser is the Chromium processes under this process (Playwright's), not any on the machine.
     """
     table = _process_table()
-    browser = [cpu for pid, (name, cpu) in table.items()
-               if pid != streamlit_pid and ("chrom" in name.lower() or "headless" in name.lower())]
-    return {"dashboard": table.get(streamlit_pid, ("", 0.0))[1], "browser": sum(browser)}
+    ours, frontier = set(), [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _, _) in table.items() if ppid == parent and pid not in ours]
+        ours.update(children)
+        frontier.extend(children)
+    browser = [table[pid][2] for pid in ours if "chrom" in table[pid][1].lower() or "headless" in table[pid][1].lower()]
+    return {"dashboard": table.get(streamlit_pid, (0, "", 0.0))[2], "browser": sum(browser)}
 
 
 def ui_config(ctx: Context) -> RunConfig:
@@ -188,13 +194,18 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
                 run_id = start_from_page(page, runs_dir)
                 same_run(cfg, runs.load_config(runs_dir / run_id))
                 page.wait_for_selector(".kt-live", timeout=60_000)  # the live chart is drawn
-                summary = wait_until_done(runs_dir / run_id, timeout)
-                # The page draws the final chart and offers Start again: the next run starts from there.
-                _until(lambda: page.get_by_role("button", name="Start").is_enabled(), 60, "Start to be enabled again")
-                return summary["images_per_s"]
+                return wait_until_done(runs_dir / run_id, timeout)["images_per_s"]
 
-            samples = interleave({"with UI": lambda: measured("with UI", watched_run),
-                                  "no UI": lambda: measured("no UI", headless_run)}, ctx.scale.ui_repeats)
+            def settled() -> None:
+                """The page has drawn the last run's final chart and offers Start again."""
+                _until(lambda: page.get_by_role("button", name="Start").is_enabled(), 60, "Start to be enabled")
+
+            def watched() -> float:
+                settled()  # outside the CPU window: it follows the previous run, not this one
+                return measured("with UI", watched_run)
+
+            samples = interleave({"with UI": watched, "no UI": lambda: measured("no UI", headless_run)},
+                                 ctx.scale.ui_repeats)
         finally:
             browser.close()
     # Runs i of both sides ran back to back: their ratio cancels the host's slow swings (±15% from
