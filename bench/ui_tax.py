@@ -217,7 +217,8 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
         wall = sum(u["wall"] for u in cpu[side])
         return ", ".join(f"{k} {sum(u[k] for u in cpu[side]) / wall:.0%}" for k in ("dashboard", "browser"))
 
-    return ratio, (f"median of {len(samples['no UI'])} back-to-back pairs; with the Train page open {a:.0f} img/s / "
+    pairs = len(samples['no UI'])
+    return ratio, (f"median of {pairs} back-to-back pair{'s' if pairs != 1 else ''}; with the Train page open {a:.0f} img/s / "
                    f"without {b:.0f} img/s (medians, worker's own summary); CPU of a core while watching: {share('with UI')}; "
                    f"while the page sat idle: {share('no UI')}; opening the dashboard, once: "
                    f"{opened['dashboard'] - before['dashboard']:.1f} s server, "
