@@ -95,7 +95,7 @@ SCALES = {
     # tiny: the smoke test's size; checks that every figure runs, its numbers mean little.
     "tiny": Scale("tiny", train_images=96, epochs=1, repeats=1, batch_size=32, launches=1, ui_epochs=2,
                   ui_per_class=20, memory_runs=1),
-    "quick": Scale("quick", train_images=192, epochs=3, repeats=1, launches=1, ui_epochs=2, ui_per_class=50,
+    "quick": Scale("quick", train_images=128, epochs=2, repeats=1, launches=1, ui_epochs=2, ui_per_class=30,
                    memory_runs=1),
     "full": Scale("full", train_images=512, epochs=4, repeats=2, launches=3, ui_epochs=2, ui_per_class=150,
                   ui_repeats=5, memory_runs=2),
@@ -256,8 +256,8 @@ def render_results_md(results: list[Result], facts: dict[str, str], command: str
         "Written by `python -m bench`; every figure is a ratio of two measurements taken in the same\n"
         "run. B1, B3, B7: the two sides take turns epoch by epoch, the figure is the median per-epoch\n"
         "ratio; B2: whole runs interleaved; B4: fresh runs, the median of back-to-back pairs' ratios;\n"
-        "B5-B6: fresh processes, medians. Absolute times on shared machines are noise; the ratios are\n"
-        "the result.\n\n"
+        "B5: fresh processes, medians; B6: fresh processes side by side, medians. Absolute times on\n"
+        "shared machines are noise; the ratios are the result.\n\n"
         f"- command: `{command}`\n- scale: {scale.name} ({scale.train_images} training images, "
         f"{scale.epochs} timed epochs after one warm-up, {scale.repeats} repeats per side, "
         f"batch {scale.batch_size})\n- when: {when}, {elapsed_s:.0f} s in all\n{fact_lines}\n\n"
