@@ -25,8 +25,8 @@ from kt_core import runs as kt_runs
 from ui import live_chart
 
 ACTIVE_STATES = kt_runs.ACTIVE_STATES
-# Every poll re-sends and re-draws the figure in the browser: 2 s keeps the curves live while
-# the dashboard costs a training run little CPU (bench B4).
+# Every poll re-reads the run folder and re-sends the lines to the live chart: 2 s keeps the
+# curves live while the dashboard costs a training run little CPU (bench B4).
 POLL_SECONDS = 2.0
 MAX_STEP_POINTS = 400  # per run: a long run's per-step trace is thinned, not sent whole each poll
 CHART_HEIGHT = 380

@@ -2,8 +2,7 @@
 
 Why not Plotly while the run trains: every poll re-sent the figure and Plotly re-laid it out in
 the browser, about 0.3 s of CPU per poll in headless Chromium. On the machine that trains (bench
-B4, dashboard and browser beside a 2-thread worker on 2 cores) that cost the run ~10% of its
-images/s. `live_chart.js` keeps one canvas in the page and redraws only the lines when new data
+B4: server, browser and worker on 2 cores) that cost the run ~10% of its images/s. `live_chart.js` keeps one canvas in the page and redraws only the lines when new data
 comes. When the run ends the page draws the interactive Plotly figure (zoom, hover, legend
 toggles) from the same `curves.traces`.
 """
