@@ -98,7 +98,7 @@ SCALES = {
     "tiny": Scale("tiny", train_images=96, epochs=1, repeats=1, batch_size=32, launches=1, cold_launches=0,
                   ui_epochs=2, ui_per_class=20, memory_runs=1, memory_per_class=10),
     "quick": Scale("quick", train_images=128, epochs=2, repeats=1, launches=1, cold_launches=0,
-                   ui_epochs=2, ui_per_class=25, memory_runs=1, memory_per_class=20),
+                   ui_epochs=1, ui_per_class=40, memory_runs=1, memory_per_class=20),
     "full": Scale("full", train_images=512, epochs=4, repeats=2, launches=3, cold_launches=3,
                   ui_epochs=2, ui_per_class=150, ui_repeats=5, memory_runs=2),
 }
