@@ -97,15 +97,14 @@ def wait_until_done(run_path: Path, timeout: float) -> dict:
     """The run's summary once the worker has finished; a failed run is an error, not a number."""
     from kt_core import runs
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended() -> dict | None:
         status = runs.read_status(run_path)
-        if status.get("state") in FINAL_STATES:
-            if status["state"] != "completed":
-                raise RuntimeError(f"run {run_path.name} ended {status['state']}: {status.get('error')}")
-            return json.loads((run_path / "summary.json").read_text())
-        time.sleep(0.2)
-    raise RuntimeError(f"run {run_path.name} did not finish within {timeout:.0f} s")
+        return status if status["state"] in FINAL_STATES else None
+
+    status = _until(ended, timeout, f"run {run_path.name} to finish")
+    if status["state"] != "completed":
+        raise RuntimeError(f"run {run_path.name} ended {status['state']}: {status.get('error')}")
+    return json.loads((run_path / "summary.json").read_text())
 
 
 def open_train_page(page, url: str, template_run: str) -> None:

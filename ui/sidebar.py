@@ -10,11 +10,6 @@ from ui.errors import guard
 from ui.system import best_device
 
 
-def active_runs() -> list[dict]:
-    """Queued and running runs, newest first, as plain dicts (id, name, state, ...)."""
-    return kt_runs.active_runs()
-
-
 @st.cache_resource
 def _keep_a_worker_warm() -> bool:
     """Once per server: a worker process started ahead of time, so Start shows a loss at once."""
@@ -28,7 +23,7 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption(f"Device: **{best_device()}**")
         with guard("Reading the runs folder"):
-            active = active_runs()
+            active = kt_runs.active_runs()
             st.markdown(f"**Active runs** ({len(active)})")
             if not active:
                 st.caption("None. Start one on the Train page, or the demo on Home.")
