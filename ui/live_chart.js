@@ -58,7 +58,8 @@ function drawPanel(ctx, box, title, traces, xMax, percent) {
     ctx.beginPath();
     t.x.forEach((x, i) => (i ? ctx.lineTo(X(x), Y(t.y[i])) : ctx.moveTo(X(x), Y(t.y[i]))));
     ctx.stroke();
-    if (t.markers && t.x.length <= 60) {  // past that, dots hide the line
+    // A lone point (the first step of a run) is no line at all: mark it, so it is seen at once.
+    if ((t.markers && t.x.length <= 60) || t.x.length === 1) {  // past 60, dots hide the line
       t.x.forEach((x, i) => { ctx.beginPath(); ctx.arc(X(x), Y(t.y[i]), 3, 0, 2 * Math.PI); ctx.fill(); });
     }
   }
