@@ -14,6 +14,7 @@ with `pickletools`, which parses without executing anything. Only `trust=True` l
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pickle
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from .adapt import adapt_input_conv
 from .errors import CheckpointError, UnsafeCheckpointError
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ def read_checkpoint(source: str | os.PathLike | BinaryIO | bytes, trust: bool = 
         raise CheckpointError(f"{name} {what}",
                               "choose a .pt/.pth/.bin/.ckpt/.safetensors file saved with torch.save or safetensors")
     obj = _torch_load(name, data, path, trust)
-    return _interpret(obj, name)
+    return interpret(obj, name)
 
 
 def _open(source: Any) -> tuple[str, bytes | None, Path | None]:
@@ -174,7 +176,7 @@ def _is_safetensors(head: bytes, name: str) -> bool:
 
 
 def _read_safetensors(name: str, data: bytes | None, path: Path | None) -> RawCheckpoint:
-    import safetensors.torch
+    import safetensors.torch  # here, not at the top: only .safetensors files need it
 
     try:
         sd = safetensors.torch.load(data) if data is not None else safetensors.torch.load_file(str(path), device="cpu")
@@ -187,8 +189,6 @@ def _read_safetensors(name: str, data: bytes | None, path: Path | None) -> RawCh
 
 
 def _safetensors_metadata(data: bytes | None, path: Path | None) -> dict[str, Any]:
-    import json
-
     if data is None:
         with open(path, "rb") as f:
             header = f.read(struct.unpack("<Q", f.read(8))[0])
@@ -327,7 +327,9 @@ def _is_state_dict(obj: Any) -> bool:
         sum(isinstance(v, torch.Tensor) for v in obj.values()) >= max(1, len(obj) // 2)
 
 
-def _interpret(obj: Any, name: str) -> RawCheckpoint:
+def interpret(obj: Any, name: str) -> RawCheckpoint:
+    """What a loaded checkpoint object holds: its weights (cleaned), format and metadata. A KT Studio
+    run's checkpoint (`rundir.load_checkpoint`) is format `kt_run`."""
     if isinstance(obj, nn.Module):
         sd, fixes = clean_state_dict(obj.state_dict())
         return RawCheckpoint("pickled_module", sd, module=obj, name=name, fixes=fixes,
@@ -444,8 +446,6 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], spec: Any = None) -
     channel count is adapted (sum or repeat-and-scale). A key prefix that only the file has is
     stripped when that makes keys match.
     """
-    from .models import adapt_input_conv
-
     report = LoadReport()
     target = model.state_dict()
     sd = _align_prefix(sd, target, report)

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .adapt import adapt_input_conv
+from .checkpoints import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, KTError
 from .registry import Registry
 
@@ -264,7 +266,7 @@ _TORCHVISION_LAYOUT: dict[str, tuple[str, str, str | None]] = {
 
 
 def _torchvision_builder(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # here, not at the top: torchvision's model zoo costs ~1.5 s to import
 
     with warnings.catch_warnings():  # init-scheme FutureWarnings are not the user's concern
         warnings.simplefilter("ignore", FutureWarning)
@@ -276,7 +278,7 @@ def _torchvision_builder(name: str, num_classes: int, in_channels: int) -> nn.Mo
 
 
 def _register_torchvision() -> None:
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # here, not at the top: torchvision's model zoo costs ~1.5 s to import
 
     for name in tvm.list_models(module=tvm):
         module = tvm.get_model_builder(name).__module__.rsplit(".", 1)[-1]
@@ -355,22 +357,6 @@ def replace_head(model: nn.Module, spec: ArchSpec, num_classes: int) -> bool:
     return True
 
 
-def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """First-conv weights for `in_channels` inputs from weights trained on another channel count.
-
-    To one channel: sum over the input channels, so a grey image gives the response the colour
-    model gave to the same grey image in colour. From fewer channels: repeat them and scale by
-    old/new, which keeps the activations' magnitude (the idea of timm's adapt_input_conv).
-    """
-    old = weight.shape[1]
-    if old == in_channels:
-        return weight
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeats = -(-in_channels // old)  # ceil
-    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (old / in_channels)
-
-
 def _swap_first_conv(model: nn.Module, name: str, in_channels: int) -> bool:
     conv = model.get_submodule(name)
     if not isinstance(conv, nn.Conv2d):
@@ -407,7 +393,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def torchvision_weights_path(spec: ArchSpec, weights: str) -> tuple[Path, str]:
     """Where torch's hub cache keeps `weights` of `spec`, and the URL they come from."""
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # here, not at the top: torchvision's model zoo costs ~1.5 s to import
 
     if not spec.weights:
         raise KTError(f"{spec.name} has no named weights", "use weights=None (random initialisation) or load a checkpoint file")
@@ -421,7 +407,7 @@ def weights_preprocessing(spec: ArchSpec, weights: str | None) -> tuple[tuple[in
     """The input size and mean/std that `weights` of `spec` expect (the spec's defaults if None)."""
     if not weights or not spec.weights:
         return spec.input_size, spec.normalization
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # here, not at the top: torchvision's model zoo costs ~1.5 s to import
 
     torchvision_weights_path(spec, weights)  # validates the name
     transform = getattr(tvm.get_model_weights(spec.name)[weights].transforms, "keywords", {})
@@ -433,8 +419,6 @@ def weights_preprocessing(spec: ArchSpec, weights: str | None) -> tuple[tuple[in
 
 def torchvision_state_dict(spec: ArchSpec, weights: str) -> dict[str, torch.Tensor]:
     """The state_dict of torchvision `weights`: from the hub cache, else downloaded there."""
-    from .checkpoints import clean_state_dict, read_checkpoint
-
     path, url = torchvision_weights_path(spec, weights)
     if not path.is_file():
         log.info("downloading %s weights %s to %s", spec.name, weights, path)

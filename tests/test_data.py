@@ -338,7 +338,7 @@ def test_normalization_modes():
 
 
 def test_normalization_adapts_to_odd_channel_counts_as_the_first_conv_does():
-    """One rule for data and sources (models.adapt_input_conv's): channel i takes source channel
+    """One rule for data and sources (adapt.adapt_input_conv's): channel i takes source channel
     i mod n, one channel takes the average."""
     from kt_core.datasets.transforms import adapt_normalization
     from kt_core.models import IMAGENET_NORMALIZATION as IMAGENET

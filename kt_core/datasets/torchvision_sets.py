@@ -111,7 +111,7 @@ def _as_raw_split(ds, spec: TorchvisionSet) -> RawSplit:
 
 def _loader(name: str, spec: TorchvisionSet):
     def load(req: LoadRequest) -> RawData:
-        import torchvision.datasets
+        import torchvision.datasets  # here, not at the top: torchvision costs ~1.5 s to import
 
         root = _root(req.root)
         cls = getattr(torchvision.datasets, spec.cls)

@@ -139,7 +139,7 @@ def fit_pil(img: Image.Image, geometry: Geometry) -> torch.Tensor:
 # --- normalisation ---------------------------------------------------------------------------
 
 def adapt_normalization(norm: Normalization | None, channels: int) -> Normalization | None:
-    """Give `norm` one mean/std per channel, the way `models.adapt_input_conv` adapts a first conv:
+    """Give `norm` one mean/std per channel, the way `adapt.adapt_input_conv` adapts a first conv:
     for one channel the values average (the adapted conv sums the colour channels of a grey
     image); for more, channel i takes the values of source channel i mod n (the adapted conv
     repeats the source's filters so): a grayscale source's stats repeat for RGB data, and an odd
