@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from kt_core import runs as kt_runs
+from kt_core import runs
 from ui import state
 from ui.curves import live_curves, run_progress
 from ui.errors import guard, show_error
@@ -59,7 +59,7 @@ st.dataframe([{"what": k, "value": v} for k, v in facts().items()], hide_index=T
 
 st.subheader("Active runs")
 with guard("Reading the runs folder"):
-    active = kt_runs.active_runs()
+    active = runs.active_runs()
     if active:
         st.dataframe(active, hide_index=True)
     else:

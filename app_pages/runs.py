@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from kt_core import runs as kt_runs
+from kt_core import launcher, rundir, runs
 from ui import run_view, state
 from ui.curves import ACTIVE_STATES, forget, live_curves
 from ui.errors import guard
 
 st.title("Runs")
 with guard("Reading the runs folder") as listing:
-    table = kt_runs.list_runs()
+    table = runs.list_runs()
 if not listing.ok:
     st.stop()
 if table is None or not len(table):
@@ -37,7 +37,7 @@ st.divider()
 run_id = st.selectbox("One run in depth", ids, format_func=labels.get, key="runs_one",
                       index=ids.index(watched) if watched in ids else 0)
 with guard("Reading the run") as reading:
-    status = kt_runs.read_status(run_id)
+    status = rundir.read_status(run_id)
 if not reading.ok:
     st.stop()
 run_state = status.get("state")
@@ -49,26 +49,26 @@ c1, c2, c3, c4, c5 = st.columns([1, 1, 1.4, 1, 2.6])
 if c1.button("Stop", key="runs_stop", disabled=run_state not in ACTIVE_STATES, icon=":material/stop:"):
     with guard("Stopping"):
         with st.spinner("Stopping: the run finishes its batch and saves a checkpoint..."):
-            kt_runs.stop(run_id, timeout=10)
+            launcher.stop(run_id, timeout=10)
         st.rerun()
 if c2.button("Resume", key="runs_resume", disabled=run_state in ACTIVE_STATES or run_state == "completed",
              icon=":material/play_arrow:"):
     with guard("Resuming"):
-        kt_runs.resume(run_id)
+        launcher.resume(run_id)
         forget(run_id)
         state.watch_run(run_id)
         st.switch_page("app_pages/train.py", query_params={"run": run_id})
 if c3.button("Edit and re-run", key="runs_edit", icon=":material/edit:",
              help="Loads this run's source, dataset, layers and training choices into the pages."):
     with guard("Loading the run's config"):
-        state.load_run_config(kt_runs.load_config(run_id))
+        state.load_run_config(rundir.load_config(run_id))
         state.watch_run(None)
         st.switch_page("app_pages/train.py")
 confirm = c5.checkbox("Yes, delete this run folder", key="runs_delete_confirm")
 if c4.button("Delete", key="runs_delete", disabled=not confirm or run_state in ACTIVE_STATES,
              icon=":material/delete:"):
     with guard("Deleting"):
-        kt_runs.delete(run_id)
+        launcher.delete(run_id)
         forget(run_id)
         if watched == run_id:
             state.watch_run(None)

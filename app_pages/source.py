@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from kt_core import runs as kt_runs
+from kt_core import launcher, runs
 from kt_core.config import RunConfig, SourceConfig, TrainConfig, TransferPlan
 from kt_core.settings import get_settings
 from ui import source_view, state
@@ -49,7 +49,7 @@ elif kind == "file":
         cfg = SourceConfig(kind="file", path=path, trust=trust, arch=None if arch.startswith("(") else arch)
 elif kind == "run":
     with guard("Listing runs"):
-        table = kt_runs.list_runs()
+        table = runs.list_runs()
         done = [] if table is None or not len(table) else table[table["state"] == "completed"]["id"].tolist()
         if not done:
             st.info("No completed run yet. Train one below (\"Train a source model first\") or on the Train page.")
@@ -75,7 +75,7 @@ else:
                 run_cfg = RunConfig(name=f"source: {arch} on {ds}", source=SourceConfig(kind="arch", arch=arch),
                                     dataset=DatasetConfig(name=ds), plan=TransferPlan(preset="scratch"),
                                     train=TrainConfig(epochs=epochs)).validate()
-                rid = kt_runs.launch(run_cfg)
+                rid = launcher.launch(run_cfg)
                 state.remember("source_training", rid)
                 state.set_source(SourceConfig(kind="run", path=rid))
             except Exception as exc:

@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from kt_core import runs as kt_runs
+from kt_core import launcher, rundir
 from kt_core.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from ui import state
 from ui.curves import ACTIVE_STATES, live_curves
@@ -64,7 +64,7 @@ run_id, baseline_id = state.current_run(), state.current_baseline()
 status = {}
 if run_id:
     with guard("Reading the watched run"):
-        status = kt_runs.read_status(run_id)
+        status = rundir.read_status(run_id)
 running = status.get("state") in ACTIVE_STATES
 
 b1, b2, _ = st.columns([1, 1, 4])
@@ -72,9 +72,9 @@ if b1.button("Start", type="primary", key="train_start", disabled=running, icon=
     try:
         cfg = state.run_config(name)
         if baseline:
-            run_id, baseline_id = kt_runs.launch_with_baseline(cfg)
+            run_id, baseline_id = launcher.launch_with_baseline(cfg)
         else:
-            run_id, baseline_id = kt_runs.launch(cfg), None
+            run_id, baseline_id = launcher.launch(cfg), None
         state.watch_run(run_id, baseline_id)
         st.rerun()
     except Exception as exc:  # a bad config or a failed launch: say so, keep the page
@@ -83,8 +83,8 @@ if b2.button("Stop", key="train_stop", disabled=not running, icon=":material/sto
     with guard("Stopping"):
         with st.spinner("Stopping: the run finishes its batch and saves a checkpoint..."):
             for rid in filter(None, (run_id, baseline_id)):
-                if kt_runs.is_active(rid):
-                    kt_runs.stop(rid, timeout=10)
+                if rundir.is_active(rid):
+                    launcher.stop(rid, timeout=10)
         st.rerun()
 
 if not run_id:
@@ -99,9 +99,9 @@ st.subheader(f"Run {run_id}")
 
 
 def log_tail() -> None:
-    failed = kt_runs.read_status(run_id).get("state") in ("failed", "interrupted")
+    failed = rundir.read_status(run_id).get("state") in ("failed", "interrupted")
     with st.expander("Log (last lines)", expanded=failed):
-        lines = kt_runs.tail(kt_runs.run_dir(run_id) / "log.txt", 20)
+        lines = rundir.log_tail(run_id, 20)
         st.code("\n".join(lines) or "(empty)", language="text")
 
 
@@ -113,5 +113,5 @@ with guard("Drawing the curves"):
 
 with st.expander("Config and the command that reproduces this run"):
     with guard():
-        st.code(kt_runs.reproduce_command(run_id), language="bash")
-        st.json(json.loads((kt_runs.run_dir(run_id) / "config.json").read_text()), expanded=False)
+        st.code(rundir.reproduce_command(run_id), language="bash")
+        st.json(json.loads(rundir.config_text(run_id)), expanded=False)

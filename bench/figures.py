@@ -244,9 +244,9 @@ def demo_config() -> RunConfig:
 
 def wait_for_first_metric(run_path: Path, timeout: float) -> float:
     """The moment `metrics.jsonl` holds one complete line (polled every 5 ms); a dead worker raises."""
-    from kt_core import runs
+    from kt_core import rundir
 
-    metrics = run_path / "metrics.jsonl"
+    metrics = rundir.metrics_path(run_path)
     deadline = time.perf_counter() + timeout
     polls = 0
     while time.perf_counter() < deadline:
@@ -257,7 +257,7 @@ def wait_for_first_metric(run_path: Path, timeout: float) -> float:
             pass
         polls += 1
         if polls % 40 == 0:  # every ~0.2 s: a worker that failed will never write the row
-            status = runs.read_status(run_path)
+            status = rundir.read_status(run_path)
             if status.get("state") in ("failed", "interrupted", "stopped", "completed"):
                 raise RuntimeError(f"run {run_path.name} ended {status['state']} before its first metric row: "
                                    f"{status.get('error')}")
@@ -268,28 +268,28 @@ def wait_for_first_metric(run_path: Path, timeout: float) -> float:
 @FIGURES.register("B5", title="start latency: Start to the first metric row (the demo's first run, CPU, the dashboard's warm worker)",
                   target=Target("<=", 3.0, "s"))
 def start_latency(ctx: Context) -> tuple[float, str]:
-    from kt_core import runs
+    from kt_core import launcher
 
     cfg = demo_config()
     runs_dir = ctx.workdir / "b5_runs"
 
     def launch_to_first_row() -> float:
         start = time.perf_counter()
-        run_id = runs.launch(cfg, runs_dir=runs_dir)
+        run_id = launcher.launch(cfg, runs_dir=runs_dir)
         latency = wait_for_first_metric(runs_dir / run_id, timeout=60) - start
-        runs.stop(runs_dir / run_id, timeout=30)  # the rest of the run is not part of the figure
+        launcher.stop(runs_dir / run_id, timeout=30)  # the rest of the run is not part of the figure
         return latency
 
     cold = [launch_to_first_row() for _ in range(ctx.scale.cold_launches)]
     # The dashboard keeps one worker started ahead of time (KT_WARM_WORKER): that is what Start costs.
-    runs.keep_worker_warm(True)
+    launcher.keep_worker_warm(True)
     try:
         warm = []
         for _ in range(ctx.scale.launches):
-            wait_until_idle(runs._standby._proc.pid)  # a user's moment between opening the page and Start
+            wait_until_idle(launcher._standby._proc.pid)  # a user's moment between opening the page and Start
             warm.append(launch_to_first_row())
     finally:
-        runs.keep_worker_warm(False)
+        launcher.keep_worker_warm(False)
     shown = ", ".join(f"{t:.2f}" for t in warm)
     return median(warm), (f"median of {len(warm)} launches ({shown} s) with the dashboard's warm worker; "
                           f"a cold worker (CLI, KT_WARM_WORKER=0): "

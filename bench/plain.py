@@ -109,10 +109,10 @@ def split_sequential(model: nn.Module, frozen_children: int, probe: torch.Tensor
 # --- the reference side of B6: a fresh process that trains a run config with the plain loop ---
 
 def _train_config(path: str) -> int:
-    """Build model and data exactly as a run does (`kt_core.runs.prepare`), then train plainly."""
+    """Build model and data exactly as a run does (`kt_core.assemble.prepare`), then train plainly."""
     from kt_core.config import RunConfig
     from kt_core.engine import resolve_device
-    from kt_core.runs import prepare
+    from kt_core.assemble import prepare
 
     cfg = RunConfig.from_file(path)
     t = cfg.train

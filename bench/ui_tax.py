@@ -3,7 +3,7 @@
 The UI side is what a user does: the dashboard is open in a browser (headless Chromium, Train
 page) and the run starts with its **Start** button, so the page polls the run folder and redraws
 the curves until the run ends. The other side starts the same config with no dashboard at all
-(`kt_core.runs.launch`, as the CLI does). Both sides read the worker's own images/s from
+(`kt_core.launcher.launch`, as the CLI does). Both sides read the worker's own images/s from
 `summary.json`, and the config the dashboard launched is checked to be the same as the CLI's.
 Opening the dashboard (loading the app into the browser, the server's first page) happens once,
 before any timed run, as it does for a user: it is reported beside the figure, not in it.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -95,16 +94,16 @@ def ui_config(ctx: Context) -> RunConfig:
 
 def wait_until_done(run_path: Path, timeout: float) -> dict:
     """The run's summary once the worker has finished; a failed run is an error, not a number."""
-    from kt_core import runs
+    from kt_core import rundir
 
     def ended() -> dict | None:
-        status = runs.read_status(run_path)
+        status = rundir.read_status(run_path)
         return status if status["state"] in FINAL_STATES else None
 
     status = _until(ended, timeout, f"run {run_path.name} to finish")
     if status["state"] != "completed":
         raise RuntimeError(f"run {run_path.name} ended {status['state']}: {status.get('error')}")
-    return json.loads((run_path / "summary.json").read_text())
+    return rundir.read_summary(run_path)
 
 
 def open_train_page(page, url: str, template_run: str) -> None:
@@ -123,11 +122,11 @@ def open_train_page(page, url: str, template_run: str) -> None:
 
 def start_from_page(page, runs_dir: Path) -> str:
     """Press Start on the Train page; the id of the run it launched."""
-    from kt_core import runs
+    from kt_core import rundir
 
-    known = set(runs.run_ids(runs_dir))
+    known = set(rundir.run_ids(runs_dir))
     page.get_by_role("button", name="Start").click()
-    return _until(lambda: next(iter(set(runs.run_ids(runs_dir)) - known), None), 60, "Start to create a run")
+    return _until(lambda: next(iter(set(rundir.run_ids(runs_dir)) - known), None), 60, "Start to create a run")
 
 
 def _until(predicate, timeout: float, what: str):
@@ -157,7 +156,7 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
         raise Skip(reason)
     from playwright.sync_api import sync_playwright
 
-    from kt_core import runs
+    from kt_core import launcher, rundir
     from ui.server import serve
 
     cfg = ui_config(ctx)
@@ -168,7 +167,7 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
     env = {"KT_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": str(ctx.threads), "KT_WARM_WORKER": "0"}
 
     def headless_run() -> float:
-        run_id = runs.launch(cfg, runs_dir=runs_dir)
+        run_id = launcher.launch(cfg, runs_dir=runs_dir)
         return wait_until_done(runs_dir / run_id, timeout)["images_per_s"]
 
     cpu: dict[str, list[dict[str, float]]] = {"with UI": [], "no UI": []}  # per run: CPU s of server, browser
@@ -188,7 +187,7 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
 
             def watched_run() -> float:
                 run_id = start_from_page(page, runs_dir)
-                same_run(cfg, runs.load_config(runs_dir / run_id))
+                same_run(cfg, rundir.load_config(runs_dir / run_id))
                 page.wait_for_selector(".kt-live", timeout=60_000)  # the live chart is drawn
                 return wait_until_done(runs_dir / run_id, timeout)["images_per_s"]
 
@@ -198,7 +197,7 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
 
             # Opened once, before any timed run, on a folder holding the config (never trained: the
             # Runs page has nothing to evaluate in it, which would only lengthen the opening).
-            template = runs.create_run(dataclasses.replace(cfg, name="bench ui tax (template)"), runs_dir)
+            template = rundir.create_run(dataclasses.replace(cfg, name="bench ui tax (template)"), runs_dir)
             before = cpu_seconds_by_group(server.pid)
             open_train_page(page, server.url, template.name)
             after = cpu_seconds_by_group(server.pid)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import runs
+from . import launcher, rundir
 from .config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,15 @@ class DemoHandle:
 def find_source_run(cfg: RunConfig, runs_dir=None) -> str | None:
     """A completed (or still training) run of exactly this source config, newest first."""
     wanted = cfg.to_dict()
-    for run_id in runs.run_ids(runs_dir):  # newest first
-        folder = runs.run_dir(run_id, runs_dir)
+    for run_id in rundir.run_ids(runs_dir):  # newest first
+        folder = rundir.run_dir(run_id, runs_dir)
         try:
-            if runs.load_config(folder).to_dict() != wanted:
+            if rundir.load_config(folder).to_dict() != wanted:
                 continue
         except Exception:  # noqa: BLE001 - a foreign or corrupt folder is simply not a match
             continue
         # read_status already reports a run whose worker died as interrupted
-        if runs.read_status(folder).get("state") in ("completed", *runs.ACTIVE_STATES):
+        if rundir.read_status(folder).get("state") in ("completed", *rundir.ACTIVE_STATES):
             return run_id
     return None
 
@@ -89,12 +89,12 @@ def run_demo(per_class: int = 10, runs_dir=None, device: str = "cpu") -> DemoHan
     source_run = find_source_run(src_cfg, runs_dir)
     reused = source_run is not None
     if source_run is None:
-        source_run = runs.launch(src_cfg, runs_dir)
+        source_run = launcher.launch(src_cfg, runs_dir)
         log.info("demo: training the source model (run %s)", source_run)
     else:
         log.info("demo: reusing source run %s", source_run)
-    cfg = transfer_config(str(runs.run_dir(source_run, runs_dir)), per_class, device)
-    transfer_run, baseline_run = runs.launch_with_baseline(cfg, runs_dir)
+    cfg = transfer_config(str(rundir.run_dir(source_run, runs_dir)), per_class, device)
+    transfer_run, baseline_run = launcher.launch_with_baseline(cfg, runs_dir)
     return DemoHandle(source_run, transfer_run, baseline_run, per_class, reused)
 
 
@@ -102,7 +102,7 @@ def conclusion(handle: DemoHandle, runs_dir=None) -> str | None:
     """The one-line result, from the runs' actual summaries; None until both have finished."""
     accs = []
     for run_id in (handle.transfer_run, handle.baseline_run):
-        summary = runs.read_json(runs.run_dir(run_id, runs_dir) / "summary.json") or {}
+        summary = rundir.read_summary(rundir.run_dir(run_id, runs_dir))
         if summary.get("state") != "completed" or summary.get("final_val_acc") is None:
             return None
         accs.append(summary["final_val_acc"])

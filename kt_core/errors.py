@@ -55,3 +55,7 @@ class RunError(KTError):
 
 class AmbiguousRunError(RunError):
     """A run id prefix that several runs share."""
+
+
+class RunBusyError(RunError):
+    """A run folder whose lock another process holds: its worker, or a launcher starting one."""

@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
+from . import rundir
+from .data import iter_batches, load_dataset
+from .engine import resolve_device
 from .errors import DatasetError, KTError, RunError
+from .sources import load_source, rebuild_model, resolve_run_source
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,6 @@ class EvalResult:
 def _resolve_device(device: torch.device | str | None, model: nn.Module) -> torch.device:
     if device is None:
         return next((p.device for p in model.parameters()), torch.device("cpu"))
-    from .engine import resolve_device  # one place decides what "auto" and "cuda:1" mean
-
     return resolve_device(str(device)) if isinstance(device, str) else device
 
 
@@ -58,8 +60,6 @@ def _resolve_device(device: torch.device | str | None, model: nn.Module) -> torc
 def predict(model: nn.Module, split, device: torch.device | str | None = None,
             batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and labels (N,) of `split`, in the split's order, in eval mode."""
-    from .data import iter_batches
-
     device = _resolve_device(device, model)
     was_training = model.training
     model.eval()
@@ -158,27 +158,22 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     with the input size and normalization the checkpoint recorded, which gives the same splits,
     image size and normalization as training. Falls back to `last` when there is no `best` yet.
     """
-    from . import runs
-    from .worker import load_checkpoint
-
-    run_dir = runs.run_dir(run)
-    cfg = runs.load_config(run_dir)
-    ckpt = runs.run_checkpoint(run_dir, checkpoint)
+    run_dir = rundir.run_dir(run)
+    cfg = rundir.load_config(run_dir)
+    ckpt = rundir.run_checkpoint(run_dir, checkpoint)
     if ckpt.stem != checkpoint:
         log.warning("run %s has no %s checkpoint; using %s", run_dir.name, checkpoint, ckpt.stem)
-    state = load_checkpoint(ckpt)
+    state = rundir.load_checkpoint(ckpt)
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
     if missing:
         raise RunError(f"checkpoint {ckpt} lacks {', '.join(missing)}: it was not written by KT Studio's trainer",
-                       f"train the run again (`{runs.reproduce_command(run_dir)}`)")
+                       f"train the run again (`{rundir.reproduce_command(run_dir)}`)")
     input_size = tuple(int(v) for v in state["input_size"])
     normalization = state.get("normalization")
     class_names = [str(c) for c in state["class_names"]]
     model, arch = _rebuild(cfg, state, run_dir, ckpt)
     data = None
     if with_data:
-        from .data import load_dataset
-
         # The data's own (C, H, W) and normalization give the geometry and normalization that the
         # source's gave in training (see datasets.transforms.resolve_geometry / adapt_normalization).
         data = load_dataset(cfg.dataset, input_size=input_size, normalization=normalization)
@@ -195,8 +190,6 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
 def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path) -> tuple[nn.Module, str | None]:
     """The run's model with the checkpoint's weights: from its registered architecture, or (for
     a model that is its source file's own module) from the source file."""
-    from .sources import rebuild_model
-
     arch = state.get("arch")
     built_from = state.get("built_from") or _legacy_built_from(cfg, arch)
     if built_from == "arch":
@@ -223,15 +216,9 @@ def _legacy_built_from(cfg, arch: str | None) -> str:
 
 
 def _rebuild_from_source(cfg, state: dict, run_dir: Path, ckpt: Path) -> nn.Module:
-    import dataclasses
-
-    from . import runs
-    from .sources import load_source
-
     source_cfg = cfg.source
     try:
-        if source_cfg.kind == "run":
-            source_cfg = dataclasses.replace(source_cfg, path=str(runs.run_dir(source_cfg.path, run_dir.parent)))
+        source_cfg = resolve_run_source(source_cfg, run_dir.parent)
         src = load_source(source_cfg, num_classes=len(state["class_names"]), in_channels=int(state["input_size"][0]))
     except KTError as exc:
         raise RunError(f"run {run_dir.name}'s model runs the code of its source ({source_cfg.path or source_cfg.arch}), "
@@ -268,9 +255,6 @@ def evaluate_run(run: str | os.PathLike | RunModel, split: str = "val", device: 
     result.run, result.checkpoint = loaded.run_dir.name, loaded.checkpoint
     run_dir = loaded.run_dir
     if save:
-        from .runs import write_json_atomic
-
-        (run_dir / "eval").mkdir(exist_ok=True)
-        write_json_atomic(run_dir / "eval" / f"{split}.json", result.to_dict())
+        rundir.write_eval(run_dir, split, result.to_dict())
     log.info("run %s, %s split: accuracy %.4f on %d images", run_dir.name, split, result.accuracy, result.num_samples)
     return result

@@ -10,6 +10,7 @@ and a small `<file>.json` that says how to feed the model (input size, normaliza
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import rundir
 from .errors import KTError
 from .registry import Registry
 
@@ -82,7 +84,7 @@ _register(ExportFormat("state_dict", ".pt", "PyTorch state_dict (torch.load(weig
 # --- safetensors --------------------------------------------------------------------------------
 
 def _save_safetensors(model: nn.Module, path: Path, example: torch.Tensor) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # here, not at the top: only this format needs it
 
     # clone: safetensors refuses tensors that share memory (tied weights) or are not contiguous
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -90,7 +92,7 @@ def _save_safetensors(model: nn.Module, path: Path, example: torch.Tensor) -> No
 
 
 def _load_safetensors(path: Path, model_factory) -> Predictor:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # here, not at the top: only this format needs it
 
     return _weights_predictor(load_file(str(path)), model_factory)
 
@@ -150,7 +152,7 @@ def _save_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
 
 def _load_onnx(path: Path, model_factory) -> Predictor:
     _require("onnxruntime", "running an ONNX model")
-    import onnxruntime as ort
+    import onnxruntime as ort  # here, not at the top: an optional dependency (requirements-dev)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -199,8 +201,6 @@ def export_model(model: nn.Module, fmt: str, path: str | os.PathLike, example_in
 
 
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
-    import copy
-
     clone = copy.deepcopy(model).cpu().eval()
     for p in clone.parameters():
         p.requires_grad_(False)
@@ -240,16 +240,16 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
     dataset is loaded. With `verify`, the file is read back with its format's loader and must
     predict what the model predicts.
     """
-    from .evaluate import load_run
+    from .evaluate import load_run  # here, not at the top: evaluate imports scikit-learn (~1 s)
 
     spec = EXPORTERS.get(fmt)  # an unknown format fails before anything is loaded
     loaded = load_run(run, checkpoint, device="cpu", with_data=False)
-    out = Path(out_dir) if out_dir is not None else loaded.run_dir / "exports"
+    out = Path(out_dir) if out_dir is not None else rundir.exports_dir(loaded.run_dir)
     input_size = tuple(loaded.input_size)
     path = export_model(loaded.model, fmt, out / f"model{spec.suffix}", torch.zeros(2, *input_size))
     if verify:
         verify_export(path, fmt, loaded.model, torch.randn(3, *input_size, generator=torch.Generator().manual_seed(0)))
-    shutil.copyfile(loaded.run_dir / "config.json", out / "config.json")
+    shutil.copyfile(rundir.config_path(loaded.run_dir), out / rundir.CONFIG)
     meta = {
         "format": fmt,
         "file": path.name,

@@ -8,7 +8,7 @@ KT Studio run. Whatever the kind, the result is a `LoadedSource` in the source's
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +17,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoints import LoadReport, RawCheckpoint, load_into, read_checkpoint
+from . import rundir
+from .checkpoints import LoadReport, RawCheckpoint, interpret, load_into, read_checkpoint
 from .config import SourceConfig
 from .datasets.transforms import adapt_normalization
-from .errors import CheckpointError, KTError, PathNotAllowedError, RunError
-from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, blocks, count_parameters, dry_run,
-                     get_spec, layer_tree, replace_head, torchvision_state_dict, weights_preprocessing)
+from .errors import CheckpointError, KTError, PathNotAllowedError
+from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, architecture_fits, blocks,
+                     count_parameters, dry_run, get_spec, infer_architectures, layer_tree, replace_head,
+                     torchvision_state_dict, weights_preprocessing)
 from .registry import Registry
-from .runs import run_checkpoint, run_dir, runs_root
-from .settings import confine_path, user_path
+from .settings import confine_path
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,12 @@ def _from_file(cfg: SourceConfig, roots=None, pretrained: bool = True) -> Loaded
 @SOURCE_LOADERS.register("run")
 def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedSource:
     folder = run_folder(cfg.path, roots)
-    config = _read_json(folder / "config.json")
+    config = rundir.read_config_json(folder)
     notes = []
-    wanted = run_checkpoint(folder, cfg.checkpoint)
+    wanted = rundir.run_checkpoint(folder, cfg.checkpoint)
     if wanted.stem != cfg.checkpoint:
         notes.append(f"the run has no {cfg.checkpoint}.pt; using {wanted.name}")
-    raw = read_checkpoint(wanted)
+    raw = interpret(rundir.load_checkpoint(wanted), wanted.name)
     arch = raw.arch or (config.get("source") or {}).get("arch")
     dataset = config.get("dataset") or {}
     side = raw.meta.get("input_size") or dataset.get("image_size")
@@ -205,7 +206,7 @@ def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedS
 
 
 def run_folder(run: str, roots: tuple[Path, ...] | None = None, runs_dir: str | Path | None = None) -> Path:
-    """The folder of a source run: anything `runs.run_dir` takes (a folder, a run id, a unique id
+    """The folder of a source run: anything `rundir.run_dir` takes (a folder, a run id, a unique id
     prefix, a run name), looked up in `runs_dir` (default: the settings' runs folder).
 
     With `roots` (the UI) the folder must lie under one of them or under the runs folder itself.
@@ -214,8 +215,8 @@ def run_folder(run: str, roots: tuple[Path, ...] | None = None, runs_dir: str | 
     """
     text = str(run)
     if roots is None:
-        return run_dir(text, runs_dir)
-    allowed = roots + (runs_root(runs_dir).resolve(),)
+        return rundir.run_dir(text, runs_dir)
+    allowed = roots + (rundir.runs_root(runs_dir).resolve(),)
     try:
         confine_path(text, allowed)
         inside = True
@@ -223,28 +224,23 @@ def run_folder(run: str, roots: tuple[Path, ...] | None = None, runs_dir: str | 
         inside = False
         if Path(text).is_absolute() or text in (".", "..", "~") or any(sep in text for sep in ("/", "\\")):
             raise  # plainly a path, and not an allowed one: say so
-    return confine_path(run_dir(text, runs_dir, paths=inside), allowed)
+    return confine_path(rundir.run_dir(text, runs_dir, paths=inside), allowed)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path.parent.name} is not a KT Studio run: {path.name} is missing",
-                       "give a run folder (it holds config.json and checkpoints/)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path} cannot be read ({exc})", "the run folder is damaged; pick another run") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} is not a JSON object", "the run folder is damaged; pick another run")
-    return data
+def resolve_run_source(cfg: SourceConfig, runs_dir: str | Path | None = None,
+                       roots: tuple[Path, ...] | None = None) -> SourceConfig:
+    """`cfg` with a run source's id, id prefix or name replaced by its folder (`run_folder`), looked
+    up in `runs_dir`; any other source unchanged. The one resolution of a run given as a source:
+    launch's preflight, prepare, the worker's wait for a source run and evaluation all use it."""
+    if cfg.kind != "run":
+        return cfg
+    return dataclasses.replace(cfg, path=str(run_folder(cfg.path, roots, runs_dir)))
 
 
 def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: bool = True,
                     side: int | None = None, normalization: Any = None) -> LoadedSource:
     """A LoadedSource from what a file held: its module (TorchScript, trusted pickle) or a
     registered architecture (named, or inferred from the keys) with the weights mapped in."""
-    from .models import architecture_fits, infer_architectures
-
     # A named architecture (or the one a KT Studio run recorded) that fits is checked alone; the
     # whole registry (torchvision's included, ~1.5 s to import) is scanned only when it is needed.
     known = arch or (raw.arch if raw.arch and raw.arch in ARCHITECTURES else None)

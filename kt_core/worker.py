@@ -1,14 +1,14 @@
 """The run worker: trains one run folder to the end, writing everything the UI watches.
 
-`python -m kt_core worker RUN_DIR` runs this in its own process (started by `runs.launch`);
+`python -m kt_core worker RUN_DIR` runs this in its own process (started by `launcher.launch`);
 `python -m kt_core train CONFIG` runs it in the foreground. The engine knows nothing of files:
-the callbacks below turn its hooks into the run folder contract (see `runs.py`).
+the callbacks below turn its hooks into the run folder contract (see `rundir.py`). The worker
+holds the run folder's lock for its whole life: it is the folder's only writer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -19,14 +19,20 @@ from pathlib import Path
 
 import torch
 
-from . import runs
+from . import rundir
+from .assemble import Prepared, prepare
 from .config import RunConfig
+from .data import iter_batches
 from .engine import Callback, FitContext, FitResult, evaluate, fit, resolve_device
 from .errors import KTError, RunError
+from .sources import run_folder
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+# The launcher holds the run's lock while it starts us (milliseconds); a worker holds it for
+# hours. Waiting this long tells the two apart.
+LOCK_WAIT_S = 10.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -40,8 +46,8 @@ class StatusWriter:
     """The worker's single writer of status.json; a daemon thread refreshes the heartbeat."""
 
     def __init__(self, folder: Path):
-        self.path = folder / "status.json"
-        self.status = runs.read_json(self.path) or {}
+        self.folder = folder
+        self.status = rundir.read_status_file(folder)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="kt-heartbeat", daemon=True)
@@ -50,7 +56,7 @@ class StatusWriter:
         """Change fields and write status.json now (states, errors: readers must see them)."""
         with self._lock:
             self.status.update(fields, heartbeat=time.time())
-            runs.write_json_atomic(self.path, self.status)
+            rundir.write_status(self.folder, self.status)
 
     def note(self, **fields) -> None:
         """Change fields in memory; the heartbeat writes them within HEARTBEAT_EVERY_S. For progress
@@ -78,18 +84,14 @@ class StatusWriter:
 class MetricsWriter(Callback):
     """Appends each step and epoch row to metrics.jsonl, flushed so a reader sees it at once."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
-
-    def _write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+    def __init__(self, folder: Path):
+        self.file = rundir.MetricsAppender(folder)
 
     def on_step_end(self, ctx: FitContext, row: dict) -> None:
-        self._write(row)
+        self.file.append(row)
 
     def on_epoch_end(self, ctx: FitContext, row: dict) -> None:
-        self._write(row)
+        self.file.append(row)
 
     def close(self) -> None:
         self.file.close()
@@ -115,58 +117,36 @@ class Progress(Callback):
 class StopFlag(Callback):
     """The STOP file (checked after every batch) or a signal ask for a graceful stop."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, folder: Path):
+        self.folder = folder
         self.requested = False
 
     def should_stop(self, ctx: FitContext) -> bool:
-        return self.requested or os.path.exists(self.path)
+        return self.requested or rundir.stop_requested(self.folder)
 
 
 class Checkpointer(Callback):
-    """Writes checkpoints/last.pt and best.pt atomically (temp file + rename)."""
+    """Writes checkpoints/last.pt and best.pt atomically (`rundir.write_checkpoint`)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
         self._written: tuple[dict, Path] | None = None  # the last state saved, and where
 
     def on_checkpoint(self, ctx: FitContext, state: dict, tag: str) -> None:
-        path = self.folder / f"{tag}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)
         # Compared by identity, holding the object: a freed state's id() can come back for the next.
-        if tag == "best" and self._written and self._written[0] is state and self._written[1].is_file():
-            # The same state as the file just written (a best epoch is also the last): a hard
-            # link costs nothing, where a second torch.save of model + optimizer costs an epoch's
-            # worth of time on small runs. The later rename of last.pt leaves best.pt intact.
-            try:
-                os.link(self._written[1], tmp)
-                os.replace(tmp, path)
-                return
-            except OSError:
-                pass  # a filesystem without hard links: write it out
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        # The same state as the file just written (a best epoch is also the last) is hard-linked.
+        same = self._written[1] if tag == "best" and self._written and self._written[0] is state else None
+        path = rundir.write_checkpoint(self.folder, tag, state, same_as=same)
         self._written = (state, path)
 
 
 # --- the worker ----------------------------------------------------------------------------
 
-def load_checkpoint(path: Path) -> dict:
-    """A run checkpoint, loaded safely (weights_only) onto the CPU."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem to the user
-        raise RunError(f"checkpoint {path} cannot be read: {exc}",
-                       "delete it to restart the run from the beginning") from None
-
-
 @contextlib.contextmanager
 def _run_logging(folder: Path):
     """While the worker runs, every log record also goes to the run's log.txt."""
     root = logging.getLogger()
-    handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
+    handler = logging.FileHandler(rundir.log_path(folder), encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     previous = root.level
@@ -209,33 +189,34 @@ def run_worker(run: str | os.PathLike) -> dict:
 
     Returns the final status dict; the state is completed, stopped or failed. Never raises for a
     training problem: it is written to status.json and log.txt for whoever watches the run.
+    Raises `RunBusyError`, writing nothing, when another worker holds the run folder.
     """
-    folder = runs.run_dir(run)
-    with _run_logging(folder):
+    folder = rundir.run_dir(run)
+    with rundir.RunLock(folder).acquire(wait=LOCK_WAIT_S, what="train"), _run_logging(folder):
         status = StatusWriter(folder)
         status.update(state="running", pid=os.getpid(), error=None)
         status.start()
-        stop = StopFlag(folder / "STOP")
+        stop = StopFlag(folder)
         metrics = None
         try:
             with _signals(stop):
-                cfg = runs.load_config(folder)
+                cfg = rundir.load_config(folder)
                 device = resolve_device(cfg.train.device)
                 if not _wait_for_source_run(cfg, folder, status, stop):
                     status.update(state="stopped", error="stopped while waiting for the source run")
-                    return runs.read_status(folder)
+                    return rundir.read_status(folder)
                 resume_state = _resume_state(folder)
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
-                prepared = runs.prepare(cfg, device, runs_dir=folder.parent)
+                prepared = prepare(cfg, device, runs_dir=folder.parent)
                 for warning in (list(prepared.data.warnings) + list(prepared.plan.warnings)
                                 + _bn_warnings(prepared, device)):
                     log.warning("%s", warning)
-                metrics = MetricsWriter(folder / "metrics.jsonl")
-                callbacks = [metrics, Progress(status), stop, Checkpointer(folder / "checkpoints")]
+                metrics = MetricsWriter(folder)
+                callbacks = [metrics, Progress(status), stop, Checkpointer(folder)]
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, callbacks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from})
                 summary = _summary(folder, cfg, result, prepared, device)
-                runs.write_json_atomic(folder / "summary.json", summary)
+                rundir.write_summary(folder, summary)
                 status.update(state=result.state, epoch=result.epochs, step=result.steps)
                 log.info("run %s %s: %s", folder.name, result.state,
                          ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
@@ -256,14 +237,12 @@ def run_worker(run: str | os.PathLike) -> dict:
             status.close()
             if metrics is not None:
                 metrics.close()
-            (folder / "STOP").unlink(missing_ok=True)
-        return runs.read_status(folder)
+            rundir.clear_stop(folder)
+        return rundir.read_status(folder)
 
 
-def _bn_warnings(prepared, device: torch.device) -> list[str]:
+def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:
     """Frozen BatchNorm statistics that do not fit the target data, judged on one batch."""
-    from .data import iter_batches
-
     x, _ = next(iter_batches(prepared.data.train, 256), (None, None))
     if x is None:
         return []
@@ -282,17 +261,17 @@ def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, sto
     if cfg.source.kind != "run":
         return True
     try:
-        source = runs.run_dir(cfg.source.path, folder.parent)
+        source = run_folder(cfg.source.path, runs_dir=folder.parent)
     except KTError:
         return True  # not a run of this folder: load_source gives the precise error
     announced = False
     while True:
-        state = runs.read_status(source)["state"]
+        state = rundir.read_status(source)["state"]
         if state == "completed":
             if announced:
                 status.update(state="running", note=None)
             return True
-        if state not in runs.ACTIVE_STATES:
+        if state not in rundir.ACTIVE_STATES:
             raise RunError(f"source run {source.name} ended as {state}, so there is nothing to transfer",
                            f"resume it (`python -m kt_core resume {source.name}`) or pick another source")
         if not announced:
@@ -306,24 +285,24 @@ def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, sto
 
 def _resume_state(folder: Path) -> dict | None:
     """The last checkpoint, with metrics.jsonl cut back to its step (no gap, no duplicates)."""
-    last = folder / "checkpoints" / "last.pt"
+    last = rundir.checkpoint_path(folder, "last")
     if not last.is_file():
-        runs.truncate_metrics(folder, 0)  # rows of an attempt that never checkpointed
+        rundir.truncate_metrics(folder, 0)  # rows of an attempt that never checkpointed
         return None
-    state = load_checkpoint(last)
-    runs.truncate_metrics(folder, int(state.get("step", 0)))
+    state = rundir.load_checkpoint(last)
+    rundir.truncate_metrics(folder, int(state.get("step", 0)))
     return state
 
 
-def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared, device: torch.device) -> dict:
-    rows, _ = runs.read_metrics(folder)
+def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared, device: torch.device) -> dict:
+    rows, _ = rundir.read_metrics(folder)
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     test_acc = test_loss = None
     data = prepared.data
     if result.state == "completed" and data.test is not None and len(data.test):
-        best = folder / "checkpoints" / "best.pt"
+        best = rundir.checkpoint_path(folder, "best")
         if best.is_file():
-            prepared.model.load_state_dict(load_checkpoint(best)["model"])
+            prepared.model.load_state_dict(rundir.load_checkpoint(best)["model"])
         test_loss, test_acc = evaluate(prepared.model, data.test, device, max(256, cfg.train.batch_size))
     last = epochs[-1] if epochs else {}
     return {

@@ -51,7 +51,7 @@ def _few_threads():
 def finished_run(tmp_path_factory):
     """One tiny completed run (mnist_net on 3 digit classes, 2 epochs), trained in-process once
     for every test that evaluates or exports a real run."""
-    from kt_core import runs
+    from kt_core import rundir
     from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
     from kt_core.worker import run_worker
 
@@ -60,6 +60,6 @@ def finished_run(tmp_path_factory):
                     dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
                     plan=TransferPlan(preset="fine_tune"),
                     train=TrainConfig(epochs=2, batch_size=16, device="cpu"))
-    folder = runs.create_run(cfg, tmp_path_factory.mktemp("runs"))
+    folder = rundir.create_run(cfg, tmp_path_factory.mktemp("runs"))
     assert run_worker(folder)["state"] == "completed"
     return folder

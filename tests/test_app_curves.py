@@ -96,12 +96,12 @@ def test_a_long_run_s_step_trace_is_thinned_but_keeps_its_newest_point():
 def test_rows_are_read_again_from_the_start_after_a_resume_rewrote_the_metrics(monkeypatch):
     import streamlit as st
 
-    from kt_core import runs
+    from kt_core import rundir
     from ui.curves import new_rows
     from tests.test_app_support import make_run
 
     monkeypatch.setattr(st, "session_state", {})
     run_id = make_run("resumed", epochs=3, steps_per_epoch=4)
     assert len(new_rows(run_id)) == 3 * 5
-    runs.truncate_metrics(run_id, 4)  # what resume does: keep rows up to the checkpoint's step
+    rundir.truncate_metrics(run_id, 4)  # what resume does: keep rows up to the checkpoint's step
     assert [r["step"] for r in new_rows(run_id)] == [1, 2, 3, 4, 4]  # 4 step rows + epoch 1's row

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kt_core import runs
+from kt_core import rundir
 from test_app_support import app_at, chart_traces, errors, make_run, no_exceptions
 
 
@@ -63,13 +63,13 @@ def test_delete_needs_a_confirmation_and_removes_the_folder():
     at.checkbox(key="runs_delete_confirm").check().run()
     at.button(key="runs_delete").click().run()
     no_exceptions(at)
-    assert runs.run_ids() == []
+    assert rundir.run_ids() == []
     assert "run" not in at.query_params
 
 
 def test_resume_of_a_corrupt_run_is_an_error_message_not_a_traceback():
     a = make_run("broken", done_epochs=1, state="stopped")
-    (runs.run_dir(a) / "config.json").write_text("{ not json")
+    (rundir.run_dir(a) / "config.json").write_text("{ not json")
     at = app_at("runs", run=a)
     at.button(key="runs_resume").click().run()
     no_exceptions(at)
@@ -95,7 +95,7 @@ def trained_run():
     cfg = RunConfig(name="real", source=SourceConfig(kind="arch", arch="mnist_net"),
                     dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=8, val_fraction=0.2),
                     train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, log_every=1)).validate()
-    folder = runs.create_run(cfg)
+    folder = rundir.create_run(cfg)
     assert run_worker(folder)["state"] == "completed"
     return folder.name
 
@@ -122,7 +122,7 @@ def test_a_trained_run_shows_its_confusion_matrix_mistakes_per_class_metrics_and
         next(o for o in at.selectbox(key="runs_export_format").options if o.startswith("safetensors")))
     at.button(key="runs_export").click().run()
     no_exceptions(at)
-    assert (runs.run_dir(trained_run) / "exports" / "model.safetensors").is_file()
+    assert (rundir.run_dir(trained_run) / "exports" / "model.safetensors").is_file()
     assert any(b.proto.label == "Download model.safetensors" for b in at.get("download_button"))
 
 

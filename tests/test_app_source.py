@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from kt_core import runs
+from kt_core import launcher, rundir
 from test_app_support import app_at, errors, make_run, no_exceptions
 
 
@@ -90,16 +90,16 @@ def test_train_a_source_model_first_launches_a_scratch_run_that_becomes_the_sour
     at.number_input(key="src_train_epochs").set_value(1)
     at.button(key="src_train_start").click().run()
     no_exceptions(at)
-    [run] = runs.run_ids()
+    [run] = rundir.run_ids()
     try:
-        cfg = runs.load_config(run)
+        cfg = rundir.load_config(run)
         assert (cfg.plan.preset, cfg.dataset.name, cfg.source.arch, cfg.train.epochs) == \
             ("scratch", "sklearn_digits", "small_cnn", 1)
         source = at.session_state["kt_source"]
         assert (source.kind, source.path) == ("run", run)
     finally:
-        if runs.is_active(run):
-            runs.stop(run, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
+        if rundir.is_active(run):
+            launcher.stop(run, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
 
 
 def test_the_source_cache_key_follows_the_checkpoint_a_run_source_really_uses():
@@ -107,7 +107,7 @@ def test_the_source_cache_key_follows_the_checkpoint_a_run_source_really_uses():
     from ui.source_view import _stamp
 
     run = make_run("only last")
-    checkpoints = runs.run_dir(run) / "checkpoints"
+    checkpoints = rundir.run_dir(run) / "checkpoints"
     cfg = SourceConfig(kind="run", path=run, checkpoint="best")
     assert _stamp(cfg) == "missing"  # load_source says what is wrong
     (checkpoints / "last.pt").write_bytes(b"epoch 1")

@@ -1,7 +1,7 @@
 """Helpers for the AppTest suites (no tests here): hand-written run folders and app drivers.
 
 Run folders are written exactly as the run folder contract says (DESIGN.md section 3), through
-`kt_core.runs.create_run` for the config and status, so the pages are tested against what a
+`kt_core.rundir.create_run` for the config and status, so the pages are tested against what a
 worker leaves on disk without waiting for real training.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from kt_core import runs
+from kt_core import rundir
 from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -24,7 +24,7 @@ def make_run(name: str = "hand", epochs: int = 3, steps_per_epoch: int = 4, stat
     cfg = RunConfig(name=name, source=SourceConfig(kind="arch", arch="small_cnn"),
                     dataset=DatasetConfig(name="sklearn_digits", per_class=5),
                     train=TrainConfig(epochs=epochs, batch_size=16), baseline_of=baseline_of).validate()
-    folder = runs.create_run(cfg)
+    folder = rundir.create_run(cfg)
     done = epochs if done_epochs is None else done_epochs
     with open(folder / "metrics.jsonl", "a") as f:
         for e in range(done):
@@ -36,10 +36,10 @@ def make_run(name: str = "hand", epochs: int = 3, steps_per_epoch: int = 4, stat
                                 "train_loss": 1.0 / (e + 1), "train_acc": acc[e % len(acc)],
                                 "val_loss": 1.2 / (e + 1), "val_acc": acc[e % len(acc)] - 0.05,
                                 "epoch_s": 0.5, "lr": 1e-3, "time": 0.0}) + "\n")
-    runs.update_status(folder, state=state, epoch=done, step=done * steps_per_epoch,
+    rundir.update_status(folder, state=state, epoch=done, step=done * steps_per_epoch,
                        total_steps=epochs * steps_per_epoch)
     if state == "completed":
-        runs.write_json_atomic(folder / "summary.json", {
+        rundir.write_json_atomic(folder / "summary.json", {
             "state": "completed", "best_val_acc": max(acc) - 0.05, "final_val_acc": acc[(done - 1) % len(acc)] - 0.05,
             "test_acc": None, "epochs": done})
     return folder.name

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kt_core import runs
+from kt_core import launcher, rundir
 from test_app_support import app_at, chart_traces, errors, live_chart, make_run, no_exceptions
 
 
@@ -52,21 +52,21 @@ def test_metric_rows_of_a_run_folder_become_the_chart_traces_with_baseline_overl
 
 def test_a_running_run_is_polled_and_only_new_rows_are_read(monkeypatch):
     run = make_run("live", epochs=3, done_epochs=1, state="running")
-    runs.update_status(run, pid=None)  # keep it "running": fake a live worker for the page
-    monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
+    rundir.update_status(run, pid=None)  # keep it "running": fake a live worker for the page
+    monkeypatch.setattr(rundir, "_worker_alive", lambda status: True)
     at = app_at("train", run=run)
     no_exceptions(at)
     assert not at.get("plotly_chart")  # while it runs: the canvas chart, cheap to redraw at each poll
     chart = live_chart(at)
     assert len(chart["traces"][0]["x"]) == 4 and chart["x_max"] == 3  # the axis spans the planned epochs
     assert at.button(key="train_stop").disabled is False and at.button(key="train_start").disabled is True
-    with open(runs.run_dir(run) / "metrics.jsonl", "a") as f:  # the worker appends a step
+    with open(rundir.run_dir(run) / "metrics.jsonl", "a") as f:  # the worker appends a step
         f.write(json.dumps({"kind": "step", "step": 5, "epoch": 2, "train_loss": 0.3, "images_per_s": 300.0}) + "\n")
     at.run()
     no_exceptions(at)
     assert len(live_chart(at)["traces"][0]["x"]) == 5
     cache = at.session_state["kt_metric_cache"][run]
-    assert cache.offset == (runs.run_dir(run) / "metrics.jsonl").stat().st_size
+    assert cache.offset == (rundir.run_dir(run) / "metrics.jsonl").stat().st_size
 
 
 def test_start_launches_a_worker_and_its_baseline_into_run_folders():
@@ -77,15 +77,15 @@ def test_start_launches_a_worker_and_its_baseline_into_run_folders():
     no_exceptions(at)
     run, base = at.query_params["run"], at.query_params["baseline"]
     try:
-        cfg = runs.load_config(run)
+        cfg = rundir.load_config(run)
         assert cfg.name == "from the ui" and cfg.train.epochs == 1 and cfg.plan.preset == "fine_tune"
-        base_cfg = runs.load_config(base)
+        base_cfg = rundir.load_config(base)
         assert base_cfg.plan.preset == "scratch" and base_cfg.baseline_of == run
-        assert runs.read_status(run)["pid"]
+        assert rundir.read_status(run)["pid"]
     finally:
         for rid in (run, base):
-            if runs.is_active(rid):
-                runs.stop(rid, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
+            if rundir.is_active(rid):
+                launcher.stop(rid, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
 
 
 def test_a_bad_config_is_shown_as_a_message_and_the_page_keeps_working():
@@ -94,13 +94,13 @@ def test_a_bad_config_is_shown_as_a_message_and_the_page_keeps_working():
     at.button(key="train_start").click().run()
     no_exceptions(at)
     assert any("source.path is required" in e for e in errors(at))
-    assert not runs.run_ids()
+    assert not rundir.run_ids()
 
 
 def test_a_failed_run_shows_its_error_and_log_instead_of_polling():
     run = make_run("crashed", done_epochs=1, state="failed")
-    runs.update_status(run, error="loss became NaN at step 4 (lower the learning rate)")
-    with open(runs.run_dir(run) / "log.txt", "a") as f:
+    rundir.update_status(run, error="loss became NaN at step 4 (lower the learning rate)")
+    with open(rundir.run_dir(run) / "log.txt", "a") as f:
         f.write("INFO starting\nERROR loss became NaN at step 4\n")
     at = app_at("train", run=run)
     no_exceptions(at)

@@ -56,11 +56,11 @@ def server(tmp_path_factory):
 
 def _stop_all(runs_dir: Path) -> None:
     """Workers outlive the server by design; the test stops the ones it started."""
-    from kt_core import runs
+    from kt_core import launcher, rundir
 
-    for run_id in runs.run_ids(runs_dir):
-        if runs.is_active(runs_dir / run_id):
-            runs.stop(runs_dir / run_id, timeout=3)
+    for run_id in rundir.run_ids(runs_dir):
+        if rundir.is_active(runs_dir / run_id):
+            launcher.stop(runs_dir / run_id, timeout=3)
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +203,11 @@ def test_the_demo_runs_offline_and_concludes_from_its_results(server, page):
 def test_a_deep_link_as_a_servers_first_request_gets_the_whole_app(tmp_path, page):
     """A bookmarked /train?run=... right after a restart: the navigation table and the sidebar
     are there (a folder named pages/ would make Streamlit serve the bare page instead)."""
-    from kt_core import runs
+    from kt_core import rundir
 
     with streamlit_server(tmp_path) as srv:
         os.environ["KT_RUNS_DIR"] = str(srv["runs"])  # (restored by the autouse fixture)
-        run_id = runs.create_run(_tiny_config(), srv["runs"]).name
+        run_id = rundir.create_run(_tiny_config(), srv["runs"]).name
         page.goto(f"{srv['url']}/train?run={run_id}")
         page.get_by_role("heading", name=f"Run {run_id}").wait_for()
         nav = page.locator('[data-testid="stSidebarNav"]')

@@ -8,19 +8,19 @@ import time
 
 import pytest
 
-from kt_core import demo, runs
+from kt_core import demo, launcher, rundir
 
 
 def completed_source(cfg) -> str:
-    folder = runs.create_run(cfg)
-    runs.update_status(folder, state="completed")
+    folder = rundir.create_run(cfg)
+    rundir.update_status(folder, state="completed")
     return folder.name
 
 
 def test_demo_reuses_a_completed_source_of_the_same_config(monkeypatch):
     launched = []
-    monkeypatch.setattr(runs, "launch", lambda cfg, runs_dir=None: launched.append(cfg) or "new-source")
-    monkeypatch.setattr(runs, "launch_with_baseline", lambda cfg, runs_dir=None: (launched.append(cfg), ("t", "b"))[1])
+    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None: launched.append(cfg) or "new-source")
+    monkeypatch.setattr(launcher, "launch_with_baseline", lambda cfg, runs_dir=None: (launched.append(cfg), ("t", "b"))[1])
 
     cached = completed_source(demo.source_config())
     handle = demo.run_demo(per_class=5)
@@ -33,13 +33,13 @@ def test_demo_reuses_a_completed_source_of_the_same_config(monkeypatch):
 
 def test_demo_trains_a_source_when_none_matches(monkeypatch):
     launched = []
-    monkeypatch.setattr(runs, "launch", lambda cfg, runs_dir=None: launched.append(cfg) or runs.create_run(cfg).name)
-    monkeypatch.setattr(runs, "launch_with_baseline", lambda cfg, runs_dir=None: ("t", "b"))
+    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None: launched.append(cfg) or rundir.create_run(cfg).name)
+    monkeypatch.setattr(launcher, "launch_with_baseline", lambda cfg, runs_dir=None: ("t", "b"))
     other = demo.source_config()
     other.train.epochs = 1  # a different config is not a cache hit
     completed_source(other)
-    failed = runs.create_run(demo.source_config())
-    runs.update_status(failed, state="failed")  # nor is a failed run of the same config
+    failed = rundir.create_run(demo.source_config())
+    rundir.update_status(failed, state="failed")  # nor is a failed run of the same config
     handle = demo.run_demo()
     assert not handle.source_reused
     assert [c.name for c in launched] == [demo.SOURCE_NAME]
@@ -48,32 +48,32 @@ def test_demo_trains_a_source_when_none_matches(monkeypatch):
 def test_conclusion_comes_from_the_runs_summaries():
     ids = []
     for acc in (0.93, 0.81):
-        folder = runs.create_run(demo.transfer_config("src", 10))
+        folder = rundir.create_run(demo.transfer_config("src", 10))
         ids.append(folder.name)
-        runs.write_json_atomic(folder / "summary.json", {"state": "completed", "final_val_acc": acc})
+        rundir.write_json_atomic(folder / "summary.json", {"state": "completed", "final_val_acc": acc})
     handle = demo.DemoHandle("src", ids[0], ids[1], 10, True)
     assert demo.conclusion(handle) == \
         "transfer: 93% vs from scratch: 81% with 10 labelled images per class (transfer wins)"
-    runs.write_json_atomic(runs.run_dir(ids[1]) / "summary.json", {"state": "running"})
+    rundir.write_json_atomic(rundir.run_dir(ids[1]) / "summary.json", {"state": "running"})
     assert demo.conclusion(handle) is None  # no verdict before both have finished
 
 
 @pytest.mark.slow
 def test_a_transfer_run_waits_for_its_source_run_and_fails_if_it_fails():
-    source = runs.create_run(demo.source_config())
+    source = rundir.create_run(demo.source_config())
     # a live "worker" (this test process) with a fresh heartbeat: the source is still training
-    runs.update_status(source, state="running", pid=os.getpid(), heartbeat=time.time())
-    transfer = runs.launch(demo.transfer_config(str(source), 5))
+    rundir.update_status(source, state="running", pid=os.getpid(), heartbeat=time.time())
+    transfer = launcher.launch(demo.transfer_config(str(source), 5))
     deadline = time.time() + 60
-    while runs.read_status(transfer).get("note") is None and time.time() < deadline:
-        runs.update_status(source, heartbeat=time.time())
+    while rundir.read_status(transfer).get("note") is None and time.time() < deadline:
+        rundir.update_status(source, heartbeat=time.time())
         time.sleep(0.3)
-    status = runs.read_status(transfer)
+    status = rundir.read_status(transfer)
     assert status["state"] == "queued" and source.name in status["note"]
-    runs.update_status(source, state="failed", error="boom")
-    while runs.is_active(transfer) and time.time() < deadline:
+    rundir.update_status(source, state="failed", error="boom")
+    while rundir.is_active(transfer) and time.time() < deadline:
         time.sleep(0.3)
-    status = runs.read_status(transfer)
+    status = rundir.read_status(transfer)
     assert status["state"] == "failed"
     assert f"source run {source.name} ended as failed" in status["error"]
 

@@ -119,10 +119,10 @@ def test_cli_eval_errors_are_one_line(finished_run, tmp_path, capsys):
 
 
 def test_a_run_without_checkpoints_cannot_be_evaluated_yet(tmp_path):
-    from kt_core import runs
+    from kt_core import rundir
     from kt_core.config import RunConfig, SourceConfig
 
-    folder = runs.create_run(RunConfig(source=SourceConfig(kind="arch", arch="mnist_net")), tmp_path)
+    folder = rundir.create_run(RunConfig(source=SourceConfig(kind="arch", arch="mnist_net")), tmp_path)
     with pytest.raises(KTError, match="no checkpoint"):
         evaluate_run(folder)
 
@@ -130,24 +130,24 @@ def test_a_run_without_checkpoints_cannot_be_evaluated_yet(tmp_path):
 # --- runs whose source is gone ------------------------------------------------------------------
 
 def trained(source: SourceConfig, classes, runs_dir, name="run", preset="fine_tune"):
-    from kt_core import runs
+    from kt_core import rundir
     from kt_core.worker import run_worker
 
     cfg = RunConfig(name=name, source=source, plan=TransferPlan(preset=preset),
                     dataset=DatasetConfig(name="sklearn_digits", classes=classes, per_class=5),
                     train=TrainConfig(epochs=1, batch_size=16, device="cpu"))
-    folder = runs.create_run(cfg, runs_dir)
+    folder = rundir.create_run(cfg, runs_dir)
     status = run_worker(folder)
     assert status["state"] == "completed", status.get("error")
     return folder
 
 
 def no_rebuild_through_the_source(*args, **kwargs):
-    raise AssertionError("the run's model must be rebuilt from its checkpoint, not through runs.prepare")
+    raise AssertionError("the run's model must be rebuilt from its checkpoint, not through assemble.prepare")
 
 
 def test_a_run_is_evaluated_and_exported_after_its_source_run_is_deleted(tmp_path, monkeypatch):
-    from kt_core import data, runs
+    from kt_core import assemble, data, launcher
     from kt_core.export import export_run
 
     runs_dir = tmp_path / "runs"
@@ -155,8 +155,8 @@ def test_a_run_is_evaluated_and_exported_after_its_source_run_is_deleted(tmp_pat
     source = trained(SourceConfig(kind="arch", arch="mnist_net"), [0, 1, 2], runs_dir, "digits source", "scratch")
     target = trained(SourceConfig(kind="run", path="digits source"), [3, 4], runs_dir)  # by name, as train takes it
     before = evaluate_run(target, save=False)
-    runs.delete(source)
-    monkeypatch.setattr(runs, "prepare", no_rebuild_through_the_source)
+    launcher.delete(source)
+    monkeypatch.setattr(assemble, "prepare", no_rebuild_through_the_source)
     after = evaluate_run(target, save=False)
     assert (after.accuracy, after.loss, after.confusion) == (before.accuracy, before.loss, before.confusion)
     assert after.class_names == ["3", "4"]
@@ -172,7 +172,7 @@ def test_a_run_is_evaluated_and_exported_after_its_source_run_is_deleted(tmp_pat
 
 def test_a_file_source_may_go_unless_the_model_runs_its_code(tmp_path, monkeypatch):
     from kt_core.models import build_model
-    from kt_core.worker import load_checkpoint
+    from kt_core.rundir import load_checkpoint
 
     runs_dir = tmp_path / "runs"
     weights = tmp_path / "net.pt"

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from kt_core import runs
+from kt_core import launcher, procs, rundir, runs
 from kt_core.config import RunConfig, SourceConfig, TrainConfig
 from kt_core.errors import RunError
 
@@ -31,7 +31,7 @@ def write_rows(folder, rows):
 # --- folders and ids ---------------------------------------------------------------------------
 
 def test_create_run_writes_the_contract_files(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
+    folder = rundir.create_run(make_cfg(), tmp_path)
     assert folder.parent == tmp_path
     assert RunConfig.from_file(folder / "config.json") == make_cfg()
     status = json.loads((folder / "status.json").read_text())
@@ -42,69 +42,69 @@ def test_create_run_writes_the_contract_files(tmp_path):
 
 
 def test_run_ids_sort_by_creation_time(tmp_path):
-    first = runs.create_run(make_cfg("b"), tmp_path).name
+    first = rundir.create_run(make_cfg("b"), tmp_path).name
     time.sleep(1.05)
-    second = runs.create_run(make_cfg("a"), tmp_path).name
+    second = rundir.create_run(make_cfg("a"), tmp_path).name
     assert sorted([second, first]) == [first, second]
     assert list(runs.list_runs(tmp_path)["id"]) == [second, first]  # newest first
 
 
 def test_run_dir_accepts_ids_prefixes_paths_and_names(tmp_path, monkeypatch):
     monkeypatch.setenv("KT_RUNS_DIR", str(tmp_path))
-    old = runs.create_run(make_cfg("digits source"), tmp_path)
-    runs.update_status(old, state="completed")
-    new = runs.create_run(make_cfg("digits source"), tmp_path)  # newer but not completed
-    assert runs.run_dir(old.name) == old
-    assert runs.run_dir(str(new)) == new
-    assert runs.run_dir(new.name[:-2]) == new  # unique prefix
-    assert runs.run_dir("digits source") == old  # by name: the newest completed one
+    old = rundir.create_run(make_cfg("digits source"), tmp_path)
+    rundir.update_status(old, state="completed")
+    new = rundir.create_run(make_cfg("digits source"), tmp_path)  # newer but not completed
+    assert rundir.run_dir(old.name) == old
+    assert rundir.run_dir(str(new)) == new
+    assert rundir.run_dir(new.name[:-2]) == new  # unique prefix
+    assert rundir.run_dir("digits source") == old  # by name: the newest completed one
     with pytest.raises(RunError, match="no run 'nope'") as err:
-        runs.run_dir("nope")
+        rundir.run_dir("nope")
     assert "kt_core runs" in err.value.hint
 
 
 def test_reproduce_command_points_at_the_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    folder = runs.create_run(make_cfg(), tmp_path / "runs")
-    assert runs.reproduce_command(folder) == f"python -m kt_core train runs/{folder.name}/config.json"
+    folder = rundir.create_run(make_cfg(), tmp_path / "runs")
+    assert rundir.reproduce_command(folder) == f"python -m kt_core train runs/{folder.name}/config.json"
 
 
 # --- metrics -----------------------------------------------------------------------------------
 
 def test_read_metrics_is_incremental_and_never_returns_half_a_row(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
+    folder = rundir.create_run(make_cfg(), tmp_path)
     write_rows(folder, [{"kind": "step", "step": 1}, {"kind": "step", "step": 2}])
-    rows, offset = runs.read_metrics(folder)
+    rows, offset = rundir.read_metrics(folder)
     assert [r["step"] for r in rows] == [1, 2]
     with open(folder / "metrics.jsonl", "a") as f:
         f.write('{"kind": "step", "st')  # a writer caught mid-line
-    again, offset2 = runs.read_metrics(folder, offset)
+    again, offset2 = rundir.read_metrics(folder, offset)
     assert again == [] and offset2 == offset
     with open(folder / "metrics.jsonl", "a") as f:
         f.write('ep": 3}\n')
-    rows, _ = runs.read_metrics(folder, offset)
+    rows, _ = rundir.read_metrics(folder, offset)
     assert rows == [{"kind": "step", "step": 3}]
 
 
 def test_truncate_metrics_keeps_rows_up_to_the_checkpoint_step(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
+    folder = rundir.create_run(make_cfg(), tmp_path)
     write_rows(folder, [{"kind": "step", "step": s} for s in (2, 4, 6)] + [{"kind": "epoch", "epoch": 1, "step": 6}]
                + [{"kind": "step", "step": 8}])
     with open(folder / "metrics.jsonl", "a") as f:
         f.write('{"kind": "st')  # torn by a kill -9
-    assert runs.truncate_metrics(folder, 6) == 4
-    rows, _ = runs.read_metrics(folder)
+    assert rundir.truncate_metrics(folder, 6) == 4
+    rows, _ = rundir.read_metrics(folder)
     assert [(r["kind"], r["step"]) for r in rows] == [("step", 2), ("step", 4), ("step", 6), ("epoch", 6)]
     assert (folder / "metrics.jsonl").read_text().endswith("\n")
 
 
 def test_metrics_long_and_compare_put_several_runs_in_one_table(tmp_path):
-    a = runs.create_run(make_cfg("a", lr=0.1), tmp_path)
-    b = runs.create_run(make_cfg("b", lr=0.2), tmp_path)
+    a = rundir.create_run(make_cfg("a", lr=0.1), tmp_path)
+    b = rundir.create_run(make_cfg("b", lr=0.2), tmp_path)
     write_rows(a, [{"kind": "epoch", "epoch": 1, "step": 3, "val_acc": 0.5}])
     write_rows(b, [{"kind": "epoch", "epoch": 1, "step": 3, "val_acc": 0.7},
                    {"kind": "epoch", "epoch": 2, "step": 6, "val_acc": 0.8}])
-    runs.write_json_atomic(b / "summary.json", {"state": "completed", "best_val_acc": 0.8})
+    rundir.write_json_atomic(b / "summary.json", {"state": "completed", "best_val_acc": 0.8})
     long = runs.metrics_long([a.name, b.name], tmp_path)
     assert list(long.columns[:1]) == ["run_id"]
     assert long.groupby("run_id")["val_acc"].max().to_dict() == {a.name: 0.5, b.name: 0.8}
@@ -122,9 +122,9 @@ def test_metrics_long_and_compare_put_several_runs_in_one_table(tmp_path):
 
 
 def test_list_runs_reads_configs_statuses_and_summaries(tmp_path):
-    folder = runs.create_run(make_cfg("listed"), tmp_path)
-    runs.update_status(folder, state="completed", epoch=5)
-    runs.write_json_atomic(folder / "summary.json", {"best_val_acc": 0.9, "test_acc": 0.85})
+    folder = rundir.create_run(make_cfg("listed"), tmp_path)
+    rundir.update_status(folder, state="completed", epoch=5)
+    rundir.write_json_atomic(folder / "summary.json", {"best_val_acc": 0.9, "test_acc": 0.85})
     frame = runs.list_runs(tmp_path)
     assert list(frame.columns) == runs.LIST_COLUMNS
     row = frame.iloc[0]
@@ -134,11 +134,11 @@ def test_list_runs_reads_configs_statuses_and_summaries(tmp_path):
 
 
 def test_active_runs_lists_only_queued_and_running_runs_and_skips_corrupt_folders(tmp_path):
-    done = runs.create_run(make_cfg("done"), tmp_path)
-    runs.update_status(done, state="completed")
-    live = runs.create_run(make_cfg("live", epochs=7), tmp_path)
-    runs.update_status(live, state="running", pid=os.getpid(), heartbeat=time.time(), epoch=2, step=9, total_steps=30)
-    broken = runs.create_run(make_cfg("broken"), tmp_path)
+    done = rundir.create_run(make_cfg("done"), tmp_path)
+    rundir.update_status(done, state="completed")
+    live = rundir.create_run(make_cfg("live", epochs=7), tmp_path)
+    rundir.update_status(live, state="running", pid=os.getpid(), heartbeat=time.time(), epoch=2, step=9, total_steps=30)
+    broken = rundir.create_run(make_cfg("broken"), tmp_path)
     (broken / "status.json").write_text("{not json")
     assert runs.active_runs(tmp_path) == [{"id": live.name, "name": "live", "state": "running", "epoch": 2,
                                            "epochs": 7, "step": 9, "total_steps": 30}]
@@ -154,51 +154,51 @@ def dead_pid() -> int:
 
 
 def test_a_running_run_whose_worker_is_gone_reads_as_interrupted_with_its_last_log_lines(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
+    folder = rundir.create_run(make_cfg(), tmp_path)
     (folder / "log.txt").write_text("starting\nTraceback: boom\n")
-    runs.update_status(folder, state="running", pid=dead_pid(), heartbeat=time.time())
-    status = runs.read_status(folder)
+    rundir.update_status(folder, state="running", pid=dead_pid(), heartbeat=time.time())
+    status = rundir.read_status(folder)
     assert status["state"] == "interrupted"
     assert status["log_tail"][-1] == "Traceback: boom"
     assert json.loads((folder / "status.json").read_text())["state"] == "running"  # reading never writes
 
 
 def test_a_stale_heartbeat_reads_as_interrupted_even_if_the_pid_exists(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
-    runs.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time() - runs.STALE_AFTER_S - 1)
-    assert runs.read_status(folder)["state"] == "interrupted"
-    runs.update_status(folder, heartbeat=time.time())
-    assert runs.read_status(folder)["state"] == "running"
+    folder = rundir.create_run(make_cfg(), tmp_path)
+    rundir.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time() - rundir.STALE_AFTER_S - 1)
+    assert rundir.read_status(folder)["state"] == "interrupted"
+    rundir.update_status(folder, heartbeat=time.time())
+    assert rundir.read_status(folder)["state"] == "running"
 
 
 def test_a_zombie_worker_is_not_alive(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     time.sleep(0.5)  # exited, not reaped: os.kill(pid, 0) would still succeed
     try:
-        assert not runs.pid_alive(proc.pid)
+        assert not procs.pid_alive(proc.pid)
     finally:
         proc.wait()
 
 
 def test_delete_refuses_a_running_run_and_stop_refuses_a_finished_one(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
-    runs.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time())
+    folder = rundir.create_run(make_cfg(), tmp_path)
+    rundir.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time())
     with pytest.raises(RunError, match="still running"):
-        runs.delete(folder)
-    runs.update_status(folder, state="completed")
+        launcher.delete(folder)
+    rundir.update_status(folder, state="completed")
     with pytest.raises(RunError, match="not running"):
-        runs.stop(folder)
+        launcher.stop(folder)
     with pytest.raises(RunError, match="has completed"):
-        runs.resume(folder)
-    runs.delete(folder)
+        launcher.resume(folder)
+    launcher.delete(folder)
     assert not folder.exists()
 
 
 def test_corrupt_status_is_a_clear_error(tmp_path):
-    folder = runs.create_run(make_cfg(), tmp_path)
+    folder = rundir.create_run(make_cfg(), tmp_path)
     (folder / "status.json").write_text("{")
     with pytest.raises(RunError, match="corrupt"):
-        runs.read_status(folder)
+        rundir.read_status(folder)
     assert runs.list_runs(tmp_path).iloc[0]["state"] == "corrupt"
 
 
@@ -231,7 +231,7 @@ def wait_for(predicate, timeout=90.0, what="condition"):
 
 
 def assert_continuous(folder, cfg, total_steps):
-    rows, _ = runs.read_metrics(folder)
+    rows, _ = rundir.read_metrics(folder)
     steps = [r["step"] for r in rows if r["kind"] == "step"]
     assert steps == [1] + list(range(cfg.train.log_every, total_steps + 1, cfg.train.log_every))  # no gap, no duplicate
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, cfg.train.epochs + 1))
@@ -240,17 +240,17 @@ def assert_continuous(folder, cfg, total_steps):
 @pytest.mark.slow
 def test_stop_mid_epoch_leaves_a_resumable_run(tmp_path, one_thread_workers):
     cfg = worker_cfg(epochs=2)
-    run_id = runs.launch(cfg, tmp_path)
+    run_id = launcher.launch(cfg, tmp_path)
     folder = tmp_path / run_id
-    wait_for(lambda: len(runs.read_metrics(folder)[0]) >= 2, what="two step rows")
-    status = runs.stop(folder, timeout=30)
+    wait_for(lambda: len(rundir.read_metrics(folder)[0]) >= 2, what="two step rows")
+    status = launcher.stop(folder, timeout=30)
     assert status["state"] == "stopped" and status.get("error") is None
     checkpoint = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert 0 < checkpoint["step"] < status["total_steps"]
     assert not (folder / "STOP").exists()
 
-    runs.resume(folder)
-    final = wait_for(lambda: runs.read_status(folder)["state"] not in runs.ACTIVE_STATES and runs.read_status(folder),
+    launcher.resume(folder)
+    final = wait_for(lambda: rundir.read_status(folder)["state"] not in rundir.ACTIVE_STATES and rundir.read_status(folder),
                      what="the resumed run to end")
     assert final["state"] == "completed", final
     assert_continuous(folder, cfg, final["total_steps"])
@@ -261,16 +261,16 @@ def test_stop_mid_epoch_leaves_a_resumable_run(tmp_path, one_thread_workers):
 @pytest.mark.slow
 def test_a_killed_worker_is_detected_and_resumed_with_continuous_metrics(tmp_path, one_thread_workers):
     cfg = worker_cfg(epochs=6, per_class=20)
-    run_id = runs.launch(cfg, tmp_path)
+    run_id = launcher.launch(cfg, tmp_path)
     folder = tmp_path / run_id
-    wait_for(lambda: any(r.get("kind") == "step" and r["epoch"] >= 2 for r in runs.read_metrics(folder)[0]),
+    wait_for(lambda: any(r.get("kind") == "step" and r["epoch"] >= 2 for r in rundir.read_metrics(folder)[0]),
              what="a step row of epoch 2")
-    os.kill(runs.read_status(folder)["pid"], 9)
-    status = wait_for(lambda: runs.read_status(folder)["state"] == "interrupted" and runs.read_status(folder),
+    os.kill(rundir.read_status(folder)["pid"], 9)
+    status = wait_for(lambda: rundir.read_status(folder)["state"] == "interrupted" and rundir.read_status(folder),
                       timeout=10, what="the kill to be noticed")
     assert "log_tail" in status and status["error"]
-    runs.resume(folder)
-    final = wait_for(lambda: runs.read_status(folder)["state"] not in runs.ACTIVE_STATES and runs.read_status(folder),
+    launcher.resume(folder)
+    final = wait_for(lambda: rundir.read_status(folder)["state"] not in rundir.ACTIVE_STATES and rundir.read_status(folder),
                      what="the resumed run to end")
     assert final["state"] == "completed", final
     assert_continuous(folder, cfg, final["total_steps"])
@@ -280,10 +280,10 @@ def test_a_killed_worker_is_detected_and_resumed_with_continuous_metrics(tmp_pat
 @pytest.mark.slow
 def test_several_runs_train_at_once_and_a_baseline_points_at_its_transfer_run(tmp_path, one_thread_workers):
     cfg = worker_cfg(epochs=1, per_class=10)
-    run_id, baseline_id = runs.launch_with_baseline(cfg, tmp_path)
+    run_id, baseline_id = launcher.launch_with_baseline(cfg, tmp_path)
     for rid in (run_id, baseline_id):
-        wait_for(lambda: runs.read_status(tmp_path / rid)["state"] not in runs.ACTIVE_STATES, what=f"{rid} to end")
-        assert runs.read_status(tmp_path / rid)["state"] == "completed"
+        wait_for(lambda: rundir.read_status(tmp_path / rid)["state"] not in rundir.ACTIVE_STATES, what=f"{rid} to end")
+        assert rundir.read_status(tmp_path / rid)["state"] == "completed"
     frame = runs.list_runs(tmp_path).set_index("id")
     assert frame.loc[baseline_id, "baseline_of"] == run_id
     assert frame.loc[baseline_id, "preset"] == "scratch" and frame.loc[run_id, "preset"] == "fine_tune"
@@ -298,7 +298,7 @@ def test_frozen_batchnorm_that_does_not_fit_the_target_data_is_warned_about_in_t
                     dataset=DatasetConfig(name="sklearn_digits", per_class=5, normalize="none", channels=3,
                                           image_size=32),
                     plan=TransferPlan(preset="feature_extraction"), train=TrainConfig(epochs=1, device="cpu"))
-    folder = runs.create_run(cfg, tmp_path)
+    folder = rundir.create_run(cfg, tmp_path)
     assert run_worker(folder)["state"] == "completed"
     log_text = (folder / "log.txt").read_text()
     assert "frozen BatchNorm layer" in log_text and "consider bn_mode" in log_text
@@ -306,9 +306,10 @@ def test_frozen_batchnorm_that_does_not_fit_the_target_data_is_warned_about_in_t
 
 
 def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp_path):
-    from kt_core.worker import Checkpointer, load_checkpoint
+    from kt_core.rundir import load_checkpoint
+    from kt_core.worker import Checkpointer
 
-    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt = Checkpointer(tmp_path)
     best_state = {"epoch": 1, "model": {"w": torch.ones(3)}}
     ckpt.on_checkpoint(None, best_state, "last")
     ckpt.on_checkpoint(None, best_state, "best")
@@ -324,22 +325,22 @@ def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp
 
 @pytest.mark.slow
 def test_a_warm_standby_worker_trains_the_next_launch_and_another_stands_by(tmp_path, one_thread_workers):
-    runs.keep_worker_warm(True)
+    launcher.keep_worker_warm(True)
     try:
-        first_standby = runs._standby._proc.pid
-        run_id = runs.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
-        assert runs.read_status(runs.run_dir(run_id, tmp_path))["pid"] == first_standby
-        assert runs._standby._proc.pid != first_standby  # the next one is already starting
-        wait_for(lambda: not runs.is_active(runs.run_dir(run_id, tmp_path)), what="the run to finish")
-        folder = runs.run_dir(run_id, tmp_path)
-        assert runs.read_status(folder)["state"] == "completed"
+        first_standby = launcher._standby._proc.pid
+        run_id = launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
+        assert rundir.read_status(rundir.run_dir(run_id, tmp_path))["pid"] == first_standby
+        assert launcher._standby._proc.pid != first_standby  # the next one is already starting
+        wait_for(lambda: not rundir.is_active(rundir.run_dir(run_id, tmp_path)), what="the run to finish")
+        folder = rundir.run_dir(run_id, tmp_path)
+        assert rundir.read_status(folder)["state"] == "completed"
         assert "completed" in (folder / "log.txt").read_text()  # its output went to the run's log
 
-        spare = runs._standby._proc
+        spare = launcher._standby._proc
         os.environ["KT_CACHE_DIR"] = str(tmp_path / "other-cache")  # (restored by the autouse fixture)
-        second = runs.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
-        assert runs.read_status(runs.run_dir(second, tmp_path))["pid"] != spare.pid  # other env: not reused
+        second = launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
+        assert rundir.read_status(rundir.run_dir(second, tmp_path))["pid"] != spare.pid  # other env: not reused
         wait_for(lambda: spare.poll() is not None, timeout=30, what="the retired standby to exit")
-        wait_for(lambda: not runs.is_active(runs.run_dir(second, tmp_path)), what="the second run")
+        wait_for(lambda: not rundir.is_active(rundir.run_dir(second, tmp_path)), what="the second run")
     finally:
-        runs.keep_worker_warm(False)
+        launcher.keep_worker_warm(False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kt_core import runs
+from kt_core import rundir
 from kt_core.cli import main
 from kt_core.config import RunConfig
 
@@ -64,8 +64,8 @@ def test_compare_shows_results_and_only_the_config_values_that_differ(tmp_path, 
     for name, lr, acc in (("slow", 3e-5, 0.81), ("fast", 0.01, 0.9)):
         cfg = RunConfig.from_file(write_cfg(tmp_path / f"{name}.json", train={"lr": lr}))
         cfg.name = name
-        folder = runs.create_run(cfg, tmp_path / "r")
-        runs.write_json_atomic(folder / "summary.json", {"state": "completed", "best_val_acc": acc})
+        folder = rundir.create_run(cfg, tmp_path / "r")
+        rundir.write_json_atomic(folder / "summary.json", {"state": "completed", "best_val_acc": acc})
         made.append(folder.name)
     assert main(["compare", "slow", "fast", "--runs-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_a_diverging_run_fails_with_exit_1_and_says_why(tmp_path, capsys):
     cfg = write_cfg(tmp_path / "cfg.json", train={"optimizer": "sgd", "lr": 1e6, "epochs": 3})
     assert main(["train", str(cfg), "--runs-dir", str(tmp_path / "r")]) == 1
     (folder,) = (tmp_path / "r").iterdir()
-    status = runs.read_status(folder)
+    status = rundir.read_status(folder)
     assert status["state"] == "failed"
     assert "loss became" in status["error"] and "lower the learning rate, now 1e+06" in status["error"]
     assert "lower the learning rate" in (folder / "log.txt").read_text()
@@ -125,12 +125,12 @@ def test_ctrl_c_stops_gracefully_and_resume_finishes(tmp_path):
     assert proc.returncode == 1, err
     folder = folders[0].parent
     assert f"{folder.name}: stopped" in out
-    assert runs.read_status(folder)["state"] == "stopped"
+    assert rundir.read_status(folder)["state"] == "stopped"
     assert (folder / "checkpoints" / "last.pt").is_file()
     resumed = subprocess.run([sys.executable, "-m", "kt_core", "resume", folder.name, "--foreground",
                               "--runs-dir", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    rows, _ = runs.read_metrics(folder)
+    rows, _ = rundir.read_metrics(folder)
     steps = [r["step"] for r in rows if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps == [1] + list(range(2, steps[-1] + 1, 2))
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]

@@ -13,7 +13,6 @@ dicts, so they are tested without a browser.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -21,10 +20,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from kt_core import runs as kt_runs
+from kt_core import rundir
 from ui import live_chart
 
-ACTIVE_STATES = kt_runs.ACTIVE_STATES
+ACTIVE_STATES = rundir.ACTIVE_STATES
 # Every poll re-reads the run folder and re-sends the lines to the live chart: 2 s keeps the
 # curves live while the dashboard costs a training run little CPU (bench B4).
 POLL_SECONDS = 2.0
@@ -205,7 +204,7 @@ class _Seen:
 
     rows: list[dict] = field(default_factory=list)
     offset: int = 0
-    file_id: tuple[int, int] | None = None  # (device, inode) of the metrics.jsonl read so far
+    file_id: str = ""  # rundir.stamp(run, "metrics"): which metrics.jsonl was read so far
     epochs: int | None = None
     batch_size: int | None = None
 
@@ -213,7 +212,7 @@ class _Seen:
 def _seen(run_id: str) -> _Seen:
     cache = st.session_state.setdefault("kt_metric_cache", {})
     if run_id not in cache:
-        cfg = kt_runs.load_config(run_id)
+        cfg = rundir.load_config(run_id)
         cache[run_id] = _Seen(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size)
     return cache[run_id]
 
@@ -225,14 +224,10 @@ def new_rows(run_id: str) -> list[dict]:
     checkpoint: a new file means reading from the start again, never from a stale offset.
     """
     seen = _seen(run_id)
-    try:
-        stat = os.stat(kt_runs.run_dir(run_id) / "metrics.jsonl")
-        file_id = (stat.st_dev, stat.st_ino)
-    except FileNotFoundError:
-        file_id = None
+    file_id = rundir.stamp(run_id, "metrics")
     if file_id != seen.file_id:
         seen.rows, seen.offset, seen.file_id = [], 0, file_id
-    rows, seen.offset = kt_runs.read_metrics(run_id, since=seen.offset)
+    rows, seen.offset = rundir.read_metrics(run_id, since=seen.offset)
     seen.rows.extend(rows)
     return seen.rows
 
@@ -251,7 +246,7 @@ def _series_for(label: str, run_id: str, status: dict) -> Series:
 def run_progress(label: str, run_id: str, status: dict | None = None, rows: list[dict] | None = None) -> dict:
     """One progress bar with its caption (state, epoch, step, images/s, ETA); returns the status.
     `status` and `rows` are read from the run folder unless the caller has just read them."""
-    status = kt_runs.read_status(run_id) if status is None else status
+    status = rundir.read_status(run_id) if status is None else status
     seen = _seen(run_id)
     info = progress_info(status, new_rows(run_id) if rows is None else rows, seen.batch_size, seen.epochs)
     st.progress(info.fraction, text=f"**{label}** · {info.text}")
@@ -269,7 +264,7 @@ def render_runs(runs: list[tuple[str, str]], key: str, title: str | None = None,
     """
     statuses, series = [], []
     for label, run_id in runs:
-        status = kt_runs.read_status(run_id)
+        status = rundir.read_status(run_id)
         statuses.append(status)
         series.append(_series_for(label, run_id, status))
         if show_progress:
@@ -300,7 +295,7 @@ def live_curves(runs: list[tuple[str, str]], key: str, title: str | None = None,
     `extra` is an optional callable drawn inside the same fragment (e.g. the log tail), so it
     refreshes with the curves without rerunning the page.
     """
-    active = any(kt_runs.read_status(run_id).get("state") in ACTIVE_STATES for _, run_id in runs)
+    active = any(rundir.read_status(run_id).get("state") in ACTIVE_STATES for _, run_id in runs)
     if active:
         _live(runs, key, title, show_progress, extra)
     else:

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from kt_core import runs as kt_runs
+from kt_core import rundir, runs
 from kt_core.config import RunConfig
 from ui.images import image_grid
 
@@ -45,7 +45,7 @@ RESULT_ROWS = ("state", "best_val_acc", "final_val_acc", "test_acc", "epochs", "
 
 def comparison(run_ids: list[str], labels: dict[str, str]) -> pd.DataFrame:
     """Runs as columns; their results first, then every config value that differs between them."""
-    frame = kt_runs.compare(run_ids, differing_only=True).set_index("run_id")
+    frame = runs.compare(run_ids, differing_only=True).set_index("run_id")
     results = [c for c in RESULT_ROWS if c in frame.columns]
     config = [c for c in frame.columns if c.split(".")[0] in CONFIG_FIELDS]
     shown = frame[results + config].T
@@ -61,11 +61,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _checkpoint_stamp(run_id: str) -> str:
-    folder = kt_runs.run_dir(run_id) / "checkpoints"
-    return ";".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(folder.glob("*.pt"))) if folder.is_dir() else ""
-
-
 @st.cache_resource(max_entries=4, show_spinner="Evaluating the run...")
 def _evaluate(run_id: str, split: str, stamp: str):
     """The report and the evaluated split's images, prepared exactly as the evaluation saw them:
@@ -78,7 +73,7 @@ def _evaluate(run_id: str, split: str, stamp: str):
 
 def evaluation(run_id: str, split: str):
     """(report, split images) of `run_id`, cached until its checkpoints change."""
-    return _evaluate(run_id, split, _checkpoint_stamp(run_id))
+    return _evaluate(run_id, split, rundir.stamp(run_id, "checkpoints"))
 
 
 def confusion_figure(report) -> go.Figure:
@@ -137,11 +132,11 @@ def _label(split, index: int):
 # --- downloads -------------------------------------------------------------------------------
 
 def downloads(run_id: str) -> None:
-    folder = kt_runs.run_dir(run_id)
+    folder = rundir.run_dir(run_id)
     c1, c2 = st.columns(2)
-    c1.download_button("config.json", (folder / "config.json").read_bytes(), f"{run_id}-config.json",
+    c1.download_button(rundir.CONFIG, rundir.config_text(folder).encode(), f"{run_id}-config.json",
                        "application/json", key="runs_dl_config")
-    rows, _ = kt_runs.read_metrics(run_id)
+    rows, _ = rundir.read_metrics(run_id)
     c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{run_id}-metrics.csv",
                        "text/csv", key="runs_dl_metrics", disabled=not rows)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kt_core import runs as kt_runs
+from kt_core import launcher, runs
 from kt_core.settings import get_settings
 from ui.errors import guard
 from ui.system import best_device
@@ -14,7 +14,7 @@ from ui.system import best_device
 def _keep_a_worker_warm() -> bool:
     """Once per server: a worker process started ahead of time, so Start shows a loss at once."""
     enabled = get_settings().warm_worker
-    kt_runs.keep_worker_warm(enabled)
+    launcher.keep_worker_warm(enabled)
     return enabled
 
 
@@ -23,7 +23,7 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption(f"Device: **{best_device()}**")
         with guard("Reading the runs folder"):
-            active = kt_runs.active_runs()
+            active = runs.active_runs()
             st.markdown(f"**Active runs** ({len(active)})")
             if not active:
                 st.caption("None. Start one on the Train page, or the demo on Home.")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from kt_core import rundir
 from kt_core.config import SourceConfig
 from kt_core.errors import KTError
 from kt_core.settings import get_settings
@@ -45,16 +46,13 @@ def allowed_roots() -> tuple[Path, ...]:
 def _stamp(cfg: SourceConfig) -> str:
     """Cache key part that changes when the file behind the config changes (a run's checkpoint
     is rewritten every epoch while it trains). For a run, the checkpoint the loader will really
-    use (`runs.run_checkpoint`: best.pt, else last.pt), named in the key as it may switch."""
+    use (`rundir.stamp`: best.pt, else last.pt, named in the key as it may switch)."""
     try:
-        if cfg.kind == "file" and cfg.path:
-            path = Path(cfg.path).expanduser()
-        elif cfg.kind == "run" and cfg.path:
-            from kt_core.runs import run_checkpoint, run_dir
-
-            path = run_checkpoint(run_dir(cfg.path), cfg.checkpoint)
-        else:
+        if cfg.kind == "run" and cfg.path:
+            return rundir.stamp(cfg.path, cfg.checkpoint) or "missing"
+        if cfg.kind != "file" or not cfg.path:
             return ""
+        path = Path(cfg.path).expanduser()
         stat = path.stat()
         return f"{path.name}:{stat.st_mtime_ns}:{stat.st_size}"
     except (OSError, KTError):

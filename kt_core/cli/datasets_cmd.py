@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..data import available_datasets
+    from ..data import available_datasets  # lazy: torch costs ~2 s, other commands skip it
 
     rows = available_datasets(args.root)
     if args.json:
@@ -74,7 +74,7 @@ def _options(pairs: list[str]) -> dict:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
+    from ..data import load_dataset  # lazy: torch costs ~2 s, other commands skip it
 
     classes = [c.strip() for item in args.classes for c in item.split(",") if c.strip()] if args.classes else None
     cfg = DatasetConfig(name=args.name, root=args.root, download=args.download, classes=classes,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .. import demo, runs
+from .. import demo, launcher, rundir
 from . import print_json
 
 
@@ -31,8 +31,8 @@ def _demo(args) -> int:
         states = _wait(list(ids.values()), quiet=args.json)
     except KeyboardInterrupt:
         for run_id in ids.values():
-            if runs.is_active(run_id):
-                runs.stop(run_id)
+            if rundir.is_active(run_id):
+                launcher.stop(run_id)
         raise
     line = demo.conclusion(handle)
     if args.json:
@@ -46,10 +46,10 @@ def _wait(run_ids: list[str], quiet: bool) -> dict[str, str]:
     """Poll the run folders (as the UI does) until every run has ended; one line per change."""
     last = None
     while True:
-        states = {r: runs.read_status(r)["state"] for r in run_ids}
+        states = {r: rundir.read_status(r)["state"] for r in run_ids}
         if not quiet and states != last:
             print("  " + ", ".join(f"{r.split('-', 2)[-1]}: {s}" for r, s in states.items()), flush=True)
             last = states
-        if not any(s in runs.ACTIVE_STATES for s in states.values()):
+        if not any(s in rundir.ACTIVE_STATES for s in states.values()):
             return states
         time.sleep(0.5)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..rundir import CONFIG
 from . import print_json
 
 
 def register(subparsers) -> None:
-    from ..export import EXPORTERS
+    from ..export import EXPORTERS  # lazy: torch costs ~2 s, other commands skip it
 
     p = subparsers.add_parser("eval", help="evaluate a run's best checkpoint on its val or test split")
     p.add_argument("run", help="run id (folder name under the runs dir) or run folder")
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_run
+    from ..evaluate import evaluate_run  # lazy: torch costs ~2 s, other commands skip it
 
     result = evaluate_run(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint)
     if args.json:
@@ -50,11 +51,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import export_run
+    from ..export import export_run  # lazy: torch costs ~2 s, other commands skip it
 
     path = export_run(args.run, args.fmt, out_dir=args.out, checkpoint=args.checkpoint, verify=not args.no_verify)
     if args.json:
-        print_json({"format": args.fmt, "path": str(path), "config": str(path.parent / "config.json")})
+        print_json({"format": args.fmt, "path": str(path), "config": str(path.parent / CONFIG)})
     else:
         print(path)
     return 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from pathlib import Path
 from typing import Any
 
+from ..config import SourceConfig
+from ..errors import AmbiguousRunError, CheckpointError, ConfigError, KTError, RunError
+from ..rundir import run_dir
+from ..settings import user_path
 from . import print_json
 
 
@@ -31,13 +34,9 @@ def register(subparsers) -> None:
 
 
 def source_config(args: argparse.Namespace):
-    """SOURCE -> SourceConfig: an existing file, an architecture, or a run (whatever `runs.run_dir`
+    """SOURCE -> SourceConfig: an existing file, an architecture, or a run (whatever `rundir.run_dir`
     takes: a folder, a run id, a unique id prefix or a run name, as `train` does)."""
-    from ..config import SourceConfig
-    from ..errors import AmbiguousRunError, CheckpointError, KTError, RunError
-    from ..models import ARCHITECTURES
-    from ..runs import run_dir
-    from ..settings import user_path
+    from ..models import ARCHITECTURES  # lazy: torch costs ~2 s, other commands skip it
 
     text = args.source
     if user_path(text).is_file():
@@ -65,8 +64,7 @@ def source_config(args: argparse.Namespace):
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..sources import inspect_source
+    from ..sources import inspect_source  # lazy: torch costs ~2 s, other commands skip it
 
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes is {args.num_classes}", "use 1 or more classes")
@@ -119,7 +117,7 @@ def render(info: dict[str, Any]) -> str:
 
 
 def archs_command(args: argparse.Namespace) -> int:
-    from ..models import ARCHITECTURES
+    from ..models import ARCHITECTURES  # lazy: torch costs ~2 s, other commands skip it
 
     rows = [{"name": spec.name, "family": spec.family, "input_size": list(spec.input_size),
              "num_classes": spec.num_classes, "weights": list(spec.weights),

@@ -13,10 +13,11 @@ that name). Exit codes: 0 done, 1 the run did not complete (failed or stopped), 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
-from .. import runs
+from .. import launcher, rundir, runs
 from ..config import RunConfig
 from ..errors import KTError
 from . import print_json
@@ -86,6 +87,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
+    # here, not at the top: the worker and assembling import torch (~2 s), which listing,
+    # status, stop and delete never need.
+    from ..assemble import preflight
     from ..worker import run_worker
 
     cfg = RunConfig.from_file(args.config)
@@ -93,18 +97,18 @@ def _train(args) -> int:
         cfg.train.device = args.device
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
-    runs.preflight(cfg, args.runs_dir)
+    preflight(cfg, args.runs_dir)
     results = []
     for run_cfg in (cfg, None) if args.baseline else (cfg,):
         if run_cfg is None:  # the baseline points at the transfer run it belongs to
             run_cfg = cfg.as_baseline(results[0]["run_id"])
-        folder = runs.create_run(run_cfg, args.runs_dir)
+        folder = rundir.create_run(run_cfg, args.runs_dir)
         if not args.json:
             print(f"run {folder.name} ({folder})", flush=True)
         status = run_worker(folder)
-        summary = runs.read_json(folder / "summary.json") or {}
+        summary = rundir.read_summary(folder)
         results.append({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
-                        "summary": summary, "reproduce": runs.reproduce_command(folder)})
+                        "summary": summary, "reproduce": rundir.reproduce_command(folder)})
         if not args.json:
             _print_result(results[-1])
         if status["state"] != "completed":
@@ -130,7 +134,7 @@ def _list(args) -> int:
         print_json(frame.assign(created=frame["created"].astype(str)).to_dict(orient="records"))
         return 0
     if frame.empty:
-        print(f"no runs in {runs.runs_root(args.runs_dir)}")
+        print(f"no runs in {rundir.runs_root(args.runs_dir)}")
         return 0
     shown = frame[["id", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "arch", "dataset"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
@@ -149,7 +153,7 @@ def _compare(args) -> int:
 
 
 def _status(args) -> int:
-    status = runs.read_status(runs.run_dir(args.run, args.runs_dir))
+    status = rundir.read_status(rundir.run_dir(args.run, args.runs_dir))
     if args.json:
         print_json(status)
         return 0
@@ -163,38 +167,38 @@ def _status(args) -> int:
 
 
 def _logs(args) -> int:
-    for line in runs.tail(runs.run_dir(args.run, args.runs_dir) / "log.txt", args.lines):
+    for line in rundir.log_tail(rundir.run_dir(args.run, args.runs_dir), args.lines):
         print(line)
     return 0
 
 
 def _stop(args) -> int:
-    status = runs.stop(runs.run_dir(args.run, args.runs_dir), timeout=args.timeout)
+    status = launcher.stop(rundir.run_dir(args.run, args.runs_dir), timeout=args.timeout)
     print(f"{status['run_id']}: {status['state']}")
     return 0
 
 
 def _resume(args) -> int:
-    folder = runs.run_dir(args.run, args.runs_dir)
-    runs.resume(folder, foreground=args.foreground)
-    status = runs.read_status(folder)
+    folder = rundir.run_dir(args.run, args.runs_dir)
+    launcher.resume(folder, foreground=args.foreground)
+    status = rundir.read_status(folder)
     print(f"{folder.name}: {status['state']}")
     if args.foreground:
         _print_result({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
-                       "summary": runs.read_json(folder / "summary.json") or {}})
+                       "summary": rundir.read_summary(folder)})
         return 0 if status["state"] == "completed" else 1
     return 0
 
 
 def _delete(args) -> int:
-    folder = runs.run_dir(args.run, args.runs_dir)
-    runs.delete(folder)
+    folder = rundir.run_dir(args.run, args.runs_dir)
+    launcher.delete(folder)
     print(f"deleted {folder}")
     return 0
 
 
 def _worker(args) -> int:
-    from ..worker import run_worker
+    from ..worker import run_worker  # here, not at the top: the worker imports torch (~2 s)
 
     if args.standby:
         args.run_dir = _wait_for_a_run()
@@ -202,8 +206,6 @@ def _worker(args) -> int:
             return 0
     elif not args.run_dir:
         raise KTError("worker needs a run folder", "python -m kt_core worker RUN_DIR")
-
-    import logging
 
     # stderr is log.txt here (the launcher redirects it); run_worker logs to log.txt itself.
     root = logging.getLogger()
@@ -216,17 +218,17 @@ def _worker(args) -> int:
 
 def _wait_for_a_run() -> str | None:
     """Standby: pay the start-up costs now, then take the run folder the launcher sends."""
-    import torch
+    import torch  # here, not at the top: this is the start-up cost the standby pays ahead of time
 
     # torch imports its compiler stack on the first optimizer; do it before a run is waiting.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    from .. import runs, worker  # noqa: F401
+    from .. import worker  # noqa: F401 - the standby pays for importing everything a run needs now
 
     line = sys.stdin.readline().strip()
     if not line:
         return None  # the launcher went away without a run for us
     # From here on this is an ordinary worker: stdout/stderr to the run's log, no stdin.
-    log_fd = os.open(os.path.join(line, "log.txt"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    log_fd = os.open(rundir.log_path(line), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)

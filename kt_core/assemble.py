@@ -1,0 +1,76 @@
+"""Assembling a run from its config: the model with its source weights, the data, the plan.
+
+`prepare` is what the worker (and the benchmarks' plain loop) build before training;
+`preflight` is what can fail before a run folder exists (the launcher calls it, so a bad config
+fails at Start, not later in a worker's log). No files are written here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import data as data_module
+from . import models, sources, transfer
+from .config import RunConfig
+from .engine import resolve_device
+from .errors import AmbiguousRunError, RunError
+from .rundir import runs_root
+
+
+@dataclass
+class Prepared:
+    """What a config builds: the model (source weights, adapted head, plan applied) and the data."""
+
+    model: Any
+    data: Any
+    plan: Any
+    source: Any
+    blocks: list
+
+    @property
+    def arch(self) -> str | None:
+        return getattr(self.source, "arch", None)
+
+    @property
+    def built_from(self) -> str:
+        """"arch" when the model is a registered architecture (rebuilt from `arch` and the weights'
+        shapes alone), "source" when it runs the source file's own code (TorchScript, a pickle)."""
+        if self.arch is None or getattr(self.source, "own_module", False):
+            return "source"
+        return "arch"
+
+
+def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> None:
+    """What can fail before a run folder exists fails now, not later in a worker's log: a device
+    that is not here, a source run that is not there."""
+    cfg.validate()
+    resolve_device(cfg.train.device)
+    if cfg.source.kind == "run":
+        try:
+            sources.resolve_run_source(cfg.source, runs_dir)
+        except AmbiguousRunError:
+            raise
+        except RunError:
+            raise RunError(
+                f"the source run {cfg.source.path!r} is not in {runs_root(runs_dir)}",
+                "train it first (for the examples: python -m kt_core train examples/source_mnist.json), "
+                "or give a run id, name or folder listed by `python -m kt_core runs`") from None
+
+
+def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike | None = None) -> Prepared:
+    """Build everything a run needs from its config (no training). `roots` confines paths (UI);
+    a source run given by id or name is looked up in `runs_dir` (default: the settings')."""
+    # A run id, prefix or name ("the newest completed run named X") becomes its folder here,
+    # against this run's own runs folder.
+    source_cfg = sources.resolve_run_source(cfg.source, runs_dir)
+    src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
+    data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
+                                    roots=roots)
+    src.adapt(data.num_classes, data.input_size[0])
+    blocks = models.blocks(src.model, src.spec)
+    plan = transfer.apply_plan(src.model, cfg.plan, blocks, seed=cfg.train.seed)
+    if device is not None:
+        src.model.to(device)
+    return Prepared(model=src.model, data=data, plan=plan, source=src, blocks=blocks)

@@ -1,0 +1,239 @@
+"""Starting and ending worker processes: launch, the standby worker, stop, resume, delete.
+
+The launcher never trains and never writes a run's progress: it creates the folder (through
+`rundir`), starts `python -m kt_core worker RUN_DIR`, and asks it to stop (STOP file, then
+signals). It holds the folder's `rundir.RunLock` while it checks a run's state and starts its
+worker, so two resumes (two tabs, the CLI and a tab) never start two workers, and a stop or a
+delete never changes a folder that a worker owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import procs, rundir
+from .config import RunConfig
+from .errors import RunBusyError, RunError
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # `-m kt_core` must import this very package, whatever the caller's working directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # Several workers share the cores (the demo's transfer run and its baseline train side by
+    # side). OpenMP's default busy-waiting then makes each 5-10x slower than alone; passive
+    # waiting keeps two 2-thread workers on 2 cores at ~90% of two 1-thread ones (measured).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def _popen_worker(args: list[str], stdout, stdin) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kt_core", "worker", *args],
+        stdout=stdout, stderr=subprocess.STDOUT, stdin=stdin,
+        start_new_session=True,  # its own process group: Ctrl-C in a terminal or a server restart spare it
+        env=_worker_env(), cwd=os.getcwd(),
+    )
+
+
+class _Standby:
+    """One worker process started ahead of time (torch imported, optimizers ready), waiting on
+    its stdin for the run folder to train. Starting Python and torch costs ~2 s and torch's first
+    optimizer ~1.3 s more; the dashboard keeps a standby so Start shows a loss at once.
+
+    A standby whose parent goes away reads end-of-file and exits; one started under another
+    working directory or environment is retired, never reused.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._key: tuple | None = None
+
+    @staticmethod
+    def key() -> tuple:
+        return os.getcwd(), tuple(sorted(_worker_env().items()))
+
+    def take(self) -> subprocess.Popen | None:
+        """The ready standby for the current environment (and a fresh one started behind it)."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            proc, key = self._proc, self._key
+            self._proc = None
+            if proc is not None and (proc.poll() is not None or key != self.key()):
+                self._retire(proc)
+                proc = None
+            self._start()
+            return proc
+
+    def _start(self) -> None:
+        self._proc = _popen_worker(["--standby"], subprocess.DEVNULL, subprocess.PIPE)
+        self._key = self.key()
+
+    @staticmethod
+    def _retire(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # end-of-file: the standby exits
+        procs.adopt(proc)  # reaped by later polls
+
+    def close(self) -> None:
+        with self._lock:
+            self.enabled = False
+            if self._proc is not None:
+                self._retire(self._proc)
+                self._proc = None
+
+
+_standby = _Standby()
+
+
+def keep_worker_warm(enabled: bool = True) -> None:
+    """Keep one worker process started ahead of time for the next launch (the dashboard does)."""
+    if enabled and not _standby.enabled:
+        _standby.enabled = True
+        _standby.take()  # starts the first one
+    elif not enabled:
+        _standby.close()
+
+
+def _spawn_worker(folder: Path) -> int:
+    """Start the worker of `folder`; the caller holds the folder's lock (the worker waits for it)."""
+    folder = folder.resolve()
+    proc = _standby.take()
+    if proc is not None:
+        # The status names the worker before the worker learns its run: once it has the folder it
+        # is the run's only writer, and a later write here could overwrite its `running` or `failed`.
+        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
+        try:
+            proc.stdin.write(f"{folder}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died in the meantime: start one the ordinary way
+            proc = None
+    if proc is None:
+        with open(rundir.log_path(folder), "ab") as log_file:
+            proc = _popen_worker([str(folder)], log_file, subprocess.DEVNULL)
+        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
+    procs.adopt(proc)
+    log.info("run %s: worker pid %d started", folder.name, proc.pid)
+    return proc.pid
+
+
+def _preflight(cfg: RunConfig, runs_dir) -> None:
+    # Here, not at the top: assembling imports torch (~2 s), which `stop` and `delete` never need.
+    from .assemble import preflight
+
+    preflight(cfg, runs_dir)
+
+
+def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> str:
+    """Create the run folder and start its worker process; returns the run id at once."""
+    _preflight(cfg, runs_dir)
+    folder = rundir.create_run(cfg, runs_dir)
+    with rundir.RunLock(folder).acquire(what="start"):
+        _spawn_worker(folder)
+    return folder.name
+
+
+def launch_with_baseline(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> tuple[str, str]:
+    """The transfer run and its from-scratch twin (same architecture, data and schedule)."""
+    run_id = launch(cfg, runs_dir)
+    return run_id, launch(cfg.as_baseline(run_id), runs_dir)
+
+
+def stop(run: str | os.PathLike, timeout: float = 10.0) -> dict:
+    """Ask the worker to stop after its current batch (STOP file); SIGTERM, then SIGKILL, if it
+    has not exited within `timeout` seconds. Returns the final status."""
+    folder = rundir.run_dir(run)
+    status = rundir.read_status(folder)
+    if status["state"] not in rundir.ACTIVE_STATES:
+        raise RunError(f"run {folder.name} is not running (state {status['state']})",
+                       "nothing to stop; `python -m kt_core resume RUN` continues a stopped run")
+    rundir.request_stop(folder)
+    pid = status.get("pid")
+    if _wait_exit(pid, timeout):
+        return rundir.read_status(folder)
+    for sig, wait in ((signal.SIGTERM, max(2.0, timeout / 2)), (signal.SIGKILL, 5.0)):
+        log.warning("run %s: worker %s did not stop within %.0f s; sending %s", folder.name, pid, timeout, sig.name)
+        procs.signal_group(pid, sig)
+        if _wait_exit(pid, wait):
+            break
+    if rundir.read_status(folder)["state"] in rundir.ACTIVE_STATES + ("interrupted",):
+        # The worker died without writing its end. Say so only as the folder's owner: a worker
+        # that a resume started meanwhile owns it now, and its status must stand.
+        try:
+            with rundir.RunLock(folder).acquire(wait=2.0, what="be marked stopped"):
+                if rundir.read_status(folder).get("pid") == pid:
+                    rundir.update_status(folder, state="stopped", error="stopped by force before a checkpoint; "
+                                         "resume continues from the last checkpoint")
+        except RunBusyError:
+            log.warning("run %s: a new worker took the run over while it was being stopped", folder.name)
+    return rundir.read_status(folder)
+
+
+def _wait_exit(pid: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not procs.pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return not procs.pid_alive(pid)
+
+
+def _refuse_unless_resumable(folder: Path) -> None:
+    status = rundir.read_status(folder)
+    if status["state"] in rundir.ACTIVE_STATES:
+        raise RunError(f"run {folder.name} is already {status['state']}", "stop it first, or watch it")
+    if status["state"] == "completed":
+        raise RunError(f"run {folder.name} has completed", "start a new run from its config.json to train again")
+
+
+def resume(run: str | os.PathLike, foreground: bool = False) -> str:
+    """Continue a stopped, failed or interrupted run from checkpoints/last.pt.
+
+    The worker truncates metrics.jsonl to the checkpoint's step first, so the metrics continue
+    with no gap and no duplicates. Without a checkpoint the run starts again from the beginning.
+    `foreground=True` trains in this process (the CLI's `resume --foreground`). Under the run's
+    lock, so of two resumes at once one starts the worker and the other is refused.
+    """
+    folder = rundir.run_dir(run)
+    _refuse_unless_resumable(folder)
+    with rundir.RunLock(folder).acquire(what="be resumed"):
+        _refuse_unless_resumable(folder)  # again, as the owner: another resume may have started it
+        _preflight(rundir.load_config(folder), folder.parent)  # a broken config.json or a gone device fails here
+        rundir.clear_stop(folder)
+        rundir.update_status(folder, state="queued", error=None, heartbeat=time.time(),
+                             pid=os.getpid() if foreground else None)
+        if not foreground:
+            _spawn_worker(folder)
+            return folder.name
+    # In this process: the worker takes the lock itself; until then the queued status with this
+    # live pid turns other resumes away.
+    from .worker import run_worker  # here, not at the top: the worker imports the engine (torch)
+
+    run_worker(folder)
+    return folder.name
+
+
+def delete(run: str | os.PathLike) -> None:
+    """Remove a run folder; refuses a run that is still training (or whose worker is starting)."""
+    folder = rundir.run_dir(run)
+    if rundir.is_active(folder):
+        raise RunError(f"run {folder.name} is still {rundir.read_status(folder)['state']}", "stop it first")
+    with rundir.RunLock(folder).acquire(what="be deleted"):
+        shutil.rmtree(folder)

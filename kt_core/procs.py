@@ -1,0 +1,52 @@
+"""Is a process alive? The one answer for worker pids, with the children this process started.
+
+A leaf module (standard library only): the run folder module asks it whether a run's worker is
+still there, the launcher registers the workers it starts here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+# Workers started by this process: polling them reaps them, so a dead worker is never mistaken
+# for a live one (a zombie still answers os.kill(pid, 0)).
+_children: dict[int, subprocess.Popen] = {}
+
+
+def adopt(proc: subprocess.Popen) -> None:
+    """Remember a child process, so that liveness checks poll (and reap) it."""
+    _children[proc.pid] = proc
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def signal_group(pid: int | None, sig: signal.Signals) -> None:
+    """Send `sig` to the process group `pid` leads (a worker and its DataLoader workers), else to `pid`."""
+    if not pid:
+        return
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
