@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 import kt_core.demo
-from kt_core import runs
+from kt_core import rundir
 from kt_core.demo import DemoHandle
 from test_app_support import app_at, chart_traces, errors, make_run, no_exceptions
 
@@ -22,7 +22,7 @@ def test_home_tells_what_it_does_and_the_machine_facts():
 def test_active_runs_are_listed_on_home_and_in_the_sidebar(monkeypatch):
     live = make_run("in progress", done_epochs=1, state="running")
     make_run("finished")
-    monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
+    monkeypatch.setattr(rundir, "_worker_alive", lambda status: True)
     at = app_at()
     no_exceptions(at)
     active = at.dataframe[1].value
