@@ -5,7 +5,8 @@ import json
 import streamlit as st
 
 from kt_core import launcher, rundir
-from kt_core.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
+from kt_core.config import PRECISIONS, TrainConfig
+from kt_core.optim import OPTIMIZERS, SCHEDULERS
 from ui import state
 from ui.curves import ACTIVE_STATES, live_curves
 from ui.errors import guard, show_error
@@ -31,8 +32,9 @@ def train_form(cfg: TrainConfig) -> TrainConfig:
     cfg.lr = float(c4.number_input("Learning rate", 1e-6, 10.0, cfg.lr, format="%.5f", key="train_lr"))
     with st.expander("More hyperparameters"):
         c1, c2, c3, c4 = st.columns(4)
-        cfg.optimizer = c1.selectbox("Optimizer", OPTIMIZERS, OPTIMIZERS.index(cfg.optimizer), key="train_optimizer")
-        cfg.scheduler = c2.selectbox("Scheduler", SCHEDULERS, SCHEDULERS.index(cfg.scheduler), key="train_scheduler")
+        optimizers, schedulers = OPTIMIZERS.names(), SCHEDULERS.names()
+        cfg.optimizer = c1.selectbox("Optimizer", optimizers, optimizers.index(cfg.optimizer), key="train_optimizer")
+        cfg.scheduler = c2.selectbox("Scheduler", schedulers, schedulers.index(cfg.scheduler), key="train_scheduler")
         cfg.weight_decay = float(c3.number_input("Weight decay", 0.0, 1.0, cfg.weight_decay, format="%.5f",
                                                  key="train_wd"))
         cfg.label_smoothing = float(c4.number_input("Label smoothing", 0.0, 0.9, cfg.label_smoothing,

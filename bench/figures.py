@@ -82,7 +82,8 @@ def planned_copy(model: torch.nn.Module, cfg: RunConfig):
 
 def kt_rate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context) -> list[float]:
     """Images/s of each of kt_core's `fit` epochs after the first, from `model`'s weights."""
-    from kt_core.engine import Callback, fit
+    from kt_core.callbacks import Callback
+    from kt_core.engine import fit
 
     clock = EpochClock(ctx.device)
 
@@ -117,7 +118,8 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
     their first epochs are warm-up. The engine's time for an epoch runs from the end of the plain
     epoch before it to its own `on_epoch_end`: its between-epoch bookkeeping is included.
     """
-    from kt_core.engine import Callback, epoch_generator, fit
+    from kt_core.callbacks import Callback
+    from kt_core.engine import epoch_generator, fit
 
     t, now = cfg.train, clock_for(ctx.device)
     ref, _ = planned_copy(model, cfg)

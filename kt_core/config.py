@@ -17,25 +17,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import ConfigError
+from .optim import OPTIMIZERS, SCHEDULERS
+from .presets import PRESETS
 
 SOURCE_KINDS = ("arch", "file", "run")
 CHECKPOINT_CHOICES = ("best", "last")
 NORMALIZE_CHOICES = ("auto", "source", "dataset", "imagenet", "none")
 AUGMENT_CHOICES = ("none", "light", "standard")
-PRESETS = (
-    "feature_extraction",  # everything frozen but the new head
-    "fine_tune",  # everything trained
-    "freeze_first_n",  # the first `freeze_first_n` blocks frozen
-    "gradual_unfreeze",  # start as feature extraction, unfreeze one block every N epochs
-    "discriminative",  # everything trained, lr decays by `layer_decay` per block from the head
-    "scratch",  # random initialisation, everything trained: the baseline
-)
 BN_MODES = ("eval", "train")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -122,7 +114,7 @@ class TransferPlan:
     rules: list[LayerRule] = field(default_factory=list)
 
     def validate(self) -> None:
-        _choice("plan.preset", self.preset, PRESETS)
+        _choice("plan.preset", self.preset, PRESETS.names())
         _choice("plan.bn_mode", self.bn_mode, BN_MODES)
         if self.freeze_first_n < 0:
             raise ConfigError("plan.freeze_first_n is negative", "use 0 or more blocks")
@@ -162,8 +154,8 @@ class TrainConfig:
     feature_cache: bool = True  # cache frozen-backbone features when the plan allows it
 
     def validate(self) -> None:
-        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        _choice("train.scheduler", self.scheduler, SCHEDULERS)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS.names())
+        _choice("train.scheduler", self.scheduler, SCHEDULERS.names())
         _choice("train.precision", self.precision, PRECISIONS)
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
@@ -238,7 +230,7 @@ class RunConfig:
 
 # --- validation helpers --------------------------------------------------------------------
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} is {value!r}", f"valid choices: {', '.join(choices)}")
 

@@ -4,7 +4,9 @@ The engine knows nothing about files, processes or the UI. Everything observable
 callbacks (Lightning-style objects with no-op hooks): the run worker plugs in a metrics writer, a
 checkpointer and a stop flag. What the engine owns:
 
-- optimizers and schedulers (registries; schedules are stepped once per batch, with linear warmup),
+- the learning rate: each param group's lr is set from the schedule after every step, nanoGPT
+  style (`optim.lr_schedule`: registries of optimizers and schedules, linear warmup), so a group
+  added while training (gradual unfreezing) simply follows it,
 - the hot loop, kept as lean as a plain PyTorch loop: losses and accuracies are accumulated on the
   device and read back only every `log_every` steps,
 - the feature cache: when only the head trains and nothing augments the images, the backbone's
@@ -13,6 +15,9 @@ checkpointer and a stop flag. What the engine owns:
 - mixed precision on CUDA, NaN and out-of-memory failures with a message naming the fix,
 - resumable state: batch order comes from a generator seeded by (seed, epoch), so a run resumed
   mid-epoch skips exactly the batches it had already seen.
+
+What a method adds plugs in as a callback (`callbacks.Callback`; a plan brings its own, e.g.
+gradual unfreezing) or, for the loss, at the one `criterion(out, y)` call in `train_one_epoch`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import RunConfig, TrainConfig
+from .callbacks import Callback
+from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches
 from .errors import DeviceError, KTError
-from .registry import Registry
+from .optim import OPTIMIZERS, lr_schedule
+from .probe import probe
 
 log = logging.getLogger(__name__)
 
@@ -79,92 +86,7 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
-# --- optimizers and schedules ------------------------------------------------------------------
-
-OPTIMIZERS: Registry[Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
-
-
-@OPTIMIZERS.register("sgd", description="SGD with (Nesterov-free) momentum")
-def _sgd(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-@OPTIMIZERS.register("adam", description="Adam; weight decay added to the gradient (L2)")
-def _adam(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
-
-
-@OPTIMIZERS.register("adamw", description="AdamW; decoupled weight decay")
-def _adamw(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-
-
-# A schedule maps (step, total_steps, steps_per_epoch, cfg) to a multiplier of each group's own lr,
-# so per-block multipliers (discriminative lrs, gradual unfreezing) survive any schedule.
-Schedule = Callable[[int, int, int, TrainConfig], float]
-SCHEDULERS: Registry[Schedule] = Registry("scheduler")
-
-
-@SCHEDULERS.register("constant", description="the same learning rate throughout (after warmup)")
-def _constant(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
-    return 1.0
-
-
-@SCHEDULERS.register("step", description="multiply by gamma every step_size epochs")
-def _step(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
-    return t.gamma ** (step // (per_epoch * t.step_size))
-
-
-@SCHEDULERS.register("cosine", description="cosine decay to zero after warmup")
-def _cosine(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
-    warm = _warmup_steps(t, per_epoch)
-    progress = (step - warm) / max(1, total - warm)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-
-
-@SCHEDULERS.register("onecycle", description="rise from lr/25 to lr (30% of steps or warmup), cosine down to ~0")
-def _onecycle(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
-    # Smith's one-cycle: its own warm phase (warmup_epochs if set, else 30% of the run).
-    rise = _warmup_steps(t, per_epoch) or max(1, int(0.3 * total))
-    start, end = 1 / 25, 1 / 25e4
-    if step < rise:
-        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / rise))
-    progress = min(1.0, (step - rise) / max(1, total - rise))
-    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _warmup_steps(t: TrainConfig, per_epoch: int) -> int:
-    return int(round(t.warmup_epochs * per_epoch))
-
-
-def lr_factor(step: int, total: int, per_epoch: int, t: TrainConfig) -> float:
-    """The multiplier of the base lrs at `step`: the schedule, times a linear warmup."""
-    factor = SCHEDULERS.get(t.scheduler)(step, total, per_epoch, t)
-    warm = _warmup_steps(t, per_epoch)
-    if warm and step < warm and t.scheduler != "onecycle":  # one-cycle warms up by itself
-        factor *= (step + 1) / warm
-    return factor
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
-                    steps_per_epoch: int, step: int = 0) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """A per-batch LambdaLR positioned at `step`, or None when the lr never changes."""
-    if cfg.scheduler == "constant" and _warmup_steps(cfg, steps_per_epoch) == 0:
-        return None  # nothing to do per step: keep the hot loop lean
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-
-    def factor(s: int) -> float:
-        return lr_factor(s, total_steps, steps_per_epoch, cfg)
-
-    # LambdaLR steps once on construction, landing on last_epoch + 1 == step.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=step - 1)
-
-
-def rebuild_scheduler(ctx: "FitContext") -> None:
-    """After param groups were added (gradual unfreezing): a scheduler that knows every group."""
-    ctx.scheduler = build_scheduler(ctx.optimizer, ctx.cfg.train, ctx.total_steps, ctx.steps_per_epoch, ctx.step)
-
+# --- when no plan is given ------------------------------------------------------------------
 
 def default_param_groups(model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups, no weight decay on biases and norm weights (timm style)."""
@@ -174,30 +96,36 @@ def default_param_groups(model: nn.Module, base_lr: float, weight_decay: float) 
             (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-    return [dict(g, lr=base_lr, lr_mult=1.0) for g in groups if g["params"]]
+    return [dict(g, lr=base_lr, initial_lr=base_lr, lr_mult=1.0) for g in groups if g["params"]]
 
 
-# --- callbacks and context -----------------------------------------------------------------
+class WholeModel:
+    """The plan of a fit given none: every parameter trains (`default_param_groups`), the whole
+    model in train mode, no feature cache, no callbacks. It answers what the engine asks of a
+    `transfer.PlanResult`, so the loop has one path."""
 
-class Callback:
-    """Hooks the engine calls; every hook is a no-op until overridden."""
+    head = None
 
-    def on_fit_start(self, ctx: "FitContext") -> None: ...
+    def __init__(self, model: nn.Module):
+        self.model = model
 
-    def on_step_end(self, ctx: "FitContext", row: dict) -> None:
-        """Called for each logged step row (step 1, then every `log_every` steps), not every batch."""
+    def param_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        return default_param_groups(self.model, base_lr, weight_decay)
 
-    def on_epoch_end(self, ctx: "FitContext", row: dict) -> None: ...
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
 
-    def should_stop(self, ctx: "FitContext") -> bool:
-        """Checked after every batch: True finishes the batch, checkpoints `last` and stops."""
+    def head_only(self) -> bool:
         return False
 
-    def on_checkpoint(self, ctx: "FitContext", state: dict, tag: str) -> None:
-        """`tag` is "last" (every epoch and on stop) or "best" (a new best validation accuracy)."""
+    def state(self) -> None:
+        return None
 
-    def on_fit_end(self, ctx: "FitContext", result: "FitResult") -> None: ...
+    def callbacks(self) -> list[Callback]:
+        return []
 
+
+# --- the context ----------------------------------------------------------------------------
 
 @dataclass
 class FitContext:
@@ -206,10 +134,10 @@ class FitContext:
     model: nn.Module
     data: PreparedData
     cfg: RunConfig
-    plan: Any
+    plan: Any  # a transfer.PlanResult, or WholeModel
     device: torch.device
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    schedule: Callable[[int], float] | None  # step -> multiplier of each group's initial_lr; None: constant
     criterion: nn.Module
     steps_per_epoch: int
     total_steps: int
@@ -258,7 +186,8 @@ def checkpoint_state(ctx: FitContext) -> dict:
     return {
         "model": ctx.model.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),
-        "scheduler": ctx.scheduler.state_dict() if ctx.scheduler is not None else None,
+        # The lr is a function of the step (`schedule`), recomputed on resume: nothing to restore.
+        "scheduler": {"name": ctx.cfg.train.scheduler, "step": ctx.step} if ctx.schedule is not None else None,
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
         "epoch": ctx.epoch,
         "step": ctx.step,
@@ -268,7 +197,7 @@ def checkpoint_state(ctx: FitContext) -> dict:
         "best_val_acc": ctx.best_val_acc,
         "epochs_since_best": ctx.epochs_since_best,
         "config": ctx.cfg.to_dict(),
-        "plan_state": ctx.plan.state() if ctx.plan is not None and hasattr(ctx.plan, "state") else None,
+        "plan_state": ctx.plan.state(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
         "kt_studio_version": __version__,
@@ -294,7 +223,7 @@ def train_one_epoch(ctx: FitContext) -> bool:
     """
     t = ctx.cfg.train
     model, optimizer, criterion, device = ctx.forward, ctx.optimizer, ctx.criterion, ctx.device
-    callbacks, log_every, clip, scaler = ctx.callbacks, t.log_every, t.grad_clip, ctx.scaler
+    callbacks, log_every, clip, scaler, schedule = ctx.callbacks, t.log_every, t.grad_clip, ctx.scaler, ctx.schedule
     sums = ctx.sums  # [loss * n, correct, seen], accumulated without a host sync
     batches = iter_batches(ctx.train_split, t.batch_size, shuffle=True,
                            generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
@@ -321,8 +250,8 @@ def train_one_epoch(ctx: FitContext) -> bool:
             if clip:
                 nn.utils.clip_grad_norm_(_trainable(optimizer), clip)
             optimizer.step()
-        if ctx.scheduler is not None:
-            ctx.scheduler.step()
+        if schedule is not None:  # the lr of the next step, as a scheduler's step() would set it
+            _set_lr(optimizer, schedule(ctx.step + 1))
         sums[0] += loss.detach().float() * y.shape[0]
         sums[1] += (out.argmax(1) == y).sum()
         sums[2] += y.shape[0]
@@ -366,6 +295,20 @@ def _check_finite(loss: float, ctx: FitContext) -> None:
         what = "NaN" if math.isnan(loss) else "infinite"
         raise TrainingError(f"loss became {what} at step {ctx.step}",
                             f"lower the learning rate, now {ctx.cfg.train.lr:g}")
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group at its base lr times the schedule's factor (nanoGPT's loop does the same)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
+def apply_schedule(ctx: FitContext) -> None:
+    """The lrs of step `ctx.step`; a group added since (gradual unfreezing) starts from its own lr."""
+    for group in ctx.optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    if ctx.schedule is not None:
+        _set_lr(ctx.optimizer, ctx.schedule(ctx.step))
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -414,7 +357,7 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
     The forward pass stops at the head, so the head is never run here. Returns None when the head
     is not called with exactly one tensor (then its inputs cannot be cached).
     """
-    head = model.get_submodule(head_name)
+    model.get_submodule(head_name)  # a head that is not there fails here, by name
     captured: list[torch.Tensor] = []
 
     def grab(module, args):
@@ -423,11 +366,8 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
         captured.append(args[0].detach().float())
         raise _HeadReached
 
-    handle = head.register_forward_pre_hook(grab)
-    was_training = model.training
-    model.eval()
     feats, labels = [], []
-    try:
+    with probe(model, before={head_name: grab}):
         for x, y in iter_batches(split, batch_size):
             before = len(captured)
             try:
@@ -440,9 +380,6 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
             feats.append(captured[-1])
             labels.append(y.to(device))
             captured.clear()
-    finally:
-        handle.remove()
-        model.train(was_training)
     if not feats:
         return None
     return TensorSplit(torch.cat(feats), torch.cat(labels))
@@ -450,7 +387,7 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
 
 def feature_cache_eligible(cfg: RunConfig, data: PreparedData, plan) -> bool:
     """Only the head trains, no unfreezing later, no augmentation, frozen BatchNorm in eval mode."""
-    return bool(cfg.train.feature_cache and plan is not None and plan.head_only()
+    return bool(cfg.train.feature_cache and plan.head_only()
                 and (data.augment or "none") == "none" and cfg.plan.bn_mode == "eval")
 
 
@@ -459,7 +396,7 @@ def feature_cache_eligible(cfg: RunConfig, data: PreparedData, plan) -> bool:
 def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
         device: torch.device | str | None = None, meta: dict | None = None) -> FitResult:
-    """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains).
+    """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`).
 
     `resume_state` is a checkpoint dict from `checkpoint_state`; training continues exactly where
     it left off. `meta` (e.g. {"arch": "small_cnn"}) is stored in every checkpoint.
@@ -468,7 +405,8 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     """
     t = cfg.train
     device = resolve_device(t.device) if device is None else torch.device(device)
-    callbacks = list(callbacks)
+    plan = WholeModel(model) if plan is None else plan
+    callbacks = plan.callbacks() + list(callbacks)  # the plan's first: groups exist before others look
     if resume_state is None:
         torch.manual_seed(t.seed)  # dropout and anything else random in the loop
     model.to(device)
@@ -486,8 +424,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContex
     t = cfg.train
     if len(data.train) == 0:
         raise TrainingError("the training split is empty", "select more images or classes")
-    groups = (plan.param_groups(t.lr, t.weight_decay) if plan is not None
-              else default_param_groups(model, t.lr, t.weight_decay))
+    groups = plan.param_groups(t.lr, t.weight_decay)
     if not any(g["params"] for g in groups):
         raise TrainingError("nothing to train: every parameter is frozen",
                             "unfreeze at least the head in the transfer plan")
@@ -510,13 +447,14 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContex
         augment = _augmenter(data)
 
     ctx = FitContext(
-        model=model, data=data, cfg=cfg, plan=plan, device=device, optimizer=optimizer, scheduler=None,
+        model=model, data=data, cfg=cfg, plan=plan, device=device, optimizer=optimizer,
+        schedule=lr_schedule(t, total_steps, steps_per_epoch),
         criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, callbacks=callbacks, forward=model, train_split=data.train,
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3, device=device, dtype=torch.float64),
     )
-    ctx.scheduler = build_scheduler(optimizer, t, total_steps, steps_per_epoch)
+    apply_schedule(ctx)
 
     if feature_cache_eligible(cfg, data, plan):
         _use_feature_cache(ctx)
@@ -558,14 +496,10 @@ def _restore(ctx: FitContext, state: dict) -> None:
         ctx.model.load_state_dict(state["model"])
         ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
         ctx.batch_in_epoch = int(state.get("batch_in_epoch") or 0)
-        if ctx.plan is not None and not ctx.feature_cache:
-            # Gradual unfreezing: replay the epochs already started, so the optimizer gets its
-            # groups in the order they were added before its state is loaded into them.
-            last_started = ctx.epoch if ctx.batch_in_epoch else ctx.epoch - 1
-            for epoch in range(1, last_started + 1):
-                ctx.plan.unfreeze_for_epoch(epoch, ctx.optimizer, ctx.cfg.train.lr)
+        for cb in ctx.callbacks:  # e.g. gradual unfreezing adds back its groups, in order
+            cb.on_resume(ctx, state)
         ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.scheduler = build_scheduler(ctx.optimizer, ctx.cfg.train, ctx.total_steps, ctx.steps_per_epoch, ctx.step)
+        apply_schedule(ctx)  # from the step: checkpoints of any version resume alike
         if ctx.scaler is not None and state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
         if state.get("epoch_sums"):
@@ -587,10 +521,8 @@ def _restore(ctx: FitContext, state: dict) -> None:
 def _set_train_mode(ctx: FitContext) -> None:
     if ctx.feature_cache:
         ctx.forward.train()
-    elif ctx.plan is not None:
-        ctx.plan.train_mode(ctx.model)
     else:
-        ctx.model.train()
+        ctx.plan.train_mode(ctx.model)
 
 
 def _fit_loop(ctx: FitContext) -> FitResult:
@@ -600,9 +532,10 @@ def _fit_loop(ctx: FitContext) -> FitResult:
     started, images = time.perf_counter(), 0
     state, early_stopped, val_acc, train_acc = "completed", False, None, None
     while ctx.epoch < t.epochs:
-        if ctx.batch_in_epoch == 0 and ctx.plan is not None and not ctx.feature_cache and ctx.epoch > 0:
-            if ctx.plan.unfreeze_for_epoch(ctx.epoch, ctx.optimizer, t.lr):
-                rebuild_scheduler(ctx)
+        if ctx.batch_in_epoch == 0:
+            for cb in ctx.callbacks:
+                cb.on_epoch_start(ctx)
+            apply_schedule(ctx)  # groups a callback added follow the schedule from this step
         epoch_started = time.perf_counter()
         seen_before = ctx.sums[2].item()
         _set_train_mode(ctx)

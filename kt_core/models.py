@@ -28,13 +28,13 @@ from torch import nn
 
 from .adapt import adapt_input_conv
 from .checkpoints import clean_state_dict, read_checkpoint
+from .datasets.transforms import IMAGENET_NORMALIZATION, Normalization
 from .errors import CheckpointError, KTError
+from .probe import probe
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-Normalization = tuple[tuple[float, ...], tuple[float, ...]]
-IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MNIST_NORMALIZATION: Normalization = ((0.1307,), (0.3081,))
 
 
@@ -288,10 +288,7 @@ def _register_torchvision() -> None:
         enum = tvm.get_model_weights(name)
         weights = tuple(w.name for w in enum)
         default = enum.DEFAULT
-        transform = getattr(default.transforms, "keywords", {})
-        crop = int(transform.get("crop_size", 224))
-        mean = tuple(transform.get("mean", IMAGENET_NORMALIZATION[0]))
-        std = tuple(transform.get("std", IMAGENET_NORMALIZATION[1]))
+        crop, normalization = _preprocessing_of(default, 224)
         params = default.meta.get("num_params")
         acc = default.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
         description = f"torchvision {name}"
@@ -302,7 +299,7 @@ def _register_torchvision() -> None:
         ARCHITECTURES.add(name, ArchSpec(
             name=name, family=module, builder=functools.partial(_torchvision_builder, name),
             input_size=(3, crop, crop), num_classes=len(default.meta.get("categories") or range(1000)),
-            head=head, first_conv=first_conv, weights=weights, normalization=(mean, std),
+            head=head, first_conv=first_conv, weights=weights, normalization=normalization,
             description=description, stages=stages,
         ))
 
@@ -410,11 +407,17 @@ def weights_preprocessing(spec: ArchSpec, weights: str | None) -> tuple[tuple[in
     from torchvision import models as tvm  # here, not at the top: torchvision's model zoo costs ~1.5 s to import
 
     torchvision_weights_path(spec, weights)  # validates the name
-    transform = getattr(tvm.get_model_weights(spec.name)[weights].transforms, "keywords", {})
-    crop = int(transform.get("crop_size", spec.input_size[1]))
-    mean = tuple(transform.get("mean", IMAGENET_NORMALIZATION[0]))
-    std = tuple(transform.get("std", IMAGENET_NORMALIZATION[1]))
-    return (spec.input_size[0], crop, crop), (mean, std)
+    crop, normalization = _preprocessing_of(tvm.get_model_weights(spec.name)[weights], spec.input_size[1])
+    return (spec.input_size[0], crop, crop), normalization
+
+
+def _preprocessing_of(weights, default_crop: int) -> tuple[int, Normalization]:
+    """The crop size and mean/std a torchvision weights entry's transforms use: the keywords of
+    its `transforms` partial (ImageClassification(crop_size=..., mean=..., std=...)), read here only."""
+    keywords = getattr(weights.transforms, "keywords", {})
+    mean = tuple(keywords.get("mean", IMAGENET_NORMALIZATION[0]))
+    std = tuple(keywords.get("std", IMAGENET_NORMALIZATION[1]))
+    return int(keywords.get("crop_size", default_crop)), (mean, std)
 
 
 def torchvision_state_dict(spec: ArchSpec, weights: str) -> dict[str, torch.Tensor]:
@@ -629,30 +632,19 @@ def dry_run(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[dict[st
     up to the failure show where it broke).
     """
     shapes: dict[str, Any] = {}
-    handles = []
-    for name, module in model.named_modules():
-        try:
-            handles.append(module.register_forward_hook(
-                lambda _m, _i, out, name=name: shapes.__setitem__(name, _shape_of(out))))
-        except (RuntimeError, AttributeError):  # TorchScript modules take no Python hooks
-            pass
+    record = {name: (lambda _m, _i, out, name=name: shapes.__setitem__(name, _shape_of(out)))
+              for name, _ in model.named_modules()}
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    was_training = model.training
     error = None
     try:
-        model.eval()
-        with torch.no_grad():
+        with probe(model, after=record):
             out = model(torch.zeros((1, *input_size), device=device, dtype=dtype))
         shapes[""] = _shape_of(out)
     except Exception as exc:  # any failure of a user's model is reported, not raised
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.warning("dry run with input %s failed: %s", input_size, error)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
     return shapes, error
 
 

@@ -20,9 +20,9 @@ from torch import nn
 from . import rundir
 from .checkpoints import LoadReport, RawCheckpoint, interpret, load_into, read_checkpoint
 from .config import SourceConfig
-from .datasets.transforms import adapt_normalization
+from .datasets.transforms import Normalization, adapt_normalization
 from .errors import CheckpointError, KTError, PathNotAllowedError
-from .models import (ARCHITECTURES, ArchSpec, Normalization, adapt_first_conv, architecture_fits, blocks,
+from .models import (ARCHITECTURES, ArchSpec, adapt_first_conv, architecture_fits, blocks,
                      count_parameters, dry_run, get_spec, infer_architectures, layer_tree, replace_head,
                      torchvision_state_dict, weights_preprocessing)
 from .registry import Registry

@@ -17,6 +17,11 @@ Conventions (documented here because users rely on them):
   at `base_lr * plan.unfreeze_lr_mult * lr_mult` (the Lightning `BaseFinetuning` recipe).
 - Weight decay skips biases and normalisation weights (every tensor with fewer than 2 dims), as
   timm does: decaying a scale or a shift towards zero only hurts.
+
+The pieces: `PlanResult` is the plan table (a setting per block and per unit, what is frozen
+now); `param_groups_of` is the optimizer grouping rule; `bn_eval_modules` the BatchNorm policy;
+`GradualUnfreezing` the callback that releases blocks while training; `bn_stat_warnings` and
+`estimate_cost` look at the model through `probe.probe`. The presets live in `presets`.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from .callbacks import Callback
 from .config import TransferPlan
 from .errors import ConfigError, KTError, RunError
-from .registry import Registry
+from .presets import PRESETS, Setting
+from .probe import first_device, probe
 
 log = logging.getLogger(__name__)
 
@@ -44,53 +51,6 @@ class BlockLike(Protocol):
 
     name: str
     modules: list[str]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What the plan says about one block or unit."""
-
-    transfer: bool  # keep the source weights (True) or re-initialise them (False)
-    freeze: bool
-    lr_mult: float = 1.0
-
-
-# --- presets: one function per name in config.PRESETS -----------------------------------------
-# A preset maps (block index, number of blocks, plan) to the block's Setting; the head is the
-# last block (index n - 1).
-
-PRESETS: Registry = Registry("transfer preset")
-
-
-@PRESETS.register("feature_extraction", description="everything frozen but the new head")
-def _feature_extraction(index: int, n: int, plan: TransferPlan) -> Setting:
-    head = index == n - 1
-    return Setting(transfer=not head, freeze=not head)
-
-
-@PRESETS.register("fine_tune", description="every layer trains, starting from the source weights")
-def _fine_tune(index: int, n: int, plan: TransferPlan) -> Setting:
-    return Setting(transfer=index < n - 1, freeze=False)
-
-
-@PRESETS.register("freeze_first_n", description="the first N blocks frozen, the rest trains")
-def _freeze_first_n(index: int, n: int, plan: TransferPlan) -> Setting:
-    return Setting(transfer=index < n - 1, freeze=index < plan.freeze_first_n)
-
-
-@PRESETS.register("gradual_unfreeze", description="feature extraction first, then one more block every N epochs")
-def _gradual_unfreeze(index: int, n: int, plan: TransferPlan) -> Setting:
-    return _feature_extraction(index, n, plan)
-
-
-@PRESETS.register("discriminative", description="every layer trains; the learning rate decays block by block from the head")
-def _discriminative(index: int, n: int, plan: TransferPlan) -> Setting:
-    return Setting(transfer=index < n - 1, freeze=False, lr_mult=plan.layer_decay ** (n - 1 - index))
-
-
-@PRESETS.register("scratch", description="random initialisation, everything trains: the baseline")
-def _scratch(index: int, n: int, plan: TransferPlan) -> Setting:
-    return Setting(transfer=False, freeze=False)
 
 
 # --- resolution ---------------------------------------------------------------------------------
@@ -178,11 +138,32 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
     if plan.preset == "freeze_first_n" and plan.freeze_first_n > n - 1:
         raise ConfigError(f"plan.freeze_first_n is {plan.freeze_first_n} but the model has only {n - 1} blocks before the head",
                           f"use at most {n - 1}, or the feature_extraction preset to freeze everything but the head")
-    preset = PRESETS.get(plan.preset)
     order = [b.name for b in blocks]
     block_modules = {b.name: list(b.modules) for b in blocks}
-    owners = [(m, b.name) for b in blocks for m in b.modules]
+    units, unassigned = _units(model, plan, blocks)
+    warnings = []
+    if unassigned:
+        order.insert(max(n - 1, 0), UNASSIGNED)
+        block_modules[UNASSIGNED] = unassigned
+        warnings.append(f"modules outside every block follow the block before the head: {', '.join(unassigned)}")
+        log.warning(warnings[-1])
+    block_setting = {block: _block_setting(block, blocks, block_modules[block], units, plan) for block in order}
+    _check_rules(model, plan, order)
+    return PlanResult(model, plan, order, block_modules, block_setting, units, warnings)
 
+
+def _preset_setting(block: str, blocks: Sequence[BlockLike], plan: TransferPlan) -> Setting:
+    """The preset's setting of `block`; parts outside every block are treated as the part just
+    below the head, which is what a classifier's stray parameters usually are."""
+    n = len(blocks)
+    index = max(n - 2, 0) if block == UNASSIGNED else [b.name for b in blocks].index(block)
+    return PRESETS.get(plan.preset)(index, n, plan)
+
+
+def _units(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) -> tuple[list[_Unit], list[str]]:
+    """Every module's own parameters and buffers, per block, with the plan's setting for them;
+    and the names of modules no block covers."""
+    owners = [(m, b.name) for b in blocks for m in b.modules]
     units: list[_Unit] = []
     unassigned = []
     seen_params: set[int] = set()  # tied weights count once, with their first owner
@@ -200,54 +181,48 @@ def _resolve(model: nn.Module, plan: TransferPlan, blocks: Sequence[BlockLike]) 
             by_block[_block_of(name, owners)] = []
         for block, params in by_block.items():
             if block is None:
-                # Not covered by any block: treat it as the part just below the head, which is
-                # what a classifier's stray parameters usually are.
                 unassigned.append(name or "(root)")
-                block, base = UNASSIGNED, preset(max(n - 2, 0), n, plan)
-            else:
-                base = preset(order.index(block), n, plan)
-            setting, pinned = _apply_rules(base, plan.rules, block, _ancestry(name) + params)
+                block = UNASSIGNED
+            setting, pinned = _apply_rules(_preset_setting(block, blocks, plan), plan.rules, block,
+                                           _ancestry(name) + params)
             units.append(_Unit(
                 key=name if len(by_block) == 1 else f"{name}[{block}]", name=name, block=block,
                 setting=setting, pinned=pinned, params=params,
                 is_norm=isinstance(module, _NormBase) and module.track_running_stats,
             ))
+    return units, unassigned
 
-    warnings = []
-    if unassigned:
-        order.insert(max(n - 1, 0), UNASSIGNED)
-        block_modules[UNASSIGNED] = unassigned
-        warnings.append(f"modules outside every block follow the block before the head: {', '.join(unassigned)}")
-        log.warning(warnings[-1])
 
-    # Block-level settings (the Layers page's rows): the preset, then the rules that cover the
-    # whole block (its name, or a pattern matching every unit of it). A rule on part of a block
-    # shows up as that row's overrides instead.
-    block_setting: dict[str, Setting] = {}
-    for block in order:
-        index = max(n - 2, 0) if block == UNASSIGNED else [b.name for b in blocks].index(block)
-        members = [_ancestry(u.name) + u.params for u in units if u.block == block] or \
-            [_ancestry(m) for m in block_modules[block]]
-        setting = preset(index, n, plan)
-        for rule in plan.rules:
-            if rule.pattern == block or all(any(fnmatch.fnmatchcase(name, rule.pattern) for name in names)
-                                            for names in members):
-                setting = _override(setting, rule)
-        block_setting[block] = setting
+def _block_setting(block: str, blocks: Sequence[BlockLike], modules: list[str], units: list[_Unit],
+                   plan: TransferPlan) -> Setting:
+    """A block's row on the Layers page: the preset, then the rules that cover the whole block
+    (its name, or a pattern matching every unit of it). A rule on part of a block shows up as
+    that row's overrides instead."""
+    members = [_ancestry(u.name) + u.params for u in units if u.block == block] or [_ancestry(m) for m in modules]
+    setting = _preset_setting(block, blocks, plan)
+    for rule in plan.rules:
+        if rule.pattern == block or all(any(fnmatch.fnmatchcase(name, rule.pattern) for name in names)
+                                        for names in members):
+            setting = _override(setting, rule)
+    return setting
 
+
+def _check_rules(model: nn.Module, plan: TransferPlan, order: list[str]) -> None:
+    """A rule that matches nothing is a typo: say so, with the names it was probably meant for."""
     all_names = [name for name, _ in model.named_modules() if name] + [name for name, _ in model.named_parameters()]
     for rule in plan.rules:
         if rule.pattern not in order and not any(fnmatch.fnmatchcase(m, rule.pattern) for m in all_names):
             close = difflib.get_close_matches(rule.pattern, order + all_names, n=3)
             raise ConfigError(f"plan rule {rule.pattern!r} matches no block or module",
                               f"did you mean {', '.join(close)}?" if close else f"blocks are {', '.join(order)}")
-    return PlanResult(model, plan, order, block_modules, block_setting, units, warnings)
 
 
-# --- the result ---------------------------------------------------------------------------------
+# --- the plan table -----------------------------------------------------------------------------
 
 class PlanResult:
-    """A plan applied to one model: the table, the parameter groups, the mode and unfreezing rules.
+    """A plan applied to one model: one setting per block and per unit, and which units are
+    frozen now. What the engine asks of a plan: `param_groups`, `train_mode`, `head_only`,
+    `head`, `state`, `callbacks`.
 
     It keeps a reference to the model and looks parameters up by name on every call, so moving
     the model to another device after `apply_plan` is fine.
@@ -263,9 +238,8 @@ class PlanResult:
         self.warnings: list[str] = list(warnings)
         self.head: str = self._head_module()
         self._frozen: set[str] = {u.key for u in units if u.setting.freeze}
-        self._unfrozen: list[str] = []  # blocks gradual unfreezing has released, in order
-        self._candidates: list[str] = self._unfreeze_candidates()
-        self._weight_decay = 0.0  # of the last param_groups() call; unfrozen groups use it too
+        self.released: list[str] = []  # blocks gradual unfreezing has released, in order
+        self.unfreeze_candidates: list[str] = self._unfreeze_candidates()
 
     def _head_module(self) -> str:
         """The head block's last module with parameters (the classifier), not a trailing
@@ -275,17 +249,22 @@ class PlanResult:
         with_params = [m for m in entries if m in modules and any(True for _ in modules[m].parameters())]
         return (with_params or entries)[-1]
 
-    # -- what is frozen -------------------------------------------------------------------------
-
     def _unfreeze_candidates(self) -> list[str]:
+        """The blocks gradual unfreezing releases, in order: from the head down, those the preset
+        froze (a unit frozen by an explicit rule stays frozen)."""
         if self.plan.preset != "gradual_unfreeze":
             return []
-        below_head = [b for b in self.block_names[:-1]][::-1]  # from the head down
-        return [b for b in below_head
-                if any(u.block == b and u.key in self._frozen and not u.pinned for u in self._units)]
+        below_head = [b for b in self.block_names[:-1]][::-1]
+        return [b for b in below_head if self._releasable(b)]
+
+    def _releasable(self, block: str) -> list[_Unit]:
+        return [u for u in self._units if u.block == block and u.setting.freeze and not u.pinned]
 
     def _params(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
+
+    def is_frozen(self, unit: _Unit) -> bool:
+        return unit.key in self._frozen
 
     def module_trains(self, module_name: str) -> bool:
         """Whether any parameter the module owns itself trains now."""
@@ -319,7 +298,7 @@ class PlanResult:
         for b in self.block_names:
             s = self._block_setting[b]
             units = [u for u in self._units if u.block == b]
-            frozen_now = s.freeze and b not in self._unfrozen
+            frozen_now = s.freeze and b not in self.released
             overrides = [
                 {"module": u.key, "transfer": u.setting.transfer, "freeze": u.key in self._frozen,
                  "lr_mult": u.setting.lr_mult}
@@ -331,7 +310,7 @@ class PlanResult:
                 "modules": list(self._block_modules[b]),
                 "transfer": s.transfer,
                 "freeze": frozen_now,
-                "lr_mult": s.lr_mult * (self.plan.unfreeze_lr_mult if b in self._unfrozen else 1.0),
+                "lr_mult": s.lr_mult * (self.plan.unfreeze_lr_mult if b in self.released else 1.0),
                 "num_parameters": sum(params[p].numel() for u in units for p in u.params),
                 "trainable_parameters": sum(params[p].numel() for u in units if u.key not in self._frozen for p in u.params),
                 "unfreeze_epoch": self.unfreeze_epoch(b),
@@ -341,9 +320,9 @@ class PlanResult:
 
     def unfreeze_epoch(self, block: str) -> int | None:
         """The (0-based) epoch at whose start gradual unfreezing releases `block`, or None."""
-        if block not in self._candidates:
+        if block not in self.unfreeze_candidates:
             return None
-        return (self._candidates.index(block) + 1) * self.plan.unfreeze_every
+        return (self.unfreeze_candidates.index(block) + 1) * self.plan.unfreeze_every
 
     def head_only(self) -> bool:
         """True when only the head trains, for the whole run, and the frozen part is a fixed
@@ -351,48 +330,37 @@ class PlanResult:
         head_block = self.block_names[-1]
         if any(u.block != head_block and u.params and u.key not in self._frozen for u in self._units):
             return False
-        if len(self._unfrozen) < len(self._candidates):
+        if len(self.released) < len(self.unfreeze_candidates):
             return False
         if self.plan.bn_mode == "train" and any(u.is_norm and u.key in self._frozen for u in self._units):
             return False
         return True
 
-    # -- training-time helpers ------------------------------------------------------------------
+    # -- what changes while it trains: released blocks ------------------------------------------
 
-    def train_mode(self, model: nn.Module | None = None) -> None:
-        """`model.train()`, then frozen BatchNorm back to eval when `plan.bn_mode == "eval"`."""
-        model = self.model if model is None else model
-        model.train()
-        if self.plan.bn_mode != "eval":
-            return
-        modules = dict(model.named_modules())
-        for unit in self._units:
-            if unit.is_norm and unit.key in self._frozen:
-                modules[unit.name].eval()
+    def release(self, block: str) -> list[_Unit]:
+        """Gradual unfreezing releases `block`: its units train from now on. Returns them."""
+        if block in self.released:
+            return []
+        units = self._releasable(block)
+        self.released.append(block)
+        self._frozen -= {u.key for u in units}
+        self._sync_requires_grad()
+        return units
 
-    def _groups(self, units: list[_Unit], base_lr: float, weight_decay: float, lr_scale: float) -> list[dict]:
-        """Groups per (block, lr_mult), each split into decay / no-decay when weight decay is on."""
-        params = self._params()
-        grouped: dict[tuple[str, float, bool], list[nn.Parameter]] = {}
-        for unit in units:
-            for p_name in unit.params:
-                p = params[p_name]
-                decay = weight_decay > 0 and p.ndim >= 2
-                grouped.setdefault((unit.block, unit.setting.lr_mult, decay), []).append(p)
-        mults_per_block: dict[str, set[float]] = {}
-        for block, mult, _ in grouped:
-            mults_per_block.setdefault(block, set()).add(mult)
-        groups = []
-        for block in self.block_names:  # block order, not dict order: stable for resume
-            for (b, mult, decay), ps in grouped.items():
-                if b != block:
-                    continue
-                name = block + (f"[x{mult:g}]" if len(mults_per_block[block]) > 1 else "")
-                if weight_decay > 0 and not decay:
-                    name += ".no_decay"
-                groups.append({"params": ps, "lr": base_lr * mult * lr_scale, "lr_mult": mult * lr_scale,
-                               "name": name, "weight_decay": weight_decay if decay else 0.0})
-        return groups
+    def state(self) -> dict[str, Any]:
+        return {"unfrozen": list(self.released)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore which blocks gradual unfreezing has released (for resume)."""
+        blocks = list((state or {}).get("unfrozen", []))
+        if blocks != self.unfreeze_candidates[: len(blocks)]:
+            raise RunError(f"the checkpoint's unfrozen blocks {blocks} do not fit this plan "
+                           f"(order {self.unfreeze_candidates})", "resume with the run's own config.json")
+        for block in blocks:
+            self.release(block)
+
+    # -- what the engine asks of a plan -------------------------------------------------------
 
     def param_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict]:
         """The optimizer's param groups: trainable parameters only.
@@ -401,113 +369,143 @@ class PlanResult:
         gradual unfreezing has released so far, in release order: after `load_state`, this
         rebuilds exactly the groups a checkpointed optimizer had.
         """
-        self._weight_decay = weight_decay
-        initial = [u for u in self._units if u.params and u.key in self._trainable_at_start()]
-        groups = self._groups(initial, base_lr, weight_decay, 1.0)
-        for block in self._unfrozen:
-            groups += self._groups(self._released_units(block), base_lr, weight_decay, self.plan.unfreeze_lr_mult)
+        released = {u.key for b in self.released for u in self._releasable(b)}
+        initial = [u for u in self._units if u.params and u.key not in self._frozen and u.key not in released]
+        groups = param_groups_of(self, initial, base_lr, weight_decay)
+        for block in self.released:
+            groups += param_groups_of(self, self._releasable(block), base_lr, weight_decay, self.plan.unfreeze_lr_mult)
         if not groups:
             raise ConfigError("the transfer plan trains no parameters",
                               "unfreeze at least the head (a rule with \"freeze\": false), or pick another preset")
         return groups
 
-    def _trainable_at_start(self) -> set[str]:
-        released = {u.key for b in self._unfrozen for u in self._released_units(b)}
-        return {u.key for u in self._units if u.key not in self._frozen and u.key not in released}
+    def train_mode(self, model: nn.Module | None = None) -> None:
+        """`model.train()`, with the frozen BatchNorm layers back in eval mode (`bn_eval_modules`)."""
+        model = self.model if model is None else model
+        model.train()
+        modules = dict(model.named_modules())
+        for name in bn_eval_modules(self):
+            modules[name].eval()
 
-    def _released_units(self, block: str) -> list[_Unit]:
-        return [u for u in self._units if u.block == block and u.setting.freeze and not u.pinned]
+    def callbacks(self) -> list[Callback]:
+        """The callbacks training under this plan needs: gradual unfreezing, when it unfreezes."""
+        return [GradualUnfreezing(self)] if self.unfreeze_candidates else []
 
-    def unfreeze_for_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
-                           base_lr: float = 0.0) -> list[str]:
-        """Gradual unfreezing: call at the start of every (0-based) epoch.
 
-        At epochs `unfreeze_every`, `2 * unfreeze_every`, ... the next block from the head down
-        becomes trainable and its parameters join `optimizer` as new param groups at
-        `base_lr * unfreeze_lr_mult` (weight decay as given to `param_groups`). Returns the blocks released now (usually empty); when it is
-        not empty the caller rebuilds its learning-rate scheduler. Idempotent: calling it again
-        for the same epoch, or after `load_state`, releases nothing twice.
-        """
-        due = min(epoch // self.plan.unfreeze_every, len(self._candidates)) if self._candidates else 0
-        released = []
-        while len(self._unfrozen) < due:
-            block = self._candidates[len(self._unfrozen)]
-            self._release(block)
+def param_groups_of(table: PlanResult, units: list[_Unit], base_lr: float, weight_decay: float,
+                    lr_scale: float = 1.0) -> list[dict]:
+    """Optimizer groups for `units`: one per (block, lr_mult), split into decay / no-decay when
+    weight decay is on (no decay on tensors with fewer than 2 dims, as timm does), in block order
+    (stable for resume). Each group carries `lr_mult` and `initial_lr`, the base the schedule scales."""
+    params = table._params()
+    grouped: dict[tuple[str, float, bool], list[nn.Parameter]] = {}
+    for unit in units:
+        for p_name in unit.params:
+            p = params[p_name]
+            decay = weight_decay > 0 and p.ndim >= 2
+            grouped.setdefault((unit.block, unit.setting.lr_mult, decay), []).append(p)
+    mults_per_block: dict[str, set[float]] = {}
+    for block, mult, _ in grouped:
+        mults_per_block.setdefault(block, set()).add(mult)
+    groups = []
+    for block in table.block_names:
+        for (b, mult, decay), ps in grouped.items():
+            if b != block:
+                continue
+            name = block + (f"[x{mult:g}]" if len(mults_per_block[block]) > 1 else "")
+            if weight_decay > 0 and not decay:
+                name += ".no_decay"
+            lr = base_lr * mult * lr_scale
+            groups.append({"params": ps, "lr": lr, "initial_lr": lr, "lr_mult": mult * lr_scale,
+                           "name": name, "weight_decay": weight_decay if decay else 0.0})
+    return groups
+
+
+def bn_eval_modules(table: PlanResult) -> list[str]:
+    """The BatchNorm policy: with `bn_mode == "eval"`, frozen BatchNorm layers run in eval mode
+    (their running statistics stay the source's). A frozen Dropout keeps train-mode behaviour."""
+    if table.plan.bn_mode != "eval":
+        return []
+    return [u.name for u in table._units if u.is_norm and table.is_frozen(u)]
+
+
+# --- gradual unfreezing: a callback ---------------------------------------------------------------
+
+class GradualUnfreezing(Callback):
+    """Lightning's `BaseFinetuning` for a plan: at the start of (0-based) epochs `unfreeze_every`,
+    `2 * unfreeze_every`, ... the next candidate block (from the head down) trains, and its
+    parameters join the optimizer as new param groups at `base_lr * unfreeze_lr_mult * lr_mult`.
+
+    On resume it replays the releases of the epochs already started, so the optimizer has its
+    groups in the order they were added before its checkpointed state is loaded into them.
+    """
+
+    def __init__(self, table: PlanResult):
+        self.table = table
+
+    def release_due(self, epoch: int, optimizer: torch.optim.Optimizer | None, base_lr: float,
+                    weight_decay: float = 0.0) -> list[str]:
+        """Release every block due by the start of `epoch` (idempotent); returns those released now."""
+        table, released = self.table, []
+        for block in table.unfreeze_candidates:
+            if table.unfreeze_epoch(block) > epoch or block in table.released:
+                continue
+            units = table.release(block)
             if optimizer is not None:
-                for group in self._groups(self._released_units(block), base_lr, self._weight_decay,
-                                          self.plan.unfreeze_lr_mult):
+                for group in param_groups_of(table, units, base_lr, weight_decay, table.plan.unfreeze_lr_mult):
                     optimizer.add_param_group(group)
             released.append(block)
             log.info("gradual unfreezing: block %s trains from epoch %d", block, epoch)
         return released
 
-    def _release(self, block: str) -> None:
-        self._unfrozen.append(block)
-        self._frozen -= {u.key for u in self._released_units(block)}
-        self._sync_requires_grad()
+    def on_epoch_start(self, ctx) -> None:
+        self.release_due(ctx.epoch, ctx.optimizer, ctx.cfg.train.lr, ctx.cfg.train.weight_decay)
 
-    def state(self) -> dict[str, Any]:
-        return {"unfrozen": list(self._unfrozen)}
+    def on_resume(self, ctx, state: dict) -> None:
+        last_started = ctx.epoch if ctx.batch_in_epoch else ctx.epoch - 1
+        for epoch in range(1, last_started + 1):  # epoch by epoch, as they happened (and were logged)
+            self.release_due(epoch, ctx.optimizer, ctx.cfg.train.lr, ctx.cfg.train.weight_decay)
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore which blocks gradual unfreezing has released (for resume)."""
-        blocks = list((state or {}).get("unfrozen", []))
-        if blocks != self._candidates[: len(blocks)]:
-            raise RunError(f"the checkpoint's unfrozen blocks {blocks} do not fit this plan (order {self._candidates})",
-                           "resume with the run's own config.json")
-        for block in blocks[len(self._unfrozen):]:
-            self._release(block)
 
-    # -- diagnostics ----------------------------------------------------------------------------
+# --- diagnostics --------------------------------------------------------------------------------
 
-    def bn_stat_warnings(self, model: nn.Module | None, batch: torch.Tensor,
-                         max_shift: float = 1.0, max_log_var_ratio: float = math.log(4.0)) -> list[str]:
-        """Warn about frozen BatchNorm layers whose stored statistics do not fit the target data.
+def bn_stat_warnings(table: PlanResult, model: nn.Module | None, batch: torch.Tensor,
+                     max_shift: float = 1.0, max_log_var_ratio: float = math.log(4.0)) -> list[str]:
+    """Warn about frozen BatchNorm layers whose stored statistics do not fit the target data.
 
-        Runs `batch` through the model in eval mode and compares, per channel, the batch mean
-        with the running mean (in units of the running std) and the batch variance with the
-        running variance (mean absolute log ratio). A frozen BN in eval mode then normalises
-        with the wrong numbers; training those layers or `bn_mode: "train"` lets them adapt.
-        """
-        model = self.model if model is None else model
-        modules = dict(model.named_modules())
-        watched = {u.name: modules[u.name] for u in self._units
-                   if u.is_norm and u.key in self._frozen and modules[u.name].running_mean is not None}
-        if not watched or self.plan.bn_mode != "eval":
-            return []
-        found: dict[str, tuple[float, float]] = {}
+    Runs `batch` through the model in eval mode and compares, per channel, the batch mean
+    with the running mean (in units of the running std) and the batch variance with the
+    running variance (mean absolute log ratio). A frozen BN in eval mode then normalises
+    with the wrong numbers; training those layers or `bn_mode: "train"` lets them adapt.
+    """
+    model = table.model if model is None else model
+    modules = dict(model.named_modules())
+    watched = [name for name in bn_eval_modules(table) if modules[name].running_mean is not None]
+    if not watched:
+        return []
+    found: dict[str, tuple[float, float]] = {}
 
-        def hook(name):
-            def record(module, inputs):
-                x = inputs[0].detach().float()
-                dims = [d for d in range(x.ndim) if d != 1]
-                mean, var = x.mean(dims), x.var(dims, unbiased=False)
-                std = (module.running_var.float() + module.eps).sqrt()
-                shift = ((mean - module.running_mean.float()).abs() / std).mean().item()
-                ratio = ((var + module.eps) / (module.running_var.float() + module.eps)).log().abs().mean().item()
-                found[name] = (shift, ratio)
-            return record
+    def hook(name):
+        def record(module, inputs):
+            x = inputs[0].detach().float()
+            dims = [d for d in range(x.ndim) if d != 1]
+            mean, var = x.mean(dims), x.var(dims, unbiased=False)
+            std = (module.running_var.float() + module.eps).sqrt()
+            shift = ((mean - module.running_mean.float()).abs() / std).mean().item()
+            ratio = ((var + module.eps) / (module.running_var.float() + module.eps)).log().abs().mean().item()
+            found[name] = (shift, ratio)
+        return record
 
-        was_training = {name: m.training for name, m in model.named_modules()}
-        handles = [m.register_forward_pre_hook(hook(name)) for name, m in watched.items()]
-        try:
-            model.eval()
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            with torch.no_grad():
-                model(batch.to(device))
-        finally:
-            for h in handles:
-                h.remove()
-            for name, m in model.named_modules():
-                m.training = was_training[name]
-        messages = []
-        for name, (shift, ratio) in found.items():
-            if shift > max_shift or ratio > max_log_var_ratio:
-                messages.append(
-                    f"frozen BatchNorm {name}: the target data's statistics differ from the stored ones "
-                    f"(mean shift {shift:.2f} std, variance ratio x{math.exp(ratio):.2f}); "
-                    f"consider bn_mode \"train\" or training this block")
-        return messages
+    with probe(model, before={name: hook(name) for name in watched}):
+        model(batch.to(first_device(model)))
+    messages = []
+    for name, (shift, ratio) in found.items():
+        if shift > max_shift or ratio > max_log_var_ratio:
+            messages.append(
+                f"frozen BatchNorm {name}: the target data's statistics differ from the stored ones "
+                f"(mean shift {shift:.2f} std, variance ratio x{math.exp(ratio):.2f}); "
+                f"consider bn_mode \"train\" or training this block")
+    return messages
 
 
 # --- entry points -------------------------------------------------------------------------------
@@ -587,21 +585,12 @@ def estimate_cost(plan_result: PlanResult, model: nn.Module | None, input_size: 
             calls.append((name, _forward_flops(module, output)))
         return record
 
-    was_training = {name: m.training for name, m in model.named_modules()}
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name in owners]
     try:
-        model.eval()
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            model(torch.zeros(2, *input_size, device=device))
+        with probe(model, after={name: hook(name) for name in owners}):
+            model(torch.zeros(2, *input_size, device=first_device(model)))
     except (RuntimeError, ValueError) as exc:
         raise KTError(f"the model does not accept input of size {tuple(input_size)}: {exc}",
                       "check the dataset's image size and channels against the source model") from None
-    finally:
-        for h in handles:
-            h.remove()
-        for name, m in model.named_modules():
-            m.training = was_training[name]
 
     forward = full = planned = 0.0
     anything_before_trains = anything_before_has_params = head_before_trains = False

@@ -23,9 +23,11 @@ from . import rundir
 from .assemble import Prepared, prepare
 from .config import RunConfig
 from .data import iter_batches
-from .engine import Callback, FitContext, FitResult, evaluate, fit, resolve_device
+from .callbacks import Callback
+from .engine import FitContext, FitResult, evaluate, fit, resolve_device
 from .errors import KTError, RunError
 from .sources import run_folder
+from .transfer import bn_stat_warnings
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +248,7 @@ def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:
     x, _ = next(iter_batches(prepared.data.train, 256), (None, None))
     if x is None:
         return []
-    warnings = prepared.plan.bn_stat_warnings(prepared.model, x.to(device))
+    warnings = bn_stat_warnings(prepared.plan, prepared.model, x.to(device))
     if len(warnings) > 3:  # a whole stage of mismatched layers is one finding, not a page of them
         warnings = warnings[:3] + [f"... and {len(warnings) - 3} more frozen BatchNorm layers like these"]
     return warnings

@@ -341,7 +341,7 @@ def test_normalization_adapts_to_odd_channel_counts_as_the_first_conv_does():
     """One rule for data and sources (adapt.adapt_input_conv's): channel i takes source channel
     i mod n, one channel takes the average."""
     from kt_core.datasets.transforms import adapt_normalization
-    from kt_core.models import IMAGENET_NORMALIZATION as IMAGENET
+    from kt_core.datasets.transforms import IMAGENET_NORMALIZATION as IMAGENET
 
     two = ((0.1, 0.2), (0.3, 0.4))
     assert adapt_normalization(two, 3) == ((0.1, 0.2, 0.1), (0.3, 0.4, 0.3))

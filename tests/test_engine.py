@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,11 @@ from torch import nn
 from kt_core import engine
 from kt_core.config import RunConfig, TrainConfig, TransferPlan
 from kt_core.data import PreparedData, TensorSplit
-from kt_core.engine import Callback, TrainingError, fit, lr_factor, resolve_device
+from kt_core.callbacks import Callback
+from kt_core.engine import TrainingError, fit, resolve_device
 from kt_core.errors import DeviceError, KTError
 from kt_core.models import Block
+from kt_core.optim import OPTIMIZERS, SCHEDULERS, lr_factor
 from kt_core.transfer import apply_plan
 
 VOLATILE = ("time", "images_per_s", "epoch_s")  # wall-clock fields; everything else is reproducible
@@ -278,4 +281,43 @@ def test_the_logged_lr_follows_the_schedule_per_group():
 
 def test_unknown_optimizer_lists_the_valid_names():
     with pytest.raises(KTError, match="adamw"):
-        engine.OPTIMIZERS.get("lamb")
+        OPTIMIZERS.get("lamb")
+
+
+# --- checkpoints of earlier versions -------------------------------------------------------------
+
+OLD_CHECKPOINTS = Path(__file__).parent / "data" / "checkpoints_before_plan_refactor.pt"
+
+
+@pytest.mark.parametrize("case", ["gradual_cosine", "finetune_constant", "discriminative_step"])
+def test_checkpoints_of_the_engine_before_the_per_step_lr_resume_to_its_very_metrics(case):
+    """tests/data/checkpoints_before_plan_refactor.pt was written by the engine that stepped a
+    LambdaLR and rebuilt it when gradual unfreezing added a group: a run stopped mid-epoch, the
+    rows it had written, and the rows of the same run uninterrupted. Resumed today it continues to
+    exactly those rows, and a fresh run today writes them too: the metrics did not change."""
+    old = torch.load(OLD_CHECKPOINTS, weights_only=True)[case]
+    cfg = config(**old["train"])
+    cfg.plan = TransferPlan(**old["plan"])
+
+    def start():
+        model = make_model(dropout=0.2)
+        return model, apply_plan(model, cfg.plan, BLOCKS, seed=0)
+
+    model, plan = start()
+    rest = Recorder()
+    fit(model, make_data(), cfg, plan, callbacks=[rest], resume_state=old["checkpoint"])
+    assert old["rows_before_stop"] + stable(rest.rows) == old["whole_rows"]
+    model, plan = start()
+    today = Recorder()
+    fit(model, make_data(), cfg, plan, callbacks=[today])
+    assert stable(today.rows) == old["whole_rows"]
+
+
+def test_the_config_accepts_exactly_the_registered_optimizers_and_schedules():
+    for optimizer in OPTIMIZERS.names():
+        for scheduler in SCHEDULERS.names():
+            TrainConfig(optimizer=optimizer, scheduler=scheduler).validate()
+    for field, registry in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
+        with pytest.raises(KTError, match=f"train.{field}") as err:
+            TrainConfig(**{field: "lamb"}).validate()
+        assert all(name in err.value.hint for name in registry.names())

@@ -12,7 +12,8 @@ from torch import nn
 from kt_core.adapt import adapt_input_conv
 from kt_core.checkpoints import read_checkpoint
 from kt_core.errors import CheckpointError, KTError
-from kt_core.models import (ARCHITECTURES, IMAGENET_NORMALIZATION, _TORCHVISION_LAYOUT, blocks,
+from kt_core.datasets.transforms import IMAGENET_NORMALIZATION
+from kt_core.models import (ARCHITECTURES, _TORCHVISION_LAYOUT, blocks,
                             build_model, build_shapeless, get_spec, infer_architectures, layer_tree, replace_head,
                             torchvision_weights_path)
 

@@ -13,7 +13,8 @@ from torch import nn
 from kt_core.config import RunConfig, SourceConfig
 from kt_core.data import read_idx
 from kt_core.errors import CheckpointError, KTError, PathNotAllowedError, RunError
-from kt_core.models import IMAGENET_NORMALIZATION, build_model
+from kt_core.datasets.transforms import IMAGENET_NORMALIZATION
+from kt_core.models import build_model
 from kt_core.sources import UnknownArchitectureError, inspect_source, load_source
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

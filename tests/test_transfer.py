@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from kt_core import config
 from kt_core.config import LayerRule, RunConfig, TransferPlan
 from kt_core.errors import ConfigError, KTError
 from kt_core.models import blocks as model_blocks
-from kt_core.transfer import PRESETS, apply_plan, estimate_cost, preview_plan
+from kt_core.presets import PRESETS
+from kt_core.transfer import GradualUnfreezing, apply_plan, bn_stat_warnings, estimate_cost, preview_plan
 
 
 class TinyNet(nn.Module):
@@ -88,8 +88,12 @@ def test_blocks_of_the_test_model():
                      ("head", ["fc"])]
 
 
-def test_every_config_preset_has_an_implementation():
-    assert set(PRESETS.names()) == set(config.PRESETS)
+def test_the_config_accepts_exactly_the_registered_presets():
+    for name in PRESETS.names():
+        TransferPlan(preset=name).validate()
+    with pytest.raises(ConfigError, match="plan.preset") as err:
+        TransferPlan(preset="fine_tune_all").validate()
+    assert all(name in err.value.hint for name in PRESETS.names())
 
 
 # preset -> blocks frozen at the start
@@ -222,12 +226,14 @@ def test_gradual_unfreezing_releases_one_block_per_period_from_the_head_down():
     result = apply_plan(model, plan, model_blocks(model))
     assert [r["unfreeze_epoch"] for r in result.rows] == [6, 4, 2, None]
     optimizer = torch.optim.SGD(result.param_groups(1.0), lr=1.0)
-    released = {epoch: result.unfreeze_for_epoch(epoch, optimizer, 1.0) for epoch in range(8)}
+    unfreezing = GradualUnfreezing(result)
+    assert result.callbacks()[0].table is result  # the engine adds it for this plan
+    released = {epoch: unfreezing.release_due(epoch, optimizer, 1.0) for epoch in range(8)}
     assert released == {0: [], 1: [], 2: ["stage2"], 3: [], 4: ["stage1"], 5: [], 6: ["stem"], 7: []}
     assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [
         ("head", 1.0), ("stage2", 0.1), ("stage1", 0.1), ("stem", 0.1)]
     assert all(p.requires_grad for p in model.parameters())
-    assert result.unfreeze_for_epoch(6, optimizer, 1.0) == []  # idempotent
+    assert unfreezing.release_due(6, optimizer, 1.0) == []  # idempotent
 
 
 def test_unfrozen_batchnorm_leaves_eval_mode_and_a_rule_pinned_block_stays_frozen():
@@ -236,10 +242,11 @@ def test_unfrozen_batchnorm_leaves_eval_mode_and_a_rule_pinned_block_stays_froze
     result = apply_plan(model, plan, model_blocks(model))
     result.train_mode(model)
     assert not model.stage2[1].training and not model.bn.training and model.training
-    result.unfreeze_for_epoch(1, None)
+    unfreezing = GradualUnfreezing(result)
+    unfreezing.release_due(1, None, 1.0)
     result.train_mode(model)
     assert model.stage2[1].training
-    assert result.unfreeze_for_epoch(2, None) == ["stem"]  # stage1 is skipped: a rule froze it
+    assert unfreezing.release_due(2, None, 1.0) == ["stem"]  # stage1 is skipped: a rule froze it
     assert not any(p.requires_grad for p in model.stage1.parameters())
     result.train_mode(model)
     assert not model.stage1[1].training
@@ -250,7 +257,7 @@ def test_gradual_unfreezing_resumes_with_the_same_optimizer_groups():
     plan = TransferPlan(preset="gradual_unfreeze")
     result = apply_plan(model, plan, model_blocks(model))
     optimizer = torch.optim.AdamW(result.param_groups(0.01, 0.1), lr=0.01)
-    result.unfreeze_for_epoch(1, optimizer, 0.01)
+    GradualUnfreezing(result).release_due(1, optimizer, 0.01, weight_decay=0.1)
     x, y = batch()
     result.train_mode(model)
     nn.functional.cross_entropy(model(x), y).backward()
@@ -266,7 +273,7 @@ def test_gradual_unfreezing_resumes_with_the_same_optimizer_groups():
     optimizer2.load_state_dict(saved_opt)  # raises if the group structure differs
     assert [(g["name"], g["lr"], len(g["params"])) for g in optimizer2.param_groups] == \
         [(g["name"], g["lr"], len(g["params"])) for g in optimizer.param_groups]
-    assert resumed.unfreeze_for_epoch(1, optimizer2, 0.01) == []
+    assert GradualUnfreezing(resumed).release_due(1, optimizer2, 0.01, weight_decay=0.1) == []
     with pytest.raises(KTError, match="unfrozen blocks"):
         apply_plan(source_model(), plan, model_blocks(again)).load_state({"unfrozen": ["stem"]})
 
@@ -294,10 +301,10 @@ def test_bn_statistics_warning_fires_only_for_data_unlike_the_source():
         model.bn.running_mean.copy_(pre.mean((0, 2, 3)))
         model.bn.running_var.copy_(pre.var((0, 2, 3), unbiased=False))
     model.train()
-    familiar = [w for w in result.bn_stat_warnings(model, x) if w.startswith("frozen BatchNorm bn:")]
+    familiar = [w for w in bn_stat_warnings(result, model, x) if w.startswith("frozen BatchNorm bn:")]
     assert familiar == []
     assert model.training  # modes restored
-    shifted = result.bn_stat_warnings(model, x * 4 + 3)
+    shifted = bn_stat_warnings(result, model, x * 4 + 3)
     assert any(w.startswith("frozen BatchNorm bn:") and "bn_mode" in w for w in shifted)
 
 

@@ -13,8 +13,8 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from kt_core.config import BN_MODES, PRESETS, LayerRule, TransferPlan
-from kt_core.transfer import PRESETS as PRESET_REGISTRY
+from kt_core.config import BN_MODES, LayerRule, TransferPlan
+from kt_core.presets import PRESETS
 from kt_core.transfer import UNASSIGNED, preview_plan
 
 FIELDS = ("transfer", "freeze", "lr_mult")
@@ -23,8 +23,9 @@ FIELDS = ("transfer", "freeze", "lr_mult")
 def preset_form(plan: TransferPlan) -> TransferPlan:
     """The preset and its parameters; changing the preset clears the per-layer rules."""
     c1, c2, c3 = st.columns([2, 1, 1])
-    preset = c1.selectbox("Preset", PRESETS, index=PRESETS.index(plan.preset), key="layers_preset",
-                          format_func=lambda p: f"{p} — {PRESET_REGISTRY.meta(p).get('description', '')}")
+    presets = PRESETS.names()
+    preset = c1.selectbox("Preset", presets, index=presets.index(plan.preset), key="layers_preset",
+                          format_func=lambda p: f"{p} — {PRESETS.meta(p).get('description', '')}")
     if preset != plan.preset:
         plan = TransferPlan(preset=preset, bn_mode=plan.bn_mode)
     if preset == "freeze_first_n":

@@ -21,6 +21,7 @@ from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
+# (mean per channel, std per channel): the one definition; models and sources import it from here.
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, what PIL's convert("L") uses

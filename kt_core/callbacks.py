@@ -1,0 +1,37 @@
+"""The engine's callback hooks: how everything observable leaves the training loop.
+
+Lightning-style objects whose hooks are no-ops until overridden. The run worker plugs in a
+metrics writer, a checkpointer and a stop flag; a transfer plan brings gradual unfreezing
+(`transfer.GradualUnfreezing`). A leaf module: no imports, so a plan can define a callback
+without importing the engine.
+"""
+
+from __future__ import annotations
+
+
+class Callback:
+    """Hooks the engine calls; every hook is a no-op until overridden. `ctx` is the engine's
+    `FitContext`; `state` a checkpoint dict (`engine.checkpoint_state`)."""
+
+    def on_fit_start(self, ctx) -> None: ...
+
+    def on_resume(self, ctx, state: dict) -> None:
+        """After the model's weights are restored, before the optimizer's state is loaded: add
+        back what a callback added to the optimizer before the checkpoint (param groups)."""
+
+    def on_epoch_start(self, ctx) -> None:
+        """Before the first batch of epoch `ctx.epoch` (0-based); not for an epoch resumed mid-way."""
+
+    def on_step_end(self, ctx, row: dict) -> None:
+        """Called for each logged step row (step 1, then every `log_every` steps), not every batch."""
+
+    def on_epoch_end(self, ctx, row: dict) -> None: ...
+
+    def should_stop(self, ctx) -> bool:
+        """Checked after every batch: True finishes the batch, checkpoints `last` and stops."""
+        return False
+
+    def on_checkpoint(self, ctx, state: dict, tag: str) -> None:
+        """`tag` is "last" (every epoch and on stop) or "best" (a new best validation accuracy)."""
+
+    def on_fit_end(self, ctx, result) -> None: ...
