@@ -5,7 +5,7 @@ import dataclasses
 import streamlit as st
 import torch
 
-from kt_core.config import AUGMENT_CHOICES, NORMALIZE_CHOICES
+from kt_core.config import AUGMENT_CHOICES, NORMALIZE_CHOICES, DatasetConfig
 from kt_core.errors import KTError
 from kt_core.settings import get_settings
 from ui import dataset_view, source_view, state
@@ -23,8 +23,22 @@ if not listing.ok:
     st.stop()
 
 ORIGINS = {"registered": "A dataset, or your files on the server", "upload": "Upload a zip (ImageFolder)"}
-origin = st.radio("Data", list(ORIGINS), format_func=ORIGINS.get, horizontal=True, key="dataset_origin")
+saved_origin = state.get_extra("dataset_origin", "registered")
+origin = st.radio("Data", list(ORIGINS), format_func=ORIGINS.get, horizontal=True, key="dataset_origin",
+                  index=list(ORIGINS).index(saved_origin) if saved_origin in ORIGINS else 0)
 cfg = dataclasses.replace(current)
+if origin != saved_origin:
+    # Switching between a dataset and an upload: each keeps its own choice, so going back to
+    # "A dataset" restores the one picked before, never the internal path of the uploaded zip.
+    state.set_extra(f"dataset_{saved_origin}", dataclasses.asdict(cfg))
+    earlier = state.get_extra(f"dataset_{origin}")
+    cfg = DatasetConfig(**earlier) if earlier else DatasetConfig()
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith("dataset_")
+                and k not in ("dataset_origin", "dataset_zip")]:
+        del st.session_state[key]  # the widgets below start from the restored choice
+    state.set_extra("dataset_origin", origin)
+    if origin == "registered":
+        state.set_dataset(cfg)
 if origin == "registered":
     names = list(catalog)
     cfg.name = st.selectbox("Dataset", names, index=names.index(cfg.name) if cfg.name in names else 0,
@@ -45,9 +59,14 @@ if origin == "registered":
         cfg.root = None
 elif origin == "upload":
     uploaded = st.file_uploader("A .zip of class folders (class_name/image.png)", type=["zip"], key="dataset_zip")
-    if uploaded is None:
+    if uploaded is not None:
+        cfg.name, cfg.root = "zip", str(source_view.save_upload(uploaded))
+        state.set_extra("dataset_upload_name", uploaded.name)
+    elif cfg.name == "zip" and cfg.root:  # uploaded earlier (a refresh forgets the widget, not the file)
+        st.caption(f"Using the zip uploaded earlier: **{state.get_extra('dataset_upload_name', 'upload')}**. "
+                   "Upload another to replace it.")
+    else:
         st.stop()
-    cfg.name, cfg.root = "zip", str(source_view.save_upload(uploaded))
 
 try:  # shape the images for the chosen source, as training will
     input_size = source_view.load(state.get_source()).input_size

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from kt_core import runs
 from ui import state
 from ui.curves import live_curves, run_progress
-from ui.errors import guard, show_error
+from ui.errors import guard, plain, show_error
+from ui.sidebar import active_runs_list
 from ui.system import facts
 
 st.title("KT Studio")
@@ -46,11 +46,12 @@ if demo:
 
     with guard("Drawing the demo"):
         live_curves([("transfer", demo.transfer_run), ("from scratch", demo.baseline_run)], key="demo_curves",
-                    title=f"Transfer vs from scratch, {demo.per_class} labelled images per class",
+                    title=f"Transfer vs from scratch, {demo.per_class} labelled "
+                          f"image{'s' if demo.per_class != 1 else ''} per class",
                     extra=source_progress)
         verdict = conclusion(demo)
         if verdict:
-            st.success(verdict[0].upper() + verdict[1:])
+            st.success(plain(verdict[0].upper() + verdict[1:]))
         st.page_link("app_pages/train.py", label="Open these runs on the Train page", icon=":material/monitoring:",
                      query_params={"run": demo.transfer_run, "baseline": demo.baseline_run})
 
@@ -58,9 +59,4 @@ st.subheader("This machine")
 st.dataframe([{"what": k, "value": v} for k, v in facts().items()], hide_index=True, width="content")
 
 st.subheader("Active runs")
-with guard("Reading the runs folder"):
-    active = runs.active_runs()
-    if active:
-        st.dataframe(active, hide_index=True)
-    else:
-        st.caption("No run is queued or running.")
+active_runs_list(key="home", table=True)

@@ -24,10 +24,17 @@ if not loading.ok:
 st.markdown(f"Source: **{loaded.arch or source.path}** · {len(blocks)} blocks")
 plan = preset_form(state.get_plan())
 with guard("Resolving the plan") as resolving:
-    plan, preview = layer_tree_editor(loaded.model, blocks, plan)
+    plan = layer_tree_editor(loaded.model, blocks, plan)
 if not resolving.ok:
     st.stop()
-state.set_plan(plan)
+state.set_plan(plan)  # saved as shown, valid or not: Train blocks Start on an invalid plan
+with guard("Checking the plan") as checking:
+    from kt_core.transfer import preview_plan
+
+    plan.validate()
+    preview = preview_plan(loaded.model, plan, blocks)
+if not checking.ok:
+    st.stop()
 
 # --- what it costs ---------------------------------------------------------------------------
 with guard("Estimating the cost"):

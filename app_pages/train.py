@@ -1,23 +1,56 @@
-"""Train: hyperparameters, Start/Stop, live curves, log tail, config and CLI command."""
+"""Train: the setup being drafted (hyperparameters, Start), then the run being watched, apart."""
 
 import json
+import time
 
 import streamlit as st
 
+from kt_core import drafts
 from kt_core import launcher, rundir
-from kt_core.config import PRECISIONS, TrainConfig
+from kt_core.config import PRECISIONS, TrainConfig, field_error
 from kt_core.optim import OPTIMIZERS, SCHEDULERS
 from ui import state
 from ui.curves import ACTIVE_STATES, live_curves
-from ui.errors import guard, show_error
+from kt_core.errors import KTError
+from ui.errors import error_line, guard, plain, show_error
 from ui.system import devices
 
 st.title("Train")
-source, dataset, plan = state.get_source(), state.get_dataset(), state.get_plan()
-st.caption(f"Source **{source.arch or source.path}** ({source.kind}) · dataset **{dataset.name}** "
-           f"(K per class: {dataset.per_class or 'all'}) · plan **{plan.preset}**"
-           f"{f' + {len(plan.rules)} layer rules' if plan.rules else ''}. "
-           "Change them on the Source, Layers and Dataset pages.")
+
+# --- the setup (a draft on disk: a refresh, a bookmark or a second tab opens the same one) ----
+draft = state.draft()
+st.subheader("Your setup")
+st.caption(f"**{drafts.describe(draft.config)}**"
+           f"{f' + {len(draft.config.plan.rules)} layer rules' if draft.config.plan.rules else ''}. "
+           "Change the source, layers and dataset on their pages. This setup is saved as you edit it "
+           f"(draft `{draft.id}`{', last saved ' + time.strftime('%H:%M:%S', time.localtime(draft.updated)) if draft.updated else ''}): "
+           "bookmark this page to come back to it.")
+
+LABELS = {"epochs": "Epochs", "batch_size": "Batch size", "lr": "Learning rate", "weight_decay": "Weight decay",
+          "label_smoothing": "Label smoothing", "seed": "Seed", "early_stopping": "Early stopping patience",
+          "log_every": "Log every N steps", "warmup_epochs": "Warmup epochs", "grad_clip": "Gradient clipping",
+          "step_size": "Step size (epochs)", "gamma": "Gamma (decay factor)", "momentum": "Momentum"}
+STEPS = {"lr": 0.0001, "weight_decay": 0.0001, "momentum": 0.01, "label_smoothing": 0.05, "warmup_epochs": 0.5,
+         "grad_clip": 0.5, "gamma": 0.05}  # what the +/- buttons add
+problems: dict[str, str] = {}
+
+
+def checked(col, cfg: TrainConfig, name: str) -> None:
+    """kt_core's verdict on one field, shown right under it; an invalid field blocks Start."""
+    exc = field_error(cfg, name)
+    if exc is not None:
+        text = error_line(exc).replace(f"train.{name}", LABELS.get(name, name))
+        problems[name] = text
+        col.error(plain(text), icon=":material/error:")
+
+
+def number(col, cfg: TrainConfig, name: str, cast=int, fmt: str | None = None, help=None, value=None):
+    """A number field with no widget limits: what the user typed is what the form holds (a
+    browser-side limit would keep the old value and launch it silently); kt_core judges it."""
+    current = getattr(cfg, name) if value is None else value
+    got = col.number_input(LABELS[name], value=cast(current), step=STEPS.get(name, cast(1)), format=fmt,
+                           key=f"train_{name}", help=help)
+    return cast(got)
 
 
 def train_form(cfg: TrainConfig) -> TrainConfig:
@@ -27,26 +60,47 @@ def train_form(cfg: TrainConfig) -> TrainConfig:
     c1, c2, c3, c4 = st.columns(4)
     cfg.device = c1.selectbox("Device", options, index=options.index(cfg.device) if cfg.device in options else 0,
                               key="train_device", help="Only the devices found on this machine are offered.")
-    cfg.epochs = int(c2.number_input("Epochs", 1, 1000, cfg.epochs, key="train_epochs"))
-    cfg.batch_size = int(c3.number_input("Batch size", 1, 4096, cfg.batch_size, key="train_batch_size"))
-    cfg.lr = float(c4.number_input("Learning rate", 1e-6, 10.0, cfg.lr, format="%.5f", key="train_lr"))
-    with st.expander("More hyperparameters"):
+    cfg.epochs = number(c2, cfg, "epochs")
+    checked(c2, cfg, "epochs")
+    cfg.batch_size = number(c3, cfg, "batch_size")
+    checked(c3, cfg, "batch_size")
+    cfg.lr = number(c4, cfg, "lr", float, "%g")
+    checked(c4, cfg, "lr")
+    with st.expander("More hyperparameters", expanded=False):
         c1, c2, c3, c4 = st.columns(4)
         optimizers, schedulers = OPTIMIZERS.names(), SCHEDULERS.names()
         cfg.optimizer = c1.selectbox("Optimizer", optimizers, optimizers.index(cfg.optimizer), key="train_optimizer")
-        cfg.scheduler = c2.selectbox("Scheduler", schedulers, schedulers.index(cfg.scheduler), key="train_scheduler")
-        cfg.weight_decay = float(c3.number_input("Weight decay", 0.0, 1.0, cfg.weight_decay, format="%.5f",
-                                                 key="train_wd"))
-        cfg.label_smoothing = float(c4.number_input("Label smoothing", 0.0, 0.9, cfg.label_smoothing,
-                                                    key="train_ls"))
-        cfg.seed = int(c1.number_input("Seed", 0, 2**31 - 1, cfg.seed, key="train_seed"))
-        cfg.precision = c2.selectbox("Precision", PRECISIONS, PRECISIONS.index(cfg.precision), key="train_precision",
+        if cfg.optimizer == "sgd":
+            cfg.momentum = number(c1, cfg, "momentum", float, "%g")
+            checked(c1, cfg, "momentum")
+        cfg.scheduler = c2.selectbox("Scheduler", schedulers, schedulers.index(cfg.scheduler), key="train_scheduler",
+                                     help="constant; step: multiply by gamma every step size epochs; cosine; one-cycle")
+        cfg.warmup_epochs = number(c2, cfg, "warmup_epochs", float, "%g",
+                                   help="Linear warmup from 0 over this many epochs (fractions allowed), then the schedule.")
+        checked(c2, cfg, "warmup_epochs")
+        if cfg.scheduler == "step":
+            cfg.step_size = number(c2, cfg, "step_size")
+            checked(c2, cfg, "step_size")
+            cfg.gamma = number(c2, cfg, "gamma", float, "%g")
+            checked(c2, cfg, "gamma")
+        cfg.weight_decay = number(c3, cfg, "weight_decay", float, "%g")
+        checked(c3, cfg, "weight_decay")
+        cfg.label_smoothing = number(c3, cfg, "label_smoothing", float, "%g")
+        checked(c3, cfg, "label_smoothing")
+        clip = number(c3, cfg, "grad_clip", float, "%g", value=cfg.grad_clip or 0.0,
+                      help="The largest gradient norm; 0 = no clipping.")
+        cfg.grad_clip = clip or None
+        checked(c3, cfg, "grad_clip")
+        cfg.seed = number(c1, cfg, "seed")
+        checked(c1, cfg, "seed")
+        cfg.precision = c1.selectbox("Precision", PRECISIONS, PRECISIONS.index(cfg.precision), key="train_precision",
                                      help="bf16/fp16 mixed precision pays off on CUDA; fp32 is right for CPU.")
-        patience = int(c3.number_input("Early stopping patience (0 = off)", 0, 100, cfg.early_stopping or 0,
-                                       key="train_patience"))
+        patience = number(c4, cfg, "early_stopping", value=cfg.early_stopping or 0,
+                          help="Stop after this many epochs without a better validation accuracy; 0 = off.")
         cfg.early_stopping = patience or None
-        cfg.log_every = int(c4.number_input("Log every N steps", 1, 10000, cfg.log_every, key="train_log_every",
-                                            help="Step rows of the live loss curve; epoch rows come anyway."))
+        checked(c4, cfg, "early_stopping")
+        cfg.log_every = number(c4, cfg, "log_every", help="Step rows of the live loss curve; epoch rows come anyway.")
+        checked(c4, cfg, "log_every")
         cfg.feature_cache = c4.checkbox("Feature cache", cfg.feature_cache, key="train_feature_cache",
                                         help="Frozen layers run once per image instead of once per epoch.")
     return cfg
@@ -55,49 +109,86 @@ def train_form(cfg: TrainConfig) -> TrainConfig:
 train_cfg = train_form(state.get_train())
 state.set_train(train_cfg)
 c1, c2 = st.columns([3, 2])
-name = c1.text_input("Run name", value=state.recall("run_name", ""), key="train_name", placeholder="optional")
-state.remember("run_name", name)
-baseline = c2.checkbox("Also train a from-scratch baseline", value=state.recall("baseline", True),
+name = c1.text_input("Run name", value=state.get_extra("run_name", ""), key="train_name", placeholder="optional")
+state.set_extra("run_name", name, default="")
+baseline = c2.checkbox("Also train a from-scratch baseline", value=state.get_extra("baseline", True),
                        key="train_baseline", help="Same architecture, data and schedule, random weights: "
                                                   "the gap is what transfer bought you.")
-state.remember("baseline", baseline)
+state.set_extra("baseline", baseline, default=True)
+
+# Everything Start would launch, judged once: the fields above, then the whole config.
+launchable, invalid_reason = None, None
+if problems:
+    invalid_reason = f"{len(problems)} field(s) above need fixing first"
+else:
+    try:
+        launchable = state.run_config(name)
+    except Exception as exc:  # noqa: BLE001 - a ConfigError of another page's piece: shown, Start blocked
+        invalid_reason = error_line(exc)
 
 run_id, baseline_id = state.current_run(), state.current_baseline()
 status = {}
+if run_id:
+    try:
+        rundir.run_dir(run_id)
+    except KTError as exc:  # one message for a link to a run that is not here, then no run section
+        st.warning(plain(f"The link names run {run_id}, which is not here ({exc.message}): it may have been "
+                         "deleted. Nothing is being watched; your setup above is unaffected."),
+                   icon=":material/link_off:")
+        state.watch_run(None)
+        run_id = baseline_id = None
 if run_id:
     with guard("Reading the watched run"):
         status = rundir.read_status(run_id)
 running = status.get("state") in ACTIVE_STATES
 
-b1, b2, _ = st.columns([1, 1, 4])
-if b1.button("Start", type="primary", key="train_start", disabled=running, icon=":material/play_arrow:"):
+b1, b2 = st.columns([1, 5])
+start_help = ("Stop the run being watched below, or stop watching it, to start another." if running
+              else invalid_reason)
+if b1.button("Start", type="primary", key="train_start", disabled=running or launchable is None,
+             icon=":material/play_arrow:", help=start_help):
     try:
-        cfg = state.run_config(name)
         if baseline:
-            run_id, baseline_id = launcher.launch_with_baseline(cfg)
+            run_id, baseline_id = launcher.launch_with_baseline(launchable)
         else:
-            run_id, baseline_id = launcher.launch(cfg), None
+            run_id, baseline_id = launcher.launch(launchable), None
+        state.record_launch(run_id, baseline_id)
         state.watch_run(run_id, baseline_id)
         st.rerun()
-    except Exception as exc:  # a bad config or a failed launch: say so, keep the page
+    except Exception as exc:  # a failed launch: say so, keep the page
         show_error(exc, "Could not start the run")
-if b2.button("Stop", key="train_stop", disabled=not running, icon=":material/stop:"):
+if invalid_reason:
+    b2.error(plain(f"Start is blocked: {invalid_reason}."), icon=":material/block:")
+with st.expander("The config that Start will launch"):
+    if launchable is not None:
+        st.json(launchable.to_dict(), expanded=False)
+    else:
+        st.caption(f"Not launchable yet: {invalid_reason}.")
+
+if not run_id:
+    st.info("Press **Start** to launch a run in its own process. Curves appear here live; "
+            "closing the browser never stops or slows it.")
+    st.stop()
+
+# --- the run being watched (its own config, whatever the setup above now says) ----------------
+st.divider()
+h1, h2, h3 = st.columns([4, 1, 1])
+h1.subheader(f"Watching run {run_id}")
+from_this = run_id in draft.runs
+h1.caption(("Started from the setup above" if from_this else
+            "Started from another setup: its own config is at the bottom, the setup above is not what it ran")
+           + (" · with its from-scratch baseline" if baseline_id else "") + ".")
+if h2.button("Stop", key="train_stop", disabled=not running, icon=":material/stop:"):
     with guard("Stopping"):
         with st.spinner("Stopping: the run finishes its batch and saves a checkpoint..."):
             for rid in filter(None, (run_id, baseline_id)):
                 if rundir.is_active(rid):
                     launcher.stop(rid, timeout=10)
         st.rerun()
-
-if not run_id:
-    with st.expander("The config that Start will launch"):
-        with guard():
-            st.json(state.run_config(name).to_dict(), expanded=False)
-    st.info("Press **Start** to launch a run in its own process. Curves appear here live; "
-            "closing the browser never stops or slows it.")
-    st.stop()
-
-st.subheader(f"Run {run_id}")
+if h3.button("Stop watching", key="train_unwatch", icon=":material/visibility_off:",
+             help="Detach this page from the run; it keeps training (the sidebar and Runs list it)."):
+    state.watch_run(None)
+    st.rerun()
 
 
 def log_tail() -> None:

@@ -197,8 +197,11 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        return _from_dict(cls, data, "").validate()
+    def from_dict(cls, data: dict[str, Any], validate: bool = True) -> "RunConfig":
+        """Strict on keys and types always; `validate=False` keeps values a form has not yet
+        fixed (a draft being edited: `kt_core.drafts`)."""
+        cfg = _from_dict(cls, data, "")
+        return cfg.validate() if validate else cfg
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RunConfig":
@@ -229,6 +232,18 @@ class RunConfig:
 
 
 # --- validation helpers --------------------------------------------------------------------
+
+def field_error(section: Any, name: str) -> ConfigError | None:
+    """The problem of one field of a config section (TrainConfig, DatasetConfig, ...) alone:
+    its value on the section's defaults, validated by the section's own rules. A form shows it
+    beside the field without knowing a single limit (cross-field rules: validate the whole)."""
+    trial = dataclasses.replace(type(section)(), **{name: getattr(section, name)})
+    try:
+        trial.validate()
+    except ConfigError as exc:
+        return exc
+    return None
+
 
 def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:

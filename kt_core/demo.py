@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import launcher, rundir
+from . import headline, launcher, rundir
 from .config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,16 @@ def run_demo(per_class: int = 10, runs_dir=None, device: str = "cpu") -> DemoHan
 
 
 def conclusion(handle: DemoHandle, runs_dir=None) -> str | None:
-    """The one-line result, from the runs' actual summaries; None until both have finished."""
-    accs = []
+    """The one-line result, from the runs' headline figures (`kt_core.headline`, the figure every
+    page shows, with what it measures); None until both have finished."""
+    heads = []
     for run_id in (handle.transfer_run, handle.baseline_run):
         summary = rundir.read_summary(rundir.run_dir(run_id, runs_dir))
-        if summary.get("state") != "completed" or summary.get("final_val_acc") is None:
+        head = headline.headline(summary)
+        if summary.get("state") != "completed" or head.value is None:
             return None
-        accs.append(summary["final_val_acc"])
-    transfer, scratch = accs
-    verdict = "transfer wins" if transfer > scratch else "no gain from transfer"
-    return (f"transfer: {transfer:.0%} vs from scratch: {scratch:.0%} with {handle.per_class} "
-            f"labelled image{'s' if handle.per_class != 1 else ''} per class ({verdict})")
+        heads.append(head)
+    transfer, scratch = heads
+    verdict = "transfer wins" if transfer.value > scratch.value else "no gain from transfer"
+    return (f"transfer: {transfer.percent()} vs from scratch: {scratch.percent()} with {handle.per_class} "
+            f"labelled image{'s' if handle.per_class != 1 else ''} per class ({verdict}) — {transfer.label}")

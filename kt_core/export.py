@@ -247,8 +247,10 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
     out = Path(out_dir) if out_dir is not None else rundir.exports_dir(loaded.run_dir)
     input_size = tuple(loaded.input_size)
     path = export_model(loaded.model, fmt, out / f"model{spec.suffix}", torch.zeros(2, *input_size))
+    diff = None
     if verify:
-        verify_export(path, fmt, loaded.model, torch.randn(3, *input_size, generator=torch.Generator().manual_seed(0)))
+        diff = verify_export(path, fmt, loaded.model,
+                             torch.randn(3, *input_size, generator=torch.Generator().manual_seed(0)))
     shutil.copyfile(rundir.config_path(loaded.run_dir), out / rundir.CONFIG)
     meta = {
         "format": fmt,
@@ -260,6 +262,7 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
         "normalization": [list(v) for v in loaded.normalization] if loaded.normalization else None,
         "class_names": list(loaded.class_names),
         "how_to_load": spec.description,
+        "verified_max_diff": None if diff is None else float(diff),  # None: not verified
     }
     (out / f"{path.name}.json").write_text(json.dumps(meta, indent=1))
     log.info("run %s exported as %s to %s", loaded.run_dir.name, fmt, path)

@@ -115,11 +115,13 @@ def keep_worker_warm(enabled: bool = True) -> None:
 def _spawn_worker(folder: Path) -> int:
     """Start the worker of `folder`; the caller holds the folder's lock (the worker waits for it)."""
     folder = folder.resolve()
+    procs.reap()
     proc = _standby.take()
     if proc is not None:
         # The status names the worker before the worker learns its run: once it has the folder it
         # is the run's only writer, and a later write here could overwrite its `running` or `failed`.
-        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
+        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None,
+                             note="handing the run to a worker that is already started")
         try:
             proc.stdin.write(f"{folder}\n".encode())
             proc.stdin.close()
@@ -128,7 +130,8 @@ def _spawn_worker(folder: Path) -> int:
     if proc is None:
         with open(rundir.log_path(folder), "ab") as log_file:
             proc = _popen_worker([str(folder)], log_file, subprocess.DEVNULL)
-        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None)
+        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None,
+                             note="starting the worker process (importing PyTorch)")
     procs.adopt(proc)
     log.info("run %s: worker pid %d started", folder.name, proc.pid)
     return proc.pid

@@ -432,7 +432,7 @@ def torchvision_state_dict(spec: ArchSpec, weights: str) -> dict[str, torch.Tens
             raise CheckpointError(
                 f"weights {weights} for {spec.name} are not in the torch hub cache ({path}) and could "
                 f"not be downloaded ({type(exc).__name__}: {exc})",
-                f"copy {path.name} from {url} to {path.parent}, or use no weights for random initialisation (--weights none; 'random initialisation' in the UI)",
+                f"copy {path.name} from {url} to {path.parent}, or start from random initialisation instead (no weights)",
             ) from None
     sd, _ = clean_state_dict(read_checkpoint(path).state_dict)
     return sd

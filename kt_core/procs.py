@@ -20,6 +20,16 @@ def adopt(proc: subprocess.Popen) -> None:
     _children[proc.pid] = proc
 
 
+def reap() -> int:
+    """Collect every child that has exited (a long-lived dashboard would otherwise keep one
+    <defunct> process per finished run); returns how many were reaped. The launcher calls it
+    at each start, and `runs.active_runs`, which the dashboard polls, too."""
+    done = [pid for pid, proc in list(_children.items()) if proc.poll() is not None]
+    for pid in done:
+        _children.pop(pid, None)
+    return len(done)
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

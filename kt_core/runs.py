@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from . import rundir
+from . import procs, rundir
 from .errors import KTError, RunError
 
 LIST_COLUMNS = ["id", "name", "state", "created", "epoch", "epochs", "best_val_acc", "test_acc", "preset",
@@ -51,6 +51,7 @@ def active_runs(runs_dir: str | os.PathLike | None = None) -> list[dict]:
     Reads each run's status.json and only the active runs' config.json, so every page of the
     dashboard can call it (`list_runs` reads every file of every run).
     """
+    procs.reap()  # finished workers of this process leave no <defunct> entry behind
     root, out = rundir.runs_root(runs_dir), []
     for run_id in rundir.run_ids(runs_dir):
         try:

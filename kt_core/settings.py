@@ -4,6 +4,7 @@
 |---|---|---|
 | `KT_RUNS_DIR` | `./runs` | where run folders live |
 | `KT_CACHE_DIR` | `./.kt_cache` | decoded datasets, the demo's source model |
+| `KT_DRAFTS_DIR` | `<KT_CACHE_DIR>/drafts` | the dashboard's drafts: setups not yet started, one JSON file per `?draft=` id |
 | `KT_ALLOWED_ROOTS` | working dir and `~/kt-studio` | `os.pathsep`-separated roots that paths typed into the UI must lie under |
 | `KT_ALLOW_TRUST` | `1` | `0` hides the "trust this file" opt-in (arbitrary unpickling) in the UI |
 | `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
@@ -40,6 +41,10 @@ class Settings:
     allowed_roots: tuple[Path, ...] = field(default_factory=lambda: _roots_from_env())
     allow_trust: bool = field(default_factory=lambda: _flag("KT_ALLOW_TRUST", True))
     warm_worker: bool = field(default_factory=lambda: _flag("KT_WARM_WORKER", True))
+
+    @property
+    def drafts_dir(self) -> Path:
+        return Path(os.environ.get("KT_DRAFTS_DIR") or self.cache_dir / "drafts")
 
     # Read when a zip is extracted, so a mistyped value fails that upload with its message, not
     # every page of the server.

@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 _GUESS_SIDES = (28, 32, 64, 224)
 
 
+class ArchitectureMismatchError(CheckpointError):
+    """An architecture named for a file of which not one weight fits it."""
+
+    def __init__(self, message: str, hint: str, arch: str, candidates: list[str]):
+        super().__init__(message, hint)
+        self.arch, self.candidates = arch, candidates
+
+
 class UnknownArchitectureError(CheckpointError):
     """A state_dict that no registered architecture fits; `raw` keeps it for key-level inspection."""
 
@@ -277,6 +285,15 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
         if pretrained:
             report = load_into(model, raw.state_dict, spec)
             report.fixes[:0] = raw.fixes
+            if arch and raw.state_dict and not report.matched:
+                # Loading nothing would train a randomly initialised network while every page
+                # says "source: <file>": starting from scratch is a choice, made explicitly.
+                fits = f"its keys fit {', '.join(candidates)}" if candidates else "no registered architecture fits its keys"
+                raise ArchitectureMismatchError(
+                    f"{raw.name}: none of its {len(raw.state_dict)} weights fit {arch} ({fits})",
+                    f"choose the architecture the file was saved from{' (' + candidates[0] + ')' if candidates else ''}, "
+                    f"or use {arch} with random initialisation (an architecture with no weights) to start from scratch",
+                    arch=arch, candidates=candidates)
         else:
             report = LoadReport(fixes=["random initialisation: the file's weights are not loaded (from-scratch baseline)"])
 

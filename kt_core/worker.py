@@ -24,7 +24,7 @@ from .assemble import Prepared, prepare
 from .config import RunConfig
 from .data import iter_batches
 from .callbacks import Callback
-from .engine import FitContext, FitResult, evaluate, fit, resolve_device
+from .engine import FitContext, FitResult, evaluate, feature_cache_eligible, fit, resolve_device
 from .errors import KTError, RunError
 from .sources import run_folder
 from .transfer import bn_stat_warnings
@@ -107,7 +107,7 @@ class Progress(Callback):
 
     def on_fit_start(self, ctx: FitContext) -> None:
         self.status.update(epoch=ctx.epoch, step=ctx.step, total_steps=ctx.total_steps,
-                           feature_cache=ctx.feature_cache)
+                           feature_cache=ctx.feature_cache, note=None)
 
     def on_step_end(self, ctx: FitContext, row: dict) -> None:
         self.status.note(epoch=ctx.epoch, step=ctx.step)
@@ -209,7 +209,12 @@ def run_worker(run: str | os.PathLike) -> dict:
                     return rundir.read_status(folder)
                 resume_state = _resume_state(folder)
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
+                # What the run is doing before its first step, for whoever watches it.
+                status.update(note="loading the source model and the dataset")
                 prepared = prepare(cfg, device, runs_dir=folder.parent)
+                status.update(note="extracting the frozen layers' features once (feature cache)"
+                              if feature_cache_eligible(cfg, prepared.data, prepared.plan)
+                              else "building the optimizer; the first batch comes next")
                 for warning in (list(prepared.data.warnings) + list(prepared.plan.warnings)
                                 + _bn_warnings(prepared, device)):
                     log.warning("%s", warning)
@@ -278,7 +283,7 @@ def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, sto
                            f"resume it (`python -m kt_core resume {source.name}`) or pick another source")
         if not announced:
             log.info("run %s: waiting for source run %s to finish", folder.name, source.name)
-            status.update(state="queued", note=f"waiting for source run {source.name}")
+            status.update(state="queued", note=f"waiting for its source model to finish training (run {source.name})")
             announced = True
         if stop.should_stop(None):
             return False

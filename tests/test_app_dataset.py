@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from kt_core.models import ARCHITECTURES
-from test_app_support import app_at, chart_traces, errors, no_exceptions
+from test_app_support import app_at, chart_traces, errors, no_exceptions, draft
 
 
 def test_classes_and_k_per_class_produce_the_config_and_exact_counts():
@@ -17,7 +17,7 @@ def test_classes_and_k_per_class_produce_the_config_and_exact_counts():
     at.selectbox(key="dataset_augment").select("light")
     at.run()
     no_exceptions(at)
-    cfg = at.session_state["kt_dataset"]
+    cfg = draft(at).config.dataset
     assert (cfg.name, cfg.classes, cfg.per_class, cfg.augment) == ("sklearn_digits", ["0", "1", "2"], 5, "light")
     bars = {t["name"]: t for t in chart_traces(at)}
     assert bars["train"]["x"] == ["0", "1", "2"] and bars["train"]["y"] == [5, 5, 5]

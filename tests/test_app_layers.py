@@ -1,7 +1,7 @@
 """AppTest of the Layers page: edits in the layer tree become plan rules, the cost follows."""
 
 from kt_core.config import TransferPlan
-from test_app_support import app_at, no_exceptions
+from test_app_support import app_at, draft, errors, no_exceptions
 
 
 def metrics(at):
@@ -13,7 +13,7 @@ def edit(at, prefix, rows):
 
     (AppTest has no data_editor driver; the editors' keys carry the preset's signature.)
     """
-    p = at.session_state["kt_plan"]
+    p = draft(at).config.plan
     key = f"{prefix}{p.preset}-{p.freeze_first_n}-{p.layer_decay}-{p.unfreeze_every}"
     at.session_state[key] = {"edited_rows": rows, "added_rows": [], "deleted_rows": []}
     return at.run()
@@ -34,7 +34,7 @@ def test_freezing_a_block_and_scaling_an_lr_become_rules_and_the_cost_drops():
     blocks = at.dataframe[0].value
     edit(at, "layers_blocks_", {0: {"freeze": True}, 1: {"lr_mult": 0.1}})
     no_exceptions(at)
-    plan = at.session_state["kt_plan"]
+    plan = draft(at).config.plan
     assert [(r.pattern, r.transfer, r.freeze, r.lr_mult) for r in plan.rules] == [
         ("conv1", None, True, None), ("conv2", None, None, 0.1)]
     trainable = blocks["params"].sum() - blocks["params"][0]
@@ -46,7 +46,7 @@ def test_a_per_layer_override_names_the_module():
     at = app_at("layers")
     edit(at, "layers_units_", {2: {"transfer": False}})  # the third parameter-owning module: fc1.*
     no_exceptions(at)
-    plan = at.session_state["kt_plan"]
+    plan = draft(at).config.plan
     assert len(plan.rules) == 1 and plan.rules[0].transfer is False and plan.rules[0].pattern.startswith("fc1")
 
 
@@ -59,7 +59,7 @@ def test_feature_extraction_trains_only_the_head_and_turns_the_feature_cache_on(
     shown = metrics(at)
     assert shown["Trainable parameters"] == f"{int(blocks['params'].iloc[-1]):,}"
     assert shown["Feature cache"] == "on"
-    assert at.session_state["kt_plan"].preset == "feature_extraction"
+    assert draft(at).config.plan.preset == "feature_extraction"
 
 
 def test_the_plan_carries_to_the_train_page_config():
@@ -67,7 +67,7 @@ def test_the_plan_carries_to_the_train_page_config():
     at.selectbox(key="layers_preset").select("freeze_first_n").run()
     at.number_input(key="layers_freeze_n").set_value(2).run()
     no_exceptions(at)
-    assert at.session_state["kt_plan"] == TransferPlan(preset="freeze_first_n", freeze_first_n=2)
+    assert draft(at).config.plan == TransferPlan(preset="freeze_first_n", freeze_first_n=2)
     at.switch_page("app_pages/train.py").run()
     import json
 
@@ -80,4 +80,19 @@ def test_too_many_frozen_blocks_is_a_message_not_a_traceback():
     at.selectbox(key="layers_preset").select("freeze_first_n").run()
     at.number_input(key="layers_freeze_n").set_value(9).run()
     no_exceptions(at)
-    assert any("freeze_first_n is 9" in e.value for e in at.error)
+    assert any("freeze_first_n is 9" in e for e in errors(at))
+
+
+def test_a_negative_lr_multiplier_is_refused_not_turned_positive_and_blocks_start():
+    at = app_at("layers")
+    edit(at, "layers_blocks_", {1: {"lr_mult": -0.5}})
+    no_exceptions(at)
+    assert any("negative lr_mult" in e for e in errors(at)), errors(at)
+    assert [(r.pattern, r.lr_mult) for r in draft(at).config.plan.rules] == [("conv2", -0.5)], errors(at)
+    at.run()  # the next rerun still shows the cell as typed, and the message
+    no_exceptions(at)
+    assert at.dataframe[0].value["lr_mult"].tolist()[1] == -0.5
+    assert any("negative lr_mult" in e for e in errors(at))
+    at.switch_page("app_pages/train.py").run()
+    assert at.button(key="train_start").disabled
+    assert any("Start is blocked" in e and "negative lr_mult" in e for e in errors(at))

@@ -3,7 +3,7 @@
 import pytest
 
 from kt_core import rundir
-from test_app_support import app_at, chart_traces, errors, make_run, no_exceptions
+from test_app_support import app_at, chart_traces, errors, make_run, no_exceptions, draft
 
 
 def test_every_run_is_listed_with_its_state():
@@ -14,7 +14,7 @@ def test_every_run_is_listed_with_its_state():
     table = at.dataframe[0].value
     states = dict(zip(table["id"], table["state"]))
     assert states == {done: "completed", stopped: "stopped"}
-    assert set(table["name"]) == {"finished", "halted"}
+    assert set(table["run"]) == {"finished", "halted"}
 
 
 def test_an_empty_runs_folder_says_how_to_start():
@@ -33,9 +33,10 @@ def test_selected_runs_are_overlaid_on_one_chart():
     assert traces["a · val acc"]["y"] == pytest.approx([0.55, 0.65, 0.75])
     assert traces["b · val acc"]["y"] == pytest.approx([0.15, 0.25, 0.35])
     # Beside the curves: what sets the runs apart, results first, then the config values that differ.
-    table = next(d.value for d in at.dataframe if "best_val_acc" in d.value.index)
-    assert list(table.columns) == [f"a · {a} (completed)", f"b · {b} (completed)"]
-    assert list(table.loc["best_val_acc"]) == ["0.75", "0.35"]
+    table = next(d.value for d in at.dataframe if "accuracy (headline)" in d.value.index)
+    assert list(table.columns) == ["a", "b"]  # short: the run names
+    assert list(table.index[:2]) == ["accuracy (headline)", "measured on"]
+    assert list(table.loc["best validation accuracy"]) == ["0.75", "0.35"]
     assert list(table.loc["name"]) == ["a", "b"] and "source.arch" not in table.index
 
 
@@ -113,17 +114,23 @@ def test_a_trained_run_shows_its_confusion_matrix_mistakes_per_class_metrics_and
     accuracy = next(m.value for m in at.metric if m.label == "Accuracy")
     assert accuracy == f"{1 - mistakes / sum(map(sum, confusion)):.1%}"
     assert mistakes, "a 2-epoch model on 24 images still makes mistakes to show"
-    # Choosing a cell (the largest by default) shows exactly that cell's misclassified images,
-    # then 16 sample predictions.
-    cell = at.selectbox(key="runs_cell").value
-    assert cell[2] == max(confusion[i][j] for i in range(3) for j in range(3) if i != j)
-    assert len(at.get("image")) == min(24, confusion[cell[0]][cell[1]]) + min(16, sum(map(sum, confusion)))
+    # Before any click the largest off-diagonal cell is shown: exactly its misclassified images,
+    # then 16 sample predictions drawn across the classes.
+    from ui.run_view import cells
+
+    largest = max(confusion[i][j] for i in range(3) for j in range(3) if i != j)
+    i, j = next((i, j) for i in range(3) for j in range(3) if i != j and confusion[i][j] == largest)
+    assert not [s for s in at.selectbox if s.key == "runs_cell"]  # a click on the matrix, not a dropdown
+    assert len(at.get("image")) == min(24, largest) + min(16, sum(map(sum, confusion)))
+    captions = [c for c in at.markdown if c.value.startswith("**True ")]
+    assert captions and f"{largest:,} image" in captions[0].value
     at.selectbox(key="runs_export_format").select(
         next(o for o in at.selectbox(key="runs_export_format").options if o.startswith("safetensors")))
     at.button(key="runs_export").click().run()
     no_exceptions(at)
     assert (rundir.run_dir(trained_run) / "exports" / "model.safetensors").is_file()
-    assert any(b.proto.label == "Download model.safetensors" for b in at.get("download_button"))
+    assert any(b.proto.label == "Download real.safetensors" for b in at.get("download_button"))  # the run's name
+    assert any(s.value.startswith("Verified: real.safetensors was read back") for s in at.success)
 
 
 def test_edit_and_rerun_loads_a_runs_config_into_the_pages():
@@ -131,7 +138,7 @@ def test_edit_and_rerun_loads_a_runs_config_into_the_pages():
     at = app_at("runs", run=run)
     at.button(key="runs_edit").click().run()
     no_exceptions(at)
-    assert at.session_state["kt_train"].epochs == 7 and at.session_state["kt_dataset"].per_class == 5
+    assert draft(at).config.train.epochs == 7 and draft(at).config.dataset.per_class == 5
     assert at.number_input(key="train_epochs").value == 7  # now on the Train page, ready to start
     assert "run" not in at.query_params
 
@@ -144,3 +151,39 @@ def test_the_watched_run_survives_a_page_switch_that_clears_the_url():
     at.switch_page("app_pages/runs.py").run()
     assert at.selectbox(key="runs_one").value == a
     assert at.query_params["run"] == a  # put back: a refresh now re-attaches too
+
+
+def test_the_headline_figure_says_what_it_measures_and_is_the_same_in_the_list_and_the_run():
+    from kt_core.headline import headline
+
+    a = make_run("judged", acc=(0.6, 0.7, 0.8))
+    summary = rundir.read_summary(a)
+    head = headline(summary)
+    at = app_at("runs", run=a)
+    no_exceptions(at)
+    table = at.dataframe[0].value
+    assert list(table["accuracy"]) == [head.percent()] and table["measured on"][0]
+    assert any(m.value.startswith(f"Headline: **{head.percent()}**") for m in at.markdown)
+    assert at.radio(key="runs_eval_split").options == ["validation"]  # no test split: not offered
+
+
+def test_sample_predictions_are_drawn_across_the_classes():
+    from types import SimpleNamespace
+
+    import torch
+    from ui.run_view import sample_predictions
+
+    split = SimpleNamespace(x=torch.zeros(12, 1, 2, 2), y=torch.tensor([0] * 4 + [1] * 4 + [2] * 4))
+    split.__len__ = None
+    report = SimpleNamespace(class_names=["a", "b", "c"], num_misclassified=1, misclassified=[
+        {"index": 5, "true": "b", "predicted": "a", "true_index": 1, "predicted_index": 0, "confidence": 0.9}])
+
+    class Split(SimpleNamespace):
+        def __len__(self):
+            return 12
+
+    picks = sample_predictions(report, Split(x=split.x, y=split.y), count=6)
+    labels = [int(split.y[i]) for i, _ in picks]
+    assert sorted(labels[:3]) == [0, 1, 2]  # every class before any repeats
+    assert picks[1] == (5, "b → a ✗")
+    assert all(c.endswith("✓") for i, c in picks if i != 5)

@@ -4,11 +4,13 @@ import torch
 from torch import nn
 
 from kt_core import launcher, rundir
-from test_app_support import app_at, errors, make_run, no_exceptions
+from test_app_support import app_at, draft, errors, make_run, no_exceptions
 
 
 def layer_table(at):
-    return next(df.value for df in at.dataframe if "layer" in df.value.columns)
+    table = next(df.value for df in at.dataframe if "layer" in df.value.columns).copy()
+    table["name"] = table["layer"].str.strip("\u2003")  # the full module name, indented by depth
+    return table
 
 
 def test_choosing_an_architecture_shows_its_layer_tree_and_the_source_config():
@@ -21,9 +23,12 @@ def test_choosing_an_architecture_shows_its_layer_tree_and_the_source_config():
     assert list(table["name"]) == ["conv1", "conv2", "fc1", "fc2"] or {"conv1", "conv2", "fc1", "fc2"} <= set(table["name"])
     params = dict(zip(table["name"], table["params"]))
     assert params["conv1"] == 20 * 1 * 5 * 5 + 20 and params["fc2"] == 500 * 10 + 10
-    source = at.session_state["kt_source"]
+    shown = next(df.value for df in at.dataframe if "layer" in df.value.columns)
+    assert list(shown.columns) == ["layer", "type", "block", "params", "output"]  # one name column, not two
+    source = draft(at).config.source
     assert (source.kind, source.arch, source.weights) == ("arch", "mnist_net", None)
-    assert any(m.label == "Architecture" and m.value == "mnist_net" for m in at.metric)
+    assert any(m.value == "Architecture **mnist\\_net**" for m in at.markdown)  # whole, never cut
+    assert at.selectbox(key="source_weights").value == "(random initialisation)"
 
 
 def test_a_real_legacy_checkpoint_by_server_path_is_loaded_with_its_report(real_data, monkeypatch):
@@ -34,7 +39,7 @@ def test_a_real_legacy_checkpoint_by_server_path_is_loaded_with_its_report(real_
     no_exceptions(at)
     assert not errors(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Architecture"] == "mnist_net"
+    assert any(m.value == "Architecture **mnist\\_net**" for m in at.markdown)
     assert metrics["Matched keys"] == "8" and metrics["Missing"] == "0" and metrics["Shape mismatch"] == "0"
 
 
@@ -76,14 +81,14 @@ def test_a_completed_run_can_be_picked_as_the_source():
     at = app_at("source")
     at.radio(key="source_kind").set_value("run").run()
     assert at.selectbox(key="source_run").options == [run]
-    source = at.session_state["kt_source"]
+    source = draft(at).config.source
     assert (source.kind, source.path, source.checkpoint) == ("run", run, "best")
     # A hand-written run has no checkpoint: that is said, not thrown.
     no_exceptions(at)
     assert any("no checkpoint" in e for e in errors(at))
 
 
-def test_train_a_source_model_first_launches_a_scratch_run_that_becomes_the_source():
+def test_train_a_source_model_first_launches_a_scratch_run_and_keeps_the_source_until_it_completes():
     at = app_at("source")
     at.radio(key="source_kind").set_value("train").run()
     at.selectbox(key="src_train_dataset").select("sklearn_digits")
@@ -95,8 +100,9 @@ def test_train_a_source_model_first_launches_a_scratch_run_that_becomes_the_sour
         cfg = rundir.load_config(run)
         assert (cfg.plan.preset, cfg.dataset.name, cfg.source.arch, cfg.train.epochs) == \
             ("scratch", "sklearn_digits", "small_cnn", 1)
-        source = at.session_state["kt_source"]
-        assert (source.kind, source.path) == ("run", run)
+        source = draft(at).config.source  # still the one the user had: the new one has not completed
+        assert (source.kind, source.arch) == ("arch", "small_cnn")
+        assert draft(at).extras["source_training"] == run
     finally:
         if rundir.is_active(run):
             launcher.stop(run, timeout=1)  # cleanup: SIGTERM soon, the test does not need the training
@@ -118,3 +124,54 @@ def test_the_source_cache_key_follows_the_checkpoint_a_run_source_really_uses():
     assert _stamp(SourceConfig(kind="run", path="only last")) == _stamp(cfg)  # by name too
     (checkpoints / "best.pt").write_bytes(b"best")
     assert _stamp(cfg).startswith("best.pt:")
+
+
+def test_a_failed_source_training_leaves_the_source_and_says_so_without_a_resume_advice():
+    run = make_run("source: small_cnn on sklearn_digits", done_epochs=1, state="failed")
+    rundir.update_status(run, error="loss became NaN at step 4 (lower the learning rate)")
+    at = app_at("source")
+    draft(at).extras["source_training"] = run
+    at.radio(key="source_kind").set_value("train").run()
+    no_exceptions(at)
+    assert (draft(at).config.source.kind, draft(at).config.source.arch) == ("arch", "small_cnn")
+    [message] = [e for e in errors(at) if "source run failed" in e]
+    assert "loss became NaN" in message and "unchanged" in message and "resume" not in message
+
+
+def test_a_completed_source_training_becomes_the_source():
+    run = make_run("source: small_cnn on sklearn_digits")
+    at = app_at("source")
+    draft(at).extras["source_training"] = run
+    at.radio(key="source_kind").set_value("train").run()
+    no_exceptions(at)
+    assert (draft(at).config.source.kind, draft(at).config.source.path) == ("run", run)
+
+
+def test_the_datasets_offered_for_a_source_model_need_no_path():
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("train").run()
+    from kt_core.data import available_datasets
+
+    needs_path = {d["name"] for d in available_datasets() if d.get("needs_root")}
+    offered = set(at.selectbox(key="src_train_dataset").options)
+    assert offered and not offered & needs_path
+
+
+def test_an_architecture_forced_on_a_file_it_does_not_fit_is_an_error_with_random_init_as_a_choice(
+        tmp_path, monkeypatch):
+    from kt_core.models import build_model
+
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    path = tmp_path / "mnist_net.pt"
+    torch.save(build_model("mnist_net").state_dict(), path)
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.text_input(key="source_path").input(str(path))
+    at.selectbox(key="source_file_arch").select("cifar_resnet20").run()
+    no_exceptions(at)
+    assert any("none of its 8 weights fit cifar_resnet20" in e for e in errors(at))
+    at.button(key="source_random_init").click().run()
+    no_exceptions(at)
+    source = draft(at).config.source
+    assert (source.kind, source.arch, source.weights) == ("arch", "cifar_resnet20", None)
+    assert not errors(at)

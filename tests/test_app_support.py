@@ -8,6 +8,7 @@ worker leaves on disk without waiting for real training.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -56,6 +57,16 @@ def app_at(page: str | None = None, **query) -> AppTest:
     return at
 
 
+def draft(at: AppTest):
+    """The page's draft (kt_core.drafts.Draft): the setup Start would launch."""
+    return at.session_state["kt_draft"]
+
+
+def set_piece(at: AppTest, piece: str, value) -> None:
+    """Put one piece (source, dataset, plan, train) of the draft, as a page would."""
+    setattr(draft(at).config, piece, value)
+
+
 def chart_traces(at: AppTest, index: int = 0) -> list[dict]:
     """The traces of the `index`-th Plotly chart on the page, as Plotly JSON."""
     charts = at.get("plotly_chart")
@@ -80,4 +91,9 @@ def no_exceptions(at: AppTest) -> None:
 
 
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    """The error messages as a person reads them (Markdown escapes removed)."""
+    return [shown(e.value) for e in at.error]
+
+
+def shown(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kt_core import launcher, rundir
-from test_app_support import app_at, chart_traces, errors, live_chart, make_run, no_exceptions
+from test_app_support import app_at, chart_traces, draft, errors, live_chart, make_run, no_exceptions, set_piece
 
 
 def test_widgets_produce_the_train_config_that_start_would_launch():
@@ -15,10 +15,10 @@ def test_widgets_produce_the_train_config_that_start_would_launch():
     at.number_input(key="train_batch_size").set_value(32)
     at.number_input(key="train_lr").set_value(0.01)
     at.selectbox(key="train_optimizer").select("sgd")
-    at.number_input(key="train_patience").set_value(3)
+    at.number_input(key="train_early_stopping").set_value(3)
     at.run()
     no_exceptions(at)
-    train = at.session_state["kt_train"]
+    train = draft(at).config.train
     assert (train.epochs, train.batch_size, train.lr, train.optimizer, train.early_stopping) == (2, 32, 0.01, "sgd", 3)
     shown = json.loads(at.get("json")[0].proto.body)
     assert shown["train"]["epochs"] == 2 and shown["train"]["optimizer"] == "sgd"
@@ -53,7 +53,7 @@ def test_metric_rows_of_a_run_folder_become_the_chart_traces_with_baseline_overl
 def test_a_running_run_is_polled_and_only_new_rows_are_read(monkeypatch):
     run = make_run("live", epochs=3, done_epochs=1, state="running")
     rundir.update_status(run, pid=None)  # keep it "running": fake a live worker for the page
-    monkeypatch.setattr(rundir, "_worker_alive", lambda status: True)
+    monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
     at = app_at("train", run=run)
     no_exceptions(at)
     assert not at.get("plotly_chart")  # while it runs: the canvas chart, cheap to redraw at each poll
@@ -90,10 +90,11 @@ def test_start_launches_a_worker_and_its_baseline_into_run_folders():
 
 def test_a_bad_config_is_shown_as_a_message_and_the_page_keeps_working():
     at = app_at("train")
-    at.session_state["kt_source"] = __import__("kt_core.config", fromlist=["SourceConfig"]).SourceConfig(kind="file")
-    at.button(key="train_start").click().run()
+    set_piece(at, "source", __import__("kt_core.config", fromlist=["SourceConfig"]).SourceConfig(kind="file"))
+    at.run()
     no_exceptions(at)
-    assert any("source.path is required" in e for e in errors(at))
+    assert any("Start is blocked" in e and "source.path is required" in e for e in errors(at))
+    assert at.button(key="train_start").disabled
     assert not rundir.run_ids()
 
 
@@ -107,3 +108,12 @@ def test_a_failed_run_shows_its_error_and_log_instead_of_polling():
     assert any("crashed" not in e and "failed — loss became NaN at step 4" in e for e in errors(at))
     assert any("ERROR loss became NaN at step 4" in c.value for c in at.code)
     assert at.button(key="train_start").disabled is False  # nothing runs: a new run may start
+
+
+def test_an_unknown_run_in_the_url_gives_one_message_and_no_empty_section():
+    at = app_at("train", run="20990101-000000-gone-abcd")
+    no_exceptions(at)
+    messages = errors(at) + [w.value for w in at.warning]
+    assert len(messages) == 1 and "not here" in messages[0]
+    assert not [h for h in at.subheader if h.value.startswith("Watching")]
+    assert "run" not in at.query_params

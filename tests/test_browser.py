@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def browser():
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(120_000)  # a loaded 2-core CI machine: the first render can take a minute
     yield pg
     context.close()
 
@@ -159,7 +160,7 @@ def test_whole_flow_source_layers_dataset_train_stop_runs(server, page):
     goto_page(page, "Train")
     set_number(page, "Epochs", 40)
     page.get_by_role("button", name="Start").click()
-    page.get_by_role("heading", name="Run ").first.wait_for()
+    page.get_by_role("heading", name="Watching run ").first.wait_for()
     assert "run=" in page.url and "baseline=" in page.url  # a refresh or a second tab re-attaches
     # The curve gains points while the worker trains (epoch rows: train/val loss and accuracy).
     wait_for(lambda: live_points(page).get("transfer · val acc", 0) >= 2, 150, "two epochs on the live chart")
@@ -199,6 +200,46 @@ def test_the_demo_runs_offline_and_concludes_from_its_results(server, page):
     assert lengths["transfer · val acc"] >= 2 and lengths["from scratch · val acc"] >= 2
     shot(page, "7-demo")
 
+    # One headline figure: Home's conclusion, the Runs page and the evaluation show the same
+    # number for the transfer run, and say what it measures.
+    figure = re.match(r"Transfer: ([\d.]+ %)", text).group(1)
+    label = text.rsplit(" — ", 1)[1]
+    goto_page(page, "Runs")
+    picked = page.locator('[data-testid="stSelectbox"]').filter(has_text="One run in depth")
+    wait_for(lambda: "demo-transfer-k10 ·" in picked.inner_text() and "from scratch" not in picked.inner_text(),
+             30, "the watched transfer run picked")
+    assert f"· {figure} (completed)" in picked.inner_text()
+    page.get_by_text(f"Headline: {figure} {label}").wait_for()
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first
+    wait_for(lambda: figure in metric.inner_text(), 120, "the evaluation's accuracy on the headline's split")
+    shot(page, "8-evaluation")
+    _click_a_confusion_cell(page)
+
+
+def _click_a_confusion_cell(page) -> None:
+    """Click an off-diagonal cell other than the one shown first: its images replace them."""
+    chart = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer")).first
+    chart.wait_for()
+    shown = page.get_by_text(re.compile(r"^True .+ → predicted .+: \d")).first
+    shown.wait_for()
+    before = shown.inner_text()
+    cell = chart.evaluate("""(gd) => {
+        const z = gd.data[0].z, L = gd._fullLayout, n = z.length, rect = gd.getBoundingClientRect();
+        const first = z.flatMap((row, i) => row.map((v, j) => [v, i, j])).filter(c => c[1] != c[2])
+                       .sort((a, b) => b[0] - a[0])[0];
+        let pick = [1, 0];
+        for (let i = 0; i < n; i++) for (let j = 0; j < n; j++)
+            if (i != j && !(i == first[1] && j == first[2])) { pick = [i, j]; i = n; break; }
+        const [i, j] = pick;
+        return {i, j, x: rect.left + L.xaxis._offset + L.xaxis.l2p(j), y: rect.top + L.yaxis._offset + L.yaxis.l2p(i),
+                names: gd.data[0].x};
+    }""")
+    page.mouse.click(cell["x"], cell["y"])
+    wanted = f"True {cell['names'][cell['i']]} → predicted {cell['names'][cell['j']]}:"
+    wait_for(lambda: page.get_by_text(wanted).count() >= 1, 60, f"the clicked cell's images ({wanted})")
+    assert page.get_by_text(before).count() == 0 or before.startswith(wanted)
+    shot(page, "9-confusion-click")
+
 
 def test_a_deep_link_as_a_servers_first_request_gets_the_whole_app(tmp_path, page):
     """A bookmarked /train?run=... right after a restart: the navigation table and the sidebar
@@ -209,7 +250,7 @@ def test_a_deep_link_as_a_servers_first_request_gets_the_whole_app(tmp_path, pag
         os.environ["KT_RUNS_DIR"] = str(srv["runs"])  # (restored by the autouse fixture)
         run_id = rundir.create_run(_tiny_config(), srv["runs"]).name
         page.goto(f"{srv['url']}/train?run={run_id}")
-        page.get_by_role("heading", name=f"Run {run_id}").wait_for()
+        page.get_by_role("heading", name=f"Watching run {run_id}").wait_for()
         nav = page.locator('[data-testid="stSidebarNav"]')
         assert nav.get_by_role("link", name="Home").is_visible()
         assert nav.get_by_role("link", name="app").count() == 0
@@ -220,3 +261,80 @@ def _tiny_config():
     from kt_core.config import RunConfig, SourceConfig
 
     return RunConfig(name="deep link", source=SourceConfig(kind="arch", arch="mnist_net"))
+
+
+def _field(page, label: str):
+    return page.get_by_label(label, exact=True)
+
+
+def test_a_refresh_and_a_second_tab_keep_the_whole_draft(server, page):
+    page.goto(server["url"])
+    page.get_by_role("heading", name="KT Studio").wait_for()
+    goto_page(page, "Source")
+    select(page, "Architecture", "mnist_net")
+    page.get_by_text("Architecture mnist_net").wait_for()
+    goto_page(page, "Layers")
+    select(page, "Preset", "feature_extraction")
+    page.get_by_text("Training work saved").wait_for()
+    goto_page(page, "Dataset")
+    set_number(page, "Labelled images per class (0 = all)", 3)
+    page.locator('[data-testid="stImage"]').first.wait_for()
+    goto_page(page, "Train")
+    set_number(page, "Epochs", 7)
+    name = _field(page, "Run name")
+    name.fill("kept across tabs")
+    name.press("Enter")
+    wait_for(lambda: "draft=" in page.url, 30, "the draft id in the URL")
+    page.wait_for_timeout(1500)  # the last edit reaches the server (and the draft file)
+
+    def shows_the_setup(pg) -> bool:
+        pg.get_by_role("heading", name="Your setup").wait_for()
+        caption = pg.get_by_text("mnist_net → sklearn_digits (3 per class), feature extraction, 7 epochs")
+        return (caption.count() >= 1 and _field(pg, "Epochs").input_value() == "7"
+                and _field(pg, "Run name").input_value() == "kept across tabs")
+
+    page.reload()
+    wait_for(lambda: shows_the_setup(page), 60, "the setup after a refresh")
+    second = page.context.new_page()  # a second tab on the same URL (a bookmark is the same)
+    second.goto(page.url)
+    wait_for(lambda: shows_the_setup(second), 60, "the setup in a second tab")
+    goto_page(second, "Dataset")
+    assert _field(second, "Labelled images per class (0 = all)").input_value() == "3"
+    second.close()
+
+
+def test_an_invalid_field_blocks_start_with_a_message_beside_it(server, page):
+    page.goto(f"{server['url']}/train")
+    page.get_by_role("heading", name="Your setup").wait_for()
+    start = page.get_by_role("button", name="Start")
+    assert start.is_enabled()
+    set_number(page, "Epochs", 0)
+    page.get_by_text("Epochs is 0").wait_for()
+    page.get_by_text("Start is blocked").wait_for()
+    assert start.is_disabled()
+    set_number(page, "Learning rate", 0.000001)
+    page.wait_for_timeout(1000)
+    assert _field(page, "Learning rate").input_value() in ("1e-06", "0.000001")  # never "0.00000"
+    set_number(page, "Epochs", 2)
+    wait_for(lambda: start.is_enabled(), 30, "Start enabled again once the field is fixed")
+    assert page.get_by_text("Start is blocked").count() == 0
+
+
+def test_the_active_runs_list_follows_a_run_as_it_starts_and_ends(server, page):
+    from kt_core import runs
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig
+
+    page.goto(server["url"])
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Active runs (0)").wait_for()
+    cfg = RunConfig(name="watch me", source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5),
+                    train=TrainConfig(epochs=200, batch_size=10, device="cpu"))
+    run_id = runs.launch(cfg, server["runs"])  # from outside the page: the CLI or another tab
+    try:
+        wait_for(lambda: sidebar.get_by_text("watch me ·").count() >= 1, 60, "the run listed in the sidebar")
+        assert page.get_by_text("Active runs (1)").count() >= 1
+    finally:
+        runs.stop(server["runs"] / run_id, timeout=5)
+    wait_for(lambda: sidebar.get_by_text("Active runs (0)").count() >= 1, 30, "the ended run gone from the list")
+    assert sidebar.get_by_text("watch me ·").count() == 0

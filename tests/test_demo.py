@@ -52,8 +52,11 @@ def test_conclusion_comes_from_the_runs_summaries():
         ids.append(folder.name)
         rundir.write_json_atomic(folder / "summary.json", {"state": "completed", "final_val_acc": acc})
     handle = demo.DemoHandle("src", ids[0], ids[1], 10, True)
+    from kt_core.headline import headline
+
+    label = headline({"final_val_acc": 0.93}).label  # the figure every page shows, and what it measures
     assert demo.conclusion(handle) == \
-        "transfer: 93% vs from scratch: 81% with 10 labelled images per class (transfer wins)"
+        f"transfer: 93.0 % vs from scratch: 81.0 % with 10 labelled images per class (transfer wins) — {label}"
     rundir.write_json_atomic(rundir.run_dir(ids[1]) / "summary.json", {"state": "running"})
     assert demo.conclusion(handle) is None  # no verdict before both have finished
 

@@ -344,3 +344,23 @@ def test_a_warm_standby_worker_trains_the_next_launch_and_another_stands_by(tmp_
         wait_for(lambda: not rundir.is_active(rundir.run_dir(second, tmp_path)), what="the second run")
     finally:
         launcher.keep_worker_warm(False)
+
+
+def test_finished_workers_are_reaped_not_left_defunct():
+    children = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(3)]
+    for proc in children:
+        procs.adopt(proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(_zombie(p.pid) for p in children):
+        time.sleep(0.1)
+    assert all(_zombie(p.pid) for p in children)  # exited, not yet collected: <defunct>
+    runs.active_runs()  # what the dashboard polls every few seconds
+    assert not any(_zombie(p.pid) for p in children) and not set(procs._children) & {p.pid for p in children}
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -128,9 +128,11 @@ def build_figure(series: list[Series], uirevision: str, title: str | None = None
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
     fig.update_layout(
         uirevision=uirevision,  # keeps zoom and legend toggles across redraws of this run
-        height=CHART_HEIGHT + (20 if title else 0), margin=dict(l=40, r=20, t=80 if title else 30, b=40),
+        # The legend sits below the x axes' title ("epoch"), in a margin of its own: at y=-0.18
+        # it was drawn over that title.
+        height=CHART_HEIGHT + 90 + (20 if title else 0), margin=dict(l=40, r=20, t=80 if title else 30, b=130),
         title=dict(text=title, y=0.97) if title else None,
-        legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+        legend=dict(orientation="h", yanchor="top", y=-0.17, xanchor="left", x=0),
     )
     return fig
 

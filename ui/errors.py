@@ -8,6 +8,7 @@ traceback waits in an expander for the bug report.
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 
 import streamlit as st
@@ -15,6 +16,16 @@ import streamlit as st
 from kt_core.errors import KTError
 
 log = logging.getLogger(__name__)
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#~|$])")
+
+
+def plain(text: str) -> str:
+    """`text` shown as written: Streamlit reads messages as Markdown, where `__main__.CNN` turns
+    bold and `ROOT/<class>/*.jpg` italic (and `<class>` vanishes as HTML). The characters that
+    mark up inline text are escaped; punctuation that only matters at a line's start stays."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
 
 
 def error_line(exc: BaseException) -> str:
@@ -30,7 +41,7 @@ def show_error(exc: BaseException, where: str | None = None) -> None:
     if not isinstance(exc, KTError):
         log.exception("unexpected error in the UI", exc_info=exc)
     prefix = f"{where}: " if where else ""
-    st.error(prefix + error_line(exc), icon=":material/error:")
+    st.error(plain(prefix + error_line(exc)), icon=":material/error:")
     details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     with st.expander("Details"):
         st.code(details, language="text")

@@ -15,6 +15,7 @@ import streamlit as st
 
 from kt_core.config import BN_MODES, LayerRule, TransferPlan
 from kt_core.presets import PRESETS
+from kt_core.errors import ConfigError
 from kt_core.transfer import UNASSIGNED, preview_plan
 
 FIELDS = ("transfer", "freeze", "lr_mult")
@@ -100,12 +101,25 @@ def _editor_config():
         "params": st.column_config.NumberColumn("params", format="%d", disabled=True),
         "transfer": st.column_config.CheckboxColumn("transfer", help="keep the source weights (off: re-initialise)"),
         "freeze": st.column_config.CheckboxColumn("freeze", help="frozen layers do not train"),
-        "lr_mult": st.column_config.NumberColumn("LR ×", min_value=0.0, max_value=100.0, step=0.1, format="%.3g"),
+        # No min/max: the editor would quietly change what was typed (a negative multiplier came
+        # back positive); kt_core's plan validation refuses it with a message instead.
+        "lr_mult": st.column_config.NumberColumn("LR ×", step=0.1, format="%.3g"),
     }
 
 
-def layer_tree_editor(model, blocks, plan: TransferPlan) -> tuple[TransferPlan, object]:
-    """Draw the editor; return the plan with the user's rules and its PlanResult preview."""
+def _overlay(rows: list[dict], rules: list[LayerRule]) -> list[dict]:
+    """The preset's block rows with the block rules' cells written over them, unresolved."""
+    out = [dict(r) for r in rows]
+    for rule in rules:
+        for row in out:
+            if row["name"] == rule.pattern:
+                row.update({f: getattr(rule, f) for f in FIELDS if getattr(rule, f) is not None})
+    return out
+
+
+def layer_tree_editor(model, blocks, plan: TransferPlan) -> TransferPlan:
+    """Draw the editor; return the plan with the user's rules (the page resolves its preview:
+    an invalid rule is saved as typed and refused there, with its message)."""
     preset_rows = preview_plan(model, dataclasses.replace(plan, rules=[]), blocks).rows
     block_names = {row["name"] for row in preset_rows}
     stored_block_rules = [r for r in plan.rules if r.pattern in block_names]
@@ -114,17 +128,24 @@ def layer_tree_editor(model, blocks, plan: TransferPlan) -> tuple[TransferPlan, 
     # The widget key carries the preset, so switching presets starts the editors afresh.
     signature = f"{plan.preset}-{plan.freeze_first_n}-{plan.layer_decay}-{plan.unfreeze_every}"
     st.markdown("**Blocks** (input → output; the last is the new head)")
-    shown = preview_plan(model, dataclasses.replace(plan, rules=stored_block_rules), blocks).rows
+    try:
+        shown = preview_plan(model, dataclasses.replace(plan, rules=stored_block_rules), blocks).rows
+    except ConfigError:  # a refused cell (a negative LR ×) stays as typed, with its message below
+        shown = _overlay(preset_rows, stored_block_rules)
     edited_blocks = st.data_editor(block_frame(shown), hide_index=True, key=f"layers_blocks_{signature}",
                                    disabled=["block", "params", "unfreeze at epoch"], column_config=_editor_config())
     block_rules = rules_from_edits(edited_blocks, block_frame(preset_rows), "block")
 
     with st.expander("Per layer (overrides its block)"):
-        after_blocks = preview_plan(model, dataclasses.replace(plan, rules=block_rules), blocks).rows
-        current = preview_plan(model, dataclasses.replace(plan, rules=block_rules + stored_layer_rules), blocks).rows
+        try:
+            after_blocks = preview_plan(model, dataclasses.replace(plan, rules=block_rules), blocks).rows
+            current = preview_plan(model, dataclasses.replace(plan, rules=block_rules + stored_layer_rules),
+                                   blocks).rows
+        except ConfigError:  # an invalid block cell: said below the editors; the layer rules wait
+            st.caption("Fix the block table first: the per-layer settings follow from it.")
+            return dataclasses.replace(plan, rules=block_rules + stored_layer_rules)
         edited_layers = st.data_editor(layer_frame(model, current), hide_index=True, key=f"layers_units_{signature}",
                                        disabled=["layer", "block", "params"], column_config=_editor_config())
         layer_rules = rules_from_edits(edited_layers, layer_frame(model, after_blocks), "layer")
 
-    plan = dataclasses.replace(plan, rules=block_rules + layer_rules)
-    return plan, preview_plan(model, plan, blocks)
+    return dataclasses.replace(plan, rules=block_rules + layer_rules)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,24 +13,84 @@ import streamlit as st
 
 from kt_core import rundir, runs
 from kt_core.config import RunConfig
+from kt_core.errors import KTError
+from kt_core.headline import Headline, headline
+from ui.errors import plain
 from ui.images import image_grid
 
-SUMMARY_COLUMNS = ("id", "name", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "source",
-                   "arch", "dataset", "baseline_of", "created", "error")
+def summaries(run_ids) -> dict[str, dict]:
+    """run id -> its summary.json ({} while it has none)."""
+    out = {}
+    for run_id in run_ids:
+        try:
+            out[run_id] = rundir.read_summary(run_id)
+        except KTError:
+            out[run_id] = {}
+    return out
+
+
+def headlines(run_ids) -> dict[str, Headline]:
+    """run id -> the one figure it is judged by (`kt_core.headline`), everywhere the same."""
+    return {run_id: headline(summary) for run_id, summary in summaries(run_ids).items()}
+
+
+def measured_on(head: Headline) -> str:
+    """Which split and checkpoint a headline figure comes from, in a few words."""
+    if not head.split:
+        return ""
+    split = {"test": "test split", "val": "validation split"}.get(head.split, head.split)
+    checkpoint = {"best": "best-on-validation checkpoint", "last": "last epoch"}.get(head.checkpoint, head.checkpoint)
+    return f"{split}, {checkpoint}"
 
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The columns worth a glance, in a stable order (whatever else list_runs adds stays out)."""
-    return table[[c for c in SUMMARY_COLUMNS if c in table.columns]]
+    """The runs as a person reads them: name, state, the headline figure and what it measures,
+    progress, what was trained on what, when (the id last: it is for the CLI)."""
+    heads = headlines(table["id"])
+    rows = []
+    for row in table.to_dict("records"):
+        row = {k: cell_text(v) if k != "created" else v for k, v in row.items()}
+        head = heads[row["id"]]
+        rows.append({
+            "run": row.get("name") or row["id"], "state": row.get("state"),
+            "accuracy": head.percent() if head.value is not None else "",
+            "measured on": measured_on(head),
+            "epochs": f"{row.get('epoch') or 0}/{row.get('epochs') or '?'}",
+            "plan": (row.get("preset") or "").replace("_", " "), "source": row.get("arch") or row.get("source") or "",
+            "dataset": row.get("dataset") or "", "created": _when(row.get("created")), "id": row["id"],
+            "error": row.get("error") or "",
+        })
+    return pd.DataFrame(rows)
+
+
+def cell_text(value):
+    """A list_runs cell with pandas' NaN for "none" (a corrupt run has no preset) as ""."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _when(created) -> str:
+    """list_runs' `created` (naive UTC) as this server's local day and time."""
+    try:
+        return time.strftime("%d %b %H:%M", time.localtime(pd.Timestamp(created).timestamp()))
+    except (TypeError, ValueError):
+        return ""
 
 
 def labels(table: pd.DataFrame) -> dict[str, str]:
-    """run id -> "name (state)" for selectors; the id when a run has no name."""
+    """run id -> "name · 01 Dec 09:12 · 93.4 % (state)" for pickers: what a person tells runs
+    apart by. Two runs of one name and minute keep apart by their id's end."""
+    heads = headlines(table["id"])
     out = {}
     for row in table.to_dict("records"):
-        state = row.get("state") or "?"
-        out[row["id"]] = f"{row['name']} · {row['id']} ({state})" if row.get("name") else f"{row['id']} ({state})"
-    return out
+        head = heads[row["id"]]
+        parts = [cell_text(row.get("name")) or row["id"], _when(row.get("created"))]
+        if head.value is not None:
+            parts.append(head.percent())
+        out[row["id"]] = " · ".join(p for p in parts if p) + f" ({row.get('state') or '?'})"
+    seen: dict[str, int] = {}
+    for label in out.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {r: (f"{label} · {r[-4:]}" if seen[label] > 1 else label) for r, label in out.items()}
 
 
 def curve_labels(run_ids: list[str], names: dict[str, str]) -> list[str]:
@@ -39,18 +101,26 @@ def curve_labels(run_ids: list[str], names: dict[str, str]) -> list[str]:
 
 
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
-RESULT_ROWS = ("state", "best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "images_per_s",
-               "trainable_params")
+RESULT_ROWS = {"state": "state", "best_val_acc": "best validation accuracy",
+               "final_val_acc": "last-epoch validation accuracy", "test_acc": "test accuracy", "epochs": "epochs",
+               "train_s": "training time (s)", "images_per_s": "images/s", "trainable_params": "trainable parameters"}
+HEADLINE_ROW = "accuracy (headline)"
 
 
-def comparison(run_ids: list[str], labels: dict[str, str]) -> pd.DataFrame:
-    """Runs as columns; their results first, then every config value that differs between them."""
+def comparison(run_ids: list[str], names: dict[str, str]) -> pd.DataFrame:
+    """Runs as columns (short names); the headline figure and what it measures first, the other
+    results in words, then only the config values that differ between the runs."""
     frame = runs.compare(run_ids, differing_only=True).set_index("run_id")
+    heads = headlines(run_ids)
     results = [c for c in RESULT_ROWS if c in frame.columns]
     config = [c for c in frame.columns if c.split(".")[0] in CONFIG_FIELDS]
-    shown = frame[results + config].T
-    shown.columns = [labels.get(r, r) for r in shown.columns]
-    return shown.map(_cell)
+    shown = frame[results + config].T.map(_cell)
+    shown.index = [RESULT_ROWS.get(c, c) for c in shown.index]
+    top = pd.DataFrame([[heads[r].percent() for r in frame.index], [measured_on(heads[r]) for r in frame.index]],
+                       index=[HEADLINE_ROW, "measured on"], columns=frame.index)
+    shown = pd.concat([top, shown])
+    shown.columns = curve_labels(list(frame.index), names)
+    return shown
 
 
 def _cell(value) -> str:
@@ -62,27 +132,36 @@ def _cell(value) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Evaluating the run...")
-def _evaluate(run_id: str, split: str, stamp: str):
+def _evaluate(run_id: str, split: str, checkpoint: str, stamp: str):
     """The report and the evaluated split's images, prepared exactly as the evaluation saw them:
     one load of the run's model and data for both."""
     from kt_core.evaluate import evaluate_run, load_run
 
-    loaded = load_run(run_id, device="cpu")
+    loaded = load_run(run_id, checkpoint=checkpoint, device="cpu")
     return evaluate_run(loaded, split=split), loaded.data.splits().get(split)
 
 
-def evaluation(run_id: str, split: str):
+def evaluation(run_id: str, split: str, checkpoint: str = "best"):
     """(report, split images) of `run_id`, cached until its checkpoints change."""
-    return _evaluate(run_id, split, rundir.stamp(run_id, "checkpoints"))
+    return _evaluate(run_id, split, checkpoint, rundir.stamp(run_id, "checkpoints"))
 
 
 def confusion_figure(report) -> go.Figure:
-    names = report.class_names
+    """The heatmap, with one invisible marker per cell on top: a click selects that marker
+    (Plotly selects points, not heatmap cells), and its customdata names the cell."""
+    names = [str(n) for n in report.class_names]
     fig = go.Figure(go.Heatmap(z=report.confusion, x=names, y=names, colorscale="Blues",
-                               text=report.confusion, texttemplate="%{text}",
-                               hovertemplate="true %{y} → predicted %{x}: %{z}<extra></extra>"))
-    fig.update_layout(title=f"Confusion matrix ({report.split}, {report.num_samples} images)",
+                               text=report.confusion, texttemplate="%{text}", hoverinfo="skip", showscale=True))
+    cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+    fig.add_trace(go.Scatter(
+        x=[names[j] for _, j in cells], y=[names[i] for i, _ in cells], mode="markers",
+        customdata=[[i, j, report.confusion[i][j]] for i, j in cells],
+        marker=dict(symbol="square", size=max(8, min(40, 420 // max(1, len(names)))), opacity=0.01, color="#000"),
+        hovertemplate="true %{y} → predicted %{x}: %{customdata[2]} (click to see them)<extra></extra>",
+        showlegend=False, name="cells"))
+    fig.update_layout(title=f"Confusion matrix ({report.split}, {report.num_samples:,} images) · click a cell",
                       xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      xaxis=dict(type="category"), yaxis=dict(type="category"), clickmode="event+select",
                       height=min(700, 160 + 36 * len(names)), margin=dict(l=60, r=20, t=50, b=50))
     return fig
 
@@ -93,51 +172,109 @@ def cells(report) -> list[tuple[int, int, int]]:
     return sorted(found, key=lambda c: -c[2])
 
 
+def clicked_cell(event) -> tuple[int, int] | None:
+    """(true, predicted) of the cell a click selected, from st.plotly_chart's selection event."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for point in points or []:
+        data = point.get("customdata")
+        if data and len(data) >= 2:
+            return int(data[0]), int(data[1])
+    return None
+
+
 def _image(split, index: int):
     return split.x[index] if hasattr(split, "x") else split[index][0]
-
-
-def show_evaluation(report, split) -> None:
-    """Metrics, confusion matrix, the images of a chosen cell, per-class table, sample predictions."""
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Accuracy", f"{report.accuracy:.1%}")
-    c2.metric("Macro F1", f"{report.macro_f1:.3f}")
-    c3.metric("Misclassified", f"{report.num_misclassified} / {report.num_samples}")
-    st.plotly_chart(confusion_figure(report), key="runs_confusion")
-    names = report.class_names
-    options = cells(report)
-    if options:
-        cell = st.selectbox("Show the images of a cell (true → predicted)", options, key="runs_cell",
-                            format_func=lambda c: f"{names[c[0]]} → {names[c[1]]} ({c[2]} images)")
-        wrong = [m for m in report.misclassified if (m["true_index"], m["predicted_index"]) == cell[:2]]
-        if split is not None:
-            image_grid([(_image(split, m["index"]), f"{m['confidence']:.0%} sure") for m in wrong[:24]])
-    else:
-        st.success("No misclassified images in this split.")
-    st.markdown("**Per-class metrics**")
-    st.dataframe(pd.DataFrame(report.per_class), hide_index=True)
-    if split is not None:
-        st.markdown("**Sample predictions** (the most confident mistakes first, then correct ones)")
-        shown = {m["index"] for m in report.misclassified[:8]}
-        samples = [(_image(split, m["index"]), f"{m['true']} → {m['predicted']} ✗") for m in report.misclassified[:8]]
-        samples += [(_image(split, i), f"{names[int(_label(split, i))]} ✓")
-                    for i in range(len(split)) if i not in shown][: 16 - len(samples)]
-        image_grid(samples)
 
 
 def _label(split, index: int):
     return split.y[index] if hasattr(split, "y") else split[index][1]
 
 
+def sample_predictions(report, split, count: int = 16) -> list[tuple[int, str]]:
+    """(index, caption) of images drawn across the classes: each class in turn gives its most
+    confident mistake, then a correct image, so every class shows (not the first class only)."""
+    names = report.class_names
+    wrong_by_class: dict[int, list[dict]] = {}
+    for m in report.misclassified:
+        wrong_by_class.setdefault(int(m["true_index"]), []).append(m)
+    # Correct images are known only when every mistake is listed (evaluate caps the list).
+    complete = report.num_misclassified == len(report.misclassified)
+    wrong = {m["index"] for m in report.misclassified}
+    right_by_class: dict[int, list[int]] = {}
+    if complete:
+        for i in range(len(split)):
+            if i not in wrong:
+                right_by_class.setdefault(int(_label(split, i)), []).append(i)
+    picks: list[tuple[int, str]] = []
+    queues = {c: ([("x", m) for m in wrong_by_class.get(c, [])[:2]] + [("v", i) for i in right_by_class.get(c, [])])
+              for c in range(len(names))}
+    while len(picks) < count and any(queues.values()):
+        for c in range(len(names)):
+            if queues[c] and len(picks) < count:
+                kind, item = queues[c].pop(0)
+                if kind == "x":
+                    picks.append((item["index"], f"{item['true']} → {item['predicted']} ✗"))
+                else:
+                    picks.append((item, f"{names[c]} ✓"))
+    return picks
+
+
+def show_evaluation(report, split, checkpoint: str = "best") -> None:
+    """Metrics, the clickable confusion matrix and the images of the clicked cell, per-class
+    table, sample predictions across classes."""
+    where = f"{'test' if report.split == 'test' else 'validation'} split, " \
+            f"{'best-on-validation checkpoint' if checkpoint == 'best' else 'last epoch'}"
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Accuracy", f"{report.accuracy:.1%}", help=f"On the {where}.")
+    c2.metric("Macro F1", f"{report.macro_f1:.3f}")
+    c3.metric("Misclassified", f"{report.num_misclassified:,} / {report.num_samples:,}")
+    st.caption(f"Measured on the {where}.")
+    names = report.class_names
+    event = st.plotly_chart(confusion_figure(report), key="runs_confusion", on_select="rerun",
+                            selection_mode="points")
+    options = cells(report)
+    cell = clicked_cell(event) or (options[0][:2] if options else None)
+    if cell is None:
+        st.success("No misclassified images in this split.")
+    elif cell[0] == cell[1]:
+        st.caption(f"{names[cell[0]]}: {report.confusion[cell[0]][cell[1]]:,} images classified correctly. "
+                   "Click a cell off the diagonal to see mistakes.")
+    else:
+        wrong = [m for m in report.misclassified if (m["true_index"], m["predicted_index"]) == tuple(cell)]
+        n = report.confusion[cell[0]][cell[1]]
+        st.markdown(f"**True {plain(names[cell[0]])} → predicted {plain(names[cell[1]])}**: "
+                    f"{n:,} image{'s' if n != 1 else ''}" + (", the most confident first" if n > 1 else ""))
+        if split is not None:
+            image_grid([(_image(split, m["index"]), f"{m['confidence']:.0%} sure") for m in wrong[:24]])
+    st.markdown("**Per-class metrics**")
+    st.dataframe(pd.DataFrame(report.per_class), hide_index=True)
+    if split is not None:
+        st.markdown("**Sample predictions** (across the classes: mistakes first, then correct ones)")
+        image_grid([(_image(split, i), caption) for i, caption in sample_predictions(report, split)])
+
+
 # --- downloads -------------------------------------------------------------------------------
+
+def download_stem(run_id: str) -> str:
+    """Downloads are named after the run (its name, else its id), not "model" or a hash."""
+    try:
+        name = rundir.load_config(run_id).name
+    except KTError:
+        name = ""
+    return rundir.slug(name, max_len=48) if name else run_id
+
 
 def downloads(run_id: str) -> None:
     folder = rundir.run_dir(run_id)
+    stem = download_stem(run_id)
     c1, c2 = st.columns(2)
-    c1.download_button(rundir.CONFIG, rundir.config_text(folder).encode(), f"{run_id}-config.json",
+    c1.download_button(rundir.CONFIG, rundir.config_text(folder).encode(), f"{stem}-config.json",
                        "application/json", key="runs_dl_config")
     rows, _ = rundir.read_metrics(run_id)
-    c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{run_id}-metrics.csv",
+    c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{stem}-metrics.csv",
                        "text/csv", key="runs_dl_metrics", disabled=not rows)
 
     from kt_core.export import EXPORTERS, export_run
@@ -146,10 +283,16 @@ def downloads(run_id: str) -> None:
                        format_func=lambda n: f"{n} — {EXPORTERS.meta(n).get('description', '')}")
     if st.button("Export", key="runs_export", help="Written to the run's exports/ folder and checked by reading "
                                                    "it back: it must predict what the model predicts."):
-        with st.spinner(f"Exporting as {fmt}..."):
+        with st.spinner(f"Exporting as {fmt} and checking it by reading it back..."):
             path = export_run(run_id, fmt)
-        st.session_state["kt_export"] = (run_id, fmt, path.name, path.read_bytes())
+        meta = json.loads((path.parent / f"{path.name}.json").read_text())
+        st.session_state["kt_export"] = (run_id, fmt, f"{stem}{path.suffix}", path.read_bytes(),
+                                         meta.get("verified_max_diff"))
     ready = st.session_state.get("kt_export")
     if ready and ready[:2] == (run_id, fmt):
+        diff = ready[4]
+        if diff is not None:
+            st.success(f"Verified: {ready[2]} was read back and predicts what the model predicts "
+                       f"(largest difference {diff:.1e}).", icon=":material/verified:")
         st.download_button(f"Download {ready[2]}", ready[3], ready[2], "application/octet-stream",
                            key="runs_dl_model", type="primary")

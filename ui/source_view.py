@@ -13,6 +13,7 @@ from kt_core import rundir
 from kt_core.config import SourceConfig
 from kt_core.errors import KTError
 from kt_core.settings import get_settings
+from ui.errors import plain
 
 
 def upload_dir() -> Path:
@@ -35,7 +36,21 @@ def save_upload(uploaded) -> Path:
         tmp = path.with_suffix(path.suffix + ".part")
         tmp.write_bytes(data)
         tmp.replace(path)
+    upload_names()[path.name] = Path(uploaded.name).name
     return path
+
+
+def upload_names() -> dict[str, str]:
+    """Saved upload file name -> the name the user uploaded (this session's uploads)."""
+    return st.session_state.setdefault("kt_upload_names", {})
+
+
+def with_upload_names(exc: KTError) -> KTError:
+    """The same error, naming the user's file instead of our content-hashed copy of it."""
+    for saved, original in upload_names().items():
+        exc.message = exc.message.replace(str(upload_dir() / saved), original).replace(saved, original)
+        exc.hint = (exc.hint or "").replace(str(upload_dir() / saved), original).replace(saved, original)
+    return exc
 
 
 def allowed_roots() -> tuple[Path, ...]:
@@ -76,6 +91,12 @@ def load(cfg: SourceConfig):
     return _load(json.dumps(cfg.__dict__, sort_keys=True), _stamp(cfg), allowed_roots())
 
 
+FORMATS = {"state_dict": "state_dict", "training_dict": "training checkpoint (weights + training state)",
+           "lightning": "PyTorch Lightning checkpoint", "safetensors": "safetensors", "torchscript": "TorchScript",
+           "pickled_module": "pickled module (trusted)", "kt_run": "KT Studio run checkpoint",
+           "torchvision_weights": "torchvision weights", "random_init": "random initialisation"}
+
+
 def report_frames(report: dict) -> dict[str, pd.DataFrame]:
     """The mapping report as tables: one per non-empty category."""
     frames = {}
@@ -93,24 +114,37 @@ def show_key_table(state_dict) -> None:
 
     rows = keys_layer_table(state_dict)
     st.markdown(f"**Layers listed from the file's keys** · {sum(r['num_parameters'] for r in rows):,} parameters")
-    st.dataframe(pd.DataFrame(rows).astype({"name": str}), hide_index=True)
+    table = pd.DataFrame([{
+        "layer": r["name"] or "(top level)", "type": r["type"], "params": int(r["num_parameters"]),
+        "tensors": ", ".join(f"{leaf} {'×'.join(map(str, shape)) or 'scalar'}" for leaf, shape in r["shapes"].items()),
+    } for r in rows])
+    st.dataframe(table, hide_index=True,
+                 column_config={"params": st.column_config.NumberColumn("parameters", format="localized")})
 
 
 def show_report(loaded) -> None:
     report = loaded.report.to_dict() if loaded.report is not None else {}
     n = {k: len(report.get(k) or []) for k in ("matched", "missing", "unexpected", "mismatched")}
-    c = st.columns(5)
-    c[0].metric("Architecture", loaded.arch or "unknown")
-    c[1].metric("Matched keys", n["matched"])
-    c[2].metric("Missing", n["missing"])
-    c[3].metric("Unexpected", n["unexpected"])
-    c[4].metric("Shape mismatch", n["mismatched"])
-    st.caption(f"Format: {loaded.format} · input size {tuple(loaded.input_size) if loaded.input_size else '?'}"
-               + (f" · other candidates: {', '.join(loaded.candidates)}" if len(loaded.candidates or []) > 1 else ""))
+    # The architecture as text, not a metric: a metric cuts long names ("cifar_res..." for both
+    # cifar_resnet20 and cifar_resnet56).
+    st.markdown(f"Architecture **{plain(loaded.arch or 'unknown')}**")
+    c = st.columns(4)
+    c[0].metric("Matched keys", f"{n['matched']:,}")
+    c[1].metric("Missing", f"{n['missing']:,}")
+    c[2].metric("Unexpected", f"{n['unexpected']:,}")
+    c[3].metric("Shape mismatch", f"{n['mismatched']:,}")
+    meta = loaded.meta or {}
+    facts = [f"format {FORMATS.get(loaded.format, loaded.format)}",
+             f"input size {tuple(loaded.input_size) if loaded.input_size else '?'}"]
+    facts += [f"{k.replace('_', ' ')} {meta[k]}" for k in ("epoch", "best_prec1", "best_acc", "run_name")
+              if meta.get(k) not in (None, "")]
+    if len(loaded.candidates or []) > 1:
+        facts.append(f"other candidates: {', '.join(loaded.candidates)}")
+    st.caption(plain(" · ".join(facts)))
     for fix in report.get("fixes") or []:
-        st.info(f"Fixed: {fix}")
+        st.info(plain(f"Fixed: {fix}"))
     for note in loaded.notes or []:
-        st.warning(note)
+        st.warning(plain(note))
     for what, frame in report_frames(report).items():
         with st.expander(f"{what} keys ({len(frame)})"):
             st.dataframe(frame, hide_index=True)
@@ -122,11 +156,20 @@ def show_layer_tree(loaded) -> None:
 
     rows = layer_rows(loaded)  # shapes from the source's one cached trial forward pass
     total, trainable = count_parameters(loaded.model)
+    # One name column: the module's full name, indented by depth (the short name repeated it).
     table = pd.DataFrame([{
-        "layer": "\u2003" * int(r["depth"]) + (r["name"].rsplit(".", 1)[-1] or "(model)"),
-        "name": r["name"], "type": r["type"], "block": r.get("block") or "",
-        "params": int(r["num_parameters_total"]), "output": str(r.get("output_shape") or ""),
+        "layer": "\u2003" * int(r["depth"]) + (r["name"] or "(model)"),
+        "type": r["type"], "block": r.get("block") or "",
+        "params": int(r["num_parameters_total"]), "output": _shape(r.get("output_shape")),
     } for r in rows])
-    st.markdown(f"**Layer tree** · {len(rows)} modules · {total:,} parameters")
+    st.markdown(f"**Layer tree** · {len(rows):,} modules · {total:,} parameters")
     st.dataframe(table, hide_index=True, height=min(420, 36 + 35 * len(table)),
-                 column_config={"params": st.column_config.NumberColumn(format="%d")})
+                 column_config={"params": st.column_config.NumberColumn("parameters", format="localized")})
+
+
+def _shape(shape) -> str:
+    """(1, 32, 14, 14) -> "32×14×14" (the batch dimension says nothing here)."""
+    if not shape:
+        return ""
+    dims = list(shape)[1:] if len(shape) > 1 else list(shape)
+    return "×".join(str(d) for d in dims)
