@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 from .errors import ConfigError
 from .settings import get_settings
 
@@ -52,8 +52,6 @@ class Draft:
 
 def default_config() -> RunConfig:
     """What a new draft starts from: a small network on the bundled 8x8 digits, 5 epochs."""
-    from .config import DatasetConfig, SourceConfig, TrainConfig, TransferPlan
-
     return RunConfig(source=SourceConfig(kind="arch", arch="small_cnn"), dataset=DatasetConfig(name="sklearn_digits"),
                      plan=TransferPlan(preset="fine_tune"), train=TrainConfig(epochs=5))
 

@@ -34,13 +34,13 @@ def test_active_runs_are_listed_on_home_and_in_the_sidebar(monkeypatch):
 def test_the_active_runs_list_follows_runs_as_they_start_and_end(monkeypatch):
     """The list is a fragment of its own that re-reads the runs folder, so a run that starts or
     ends after the page was drawn appears or leaves without a click (AppTest: one more run)."""
-    monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
+    monkeypatch.setattr(rundir, "_worker_alive", lambda status: True)
     at = app_at()
     assert [p.proto.label for p in at.sidebar.get("page_link")] == []
     live = make_run("started later", done_epochs=1, state="running")
     at.run()
     assert [p.proto.label for p in at.sidebar.get("page_link")] == ["started later · running"]
-    runs.update_status(live, state="completed")
+    rundir.update_status(live, state="completed")
     at.run()
     assert [p.proto.label for p in at.sidebar.get("page_link")] == []
     assert any("No run is queued or running" in c.value for c in at.caption)

@@ -116,7 +116,6 @@ def test_a_trained_run_shows_its_confusion_matrix_mistakes_per_class_metrics_and
     assert mistakes, "a 2-epoch model on 24 images still makes mistakes to show"
     # Before any click the largest off-diagonal cell is shown: exactly its misclassified images,
     # then 16 sample predictions drawn across the classes.
-    from ui.run_view import cells
 
     largest = max(confusion[i][j] for i in range(3) for j in range(3) if i != j)
     i, j = next((i, j) for i in range(3) for j in range(3) if i != j and confusion[i][j] == largest)

@@ -53,7 +53,7 @@ def test_metric_rows_of_a_run_folder_become_the_chart_traces_with_baseline_overl
 def test_a_running_run_is_polled_and_only_new_rows_are_read(monkeypatch):
     run = make_run("live", epochs=3, done_epochs=1, state="running")
     rundir.update_status(run, pid=None)  # keep it "running": fake a live worker for the page
-    monkeypatch.setattr(runs, "_worker_alive", lambda status: True)
+    monkeypatch.setattr(rundir, "_worker_alive", lambda status: True)
     at = app_at("train", run=run)
     no_exceptions(at)
     assert not at.get("plotly_chart")  # while it runs: the canvas chart, cheap to redraw at each poll

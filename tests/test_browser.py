@@ -321,7 +321,7 @@ def test_an_invalid_field_blocks_start_with_a_message_beside_it(server, page):
 
 
 def test_the_active_runs_list_follows_a_run_as_it_starts_and_ends(server, page):
-    from kt_core import runs
+    from kt_core import launcher
     from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig
 
     page.goto(server["url"])
@@ -330,11 +330,11 @@ def test_the_active_runs_list_follows_a_run_as_it_starts_and_ends(server, page):
     cfg = RunConfig(name="watch me", source=SourceConfig(kind="arch", arch="mnist_net"),
                     dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5),
                     train=TrainConfig(epochs=200, batch_size=10, device="cpu"))
-    run_id = runs.launch(cfg, server["runs"])  # from outside the page: the CLI or another tab
+    run_id = launcher.launch(cfg, server["runs"])  # from outside the page: the CLI or another tab
     try:
         wait_for(lambda: sidebar.get_by_text("watch me ·").count() >= 1, 60, "the run listed in the sidebar")
         assert page.get_by_text("Active runs (1)").count() >= 1
     finally:
-        runs.stop(server["runs"] / run_id, timeout=5)
+        launcher.stop(server["runs"] / run_id, timeout=5)
     wait_for(lambda: sidebar.get_by_text("Active runs (0)").count() >= 1, 30, "the ended run gone from the list")
     assert sidebar.get_by_text("watch me ·").count() == 0

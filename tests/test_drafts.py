@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kt_core import drafts, runs
+from kt_core import drafts
 from kt_core.config import DatasetConfig, TrainConfig
 from kt_core.errors import ConfigError
 from test_app_support import app_at, draft, errors, make_run, no_exceptions
