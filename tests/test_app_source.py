@@ -80,7 +80,10 @@ def test_a_completed_run_can_be_picked_as_the_source():
     make_run("unfinished", done_epochs=1, state="stopped")
     at = app_at("source")
     at.radio(key="source_kind").set_value("run").run()
-    assert at.selectbox(key="source_run").options == [run]
+    picker = at.selectbox(key="source_run")
+    assert picker.value == run
+    assert len(picker.options) == 1 and picker.options[0].startswith("source run · ")  # a name, a date, accuracy
+    assert picker.options[0].endswith("· 75.0 % (completed)")
     source = draft(at).config.source
     assert (source.kind, source.path, source.checkpoint) == ("run", run, "best")
     # A hand-written run has no checkpoint: that is said, not thrown.

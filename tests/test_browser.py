@@ -174,7 +174,7 @@ def test_whole_flow_source_layers_dataset_train_stop_runs(server, page):
     page.screenshot(path=str(README_SHOT), full_page=True)
     shot(page, "5-train")
 
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
     wait_for(lambda: page.get_by_text("stopped · epoch").count() >= 1, 60, "the run to show state stopped")
     # Stopped: the page draws the interactive Plotly chart with every epoch the live one showed.
     wait_for(lambda: trace_lengths(page).get("transfer · val acc", 0) > first, 60, "the final chart")
@@ -205,9 +205,11 @@ def test_the_demo_runs_offline_and_concludes_from_its_results(server, page):
     figure = re.match(r"Transfer: ([\d.]+ %)", text).group(1)
     label = text.rsplit(" — ", 1)[1]
     goto_page(page, "Runs")
+    page.wait_for_timeout(3000)
+    shot(page, "8-runs")
     picked = page.locator('[data-testid="stSelectbox"]').filter(has_text="One run in depth")
     wait_for(lambda: "demo-transfer-k10 ·" in picked.inner_text() and "from scratch" not in picked.inner_text(),
-             30, "the watched transfer run picked")
+             120, "the watched transfer run picked")
     assert f"· {figure} (completed)" in picked.inner_text()
     page.get_by_text(f"Headline: {figure} {label}").wait_for()
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first

@@ -68,7 +68,8 @@ def test_a_transfer_run_waits_for_its_source_run_and_fails_if_it_fails():
     rundir.update_status(source, state="running", pid=os.getpid(), heartbeat=time.time())
     transfer = launcher.launch(demo.transfer_config(str(source), 5))
     deadline = time.time() + 60
-    while rundir.read_status(transfer).get("note") is None and time.time() < deadline:
+    # (first "starting the worker process", then what it waits for)
+    while source.name not in (rundir.read_status(transfer).get("note") or "") and time.time() < deadline:
         rundir.update_status(source, heartbeat=time.time())
         time.sleep(0.3)
     status = rundir.read_status(transfer)
