@@ -228,7 +228,8 @@ def show_evaluation(report, split, checkpoint: str = "best") -> None:
     where = f"{'test' if report.split == 'test' else 'validation'} split, " \
             f"{'best-on-validation checkpoint' if checkpoint == 'best' else 'last epoch'}"
     c1, c2, c3 = st.columns(3)
-    c1.metric("Accuracy", f"{report.accuracy:.1%}", help=f"On the {where}.")
+    # Written as the headline figure is (Headline.percent), so the two read the same.
+    c1.metric("Accuracy", Headline(report.accuracy, "", report.split, checkpoint).percent(), help=f"On the {where}.")
     c2.metric("Macro F1", f"{report.macro_f1:.3f}")
     c3.metric("Misclassified", f"{report.num_misclassified:,} / {report.num_samples:,}")
     st.caption(f"Measured on the {where}.")

@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from kt_core import launcher, runs
+from kt_core import drafts, launcher, runs
 from kt_core.settings import get_settings
 from ui import state
 from ui.errors import guard
@@ -23,8 +23,6 @@ def _keep_a_worker_warm() -> bool:
 
 def _offer_last_draft() -> None:
     """A new tab starts a new setup; the one edited last is one click away."""
-    from kt_core import drafts
-
     current = state.draft()
     if current.updated:  # this tab's setup is already the user's work
         return
