@@ -74,7 +74,7 @@ if c2.button("Resume both" if pair else "Resume", key="runs_resume",
              help="This run and its from-scratch twin continue from their last checkpoints." if pair else None):
     with guard("Resuming"):
         for rid in filter(None, (run_id, pair)):
-            launcher.resume(rid)
+            launcher.resume(rid, confined=True)
             forget(rid)
         if pair:  # the Train page watches the transfer run with its baseline overlaid
             transfer, base = (pair, run_id) if rows[run_id].get("baseline_of") else (run_id, pair)

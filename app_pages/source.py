@@ -91,7 +91,7 @@ else:
             c3.error(plain(error_line(problem).replace("train.epochs", "Epochs")))
         if st.button("Train the source model", type="primary", key="src_train_start", disabled=problem is not None):
             try:
-                rid = launcher.launch(run_cfg.validate())
+                rid = launcher.launch(run_cfg.validate(), confined=True)
                 state.set_extra("source_training", rid)
             except Exception as exc:
                 show_error(exc, "Could not start the source training")
@@ -128,7 +128,7 @@ def random_init_instead(arch: str, why: str) -> None:
 
 if cfg is not None:
     state.set_source(cfg)
-    from kt_core.errors import CheckpointError, KTError
+    from kt_core.errors import CheckpointError, KTError, UnsafeCheckpointError
     from kt_core.sources import ArchitectureMismatchError, UnknownArchitectureError
 
     with guard("Loading the source") as loading:
@@ -143,6 +143,12 @@ if cfg is not None:
                 random_init_instead(exc.arch, "The file's weights are not used: the network starts from scratch.")
             elif isinstance(exc, CheckpointError) and cfg.kind == "arch" and cfg.weights:
                 random_init_instead(cfg.arch, f"Without the {cfg.weights} weights: the network starts from scratch.")
+            st.stop()
+        except UnsafeCheckpointError as exc:
+            if not exc.contents:
+                raise
+            show_error(exc, "Loading the source")
+            source_view.show_unrun_contents(exc.contents)  # a TorchScript archive, described unrun
             st.stop()
     if loading.ok:
         state.remember("source_summary", {"arch": loaded.arch, "input_size": tuple(loaded.input_size or ()),

@@ -149,9 +149,9 @@ if b1.button("Start", type="primary", key="train_start", disabled=running or lau
              icon=":material/play_arrow:", help=start_help):
     try:
         if baseline:
-            run_id, baseline_id = launcher.launch_with_baseline(launchable)
+            run_id, baseline_id = launcher.launch_with_baseline(launchable, confined=True)
         else:
-            run_id, baseline_id = launcher.launch(launchable), None
+            run_id, baseline_id = launcher.launch(launchable, confined=True), None
         state.record_launch(run_id, baseline_id)
         state.watch_run(run_id, baseline_id)
         st.rerun()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import data as data_module
@@ -16,7 +17,8 @@ from . import models, sources, transfer
 from .config import RunConfig
 from .engine import resolve_device
 from .errors import AmbiguousRunError, RunError
-from .rundir import runs_root
+from .rundir import read_status, runs_root
+from .settings import confine_path, refuse_trust_if_forbidden
 
 
 @dataclass
@@ -42,14 +44,23 @@ class Prepared:
         return "arch"
 
 
-def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> None:
+def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None,
+              roots: tuple[Path, ...] | None = None, deep: bool = False) -> Prepared | None:
     """What can fail before a run folder exists fails now, not later in a worker's log: a device
-    that is not here, a source run that is not there."""
+    that is not here, a source run that is not there, and (with `roots`, a dashboard run) a path
+    outside the server's roots or a trust the server forbids.
+
+    `deep` (train, launch) also does what the worker will do first, `prepare`: the source file
+    is read, the classes and K images per class exist, the plan's rules match modules. Its
+    result is returned for a caller that trains in this process. Skipped (None) for a source run
+    that has not completed yet: the worker waits for it."""
     cfg.validate()
     resolve_device(cfg.train.device)
+    if roots is not None:
+        enforce_server_settings(cfg, roots, runs_dir)
     if cfg.source.kind == "run":
         try:
-            sources.resolve_run_source(cfg.source, runs_dir)
+            resolved = sources.resolve_run_source(cfg.source, runs_dir)
         except AmbiguousRunError:
             raise
         except RunError:
@@ -57,6 +68,24 @@ def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> None
                 f"the source run {cfg.source.path!r} is not in {runs_root(runs_dir)}",
                 "train it first (for the examples: python -m kt_core train examples/source_mnist.json), "
                 "or give a run id, name or folder listed by `python -m kt_core runs`") from None
+        if read_status(resolved.path)["state"] != "completed":
+            return None  # it is still training: the worker waits for it, then prepares
+    return prepare(cfg, roots=roots, runs_dir=runs_dir) if deep else None
+
+
+def enforce_server_settings(cfg: RunConfig, roots: tuple[Path, ...], runs_dir: str | os.PathLike | None = None) -> None:
+    """A dashboard config may only lead into `roots` (source file, source run, dataset root) and
+    may trust a file only where KT_ALLOW_TRUST allows it. The worker enforces the same again (its
+    loaders get the roots), so nothing changed on disk in between gets past it."""
+    source = cfg.source
+    if source.kind == "file" and source.path:
+        confine_path(source.path, roots)
+    if source.kind == "run" and source.path:
+        sources.run_folder(source.path, roots, runs_dir)
+    if source.trust:
+        refuse_trust_if_forbidden(f"the source {source.path or source.arch}")
+    if cfg.dataset.root:
+        confine_path(cfg.dataset.root, roots)
 
 
 def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike | None = None) -> Prepared:
@@ -64,7 +93,7 @@ def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike
     a source run given by id or name is looked up in `runs_dir` (default: the settings')."""
     # A run id, prefix or name ("the newest completed run named X") becomes its folder here,
     # against this run's own runs folder.
-    source_cfg = sources.resolve_run_source(cfg.source, runs_dir)
+    source_cfg = sources.resolve_run_source(cfg.source, runs_dir, roots)
     src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
     data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
                                     roots=roots)

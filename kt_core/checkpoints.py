@@ -6,19 +6,21 @@ torch.compile prefixes, `.safetensors`, TorchScript archives, and KT Studio run 
 
 Safety: pickles are read with `torch.load(weights_only=True)`, which only rebuilds tensors and
 plain containers. A file that needs code to unpickle (a whole pickled `nn.Module`, or something
-worse) is refused with `UnsafeCheckpointError`; to say *what* it is, its pickle opcodes are read
-with `pickletools`, which parses without executing anything. Only `trust=True` loads it with
-`weights_only=False`.
+worse) is refused with `UnsafeCheckpointError`; to say *what* it is, `pickle_scan` runs its
+opcodes symbolically, executing nothing. Only `trust=True` loads it with `weights_only=False`,
+and never a pickle the scan finds hostile (it calls `os.system`-like functions or computes the
+names of what it calls). TorchScript archives are programs too: refused unless trusted, and
+described (files, tensor names and shapes) without being run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import pickle
-import pickletools
 import re
 import struct
 import warnings
@@ -32,6 +34,8 @@ from torch import nn
 
 from .adapt import adapt_input_conv
 from .errors import CheckpointError, UnsafeCheckpointError
+from .settings import checked_path
+from .pickle_scan import PickleScan, describe_torchscript, numel, scan_file
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +56,6 @@ _MAGIC = (  # first bytes of files people rename to .pt by mistake
     (b"RIFF", "a RIFF (WebP/WAV) file"), (b"\x7fELF", "an executable"), (b"<", "an HTML/XML text file"),
     (b"{", "a JSON text file"), (b"\x08", "an ONNX (protobuf) file"),
 )
-# Globals a pickle may name that signal an attack, not a model: whole modules, and the builtins
-# that run code or touch files (builtins.set and friends are harmless and common).
-_DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "runpy", "importlib",
-                      "webbrowser", "pty", "code", "ctypes", "pickle", "marshal", "types", "io", "_io",
-                      "pathlib", "tempfile", "multiprocessing", "threading", "signal")
-_DANGEROUS_BUILTINS = ("eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
-                       "apply", "execfile", "input", "breakpoint", "globals", "vars")
-
-
-def _is_dangerous(name: str) -> bool:
-    module, _, attr = name.rpartition(".")
-    return module.split(".")[0] in _DANGEROUS_MODULES or \
-        (module in ("builtins", "__builtin__") and attr in _DANGEROUS_BUILTINS)
-
-
 @dataclass
 class RawCheckpoint:
     """What a checkpoint file holds, before any model is involved."""
@@ -120,8 +109,9 @@ def read_checkpoint(source: str | os.PathLike | BinaryIO | bytes, trust: bool = 
         return _read_safetensors(name, data, path)
     if head.startswith(b"PK\x03\x04"):
         members = _zip_members(name, data, path)
+        _refuse_zip_bomb(name, data, path)
         if any("/code/" in m or m.endswith("constants.pkl") for m in members):
-            return _read_torchscript(name, data, path)
+            return _read_torchscript(name, data, path, trust)
         if not any(m.endswith("data.pkl") for m in members):
             raise CheckpointError(f"{name} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)",
                                   "give the .pt/.pth file itself, not a zip of files")
@@ -132,13 +122,15 @@ def read_checkpoint(source: str | os.PathLike | BinaryIO | bytes, trust: bool = 
         raise CheckpointError(f"{name} {what}",
                               "choose a .pt/.pth/.bin/.ckpt/.safetensors file saved with torch.save or safetensors")
     obj = _torch_load(name, data, path, trust)
-    return interpret(obj, name)
+    raw = interpret(obj, name)
+    _check_tensor_sizes(name, raw.state_dict)
+    return raw
 
 
 def _open(source: Any) -> tuple[str, bytes | None, Path | None]:
     """(display name, bytes or None, path or None); uploads are read into memory once."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
+        path = checked_path(source, "checkpoint file")
         if not path.exists():
             raise CheckpointError(f"checkpoint file {path} does not exist", "check the path")
         if path.is_dir():
@@ -178,6 +170,13 @@ def _is_safetensors(head: bytes, name: str) -> bool:
 def _read_safetensors(name: str, data: bytes | None, path: Path | None) -> RawCheckpoint:
     import safetensors.torch  # here, not at the top: only .safetensors files need it
 
+    size = len(data) if data is not None else path.stat().st_size
+    head = data[:8] if data is not None else _head(path)[:8]
+    declared = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    if declared is None or 8 + declared > size:  # a lying header: refuse before anything reads it
+        raise CheckpointError(f"{name} is not a readable safetensors file (its header claims "
+                              f"{declared if declared is not None else '?'} bytes in a file of {size:,})",
+                              "the file is truncated or corrupt; download or save it again")
     try:
         sd = safetensors.torch.load(data) if data is not None else safetensors.torch.load_file(str(path), device="cpu")
         metadata = _safetensors_metadata(data, path)
@@ -197,6 +196,35 @@ def _safetensors_metadata(data: bytes | None, path: Path | None) -> dict[str, An
     return dict(json.loads(header).get("__metadata__") or {})
 
 
+# torch.save stores tensors uncompressed, so a real checkpoint's entries add up to about its own
+# size; one that declares far more is a zip bomb (a 1 MB file that inflates to 1 GiB).
+_MAX_INFLATION = 16
+_INFLATION_SLACK = 64 << 20
+
+
+def _refuse_zip_bomb(name: str, data: bytes | None, path: Path | None) -> None:
+    size = len(data) if data is not None else path.stat().st_size
+    with zipfile.ZipFile(_stream(data, path)) as zf:
+        declared = sum(i.file_size for i in zf.infolist())
+    if declared > _MAX_INFLATION * size + _INFLATION_SLACK:
+        raise CheckpointError(f"{name} refused: its zip entries declare {declared:,} bytes in a file of {size:,} "
+                              "bytes, which torch.save never writes (a decompression bomb)",
+                              "do not load this file; save the weights again with torch.save or safetensors")
+
+
+def _check_tensor_sizes(name: str, sd: dict[str, torch.Tensor]) -> None:
+    """A tensor may not claim more values than its storage holds (a stride-0 view claiming 10^12
+    elements costs nothing to load and everything to copy, count or train)."""
+    for key, t in sd.items():
+        if t.is_sparse or t.layout != torch.strided or t.device.type == "meta":
+            continue
+        stored = t.untyped_storage().nbytes()
+        if t.numel() and t.numel() * t.element_size() > stored:
+            raise CheckpointError(f"{name} refused: tensor {key} claims {t.numel():,} values (shape "
+                                  f"{tuple(t.shape)}) backed by {stored:,} bytes (a stride-0 or overlapping view)",
+                                  "save real tensors: torch.save({k: v.contiguous() for k, v in sd.items()}, PATH)")
+
+
 def _zip_members(name: str, data: bytes | None, path: Path | None) -> list[str]:
     try:
         with zipfile.ZipFile(_stream(data, path)) as zf:
@@ -206,9 +234,14 @@ def _zip_members(name: str, data: bytes | None, path: Path | None) -> list[str]:
                               "the download or copy was incomplete; get the file again") from None
 
 
-def _read_torchscript(name: str, data: bytes | None, path: Path | None) -> RawCheckpoint:
-    # TorchScript archives hold TorchScript code, run by the TorchScript interpreter: no Python
-    # pickle of arbitrary classes is involved, so this is as safe as the weights_only loader.
+def _read_torchscript(name: str, data: bytes | None, path: Path | None, trust: bool) -> RawCheckpoint:
+    # A TorchScript archive is a program: torch.jit.load runs its classes' __setstate__, and its
+    # forward (run by the trial pass that finds the input size) may call any TorchScript builtin,
+    # torch.from_file (which writes files) among them. So it is code, refused like a pickled class
+    # unless trusted; what it holds is described from data.pkl without running it.
+    if not trust:
+        raise _torchscript_refusal(name, data, path)
+    log.warning("loading TorchScript archive %s because it was explicitly trusted: this runs its code", name)
     try:
         with warnings.catch_warnings():  # "torch.jit is deprecated": the user's files are still TorchScript
             warnings.simplefilter("ignore", FutureWarning)
@@ -222,16 +255,49 @@ def _read_torchscript(name: str, data: bytes | None, path: Path | None) -> RawCh
                          fixes=["TorchScript: the model's code comes from the file; its layers can be listed, not edited"])
 
 
+def _torchscript_refusal(name: str, data: bytes | None, path: Path | None) -> UnsafeCheckpointError:
+    try:
+        with zipfile.ZipFile(_stream(data, path)) as zf:
+            contents = describe_torchscript(zf)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        contents = {"files": [], "num_files": 0, "tensors": {}, "classes": [], "note": f"unreadable zip ({exc})"}
+    tensors = contents["tensors"]
+    held = (f" holding {len(tensors)} tensors ({sum(numel(t['shape']) for t in tensors.values()):,} values)"
+            if tensors else "")
+    error = UnsafeCheckpointError(
+        f"{name} refused: it is a TorchScript archive{held}, which is a program: loading it runs its code, "
+        "and that code can read and write files",
+        "where you trust the file, re-save its weights as a state_dict: "
+        "torch.save(torch.jit.load(PATH).state_dict(), 'weights.pt'), then load weights.pt with --arch; "
+        "or opt in to running it (--trust on the CLI, the trust checkbox in the UI)")
+    error.contents = contents
+    return error
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Library warnings raised while reading a file (torch's pickle-protocol UserWarning, PIL's)
+    go to the log, so a refusal stays one line and a good file adds no noise to the console."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.debug("%s: %s", w.category.__name__, str(w.message).splitlines()[0] if str(w.message) else "")
+
+
 def _torch_load(name: str, data: bytes | None, path: Path | None, trust: bool) -> Any:
     try:
-        return torch.load(_stream(data, path), map_location="cpu", weights_only=True)
+        with warnings_to_log():
+            return torch.load(_stream(data, path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        globals_ = _pickle_globals(data if data is not None else path.read_bytes())
-        if not globals_:  # not a refusal of code: the bytes are not a valid pickle
+        scan = _scan(data, path)
+        if not scan.names and not scan.computed:  # not a refusal of code: the bytes are not a valid pickle
             raise CheckpointError(f"{name} is corrupt: its pickle data cannot be parsed",
                                   "the file was damaged or is not a PyTorch checkpoint; get it again") from None
-        if not trust:
-            raise _refusal(name, globals_) from None
+        if not trust or scan.hostile:
+            raise _refusal(name, scan) from None
     except (RuntimeError, EOFError, OSError, ValueError, struct.error, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{name} is truncated or corrupt ({_first_line(exc) or type(exc).__name__})",
                               "the download or copy was incomplete; get the file again") from None
@@ -244,79 +310,37 @@ def _torch_load(name: str, data: bytes | None, path: Path | None, trust: bool) -
                               "the classes it needs must be importable here (run from the project that saved it)") from None
 
 
-def _refusal(name: str, globals_: list[str]) -> UnsafeCheckpointError:
-    dangerous = [g for g in globals_ if _is_dangerous(g)]
-    if dangerous:
+def _scan(data: bytes | None, path: Path | None) -> PickleScan:
+    try:
+        return scan_file(data if data is not None else path.read_bytes())
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}", "check the file's permissions") from None
+
+
+def _refusal(name: str, scan: PickleScan) -> UnsafeCheckpointError:
+    """Why a pickle is refused, from what its opcodes do. A hostile one (a callable that runs code
+    or touches files, or a name computed at load time) gets no advice to trust it: trust does not
+    load it either."""
+    if scan.hostile:
+        parts = []
+        if scan.dangerous:
+            parts.append(f"unpickling it would call {', '.join(scan.dangerous[:5])}, which runs code or touches files")
+        if scan.computed:
+            parts.append(f"it computes the name of {scan.computed} function(s) it calls while loading, "
+                         "which hides what it runs")
         return UnsafeCheckpointError(
-            f"{name} refused: unpickling it would call {', '.join(dangerous)}, which a model file never needs; "
-            "it may be malicious",
-            "do not trust this file; ask its author for a state_dict or a .safetensors file")
-    classes = [g for g in globals_ if not g.startswith(("torch.", "collections.", "_codecs.", "numpy.", "builtins.", "__builtin__."))]
-    modules = [g for g in globals_ if g.startswith("torch.nn.modules.")]
+            f"{name} refused: {'; '.join(parts)}; a model file never does this, so it is likely malicious",
+            "do not load this file, even as trusted; ask its author for a state_dict or a .safetensors file")
+    classes = scan.needs_code
     resave = ("re-save it as a state_dict where its code is importable: "
               "torch.save(torch.load(PATH, weights_only=False).state_dict(), 'weights.pt'); "
               "or, if you trust the file, opt in (--trust on the CLI, the trust checkbox in the UI)")
-    if modules or (classes and _looks_like_module(globals_)):
-        what = f"a whole pickled nn.Module of class {(classes or modules)[0]}"
+    module_class = next((c for c in classes if not c.startswith(("torch.", "numpy.", "collections.", "builtins."))), None)
+    if any(c.startswith("torch.nn.") for c in classes) or "torch._utils._rebuild_parameter" in scan.names:
+        what = f"a whole pickled nn.Module of class {module_class or classes[0]}" if classes else "a whole pickled nn.Module"
         return UnsafeCheckpointError(f"{name} refused: it is {what}, which needs its Python code to load", resave)
-    shown = ", ".join((classes or globals_)[:5])
+    shown = ", ".join(classes[:5]) or "classes torch does not load as plain data"
     return UnsafeCheckpointError(f"{name} refused: unpickling it needs code from {shown}", resave)
-
-
-def _looks_like_module(globals_: list[str]) -> bool:
-    return any(g.startswith("torch.nn.") for g in globals_) or any(g.startswith("torch._utils._rebuild_parameter") for g in globals_)
-
-
-def _pickle_globals(blob: bytes) -> list[str]:
-    """Names of the classes and functions a torch pickle refers to, read without unpickling.
-
-    Zip checkpoints keep the pickle in `<archive>/data.pkl`; legacy files are several pickles in
-    a row (magic number, protocol, system info, the object). pickletools only parses opcodes.
-    """
-    pickles: list[bytes] = []
-    if blob.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(io.BytesIO(blob)) as zf:
-                pickles = [zf.read(m) for m in zf.namelist() if m.endswith("data.pkl")]
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError):
-            return []
-    else:
-        pickles = [blob]
-    found: list[str] = []
-    for chunk in pickles:
-        stream = io.BytesIO(chunk)
-        for _ in range(4):  # the legacy layout: up to four pickles before the raw storages
-            if stream.tell() >= len(chunk):
-                break
-            try:
-                found.extend(_globals_of_one_pickle(stream))
-            except Exception:  # malformed opcodes: stop reading, keep what was found
-                break
-    return list(dict.fromkeys(found))
-
-
-def _globals_of_one_pickle(stream: io.BytesIO) -> list[str]:
-    names, strings, memo = [], [], {}
-    last = None
-    for opcode, arg, _ in pickletools.genops(stream):
-        if opcode.name == "GLOBAL" or opcode.name == "INST":
-            names.append(str(arg).replace(" ", "."))
-        elif opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING"):
-            strings.append(str(arg))
-            last = str(arg)
-            continue
-        elif opcode.name == "MEMOIZE":
-            memo[len(memo)] = last
-        elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = last
-        elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
-            value = memo.get(int(arg))
-            if value is not None:
-                strings.append(value)
-        elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.append(f"{strings[-2]}.{strings[-1]}")
-        last = None
-    return names
 
 
 # --- interpreting what was loaded --------------------------------------------------------------

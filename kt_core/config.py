@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Sequence
 from .errors import ConfigError
 from .optim import OPTIMIZERS, SCHEDULERS
 from .presets import PRESETS
+from .settings import checked_path
 
 SOURCE_KINDS = ("arch", "file", "run")
 CHECKPOINT_CHOICES = ("best", "last")
@@ -29,6 +31,33 @@ NORMALIZE_CHOICES = ("auto", "source", "dataset", "imagenet", "none")
 AUGMENT_CHOICES = ("none", "light", "standard")
 BN_MODES = ("eval", "train")
 PRECISIONS = ("fp32", "bf16", "fp16")
+CONFIG_VERSIONS = (1,)
+
+# Size limits: far above any real config, low enough that a hostile one cannot cost minutes or
+# gigabytes before it is refused (250,000 rules took minutes to match; a 10 MB name is no name).
+MAX_CONFIG_BYTES = 1 << 20  # a config file
+MAX_JSON_DEPTH = 32  # nesting of a config file's JSON (a real one has 4 levels)
+MAX_NAME = 200  # run names, registry names, patterns, device strings
+MAX_PATH = 4096  # PATH_MAX on Linux
+MAX_RULES = 1000
+MAX_CLASSES = 10_000
+MAX_OPTIONS = 64
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators take 32-bit seeds
+
+
+def bounds(low: float | None = None, high: float | None = None, *, max_len: int | None = None,
+           low_open: bool = False) -> dict:
+    """A field's declared range (numbers: [low, high], or (low, high] with `low_open`) or its
+    longest length (strings, lists, dicts); `check_fields` enforces them for every config."""
+    return {"bounds": (low, high, low_open), "max_len": max_len}
+
+
+def _num(default, low=None, high=None, low_open=False):
+    return field(default=default, metadata=bounds(low, high, low_open=low_open))
+
+
+def _text(default, max_len=MAX_NAME):
+    return field(default=default, metadata=bounds(max_len=max_len))
 
 
 @dataclass
@@ -36,13 +65,14 @@ class SourceConfig:
     """Where the source knowledge comes from."""
 
     kind: str = "arch"  # arch: a registered architecture (+ named weights); file; run
-    arch: str | None = None  # registry name; for kind=file optional (inferred from the keys)
-    weights: str | None = None  # kind=arch: torchvision weights name ("IMAGENET1K_V1"), None = random
-    path: str | None = None  # kind=file: checkpoint path; kind=run: run folder or run id
+    arch: str | None = _text(None)  # registry name; for kind=file optional (inferred from the keys)
+    weights: str | None = _text(None)  # kind=arch: torchvision weights name ("IMAGENET1K_V1"), None = random
+    path: str | None = _text(None, MAX_PATH)  # kind=file: checkpoint path; kind=run: run folder or run id
     checkpoint: str = "best"  # kind=run: which checkpoint of the run
     trust: bool = False  # allow arbitrary unpickling (weights_only=False); warned opt-in
 
     def validate(self) -> None:
+        check_fields(self, "source.")
         _choice("source.kind", self.kind, SOURCE_KINDS)
         _choice("source.checkpoint", self.checkpoint, CHECKPOINT_CHOICES)
         if self.kind == "arch" and not self.arch:
@@ -57,21 +87,24 @@ class SourceConfig:
 class DatasetConfig:
     """The target data and how it is selected and shaped."""
 
-    name: str = "sklearn_digits"  # dataset registry name
-    root: str | None = None  # folder or file for file-based and torchvision datasets
+    name: str = _text("sklearn_digits")  # dataset registry name
+    root: str | None = _text(None, MAX_PATH)  # folder or file for file-based and torchvision datasets
     download: bool = False  # torchvision datasets: allow a download when online
-    classes: list[Any] | None = None  # class subset, by name or index; None = all
-    per_class: int | None = None  # K labelled training images per class; None = all
-    val_fraction: float = 0.2  # stratified validation split of the training data
-    seed: int = 0  # selects the few-shot images and the split
-    image_size: int | None = None  # final side length; None = the source model's input size
-    content_size: int | None = None  # resize content to this, then pad to image_size
+    classes: list[Any] | None = _text(None, MAX_CLASSES)  # class subset, by name or index; None = all
+    per_class: int | None = _num(None, 1, 1_000_000)  # K labelled training images per class; None = all
+    val_fraction: float = _num(0.2, 0.0, 0.99)  # stratified validation split of the training data
+    seed: int = _num(0, 0, MAX_SEED)  # selects the few-shot images and the split
+    # final side length; None = the source model's input size. 1024 px holds any classification
+    # input (ImageNet models take 224-518); 100,000 px would allocate 40 GB per batch.
+    image_size: int | None = _num(None, 4, 1024)
+    content_size: int | None = _num(None, 1, 1024)  # resize content to this, then pad to image_size
     channels: int | None = None  # 1 or 3; None = the source model's input channels
     normalize: str = "auto"  # auto: source weights' mean/std if known, else dataset statistics
     augment: str = "none"  # none | light | standard
-    options: dict[str, Any] = field(default_factory=dict)  # dataset specific (e.g. synthetic style)
+    options: dict[str, Any] = field(default_factory=dict, metadata=bounds(max_len=MAX_OPTIONS))  # dataset specific
 
     def validate(self) -> None:
+        check_fields(self, "dataset.")
         if not self.name:
             raise ConfigError("dataset.name is empty", "`python -m kt_core datasets` lists the datasets")
         _choice("dataset.normalize", self.normalize, NORMALIZE_CHOICES)
@@ -82,7 +115,7 @@ class DatasetConfig:
         _positive("dataset.image_size", self.image_size)
         _positive("dataset.content_size", self.content_size)
         if self.channels not in (None, 1, 3):
-            raise ConfigError(f"dataset.channels is {self.channels}", "use 1, 3 or null (match the source)")
+            raise ConfigError(f"dataset.channels is {_shown(self.channels)}", "use 1, 3 or null (match the source)")
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError("dataset.classes selects fewer than two classes", "choose at least two classes, or null for all")
 
@@ -95,10 +128,10 @@ class LayerRule:
     ("features.0") or a glob ("layer3.*"). Rules apply after the preset, in order.
     """
 
-    pattern: str
+    pattern: str = field(metadata=bounds(max_len=MAX_NAME))
     transfer: bool | None = None  # copy the source weights (True) or re-initialise (False)
     freeze: bool | None = None
-    lr_mult: float | None = None
+    lr_mult: float | None = _num(None, 0.0, 1000.0)
 
 
 @dataclass
@@ -106,14 +139,15 @@ class TransferPlan:
     """What to transfer, what to freeze, and how fast each part learns."""
 
     preset: str = "fine_tune"
-    freeze_first_n: int = 0  # freeze_first_n: number of blocks frozen from the input side
-    unfreeze_every: int = 1  # gradual_unfreeze: epochs between unfreezing one more block
-    unfreeze_lr_mult: float = 0.1  # gradual_unfreeze: lr multiplier of each newly unfrozen group
-    layer_decay: float = 0.7  # discriminative: lr multiplier per block, from the head down
+    freeze_first_n: int = _num(0, 0, 10_000)  # freeze_first_n: number of blocks frozen from the input side
+    unfreeze_every: int = _num(1, 1, 10_000)  # gradual_unfreeze: epochs between unfreezing one more block
+    unfreeze_lr_mult: float = _num(0.1, 0.0, 1000.0)  # gradual_unfreeze: lr multiplier of each newly unfrozen group
+    layer_decay: float = _num(0.7, 0.0, 1.0, low_open=True)  # discriminative: lr multiplier per block, from the head down
     bn_mode: str = "eval"  # BatchNorm in frozen layers: eval (stats frozen) or train
-    rules: list[LayerRule] = field(default_factory=list)
+    rules: list[LayerRule] = field(default_factory=list, metadata=bounds(max_len=MAX_RULES))
 
     def validate(self) -> None:
+        check_fields(self, "plan.")
         _choice("plan.preset", self.preset, PRESETS.names())
         _choice("plan.bn_mode", self.bn_mode, BN_MODES)
         if self.freeze_first_n < 0:
@@ -133,27 +167,28 @@ class TransferPlan:
 class TrainConfig:
     """The optimisation schedule and where it runs."""
 
-    epochs: int = 5
-    batch_size: int = 64
+    epochs: int = _num(5, 1, 10_000)
+    batch_size: int = _num(64, 1, 65_536)  # more would not fit any device's memory at the smallest image size
     optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd
-    weight_decay: float = 0.0
+    lr: float = _num(1e-3, 0.0, 1e6, low_open=True)  # a huge lr is a run that diverges, not bad input
+    momentum: float = _num(0.9, 0.0, 1.0)  # sgd
+    weight_decay: float = _num(0.0, 0.0, 10.0)
     scheduler: str = "constant"
-    warmup_epochs: float = 0.0
-    step_size: int = 5  # step scheduler: epochs between decays
-    gamma: float = 0.1  # step scheduler: decay factor
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None  # max gradient norm; None = off
-    early_stopping: int | None = None  # patience in epochs on val_acc; None = off
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    warmup_epochs: float = _num(0.0, 0.0, 10_000)
+    step_size: int = _num(5, 1, 10_000)  # step scheduler: epochs between decays
+    gamma: float = _num(0.1, 0.0, 1.0, low_open=True)  # step scheduler: decay factor
+    label_smoothing: float = _num(0.0, 0.0, 0.99)
+    grad_clip: float | None = _num(None, 0.0, 1e6, low_open=True)  # max gradient norm; None = off
+    early_stopping: int | None = _num(None, 1, 10_000)  # patience in epochs on val_acc; None = off
+    seed: int = _num(0, 0, MAX_SEED)
+    device: str = _text("auto")  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision, CUDA)
-    log_every: int = 10  # steps between step rows in metrics.jsonl
-    num_workers: int = 0  # DataLoader workers for datasets that are not held in memory
+    log_every: int = _num(10, 1, 1_000_000)  # steps between step rows in metrics.jsonl
+    num_workers: int = _num(0, 0, 64)  # DataLoader workers for datasets that are not held in memory
     feature_cache: bool = True  # cache frozen-backbone features when the plan allows it
 
     def validate(self) -> None:
+        check_fields(self, "train.")
         _choice("train.optimizer", self.optimizer, OPTIMIZERS.names())
         _choice("train.scheduler", self.scheduler, SCHEDULERS.names())
         _choice("train.precision", self.precision, PRECISIONS)
@@ -168,22 +203,26 @@ class TrainConfig:
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip is {self.grad_clip}", "use a positive norm or null")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}", "use auto, cpu, cuda, cuda:N or mps")
+            raise ConfigError(f"unknown device {_shown(self.device)}", "use auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass
 class RunConfig:
     """Everything a run needs; `config.json` of the run folder is exactly `to_dict()`."""
 
-    name: str = ""
+    name: str = _text("")
     source: SourceConfig = field(default_factory=SourceConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     plan: TransferPlan = field(default_factory=TransferPlan)
     train: TrainConfig = field(default_factory=TrainConfig)
-    baseline_of: str | None = None  # run id of the transfer run this one is the baseline of
+    baseline_of: str | None = _text(None)  # run id of the transfer run this one is the baseline of
     version: int = 1
 
     def validate(self) -> "RunConfig":
+        if self.version not in CONFIG_VERSIONS:
+            raise ConfigError(f"version is {self.version!r}", f"this KT Studio reads config version "
+                              f"{', '.join(map(str, CONFIG_VERSIONS))}; write \"version\": 1")
+        check_fields(self, "")
         self.source.validate()
         self.dataset.validate()
         self.plan.validate()
@@ -200,23 +239,35 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], validate: bool = True) -> "RunConfig":
         """Strict on keys and types always; `validate=False` keeps values a form has not yet
         fixed (a draft being edited: `kt_core.drafts`)."""
+        _check_depth(data)
         cfg = _from_dict(cls, data, "")
         return cfg.validate() if validate else cfg
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
+        path = checked_path(path, "config file")
         try:
-            text = path.read_text()
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist", "check the path") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder", "give the config's .json file") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}", "give a JSON text file") from None
+            raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc}",
+                              "give a JSON text file") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES >> 20} MB",
+                              "a config is a few hundred bytes; see examples/quick.json")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}",
                               "fix the JSON; examples/quick.json is a complete example") from None
+        except RecursionError:
+            raise ConfigError(f"{path} nests its JSON too deeply", "a config nests 4 levels; see examples/quick.json") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not an object",
                               "the config is one JSON object; see examples/quick.json")
@@ -245,14 +296,89 @@ def field_error(section: Any, name: str) -> ConfigError | None:
     return None
 
 
+def check_fields(obj: Any, prefix: str) -> None:
+    """Every field of dataclass `obj` against its declared `bounds`: numbers finite and in range,
+    strings, lists and dicts not too long, no NUL byte in any string. Nested dataclasses are
+    checked by their own `validate`; a list of them (plan rules) here, item by item."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        max_len = f.metadata.get("max_len")
+        if max_len is not None and isinstance(value, (str, list, dict)) and len(value) > max_len:
+            unit = "characters" if isinstance(value, str) else "entries"
+            raise ConfigError(f"{key}: {len(value):,} {unit} is over the limit of {max_len:,}",
+                              f"use at most {max_len:,} {unit}")
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                check_fields(item, f"{key}[{i}].")
+            continue
+        _check_plain(value, key)
+        low, high, low_open = f.metadata.get("bounds", (None, None, False))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number", "write a number such as 0.001")
+        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+            span = f"{'above' if low_open else 'at least'} {_number(low)}" if high is None else \
+                f"{'above ' if low_open else 'from '}{_number(low)} {'up ' if low_open else ''}to {_number(high)}"
+            raise ConfigError(f"{key}: {_number(value)} is out of range", f"use a value {span}")
+
+
+def _number(x: float) -> str:
+    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) < 1e15):
+        return f"{int(x):,}" if abs(x) < 1e15 else f"{x:.3g}"
+    return f"{x:g}"
+
+
+def _check_plain(value: Any, key: str, depth: int = 0) -> None:
+    """No NUL byte (it truncates paths in the OS), no over-long string, in any nested value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ConfigError(f"{key}: the text holds a NUL byte", "remove the \\u0000 character")
+        if len(value) > MAX_PATH:
+            raise ConfigError(f"{key}: {len(value):,} characters is over the limit of {MAX_PATH:,}",
+                              f"use at most {MAX_PATH:,} characters")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number", "write a finite number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, key, depth + 1)
+            _check_plain(v, f"{key}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{key}[{i}]", depth + 1)
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH, without recursing (a deep value must not
+    blow Python's stack here either)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ConfigError(f"config: nested more than {MAX_JSON_DEPTH} levels deep",
+                              "a config nests 4 levels; see examples/quick.json")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as it may appear in a one-line message: repr'd (no raw newlines), cut short."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key} is {value!r}", f"valid choices: {', '.join(choices)}")
+        raise ConfigError(f"{key} is {_shown(value)}", f"valid choices: {', '.join(choices)}")
 
 
 def _positive(key: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{key} is {value!r}", "use a whole number of 1 or more")
+        raise ConfigError(f"{key} is {_shown(value)}", "use a whole number of 1 or more")
 
 
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
@@ -262,9 +388,10 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}", "see examples/quick.json")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}",
+        shown = ", ".join(_shown(k, 40) for k in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        raise ConfigError(f"unknown key(s) in {where}: {shown}",
                           f"valid keys: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
@@ -299,6 +426,6 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ConfigError(f"{key} must be {hint.__name__}, got {json.dumps(value)}",
+            raise ConfigError(f"{key} must be {hint.__name__}, got {_shown(value)}",
                               f"write a JSON {'number' if hint in (int, float) else hint.__name__}")
     return value

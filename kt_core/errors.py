@@ -30,7 +30,12 @@ class CheckpointError(KTError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint that needs arbitrary code to unpickle; loading it needs an explicit opt-in."""
+    """A checkpoint that needs arbitrary code to load; loading it needs an explicit opt-in.
+
+    `contents` is what could be learnt without running it (a TorchScript archive's files and
+    tensors), or None."""
+
+    contents: dict | None = None
 
 
 class DatasetError(KTError):
@@ -45,8 +50,16 @@ class SettingsError(KTError):
     """A deployment setting (environment variable) that cannot be used."""
 
 
+class PathError(KTError):
+    """A path the OS cannot use: a NUL byte, too long, a symlink loop."""
+
+
 class PathNotAllowedError(KTError):
     """A path typed into the UI that lies outside the configured roots."""
+
+
+class TrustNotAllowedError(KTError):
+    """A dashboard config that trusts a file (runs its code) on a server with KT_ALLOW_TRUST=0."""
 
 
 class RunError(KTError):

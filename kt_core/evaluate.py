@@ -20,7 +20,7 @@ from torch import nn
 from . import rundir
 from .data import iter_batches, load_dataset
 from .engine import resolve_device
-from .errors import DatasetError, KTError, RunError
+from .errors import DatasetError, KTError, PathNotAllowedError, RunError, TrustNotAllowedError
 from .sources import load_source, rebuild_model, resolve_run_source
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ class RunModel:
 _CHECKPOINT_KEYS = ("model", "input_size", "class_names")
 
 
-def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with_data: bool = True) -> RunModel:
+def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with_data: bool = True,
+             roots: tuple[Path, ...] | None = None) -> RunModel:
     """Rebuild a run's model from its checkpoint, and its data from its `config.json`.
 
     The architecture comes from the checkpoint (`arch`, its weights' shapes) and its weights are
@@ -157,6 +158,8 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     code (TorchScript, a trusted pickled module) needs that file again. The data is prepared
     with the input size and normalization the checkpoint recorded, which gives the same splits,
     image size and normalization as training. Falls back to `last` when there is no `best` yet.
+    `roots` (the dashboard): the source file such a model needs, and the dataset, are held to
+    the server's roots and trust setting, as when the run was launched.
     """
     run_dir = rundir.run_dir(run)
     cfg = rundir.load_config(run_dir)
@@ -171,12 +174,12 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     input_size = tuple(int(v) for v in state["input_size"])
     normalization = state.get("normalization")
     class_names = [str(c) for c in state["class_names"]]
-    model, arch = _rebuild(cfg, state, run_dir, ckpt)
+    model, arch = _rebuild(cfg, state, run_dir, ckpt, roots)
     data = None
     if with_data:
         # The data's own (C, H, W) and normalization give the geometry and normalization that the
         # source's gave in training (see datasets.transforms.resolve_geometry / adapt_normalization).
-        data = load_dataset(cfg.dataset, input_size=input_size, normalization=normalization)
+        data = load_dataset(cfg.dataset, input_size=input_size, normalization=normalization, roots=roots)
         if [str(c) for c in data.class_names] != class_names:
             raise RunError(f"run {run_dir.name} was trained on classes {class_names}, its dataset now has "
                            f"{[str(c) for c in data.class_names]}",
@@ -187,7 +190,7 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     return RunModel(model, data, cfg, run_dir, ckpt.stem, arch, input_size, normalization, class_names)
 
 
-def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path) -> tuple[nn.Module, str | None]:
+def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None) -> tuple[nn.Module, str | None]:
     """The run's model with the checkpoint's weights: from its registered architecture, or (for
     a model that is its source file's own module) from the source file."""
     arch = state.get("arch")
@@ -199,7 +202,7 @@ def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path) -> tuple[nn.Module, st
             raise RunError(f"checkpoint {ckpt} does not fit architecture {arch} of run {run_dir.name}: "
                            f"{str(exc).splitlines()[0]}",
                            "the checkpoint file was replaced or damaged; re-run the config") from None
-    return _rebuild_from_source(cfg, state, run_dir, ckpt), arch
+    return _rebuild_from_source(cfg, state, run_dir, ckpt, roots), arch
 
 
 def _legacy_built_from(cfg, arch: str | None) -> str:
@@ -215,11 +218,14 @@ def _legacy_built_from(cfg, arch: str | None) -> str:
     return "arch"
 
 
-def _rebuild_from_source(cfg, state: dict, run_dir: Path, ckpt: Path) -> nn.Module:
+def _rebuild_from_source(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None) -> nn.Module:
     source_cfg = cfg.source
     try:
         source_cfg = resolve_run_source(source_cfg, run_dir.parent)
-        src = load_source(source_cfg, num_classes=len(state["class_names"]), in_channels=int(state["input_size"][0]))
+        src = load_source(source_cfg, num_classes=len(state["class_names"]), in_channels=int(state["input_size"][0]),
+                          roots=roots)
+    except (PathNotAllowedError, TrustNotAllowedError):
+        raise  # the server's settings, not a missing file: say so as it is
     except KTError as exc:
         raise RunError(f"run {run_dir.name}'s model runs the code of its source ({source_cfg.path or source_cfg.arch}), "
                        f"which cannot be loaded: {exc.message}",
@@ -255,6 +261,10 @@ def evaluate_run(run: str | os.PathLike | RunModel, split: str = "val", device: 
     result.run, result.checkpoint = loaded.run_dir.name, loaded.checkpoint
     run_dir = loaded.run_dir
     if save:
-        rundir.write_eval(run_dir, split, result.to_dict())
+        try:  # the saved copy is a convenience: a read-only or full run folder still gets its result
+            rundir.write_eval(run_dir, split, result.to_dict())
+        except OSError as exc:
+            log.warning("run %s: the evaluation was not saved to eval/%s.json (%s)", run_dir.name, split,
+                        exc.strerror or exc)
     log.info("run %s, %s split: accuracy %.4f on %d images", run_dir.name, split, result.accuracy, result.num_samples)
     return result

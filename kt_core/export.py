@@ -231,21 +231,29 @@ def verify_export(path: str | os.PathLike, fmt: str, model: nn.Module, example_i
 
 
 def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | None = None,
-               checkpoint: str = "best", verify: bool = True) -> Path:
+               checkpoint: str = "best", verify: bool = True, roots: tuple[Path, ...] | None = None) -> Path:
     """Export a run's model (its best checkpoint) into `out_dir` (default `RUN/exports/`).
 
     Beside the file go the run's `config.json` and `<file>.json`: format, input size,
     normalization and class names, everything needed to feed the model. The model is rebuilt
     from the checkpoint alone (which also holds that metadata): neither the source nor the
     dataset is loaded. With `verify`, the file is read back with its format's loader and must
-    predict what the model predicts.
+    predict what the model predicts. `roots`: the dashboard's (see `evaluate.load_run`).
     """
     from .evaluate import load_run  # here, not at the top: evaluate imports scikit-learn (~1 s)
 
     spec = EXPORTERS.get(fmt)  # an unknown format fails before anything is loaded
-    loaded = load_run(run, checkpoint, device="cpu", with_data=False)
+    loaded = load_run(run, checkpoint, device="cpu", with_data=False, roots=roots)
     out = Path(out_dir) if out_dir is not None else rundir.exports_dir(loaded.run_dir)
     input_size = tuple(loaded.input_size)
+    try:
+        return _export_into(out, spec, fmt, loaded, input_size, verify)
+    except OSError as exc:  # a read-only or full run folder: say where, and the way out
+        raise ExportError(f"cannot write the export to {out} ({exc.strerror or exc})",
+                          "free disk space, or give a writable folder with --out DIR") from None
+
+
+def _export_into(out: Path, spec, fmt: str, loaded, input_size: tuple, verify: bool) -> Path:
     path = export_model(loaded.model, fmt, out / f"model{spec.suffix}", torch.zeros(2, *input_size))
     diff = None
     if verify:

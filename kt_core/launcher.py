@@ -23,6 +23,7 @@ from pathlib import Path
 from . import procs, rundir
 from .config import RunConfig
 from .errors import RunBusyError, RunError
+from .settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -137,26 +138,30 @@ def _spawn_worker(folder: Path) -> int:
     return proc.pid
 
 
-def _preflight(cfg: RunConfig, runs_dir) -> None:
+def _preflight(cfg: RunConfig, runs_dir, confined: bool = False, deep: bool = False) -> None:
     # Here, not at the top: assembling imports torch (~2 s), which `stop` and `delete` never need.
     from .assemble import preflight
 
-    preflight(cfg, runs_dir)
+    preflight(cfg, runs_dir, roots=get_settings().dashboard_roots if confined else None, deep=deep)
 
 
-def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> str:
-    """Create the run folder and start its worker process; returns the run id at once."""
-    _preflight(cfg, runs_dir)
-    folder = rundir.create_run(cfg, runs_dir)
+def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: bool = False) -> str:
+    """Create the run folder and start its worker process; returns the run id at once. First the
+    worker's own preparation runs here (`preflight(deep=True)`), so bad input fails before a run
+    folder exists. `confined=True` (the dashboard): held to the server's roots and trust setting,
+    now and in the worker."""
+    _preflight(cfg, runs_dir, confined, deep=True)
+    folder = rundir.create_run(cfg, runs_dir, confined=confined)
     with rundir.RunLock(folder).acquire(what="start"):
         _spawn_worker(folder)
     return folder.name
 
 
-def launch_with_baseline(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> tuple[str, str]:
+def launch_with_baseline(cfg: RunConfig, runs_dir: str | os.PathLike | None = None,
+                         confined: bool = False) -> tuple[str, str]:
     """The transfer run and its from-scratch twin (same architecture, data and schedule)."""
-    run_id = launch(cfg, runs_dir)
-    return run_id, launch(cfg.as_baseline(run_id), runs_dir)
+    run_id = launch(cfg, runs_dir, confined)
+    return run_id, launch(cfg.as_baseline(run_id), runs_dir, confined)
 
 
 def stop(run: str | os.PathLike, timeout: float = 10.0) -> dict:
@@ -206,22 +211,24 @@ def _refuse_unless_resumable(folder: Path) -> None:
         raise RunError(f"run {folder.name} has completed", "start a new run from its config.json to train again")
 
 
-def resume(run: str | os.PathLike, foreground: bool = False) -> str:
+def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = False) -> str:
     """Continue a stopped, failed or interrupted run from checkpoints/last.pt.
 
     The worker truncates metrics.jsonl to the checkpoint's step first, so the metrics continue
     with no gap and no duplicates. Without a checkpoint the run starts again from the beginning.
     `foreground=True` trains in this process (the CLI's `resume --foreground`). Under the run's
     lock, so of two resumes at once one starts the worker and the other is refused.
+    `confined=True` (the dashboard): the run is held to the server's roots and trust setting.
     """
     folder = rundir.run_dir(run)
     _refuse_unless_resumable(folder)
     with rundir.RunLock(folder).acquire(what="be resumed"):
         _refuse_unless_resumable(folder)  # again, as the owner: another resume may have started it
-        _preflight(rundir.load_config(folder), folder.parent)  # a broken config.json or a gone device fails here
+        # a broken config.json, a gone device, or a path or trust this server forbids fails here
+        _preflight(rundir.load_config(folder), folder.parent, confined)
         rundir.clear_stop(folder)
         rundir.update_status(folder, state="queued", error=None, heartbeat=time.time(),
-                             pid=os.getpid() if foreground else None)
+                             pid=os.getpid() if foreground else None, confined=confined)
         if not foreground:
             _spawn_worker(folder)
             return folder.name
@@ -238,5 +245,10 @@ def delete(run: str | os.PathLike) -> None:
     folder = rundir.run_dir(run)
     if rundir.is_active(folder):
         raise RunError(f"run {folder.name} is still {rundir.read_status(folder)['state']}", "stop it first")
-    with rundir.RunLock(folder).acquire(what="be deleted"):
-        shutil.rmtree(folder)
+    try:
+        with rundir.RunLock(folder).acquire(what="be deleted"):
+            shutil.rmtree(folder)
+    except OSError as exc:  # a read-only runs folder (the lock file cannot even be opened)
+        raise RunError(f"cannot delete run {folder.name} ({exc.strerror or exc})",
+                       f"the runs folder {folder.parent} is read-only or not yours; "
+                       "delete it where it is writable") from None

@@ -30,19 +30,23 @@ Run ids are readable and sort by creation time: `20261128-113000-quick-3f2a`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
 from .errors import AmbiguousRunError, RunBusyError, RunError
 from .procs import pid_alive
-from .settings import get_settings, user_path
+from .settings import checked_path, get_settings, user_path
 
 try:
     import fcntl
@@ -74,8 +78,13 @@ RUNS_HINT = "`python -m kt_core runs` lists the runs (id and name), or see the R
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
 
 
 def read_json(path: Path) -> dict | None:
@@ -203,7 +212,7 @@ def run_dir(run: str | os.PathLike, runs_dir: str | os.PathLike | None = None, p
     text = str(run)
     if not text.strip():
         raise RunError("no run given", f"give a run id, id prefix, name or folder; {RUNS_HINT}")
-    path = user_path(text)
+    path = checked_path(text, "run") if paths else user_path(text)
     if paths and is_run(path):
         return path
     root = runs_root(runs_dir)
@@ -243,26 +252,37 @@ def read_config_dict(run: str | os.PathLike) -> dict:
     return read_json(config_path(run_dir(run))) or {}
 
 
-def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None) -> Path:
-    """A new run folder with config.json and a queued status; nothing runs yet."""
+def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: bool = False) -> Path:
+    """A new run folder with config.json and a queued status; nothing runs yet. `confined`: a
+    dashboard run, whose worker holds its paths to the server's roots and refuses trust where
+    KT_ALLOW_TRUST=0 (recorded in status.json, which only the server writes)."""
     cfg.validate()
     root = runs_root(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        folder = root / new_run_id(cfg)
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - ten collisions of a random suffix within a second
-        raise RunError("could not create a unique run folder", f"check {root}")
-    checkpoint_dir(folder).mkdir()
-    config_path(folder).write_text(cfg.to_json())
-    metrics_path(folder).touch()
-    now = time.time()
-    write_status(folder, {"state": "queued", "pid": None, "heartbeat": now, "created": now,
-                          "epoch": 0, "step": 0, "total_steps": None, "error": None})
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            folder = root / new_run_id(cfg)
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - ten collisions of a random suffix within a second
+            raise RunError("could not create a unique run folder", f"check {root}")
+    except OSError as exc:
+        raise RunError(f"cannot create a run folder in {root} ({exc.strerror or exc})",
+                       "use a writable runs folder: --runs-dir DIR or KT_RUNS_DIR") from None
+    try:
+        checkpoint_dir(folder).mkdir()
+        config_path(folder).write_text(cfg.to_json())
+        metrics_path(folder).touch()
+        now = time.time()
+        write_status(folder, {"state": "queued", "pid": None, "heartbeat": now, "created": now,
+                              "epoch": 0, "step": 0, "total_steps": None, "error": None, "confined": confined})
+    except OSError as exc:  # a full disk: no half-made run folder stays behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RunError(f"cannot write the run folder {folder} ({exc.strerror or exc})",
+                       "free disk space or use a writable runs folder (--runs-dir DIR or KT_RUNS_DIR)") from None
     return folder
 
 
@@ -274,8 +294,12 @@ def read_status_file(folder: Path) -> dict:
 
 
 def write_status(folder: Path, status: dict) -> None:
-    """Replace status.json (atomic). Only the run's single writer should call this."""
-    write_json_atomic(Path(folder) / STATUS, status)
+    """Replace status.json (atomic). Only the run's single writer should call this. A write the
+    filesystem refuses (full, read-only, the folder deleted) is one RunError line."""
+    try:
+        write_json_atomic(Path(folder) / STATUS, status)
+    except OSError as exc:
+        raise write_failed(STATUS, exc, folder) from None
 
 
 def update_status(run: str | os.PathLike, **fields: Any) -> dict:
@@ -320,7 +344,10 @@ def read_summary(run: str | os.PathLike) -> dict:
 
 
 def write_summary(folder: Path, summary: dict) -> None:
-    write_json_atomic(Path(folder) / SUMMARY, summary)
+    try:
+        write_json_atomic(Path(folder) / SUMMARY, summary)
+    except OSError as exc:
+        raise write_failed(SUMMARY, exc, folder) from None
 
 
 def write_eval(folder: Path, split: str, report: dict) -> Path:
@@ -351,11 +378,15 @@ class MetricsAppender:
     """Appends rows to metrics.jsonl, flushed per row so a reader sees each at once."""
 
     def __init__(self, folder: Path):
+        self.folder = folder
         self.file = open(metrics_path(folder), "a", encoding="utf-8")
 
     def append(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            raise write_failed(METRICS, exc, self.folder) from None
 
     def close(self) -> None:
         self.file.close()
@@ -422,9 +453,16 @@ def load_checkpoint(path: Path) -> dict:
     import torch  # here, not at the top: listing, status and stop (CLI, dashboard) never pay torch's ~2 s import
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(record=True) as caught:  # torch's UserWarnings go to the log
+            warnings.simplefilter("always")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        for w in caught:
+            log.debug("%s: %s", w.category.__name__, str(w.message).splitlines()[0] if str(w.message) else "")
+        return state
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem to the user
-        raise RunError(f"checkpoint {path} cannot be read: {exc}",
+        # Never code: a TorchScript archive or a pickled class in its place is refused, not run.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RunError(f"checkpoint {path} cannot be read as a KT Studio checkpoint ({first})",
                        "delete it to restart the run from the beginning") from None
 
 
@@ -448,9 +486,36 @@ def write_checkpoint(folder: Path, tag: str, state: dict, same_as: Path | None =
             return path
         except OSError:
             pass  # a filesystem without hard links: write it out
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    failure = None
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer raises RuntimeError on a full disk
+        failure = write_failed(f"{CHECKPOINT_DIR}/{path.name}", exc, folder)
+    if failure is not None:
+        # Outside the except block, so the failed writer (held by the traceback) is freed and its
+        # file closed: only then does removing it give the disk its space back.
+        gc.collect()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # no half-written file left; the previous checkpoint stays
+        raise failure
     return path
+
+
+def write_failed(what: str, exc: BaseException, folder: Path) -> RunError:
+    """One line for a write the filesystem refused during training: full, read-only, or gone."""
+    if not Path(folder).is_dir():
+        return RunError(f"the run folder {folder} was deleted while the run trained",
+                        "nothing is left to resume; start the run again from its config")
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:  # torch: "PytorchStreamWriter failed writing file data/0: file write failed", "unexpected pos"
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        torn = any(w in text.lower() for w in ("write", "inline_container", "unexpected pos"))
+        reason = "the disk is full or not writable" if torn else text[:200]
+    return RunError(f"could not write {what} in {Path(folder).name} ({reason})",
+                    f"free disk space on {Path(folder).parent} or make it writable, then resume "
+                    f"(python -m kt_core resume {Path(folder).name}): the last good checkpoint is intact")
 
 
 # --- the change stamp the UI caches on -------------------------------------------------------

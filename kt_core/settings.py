@@ -6,21 +6,24 @@
 | `KT_CACHE_DIR` | `./.kt_cache` | decoded datasets, the demo's source model |
 | `KT_DRAFTS_DIR` | `<KT_CACHE_DIR>/drafts` | the dashboard's drafts: setups not yet started, one JSON file per `?draft=` id |
 | `KT_ALLOWED_ROOTS` | working dir and `~/kt-studio` | `os.pathsep`-separated roots that paths typed into the UI must lie under |
-| `KT_ALLOW_TRUST` | `1` | `0` hides the "trust this file" opt-in (arbitrary unpickling) in the UI |
+| `KT_ALLOW_TRUST` | `1` | `0` refuses every dashboard config that trusts a file (arbitrary unpickling, TorchScript), and hides the opt-in |
 | `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
 
-The CLI is the local user's own: it is not confined to the roots.
+What the dashboard launches, resumes, re-runs, evaluates or exports is held to `KT_ALLOWED_ROOTS`
+and `KT_ALLOW_TRUST` in kt_core itself (the worker of a dashboard run enforces them again), not
+only by the pages. The CLI is the local user's own: it is not confined to the roots.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PathNotAllowedError, SettingsError
+from .errors import PathError, PathNotAllowedError, SettingsError, TrustNotAllowedError
 
 # Dataset zips: what one may extract to and hold unless KT_ZIP_MAX_BYTES / KT_ZIP_MAX_FILES say.
 DEFAULT_MAX_TOTAL_BYTES = 2 << 30  # 2 GiB extracted
@@ -56,6 +59,12 @@ class Settings:
     def zip_max_files(self) -> int:
         return _count("KT_ZIP_MAX_FILES", DEFAULT_MAX_FILES)
 
+    @property
+    def dashboard_roots(self) -> tuple[Path, ...]:
+        """Where a dashboard user's paths may lead: the allowed roots, plus the uploads folder
+        (files the dashboard wrote itself, named by their hash)."""
+        return self.allowed_roots + ((self.cache_dir / "uploads").resolve(),)
+
 
 def _count(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip().replace("_", "")
@@ -88,10 +97,49 @@ def user_path(text: str | os.PathLike) -> Path:
     return Path(text).expanduser() if text == "~" or text.startswith(("~/", "~" + os.sep)) else Path(text)
 
 
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX
+MAX_NAME_BYTES = 255  # one folder or file name (NAME_MAX)
+
+
+def checked_path(path: str | os.PathLike, what: str = "path") -> Path:
+    """`path` as a Path (`~/` expanded), or a KTError for what the OS would refuse with an
+    OSError or ValueError traceback: a NUL byte, an over-long path or name, a symlink loop."""
+    text = os.fspath(path)
+    shown = text if len(text) <= 120 else text[:60] + "..." + text[-40:]
+    if "\x00" in text:
+        raise PathError(f"{what} {shown!r} holds a NUL byte", "remove the NUL (\\0) character from the path")
+    if len(text.encode()) > MAX_PATH_BYTES or any(len(p.encode()) > MAX_NAME_BYTES for p in Path(text).parts):
+        raise PathError(f"{what} {shown!r} is too long ({len(text):,} characters)",
+                        f"use a path of at most {MAX_PATH_BYTES} bytes, {MAX_NAME_BYTES} per name")
+    result = user_path(text)
+    try:
+        os.stat(result)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathError(f"{what} {shown} is a symlink loop (it links back to itself)",
+                            "point the link at a real file or folder") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise PathError(f"{what} {shown!r} is too long for this filesystem", "use a shorter path") from None
+    return result
+
+
+def refuse_trust_if_forbidden(what: str) -> None:
+    """For a dashboard config: trusting a file runs its code, which KT_ALLOW_TRUST=0 forbids."""
+    if not get_settings().allow_trust:
+        raise TrustNotAllowedError(
+            f"{what} is marked trusted (run its code while loading), which this server forbids (KT_ALLOW_TRUST=0)",
+            "re-save the file as a state_dict or .safetensors and use that, or ask the administrator "
+            "to set KT_ALLOW_TRUST=1")
+
+
 def confine_path(path: str | os.PathLike, roots: tuple[Path, ...] | None = None) -> Path:
     """Resolve `path` (symlinks and `..` included) and refuse it unless it lies under a root."""
     roots = get_settings().allowed_roots if roots is None else roots
-    resolved = user_path(path).resolve()
+    try:
+        resolved = checked_path(path).resolve()
+    except (OSError, RuntimeError):  # a loop or an unreadable link met while resolving
+        raise PathError(f"{path} cannot be resolved (a symlink loop or an unreadable link)",
+                        "give a path to a real file or folder") from None
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved

@@ -26,7 +26,7 @@ from .models import (ARCHITECTURES, ArchSpec, adapt_first_conv, architecture_fit
                      count_parameters, dry_run, get_spec, infer_architectures, layer_tree, replace_head,
                      torchvision_state_dict, weights_preprocessing)
 from .registry import Registry
-from .settings import confine_path
+from .settings import confine_path, refuse_trust_if_forbidden
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ def load_source(cfg: SourceConfig, num_classes: int | None = None, in_channels: 
     """Build the source model of `cfg` with its weights (random ones if not `pretrained`).
 
     `num_classes` / `in_channels` adapt it to a target task (None keeps the source's own);
-    `roots` confines file paths (the UI passes the allowed roots, the CLI None). A from-scratch
+    `roots` confines file paths and refuses trust where KT_ALLOW_TRUST=0 (the dashboard passes
+    `Settings.dashboard_roots`, the CLI None). A from-scratch
     baseline (`pretrained=False`) keeps the source's input size and normalization, so it sees
     exactly the same data.
     """
@@ -185,7 +186,12 @@ def _from_arch(cfg: SourceConfig, roots=None, pretrained: bool = True) -> Loaded
 
 @SOURCE_LOADERS.register("file")
 def _from_file(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedSource:
-    path = confine_path(cfg.path, roots) if roots is not None else Path(cfg.path).expanduser()
+    if roots is None:  # the CLI: the local user's own files and choices
+        path = Path(cfg.path).expanduser()
+    else:
+        path = confine_path(cfg.path, roots)
+        if cfg.trust:
+            refuse_trust_if_forbidden(f"the source file {cfg.path}")
     return from_checkpoint(read_checkpoint(path, trust=cfg.trust), cfg.arch, pretrained)
 
 

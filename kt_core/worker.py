@@ -26,6 +26,7 @@ from .data import iter_batches
 from .callbacks import Callback
 from .engine import FitContext, FitResult, evaluate, feature_cache_eligible, fit, resolve_device
 from .errors import KTError, RunError
+from .settings import get_settings
 from .sources import run_folder
 from .transfer import bn_stat_warnings
 
@@ -60,6 +61,14 @@ class StatusWriter:
             self.status.update(fields, heartbeat=time.time())
             rundir.write_status(self.folder, self.status)
 
+    def final(self, **fields) -> None:
+        """The run's end, written if the folder still takes it (a full disk, a read-only or
+        deleted folder must not turn one clear error into a second traceback)."""
+        try:
+            self.update(**fields)
+        except RunError as exc:
+            log.error("the run's end (%s) could not be written: %s", fields.get("state"), exc.message)
+
     def note(self, **fields) -> None:
         """Change fields in memory; the heartbeat writes them within HEARTBEAT_EVERY_S. For progress
         counters at every logged step, where a file rewrite per batch would slow small runs."""
@@ -77,8 +86,8 @@ class StatusWriter:
         while not self._stopped.wait(HEARTBEAT_EVERY_S):
             try:
                 self.update()
-            except OSError as exc:  # a full disk must not kill training; the UI will see a stale heartbeat
-                log.warning("heartbeat not written: %s", exc)
+            except RunError as exc:  # a full disk must not kill training; the UI will see a stale heartbeat
+                log.warning("heartbeat not written: %s", exc.message)
 
 
 # --- callbacks: the run folder contract ----------------------------------------------------
@@ -124,7 +133,8 @@ class StopFlag(Callback):
         self.requested = False
 
     def should_stop(self, ctx: FitContext) -> bool:
-        return self.requested or rundir.stop_requested(self.folder)
+        # A deleted run folder stops the run too: its checkpoint then says why, in one line.
+        return self.requested or rundir.stop_requested(self.folder) or not os.path.isdir(self.folder)
 
 
 class Checkpointer(Callback):
@@ -144,11 +154,19 @@ class Checkpointer(Callback):
 
 # --- the worker ----------------------------------------------------------------------------
 
+class _RunLog(logging.FileHandler):
+    """log.txt; a record that cannot be written (full disk, read-only or deleted folder) is
+    dropped, not printed as a "--- Logging error ---" traceback per record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _run_logging(folder: Path):
     """While the worker runs, every log record also goes to the run's log.txt."""
     root = logging.getLogger()
-    handler = logging.FileHandler(rundir.log_path(folder), encoding="utf-8")
+    handler = _RunLog(rundir.log_path(folder), encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     previous = root.level
@@ -186,8 +204,9 @@ def _signals(stop: StopFlag):
         signal.signal(signal.SIGTERM, old[1])
 
 
-def run_worker(run: str | os.PathLike) -> dict:
+def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict:
     """Train run folder `run` to its end (resuming from checkpoints/last.pt if there is one).
+    `prepared`: what `assemble.preflight(deep=True)` already built from this run's config (`train`).
 
     Returns the final status dict; the state is completed, stopped or failed. Never raises for a
     training problem: it is written to status.json and log.txt for whoever watches the run.
@@ -211,7 +230,12 @@ def run_worker(run: str | os.PathLike) -> dict:
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
                 # What the run is doing before its first step, for whoever watches it.
                 status.update(note="loading the source model and the dataset")
-                prepared = prepare(cfg, device, runs_dir=folder.parent)
+                # A dashboard run's paths and trust are held to the server's settings here too.
+                roots = get_settings().dashboard_roots if status.status.get("confined") else None
+                if prepared is None:
+                    prepared = prepare(cfg, device, roots=roots, runs_dir=folder.parent)
+                else:
+                    prepared.model.to(device)
                 status.update(note="extracting the frozen layers' features once (feature cache)"
                               if feature_cache_eligible(cfg, prepared.data, prepared.plan)
                               else "building the optimizer; the first batch comes next")
@@ -224,28 +248,33 @@ def run_worker(run: str | os.PathLike) -> dict:
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from})
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
-                status.update(state=result.state, epoch=result.epochs, step=result.steps)
+                # Logged before the state is published: whoever sees `completed` finds it in log.txt.
                 log.info("run %s %s: %s", folder.name, result.state,
                          ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in summary.items() if k in ("best_val_acc", "test_acc", "epochs", "train_s")))
+                status.update(state=result.state, epoch=result.epochs, step=result.steps)
         except Terminated:
             log.warning("run %s: terminated (SIGTERM); resume continues from the last checkpoint", folder.name)
-            status.update(state="stopped", error="terminated before the next checkpoint")
+            status.final(state="stopped", error="terminated before the next checkpoint")
         except KTError as exc:
             log.error("run %s failed: %s", folder.name, exc)
-            status.update(state="failed", error=str(exc))
+            status.final(state="failed", error=str(exc))
         except KeyboardInterrupt:
             log.warning("run %s interrupted; resume continues from the last checkpoint", folder.name)
-            status.update(state="stopped", error="interrupted before the next checkpoint")
+            status.final(state="stopped", error="interrupted before the next checkpoint")
         except Exception as exc:  # noqa: BLE001 - a bug, but the run must still end as failed
             log.exception("run %s failed with an unexpected error", folder.name)
-            status.update(state="failed", error=f"{type(exc).__name__}: {exc} (the traceback is in log.txt)")
+            status.final(state="failed", error=f"{type(exc).__name__}: {exc} (the traceback is in log.txt)")
         finally:
             status.close()
             if metrics is not None:
                 metrics.close()
-            rundir.clear_stop(folder)
-        return rundir.read_status(folder)
+            with contextlib.suppress(OSError):
+                rundir.clear_stop(folder)
+        try:
+            return rundir.read_status(folder)
+        except (KTError, OSError):  # the folder is gone or unreadable: what this worker knows
+            return dict(status.status, run_id=folder.name)
 
 
 def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:

@@ -30,6 +30,10 @@ from .settings import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+# Image files are already compressed: a real one deflates by a few percent, a flat PNG maybe 50x.
+# 200x is a bomb (a 12000x12000 PNG in a 6 KB zip is 20,000x). Entries under 1 MB are not judged.
+MAX_COMPRESSION_RATIO = 200
+_RATIO_FLOOR = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _IGNORED_PREFIXES = ("__MACOSX/",)  # macOS resource forks: "._x.jpg" files that are not images
 
@@ -92,6 +96,16 @@ def extract_zip(zip_path_or_fileobj: str | os.PathLike | BinaryIO, dest: str | o
     return report
 
 
+def check_zip(zip_path: str | os.PathLike, max_total_bytes: int, max_files: int) -> None:
+    """Every check `extract_zip` makes before writing, without writing: for a zip whose images
+    are already extracted or cached, so today's limits still hold for it."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            _plan(archive, Path("."), max_total_bytes, max_files)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise _refuse(f"the zip cannot be read ({exc})", "upload the file again") from None
+
+
 def _plan(archive: zipfile.ZipFile, dest: Path, max_total_bytes: int, max_files: int):
     """Check every entry before writing anything; return the image entries to extract."""
     report = ExtractReport(dest)
@@ -113,6 +127,11 @@ def _plan(archive: zipfile.ZipFile, dest: Path, max_total_bytes: int, max_files:
             report.skipped += 1
             report.skipped_names.append(info.filename)
             continue
+        if info.file_size > _RATIO_FLOOR and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise _refuse(f"the zip's {info.filename!r} inflates {info.file_size / max(info.compress_size, 1):,.0f}-fold "
+                          f"({info.compress_size:,} -> {info.file_size:,} bytes), past the limit of "
+                          f"{MAX_COMPRESSION_RATIO}-fold: a decompression bomb",
+                          "refused for safety; zip the images as they are (PNG/JPEG barely compress)")
         declared += info.file_size
         if declared > max_total_bytes:
             raise _refuse(f"the zip's images add up to more than the limit of {max_total_bytes:,} bytes",

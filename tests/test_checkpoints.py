@@ -38,6 +38,17 @@ class PlantsMarker:
         return (open, (self.marker, "w"))
 
 
+class TouchesOnLoad:
+    """A user's class whose unpickling has a side effect: no dangerous callable is named, only
+    the class itself, so trusting the file really runs its code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __setstate__(self, state):
+        open(state["marker"], "w").close()
+
+
 @pytest.fixture(scope="module")
 def squeezenet_sd():
     torch.manual_seed(0)
@@ -121,11 +132,21 @@ def test_safetensors_file_and_upload(tmp_path, squeezenet_sd):
     assert read_checkpoint(upload).format == "safetensors"
 
 
-def test_torchscript_archive_is_a_listable_model(tmp_path):
+def test_torchscript_archive_is_refused_unless_trusted_and_described_without_running(tmp_path):
     model = TinyNet().eval()
     with pytest.warns(FutureWarning):  # torch.jit is deprecated, yet users still have these files
         torch.jit.script(model).save(str(tmp_path / "scripted.pt"))
-    raw = read_checkpoint(tmp_path / "scripted.pt")
+    with pytest.raises(UnsafeCheckpointError) as err:
+        read_checkpoint(tmp_path / "scripted.pt")
+    assert "TorchScript archive holding 4 tensors" in err.value.message and "runs its code" in err.value.message
+    assert "state_dict()" in err.value.hint and "--trust" in err.value.hint
+    contents = err.value.contents
+    assert {k: v["shape"] for k, v in contents["tensors"].items()} == {
+        k: list(v.shape) for k, v in model.state_dict().items()}
+    assert any(f.endswith("data.pkl") for f in contents["files"])
+    assert any("TinyNet" in c for c in contents["classes"])
+
+    raw = read_checkpoint(tmp_path / "scripted.pt", trust=True)
     assert raw.format == "torchscript" and raw.module is not None
     assert set(raw.state_dict) == set(model.state_dict())
     x = torch.randn(2, 1, 8, 8)
@@ -162,9 +183,20 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, zip_format):
     assert not marker.exists(), "the payload ran while loading without trust"
 
 
-def test_trust_really_unpickles_so_the_marker_proves_the_refusal(tmp_path):
+def test_a_hostile_pickle_stays_refused_even_when_trusted(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"fc.weight": torch.zeros(2, 2), "payload": PlantsMarker(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError) as err:
+        read_checkpoint(tmp_path / "evil.pt", trust=True)
+    assert "trust" not in err.value.hint.replace("even as trusted", "") and not marker.exists()
+
+
+def test_trust_really_unpickles_so_the_marker_proves_the_refusal(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"fc.weight": torch.zeros(2, 2), "payload": TouchesOnLoad(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError, match="needs code from .*TouchesOnLoad"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
     read_checkpoint(tmp_path / "evil.pt", trust=True)
     assert marker.exists()  # so the same check above would have caught code running
 

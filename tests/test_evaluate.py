@@ -194,7 +194,7 @@ def test_a_file_source_may_go_unless_the_model_runs_its_code(tmp_path, monkeypat
     with pytest.warns(FutureWarning):
         torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 7))
                          ).save(str(script))
-    run = trained(SourceConfig(kind="file", path=str(script)), [0, 1, 2], runs_dir)
+    run = trained(SourceConfig(kind="file", path=str(script), trust=True), [0, 1, 2], runs_dir)
     assert load_checkpoint(run / "checkpoints" / "best.pt")["built_from"] == "source"
     expected = evaluate_run(run, save=False)
     summary = json.loads((run / "summary.json").read_text())

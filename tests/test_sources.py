@@ -121,7 +121,7 @@ def test_a_torchscript_source_is_tried_once_however_often_it_is_looked_at(tmp_pa
     calls = []
     real = sources.dry_run
     monkeypatch.setattr(sources, "dry_run", lambda model, size: calls.append(tuple(size)) or real(model, size))
-    cfg = SourceConfig(kind="file", path=str(tmp_path / "ts32.pt"))
+    cfg = SourceConfig(kind="file", path=str(tmp_path / "ts32.pt"), trust=True)
     info = inspect_source(cfg)
     assert info["input_size"] == [1, 32, 32] and info["num_classes"] == 7 and info["output_shape"] == [1, 7]
     assert calls == [(1, 28, 28), (1, 32, 32)]  # one wrong guess, then the one pass that worked: reused
@@ -140,7 +140,9 @@ def test_torchscript_source_gets_a_head_on_top(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 7)).eval()
     with pytest.warns(FutureWarning):
         torch.jit.script(model).save(str(tmp_path / "ts.pt"))
-    src = load_source(SourceConfig(kind="file", path=str(tmp_path / "ts.pt")))
+    with pytest.raises(KTError, match="TorchScript archive"):
+        load_source(SourceConfig(kind="file", path=str(tmp_path / "ts.pt")))
+    src = load_source(SourceConfig(kind="file", path=str(tmp_path / "ts.pt"), trust=True))
     assert src.format == "torchscript" and src.arch is None
     assert src.input_size == (1, 28, 28) and src.num_classes == 7  # found by a trial forward pass
     x = torch.randn(2, 1, 28, 28)

@@ -16,6 +16,7 @@ from kt_core.config import RunConfig
 from kt_core.errors import KTError
 from kt_core.headline import Headline, headline
 from ui.errors import plain
+from kt_core.settings import get_settings
 from ui.images import image_grid
 
 def summaries(run_ids) -> dict[str, dict]:
@@ -137,7 +138,7 @@ def _evaluate(run_id: str, split: str, checkpoint: str, stamp: str):
     one load of the run's model and data for both."""
     from kt_core.evaluate import evaluate_run, load_run
 
-    loaded = load_run(run_id, checkpoint=checkpoint, device="cpu")
+    loaded = load_run(run_id, checkpoint=checkpoint, device="cpu", roots=get_settings().dashboard_roots)
     return evaluate_run(loaded, split=split), loaded.data.splits().get(split)
 
 
@@ -285,7 +286,7 @@ def downloads(run_id: str) -> None:
     if st.button("Export", key="runs_export", help="Written to the run's exports/ folder and checked by reading "
                                                    "it back: it must predict what the model predicts."):
         with st.spinner(f"Exporting as {fmt} and checking it by reading it back..."):
-            path = export_run(run_id, fmt)
+            path = export_run(run_id, fmt, roots=get_settings().dashboard_roots)
         meta = json.loads((path.parent / f"{path.name}.json").read_text())
         st.session_state["kt_export"] = (run_id, fmt, f"{stem}{path.suffix}", path.read_bytes(),
                                          meta.get("verified_max_diff"))

@@ -55,7 +55,7 @@ def with_upload_names(exc: KTError) -> KTError:
 
 def allowed_roots() -> tuple[Path, ...]:
     """The settings' roots plus our own uploads folder (files we wrote ourselves)."""
-    return get_settings().allowed_roots + (upload_dir().resolve(),)
+    return get_settings().dashboard_roots
 
 
 def _stamp(cfg: SourceConfig) -> str:
@@ -120,6 +120,19 @@ def show_key_table(state_dict) -> None:
     } for r in rows])
     st.dataframe(table, hide_index=True,
                  column_config={"params": st.column_config.NumberColumn("parameters", format="localized")})
+
+
+def show_unrun_contents(contents: dict) -> None:
+    """What a refused archive holds, read without running it: its tensors, then its files."""
+    tensors = contents.get("tensors") or {}
+    if tensors:
+        st.markdown(f"**Read from the file without running it** · {len(tensors)} tensors")
+        st.dataframe(pd.DataFrame([{"name": k, "shape": "x".join(map(str, t["shape"])), "dtype": t["dtype"]}
+                                   for k, t in tensors.items()]), hide_index=True)
+    with st.expander(f"Files in the archive ({contents.get('num_files', 0)})"):
+        st.dataframe(pd.DataFrame({"file": contents.get("files") or []}), hide_index=True)
+    if contents.get("note"):
+        st.caption(contents["note"])
 
 
 def show_report(loaded) -> None:

@@ -7,6 +7,7 @@ and the fix, and a non-zero exit code (2). Set `KT_DEBUG=1` to see the traceback
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -32,23 +33,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FS_FIXES = {
+    errno.ENOSPC: "free disk space, or point KT_RUNS_DIR / KT_CACHE_DIR at a disk with room",
+    errno.EDQUOT: "free disk space within your quota, or use another disk",
+    errno.EROFS: "the folder is read-only: use a writable one (KT_RUNS_DIR, --runs-dir, --out)",
+    errno.EACCES: "you lack permission there: use a folder you can write, or fix its permissions",
+    errno.EPERM: "the operation is not permitted there: use a folder you own",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ELOOP: "the path is a symlink loop: point the link at a real file or folder",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not args.verbose:  # library warnings (torch's, PIL's) go to the run's log, not the console
+        console.addFilter(lambda record: record.name != "py.warnings")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[console])
+    logging.captureWarnings(True)
     try:
         return int(args.func(args) or 0)
     except KTError as exc:
         if os.environ.get("KT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The filesystem refused something (full, read-only, no permission, a path it cannot
+        # take): that is the user's environment, not a bug, so one line with the fix.
+        if os.environ.get("KT_DEBUG") or exc.errno not in _FS_FIXES:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} ({_FS_FIXES[exc.errno]})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

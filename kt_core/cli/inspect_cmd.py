@@ -7,7 +7,7 @@ import difflib
 from typing import Any
 
 from ..config import SourceConfig
-from ..errors import AmbiguousRunError, CheckpointError, ConfigError, KTError, RunError
+from ..errors import AmbiguousRunError, CheckpointError, ConfigError, KTError, RunError, UnsafeCheckpointError
 from ..rundir import run_dir
 from ..settings import user_path
 from . import print_json
@@ -68,7 +68,13 @@ def inspect_command(args: argparse.Namespace) -> int:
 
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes is {args.num_classes}", "use 1 or more classes")
-    info = inspect_source(source_config(args), num_classes=args.num_classes)
+    try:
+        info = inspect_source(source_config(args), num_classes=args.num_classes)
+    except UnsafeCheckpointError as exc:
+        if exc.contents:  # what could be learnt without running it, then the refusal (exit 2)
+            print_json({"refused": exc.message, "contents": exc.contents}) if args.json else \
+                print(render_unrun(exc.contents))
+        raise
     if args.json:
         print_json(info)
     else:
@@ -113,6 +119,21 @@ def render(info: dict[str, Any]) -> str:
         shape = "x".join(map(str, shape)) if shape and all(isinstance(s, int) for s in shape) else (str(shape) if shape else "")
         count = row.get("num_parameters_total", row["num_parameters"])
         lines.append(f"{name[:44]:<44} {row['type'][:22]:<22} {count:>12,}  {shape:<20} {row.get('block') or ''}")
+    return "\n".join(lines)
+
+
+def render_unrun(contents: dict[str, Any]) -> str:
+    """A refused archive's description: its tensors and files, read without running it."""
+    lines = [f"not loaded (it would run code); read from the file without running it:",
+             f"files        : {contents['num_files']}"
+             + (f"   classes: {', '.join(contents['classes'][:6])}" if contents.get("classes") else "")]
+    tensors = contents.get("tensors") or {}
+    for name, t in list(tensors.items())[:200]:
+        lines.append(f"  {name:<50} {t['dtype']:<10} {'x'.join(map(str, t['shape'])) or 'scalar'}")
+    if len(tensors) > 200:
+        lines.append(f"  ... ({len(tensors)} tensors in all)")
+    if contents.get("note"):
+        lines.append(f"note: {contents['note']}")
     return "\n".join(lines)
 
 

@@ -97,18 +97,23 @@ def _train(args) -> int:
         cfg.train.device = args.device
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
-    preflight(cfg, args.runs_dir)
+    # Everything the worker would build first is built now, so bad input exits 2 with one line
+    # and leaves no run folder; what was built is what the run trains.
+    prepared = [preflight(cfg, args.runs_dir, deep=True)]
+    if args.baseline:
+        prepared.append(preflight(cfg.as_baseline(None), args.runs_dir, deep=True))
     results = []
-    for run_cfg in (cfg, None) if args.baseline else (cfg,):
+    for i, run_cfg in enumerate((cfg, None) if args.baseline else (cfg,)):
         if run_cfg is None:  # the baseline points at the transfer run it belongs to
             run_cfg = cfg.as_baseline(results[0]["run_id"])
         folder = rundir.create_run(run_cfg, args.runs_dir)
         if not args.json:
             print(f"run {folder.name} ({folder})", flush=True)
-        status = run_worker(folder)
-        summary = rundir.read_summary(folder)
+        status = run_worker(folder, prepared=prepared[i])
+        summary = rundir.read_summary(folder) if folder.is_dir() else {}
         results.append({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
-                        "summary": summary, "reproduce": rundir.reproduce_command(folder)})
+                        "summary": summary,  # a folder deleted while it trained has nothing to reproduce
+                        "reproduce": rundir.reproduce_command(folder) if folder.is_dir() else None})
         if not args.json:
             _print_result(results[-1])
         if status["state"] != "completed":

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError, KTError
-from ..settings import confine_path, get_settings
+from ..settings import checked_path, confine_path, get_settings
 from . import cache
 from .containers import PreparedData, Split, TensorSplit, split_labels
 from .raw import RawData, RawSplit, describe_skipped
@@ -159,7 +159,11 @@ def _resolve_root(cfg, meta: dict, roots) -> Path | None:
         return None
     if roots is not None:
         return confine_path(cfg.root, roots)
-    return Path(cfg.root).expanduser().resolve()
+    try:
+        return checked_path(cfg.root, "dataset root").resolve()
+    except (OSError, RuntimeError):
+        raise DatasetError(f"dataset root {cfg.root} cannot be resolved (a symlink loop or an unreadable link)",
+                           "give a real file or folder") from None
 
 
 def _plain_normalization(norm) -> Normalization | None:

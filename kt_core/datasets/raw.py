@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -76,6 +78,34 @@ class RawData:
     flip: bool = False  # horizontal flips keep the label
 
 
+# The most pixels one image may decode to. PIL's own limit (89 MP, refused only past 179 MP) let a
+# 12000x12000 PNG inside a 6 KB zip take 1.2 GB; every image here is resized to at most 1024 px,
+# so 40 MP (a 7300x5500 photo, 160 MB decoded as RGBA) is ample. KT_MAX_IMAGE_PIXELS changes it.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def max_image_pixels() -> int:
+    value = os.environ.get("KT_MAX_IMAGE_PIXELS", "").strip().replace("_", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_IMAGE_PIXELS
+
+
+def open_image(path: Path) -> Image.Image:
+    """`Image.open` with the pixel limit enforced at the header, before any decoding: an image
+    over it raises DecompressionBombError saying its size and the limit."""
+    limit = max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = limit  # the same value every time: safe for the UI's threads
+    with warnings.catch_warnings():  # PIL only warns between 1x and 2x its limit: refuse there too
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels" if found else "its size"
+    raise Image.DecompressionBombError(
+        f"{size} is over this app's limit of {limit:,} pixels per image (KT_MAX_IMAGE_PIXELS); "
+        "resize it, or raise the limit if such images are expected")
+
+
 class PILReader:
     """Decodes file i with PIL. A class, not a closure, so DataLoader workers can pickle it."""
 
@@ -84,11 +114,11 @@ class PILReader:
 
     def __call__(self, i: int) -> Image.Image:
         # opened, not decoded: fit_pil can still ask JPEG for a cheap reduced-size decode (draft)
-        return Image.open(self.paths[i])
+        return open_image(self.paths[i])
 
     def size(self, i: int) -> tuple[str, int, int]:
         """(mode, width, height) from the header only."""
-        with Image.open(self.paths[i]) as img:
+        with open_image(self.paths[i]) as img:
             return img.mode, img.width, img.height
 
     def check(self, i: int) -> str | None:
@@ -98,7 +128,7 @@ class PILReader:
 def check_image(path: Path) -> str | None:
     """Why `path` cannot be used as an image (None when it can): a cheap header check."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.verify()
         return None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -23,7 +23,7 @@ import torch
 from ..errors import DatasetError
 from ..registry import Registry
 from ..settings import confine_path, get_settings
-from ..zipsafe import extract_zip
+from ..zipsafe import check_zip, extract_zip
 from .idx import read_idx
 from .raw import RawData, RawSplit, describe_skipped, file_fingerprint, is_image_file, PILReader
 from .synthetic import SHAPES, STYLES, generate_shapes
@@ -326,11 +326,22 @@ def _load_image_folder(req: LoadRequest) -> RawData:
     root = _require_root(req, "image folder")
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder", "give a folder with one subfolder per class (or train/ and val/)")
-    return scan_image_tree(_tree_root(root))
+    return scan_image_tree(_tree_root(root), roots=req.roots)
 
 
-def scan_image_tree(root: Path) -> RawData:
-    """ImageFolder layout: ROOT/<class>/**/*.jpg, or ROOT/train|val|test/<class>/**/*.jpg."""
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not a file we read
+        return False
+    return any(resolved == r or r in resolved.parents for r in roots)
+
+
+def scan_image_tree(root: Path, roots: tuple[Path, ...] | None = None) -> RawData:
+    """ImageFolder layout: ROOT/<class>/**/*.jpg, or ROOT/train|val|test/<class>/**/*.jpg.
+
+    With `roots` (a dashboard user's folder) a file or class folder that is a symlink leading
+    out of the roots is skipped and named in the warnings, never read."""
     top = {p.name.lower(): p for p in _visible_dirs(root)}
     split_dirs = {_SPLIT_DIRS[n]: p for n, p in top.items() if n in _SPLIT_DIRS and _visible_dirs(p)}
     if "train" not in split_dirs:
@@ -344,6 +355,7 @@ def scan_image_tree(root: Path) -> RawData:
     names: list[str] = []
     split_items: dict[str, tuple[list[int], list[int]]] = {}
     skipped: list[tuple[str, str]] = []
+    escaped: list[str] = []
     warnings: list[str] = []
     for split, split_root in split_dirs.items():
         indices, labels = [], []
@@ -357,6 +369,9 @@ def scan_image_tree(root: Path) -> RawData:
                 continue
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
                 rel = str(path.relative_to(root))
+                if roots is not None and not _inside(path, roots):
+                    escaped.append(rel)
+                    continue
                 if not is_image_file(path.name):
                     skipped.append((rel, f"not an image file ({path.suffix or 'no extension'})"))
                     continue
@@ -367,6 +382,9 @@ def scan_image_tree(root: Path) -> RawData:
         split_items[split] = (indices, labels)
     if skipped:
         warnings.append(describe_skipped("files that are not images", skipped))
+    if escaped:
+        warnings.append(f"skipped {len(escaped)} links that lead out of the folders this server may read "
+                        f"(KT_ALLOWED_ROOTS): {', '.join(escaped[:5])}{', ...' if len(escaped) > 5 else ''}")
     reader = PILReader(paths)
     splits = {}
     for split, (indices, labels) in split_items.items():
@@ -414,12 +432,26 @@ def _check_extracted(dest: Path, max_total_bytes: int, max_files: int) -> None:
                            "use a smaller zip, or ask the administrator to raise KT_ZIP_MAX_FILES / KT_ZIP_MAX_BYTES")
 
 
-def _load_zip(req: LoadRequest) -> RawData:
+def _zip_limits(req: LoadRequest) -> tuple[int, int]:
     settings = get_settings()
+    return (_zip_limit(req, "max_total_bytes", settings.zip_max_bytes, "KT_ZIP_MAX_BYTES"),
+            _zip_limit(req, "max_files", settings.zip_max_files, "KT_ZIP_MAX_FILES"))
+
+
+def _zip_fingerprint(req: LoadRequest) -> Any:
+    """Runs before the dataset cache is consulted: the limits in force now (and their values'
+    validity) hold for a zip whose tensors were cached under other limits."""
+    max_total_bytes, max_files = _zip_limits(req)
+    path = _require_root(req, ".zip file")
+    if path.is_file():
+        check_zip(path, max_total_bytes, max_files)
+    return _files_fingerprint(req)
+
+
+def _load_zip(req: LoadRequest) -> RawData:
     # Checked at every load, not only at the first extraction: a zip extracted earlier must
     # still fit the limits in force now.
-    max_total_bytes = _zip_limit(req, "max_total_bytes", settings.zip_max_bytes, "KT_ZIP_MAX_BYTES")
-    max_files = _zip_limit(req, "max_files", settings.zip_max_files, "KT_ZIP_MAX_FILES")
+    max_total_bytes, max_files = _zip_limits(req)
     path = _require_root(req, ".zip file")
     if not path.is_file():
         raise DatasetError(f"{path} is not a file", "give the .zip of an ImageFolder tree")
@@ -438,7 +470,7 @@ def _load_zip(req: LoadRequest) -> RawData:
     return raw
 
 
-DATASETS.add("zip", DatasetSource(_load_zip, _files_fingerprint, _root_present),
+DATASETS.add("zip", DatasetSource(_load_zip, _zip_fingerprint, _root_present),
              description="an uploaded .zip of an ImageFolder tree, extracted safely into the cache",
              num_classes=None, image_size=None, channels=3, offline=True, needs_root=True, has_test=True, flip=True)
 
