@@ -69,12 +69,13 @@ elif origin == "upload":
         st.stop()
 
 try:  # shape the images for the chosen source, as training will
-    input_size = source_view.load(state.get_source()).input_size
+    loaded_source = source_view.load(state.get_source())
+    input_size, framing = loaded_source.input_size, loaded_source.framing
 except KTError as exc:
-    input_size = None
+    input_size = framing = None
     st.caption(f"Images are shown at their own size: the source could not be loaded ({exc.message}).")
 with guard("Reading the dataset") as reading:
-    everything = dataset_view.load(dataclasses.replace(cfg, classes=None, per_class=None), input_size)
+    everything = dataset_view.load(dataclasses.replace(cfg, classes=None, per_class=None), input_size, framing)
 if not reading.ok:
     st.stop()
 all_classes = list(everything.class_names)
@@ -91,9 +92,23 @@ cfg.augment = c1.selectbox("Augmentation", AUGMENT_CHOICES, AUGMENT_CHOICES.inde
 cfg.normalize = c2.selectbox("Normalisation", NORMALIZE_CHOICES, NORMALIZE_CHOICES.index(cfg.normalize),
                              key="dataset_normalize")
 cfg.seed = int(c3.number_input("Seed (few-shot choice and split)", 0, 2**31 - 1, cfg.seed, key="dataset_seed"))
+c1, c2, c3 = st.columns(3)
+size = c1.number_input("Image size (empty = the source's input)", 1, 1024, cfg.image_size, key="dataset_image_size",
+                       placeholder="the source's")
+cfg.image_size = int(size) if size is not None else None
+content = c2.number_input("Content size (empty = framed as the source's images)", 1, 1024, cfg.content_size,
+                          key="dataset_content_size", placeholder="auto",
+                          help="Images are resized to this side, then padded to the image size: MNIST frames its "
+                               "digits 20-in-28. Auto follows how the source's training images were framed (a "
+                               "source run records it); the same size as the image fills the frame.")
+cfg.content_size = int(content) if content is not None else None
+test_share = c3.slider("Held-out test share (when the dataset has no test split)", 0.0, 0.4,
+                       0.2 if cfg.test_fraction is None else cfg.test_fraction, 0.05, key="dataset_test",
+                       help="Carved out before the validation split; the headline figure is measured on it.")
+cfg.test_fraction = None if cfg.test_fraction is None and test_share == 0.2 else float(test_share)
 
 with guard("Preparing the selection") as preparing:
-    data = dataset_view.load(cfg, input_size)
+    data = dataset_view.load(cfg, input_size, framing)
 if not preparing.ok:
     st.stop()
 state.set_dataset(cfg)
@@ -101,7 +116,16 @@ state.set_dataset(cfg)
 counts = data.counts()
 c, h, w = data.input_size
 st.markdown(f"**{len(data.class_names)} classes** · images **{h}×{w}**, **{c}** channel(s)"
-            + (f" (matched to the source's input {tuple(input_size)})" if input_size else ""))
+            + (f" (matched to the source's input {tuple(input_size)})" if input_size else "")
+            + (f" · content **{data.content_size}×{data.content_size}**, padded" if data.content_size
+               and data.content_size < h else "")
+            + (" (framed as the source's images)" if cfg.content_size is None and framing and framing < 1 else ""))
+if data.test_origin == "carved":
+    st.caption(f"A test split of {len(data.test)} images is held out of the labelled data (stratified, before the "
+               "validation split): the run's headline figure is measured on it, never on the split that chose "
+               "the checkpoint.")
+elif data.test_origin == "dataset":
+    st.caption("The dataset's own test split is held out: the run's headline figure is measured on it.")
 for warning in data.warnings:
     st.warning(warning)
 left, right = st.columns([2, 1])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import figures, ui_tax  # noqa: F401  (importing registers the figures)
+from . import figures, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from .harness import FIGURES, SCALES, Context, machine_facts, render_results_md, render_table, run_figure
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
@@ -31,14 +31,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def groups() -> dict[str, list[str]]:
+    """Named groups of figures (`--only quality`), from the figures' `group` metadata."""
+    found: dict[str, list[str]] = {}
+    for name in FIGURES.names():
+        group = FIGURES.meta(name).get("group")
+        if group:
+            found.setdefault(group, []).append(name)
+    return found
+
+
 def parse_only(text: str | None) -> list[str]:
     known = sorted(FIGURES.names(), key=lambda name: int(name[1:]))
     if not text:
         return known
-    wanted = [part.strip().upper() for part in text.split(",") if part.strip()]
+    named = groups()
+    wanted = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        wanted += named.get(part.lower(), [part.upper()])
     unknown = [w for w in wanted if w not in FIGURES]
     if unknown:
-        raise SystemExit(f"error: unknown figure(s) {', '.join(unknown)} (valid: {', '.join(known)})")
+        raise SystemExit(f"error: unknown figure(s) {', '.join(unknown)} (valid: {', '.join(known)}; "
+                         f"groups: {', '.join(sorted(named))})")
     return sorted(set(wanted), key=known.index)
 
 
@@ -46,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute in all (= --scale quick)")
     parser.add_argument("--scale", choices=sorted(SCALES), help="full (default), quick, or tiny (smoke tests only)")
-    parser.add_argument("--only", metavar="IDS", help="comma-separated figures to run, e.g. B1,B7 (default: all)")
+    parser.add_argument("--only", metavar="IDS", help="comma-separated figures or groups to run, e.g. B1,B7 or "
+                                                      "quality (default: all)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, fixed for both sides of every ratio (default 1: steadiest on a shared machine)")

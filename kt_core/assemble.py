@@ -96,10 +96,11 @@ def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike
     source_cfg = sources.resolve_run_source(cfg.source, runs_dir, roots)
     src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
     data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
-                                    roots=roots)
+                                    roots=roots, framing=src.framing)
+    head = transfer.decide_head(cfg.plan, data.class_names, src.class_names, src.num_classes, src.pretrained)
     src.adapt(data.num_classes, data.input_size[0])
     blocks = models.blocks(src.model, src.spec)
-    plan = transfer.apply_plan(src.model, cfg.plan, blocks, seed=cfg.train.seed)
+    plan = transfer.apply_plan(src.model, cfg.plan, blocks, seed=cfg.train.seed, head=head)
     if device is not None:
         src.model.to(device)
     return Prepared(model=src.model, data=data, plan=plan, source=src, blocks=blocks)

@@ -30,6 +30,7 @@ CHECKPOINT_CHOICES = ("best", "last")
 NORMALIZE_CHOICES = ("auto", "source", "dataset", "imagenet", "none")
 AUGMENT_CHOICES = ("none", "light", "standard")
 BN_MODES = ("eval", "train")
+HEAD_CHOICES = ("auto", "keep", "new")  # auto: keep the source head when the target's classes are the source's
 PRECISIONS = ("fp32", "bf16", "fp16")
 CONFIG_VERSIONS = (1,)
 
@@ -93,6 +94,10 @@ class DatasetConfig:
     classes: list[Any] | None = _text(None, MAX_CLASSES)  # class subset, by name or index; None = all
     per_class: int | None = _num(None, 1, 1_000_000)  # K labelled training images per class; None = all
     val_fraction: float = _num(0.2, 0.0, 0.99)  # stratified validation split of the training data
+    # a held-out test split carved from the labelled data when the dataset has none (stratified,
+    # seeded, before the validation split): the headline figure is measured on it. None = auto:
+    # 0.2 when a validation split is carved too, 0 otherwise; ignored when the dataset has a test split
+    test_fraction: float | None = _num(None, 0.0, 0.99)
     seed: int = _num(0, 0, MAX_SEED)  # selects the few-shot images and the split
     # final side length; None = the source model's input size. 1024 px holds any classification
     # input (ImageNet models take 224-518); 100,000 px would allocate 40 GB per batch.
@@ -111,6 +116,11 @@ class DatasetConfig:
         _choice("dataset.augment", self.augment, AUGMENT_CHOICES)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"dataset.val_fraction is {self.val_fraction}", "use a fraction in [0, 1)")
+        if self.test_fraction is not None and not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"dataset.test_fraction is {self.test_fraction}", "use a fraction in [0, 1), or null for auto")
+        if self.test_fraction is not None and self.test_fraction + self.val_fraction >= 1.0:
+            raise ConfigError("dataset.test_fraction + val_fraction leave nothing to train on",
+                              "keep their sum below 1, e.g. 0.2 + 0.2")
         _positive("dataset.per_class", self.per_class)
         _positive("dataset.image_size", self.image_size)
         _positive("dataset.content_size", self.content_size)
@@ -144,12 +154,23 @@ class TransferPlan:
     unfreeze_lr_mult: float = _num(0.1, 0.0, 1000.0)  # gradual_unfreeze: lr multiplier of each newly unfrozen group
     layer_decay: float = _num(0.7, 0.0, 1.0, low_open=True)  # discriminative: lr multiplier per block, from the head down
     bn_mode: str = "eval"  # BatchNorm in frozen layers: eval (stats frozen) or train
+    # auto: keep the source's head (its weights, transferred) when the target's class names are
+    # the source's (or the class count, where the source's names are unknown); keep; new.
+    head: str = "auto"
+    # lr multiplier of transferred layers that train; None = the preset's default
+    # (presets.TRANSFERRED_LR_MULT): a new head trains at the base rate, what the source learnt
+    # at a fraction of it, so a few target images do not wash it out.
+    transferred_lr_mult: float | None = _num(None, 0.0, 100.0)
     rules: list[LayerRule] = field(default_factory=list, metadata=bounds(max_len=MAX_RULES))
 
     def validate(self) -> None:
         check_fields(self, "plan.")
         _choice("plan.preset", self.preset, PRESETS.names())
         _choice("plan.bn_mode", self.bn_mode, BN_MODES)
+        _choice("plan.head", self.head, HEAD_CHOICES)
+        if self.transferred_lr_mult is not None and self.transferred_lr_mult < 0:
+            raise ConfigError(f"plan.transferred_lr_mult is {self.transferred_lr_mult}",
+                              "use 0 or more, or null for the preset's default")
         if self.freeze_first_n < 0:
             raise ConfigError("plan.freeze_first_n is negative", "use 0 or more blocks")
         if self.unfreeze_every < 1:
@@ -167,7 +188,9 @@ class TransferPlan:
 class TrainConfig:
     """The optimisation schedule and where it runs."""
 
-    epochs: int = _num(5, 1, 10_000)
+    # None = auto: from the method, the training set's size and K (kt_core.defaults), resolved
+    # by the worker once the data is loaded and written to status.json as `planned_epochs`
+    epochs: int | None = _num(None, 1, 10_000)
     batch_size: int = _num(64, 1, 65_536)  # more would not fit any device's memory at the smallest image size
     optimizer: str = "adamw"
     lr: float = _num(1e-3, 0.0, 1e6, low_open=True)  # a huge lr is a run that diverges, not bad input
@@ -179,7 +202,8 @@ class TrainConfig:
     gamma: float = _num(0.1, 0.0, 1.0, low_open=True)  # step scheduler: decay factor
     label_smoothing: float = _num(0.0, 0.0, 0.99)
     grad_clip: float | None = _num(None, 0.0, 1e6, low_open=True)  # max gradient norm; None = off
-    early_stopping: int | None = _num(None, 1, 10_000)  # patience in epochs on val_acc; None = off
+    # patience in epochs on val_acc; 0 = off; None = auto (on, kt_core.defaults.patience)
+    early_stopping: int | None = _num(None, 0, 10_000)
     seed: int = _num(0, 0, MAX_SEED)
     device: str = _text("auto")  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision, CUDA)
@@ -200,6 +224,9 @@ class TrainConfig:
         if self.weight_decay < 0 or self.label_smoothing < 0 or self.label_smoothing >= 1:
             raise ConfigError("train.weight_decay or train.label_smoothing is out of range",
                               "weight_decay >= 0 and 0 <= label_smoothing < 1")
+        if self.early_stopping is not None and (isinstance(self.early_stopping, bool) or self.early_stopping < 0):
+            raise ConfigError(f"train.early_stopping is {self.early_stopping}",
+                              "use a patience in epochs, 0 = off, or null = auto")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip is {self.grad_clip}", "use a positive norm or null")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):

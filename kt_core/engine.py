@@ -23,6 +23,7 @@ gradual unfreezing) or, for the loss, at the one `criterion(out, y)` call in `tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, defaults
 from .callbacks import Callback
 from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches
@@ -117,6 +118,9 @@ class WholeModel:
 
     def head_only(self) -> bool:
         return False
+
+    def cached_suffix(self) -> None:
+        return None
 
     def state(self) -> None:
         return None
@@ -206,6 +210,10 @@ def checkpoint_state(ctx: FitContext) -> dict:
         "class_names": list(ctx.data.class_names),
         "input_size": list(ctx.data.input_size),
         "normalization": ctx.data.normalization,
+        # how the images were framed (share of the frame the content fills): a run that uses
+        # this one as its source frames its own images the same way by default
+        "framing": float(getattr(ctx.data, "framing", 1.0) or 1.0),
+        "content_size": getattr(ctx.data, "content_size", None),  # reproduces an auto content size
     }
 
 
@@ -386,23 +394,63 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
 
 
 def feature_cache_eligible(cfg: RunConfig, data: PreparedData, plan) -> bool:
-    """Only the head trains, no unfreezing later, no augmentation, frozen BatchNorm in eval mode."""
-    return bool(cfg.train.feature_cache and plan.head_only()
+    """Only a suffix of whole blocks trains (the head, or the classifier block), no unfreezing
+    later, no augmentation, frozen BatchNorm in eval mode."""
+    return bool(cfg.train.feature_cache and plan.cached_suffix()
                 and (data.augment or "none") == "none" and cfg.plan.bn_mode == "eval")
+
+
+@torch.no_grad()
+def suffix_forward(model: nn.Module, names: list[str], probe: torch.Tensor,
+                   autocast: Callable[[], Any] = contextlib.nullcontext) -> nn.Module | None:
+    """The module that maps the cached input of `names[0]` to the model's output: that module
+    itself, or the named modules in a row (they keep their parameters: the optimizer trains the
+    same tensors). A model's forward may do more between them than its modules show (a reshape,
+    a functional activation), so the row is checked on `probe` images against the whole model,
+    in eval mode; None when it differs."""
+    modules = [model.get_submodule(n) for n in names]
+    forward = modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+    if len(modules) == 1:
+        return forward
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast():
+            expected = model(probe)
+        inputs = extract_head_inputs(model, names[0], TensorSplit(probe, torch.zeros(len(probe), dtype=torch.long)),
+                                     probe.device, len(probe), autocast)
+        if inputs is None or not torch.is_tensor(expected):
+            return None
+        with autocast():
+            got = forward(inputs.x)
+    finally:
+        model.train(was_training)
+    if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), rtol=1e-3, atol=1e-4):
+        return None
+    return forward
 
 
 # --- fit -------------------------------------------------------------------------------------
 
 def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
-        device: torch.device | str | None = None, meta: dict | None = None) -> FitResult:
+        device: torch.device | str | None = None, meta: dict | None = None,
+        evaluate_first: bool = False) -> FitResult:
     """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`).
 
     `resume_state` is a checkpoint dict from `checkpoint_state`; training continues exactly where
     it left off. `meta` (e.g. {"arch": "small_cnn"}) is stored in every checkpoint.
+    `evaluate_first`: before the first step of a fresh run, measure the untrained model and hand
+    it to the callbacks as the epoch-0 row (`"epoch": 0`, train/val and, with a test split,
+    test loss and accuracy): what the source already knows, when its head is kept.
     Raises TrainingError (NaN loss, out of memory) and DeviceError; returns a FitResult whose
     state is "completed" or "stopped".
     """
+    if len(data.train) == 0:
+        raise TrainingError("the training split is empty", "select more images or classes")
+    # auto epochs and early stopping, from the method and the training split (kt_core.defaults);
+    # the checkpoints store the resolved config, a resume resolves the same numbers again
+    cfg = dataclasses.replace(cfg, train=defaults.resolve_train(cfg, len(data.train)))
     t = cfg.train
     device = resolve_device(t.device) if device is None else torch.device(device)
     plan = WholeModel(model) if plan is None else plan
@@ -415,7 +463,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         _restore(ctx, resume_state)
 
     try:
-        return _fit_loop(ctx)
+        return _fit_loop(ctx, evaluate_first and resume_state is None)
     except torch.OutOfMemoryError:
         raise TrainingError("out of memory", f"use a smaller batch size, now {t.batch_size}") from None
 
@@ -477,13 +525,20 @@ def _augmenter(data: PreparedData) -> Callable | None:
 def _use_feature_cache(ctx: FitContext) -> None:
     started = time.perf_counter()
     bs = max(256, ctx.cfg.train.batch_size)
-    train = extract_head_inputs(ctx.model, ctx.plan.head, ctx.data.train, ctx.device, bs, ctx.autocast)
-    val = (extract_head_inputs(ctx.model, ctx.plan.head, ctx.data.val, ctx.device, bs, ctx.autocast)
+    names = ctx.plan.cached_suffix()
+    probe, _ = next(iter_batches(ctx.data.train, 8))
+    forward = suffix_forward(ctx.model, names, probe.to(ctx.device), ctx.autocast)
+    if forward is None:
+        log.warning("feature cache skipped: the model's forward does more after %s than its modules %s", names[0],
+                    ", ".join(names))
+        return
+    train = extract_head_inputs(ctx.model, names[0], ctx.data.train, ctx.device, bs, ctx.autocast)
+    val = (extract_head_inputs(ctx.model, names[0], ctx.data.val, ctx.device, bs, ctx.autocast)
            if ctx.data.val is not None and len(ctx.data.val) else None)
     if train is None or (ctx.data.val is not None and len(ctx.data.val) and val is None):
-        log.warning("feature cache skipped: the head %r is not called with a single tensor", ctx.plan.head)
+        log.warning("feature cache skipped: %r is not called with a single tensor", names[0])
         return
-    ctx.forward = ctx.model.get_submodule(ctx.plan.head)
+    ctx.forward = forward
     ctx.train_split, ctx.val_split, ctx.feature_cache = train, val, True
     log.info("feature cache: %d train + %d val feature vectors of size %s computed once in %.2f s",
              len(train), len(val) if val is not None else 0, tuple(train.x.shape[1:]),
@@ -525,10 +580,31 @@ def _set_train_mode(ctx: FitContext) -> None:
         ctx.plan.train_mode(ctx.model)
 
 
-def _fit_loop(ctx: FitContext) -> FitResult:
+def _epoch_zero(ctx: FitContext) -> dict:
+    """The untrained model's row: every split it will be judged on, in eval mode, no step taken."""
+    bs = max(256, ctx.cfg.train.batch_size)
+    started = time.perf_counter()
+    row = {"kind": "epoch", "epoch": 0, "step": 0}
+    row["train_loss"], row["train_acc"] = evaluate(ctx.forward, ctx.train_split, ctx.device, bs, ctx.autocast)
+    row["val_loss"] = row["val_acc"] = None
+    if ctx.val_split is not None and len(ctx.val_split):
+        row["val_loss"], row["val_acc"] = evaluate(ctx.forward, ctx.val_split, ctx.device, bs, ctx.autocast)
+    if ctx.data.test is not None and len(ctx.data.test):  # measured, never used to choose anything
+        row["test_loss"], row["test_acc"] = evaluate(ctx.model, ctx.data.test, ctx.device, bs, ctx.autocast)
+    row.update(epoch_s=time.perf_counter() - started, lr=_current_lr(ctx.optimizer), time=time.time(),
+               before_training=True)
+    return row
+
+
+def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
     t = ctx.cfg.train
     for cb in ctx.callbacks:
         cb.on_fit_start(ctx)
+    if evaluate_first and ctx.epoch == 0 and ctx.step == 0:
+        row = _epoch_zero(ctx)
+        log.info("before training: val_acc %s", "n/a" if row["val_acc"] is None else f"{row['val_acc']:.4f}")
+        for cb in ctx.callbacks:
+            cb.on_epoch_end(ctx, row)
     started, images = time.perf_counter(), 0
     state, early_stopped, val_acc, train_acc = "completed", False, None, None
     while ctx.epoch < t.epochs:

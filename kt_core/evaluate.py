@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -179,7 +179,12 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     if with_data:
         # The data's own (C, H, W) and normalization give the geometry and normalization that the
         # source's gave in training (see datasets.transforms.resolve_geometry / adapt_normalization).
-        data = load_dataset(cfg.dataset, input_size=input_size, normalization=normalization, roots=roots)
+        # An auto content size (the source's framing) is recorded with the checkpoint: named here,
+        # it gives the same images without the source.
+        dataset = cfg.dataset
+        if dataset.content_size is None and state.get("content_size") and state["content_size"] != input_size[-1]:
+            dataset = replace(dataset, content_size=int(state["content_size"]))
+        data = load_dataset(dataset, input_size=input_size, normalization=normalization, roots=roots)
         if [str(c) for c in data.class_names] != class_names:
             raise RunError(f"run {run_dir.name} was trained on classes {class_names}, its dataset now has "
                            f"{[str(c) for c in data.class_names]}",

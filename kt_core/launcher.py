@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import procs, rundir
+from . import compute, procs, rundir
 from .config import RunConfig
 from .errors import RunBusyError, RunError
 from .settings import get_settings
@@ -35,11 +35,7 @@ def _worker_env() -> dict[str, str]:
     # `-m kt_core` must import this very package, whatever the caller's working directory.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    # Several workers share the cores (the demo's transfer run and its baseline train side by
-    # side). OpenMP's default busy-waiting then makes each 5-10x slower than alone; passive
-    # waiting keeps two 2-thread workers on 2 cores at ~90% of two 1-thread ones (measured).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
+    return compute.apply(env)  # the CPU settings the foreground `train` gets too
 
 
 def _popen_worker(args: list[str], stdout, stdin) -> subprocess.Popen:

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from . import procs, rundir
+from . import headline, procs, rundir
 from .errors import KTError, RunError
 
-LIST_COLUMNS = ["id", "name", "state", "created", "epoch", "epochs", "best_val_acc", "test_acc", "preset",
+LIST_COLUMNS = ["id", "name", "state", "created", "epoch", "epochs", "headline", "best_val_acc", "test_acc", "preset",
                 "source", "arch", "dataset", "baseline_of", "step", "total_steps", "error"]
 
 
@@ -31,7 +31,8 @@ def _row(folder: Path) -> dict:
         "state": status.get("state"),
         "created": status.get("created") or folder.stat().st_mtime,
         "epoch": status.get("epoch"),
-        "epochs": cfg.get("train", {}).get("epochs"),
+        "epochs": cfg.get("train", {}).get("epochs") or status.get("planned_epochs"),
+        "headline": headline.headline(summary).value if summary else None,
         "best_val_acc": summary.get("best_val_acc"),
         "test_acc": summary.get("test_acc"),
         "preset": cfg.get("plan", {}).get("preset"),
@@ -62,7 +63,7 @@ def active_runs(runs_dir: str | os.PathLike | None = None) -> list[dict]:
         except RunError:  # a corrupt folder is listed (as corrupt) on the Runs page, not here
             continue
         out.append({"id": run_id, "name": cfg.get("name", ""), "state": status["state"],
-                    "epoch": status.get("epoch"), "epochs": cfg.get("train", {}).get("epochs"),
+                    "epoch": status.get("epoch"), "epochs": cfg.get("train", {}).get("epochs") or status.get("planned_epochs"),
                     "step": status.get("step"), "total_steps": status.get("total_steps")})
     return out
 
@@ -95,8 +96,12 @@ def compare(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None, d
         summary = rundir.read_summary(folder)
         config = pd.json_normalize(cfg, sep=".").iloc[0].to_dict() if cfg else {}
         config_columns.update(config)
+        head = headline.headline(summary)
         rows.append({"run_id": folder.name, "state": rundir.read_status(folder)["state"],
-                     **{k: v for k, v in summary.items() if k != "state"}, **config})
+                     "headline": head.value, "headline_label": head.label,
+                     "before_training": headline.before_value(summary),
+                     **{k: v for k, v in summary.items() if k not in ("state", "headline", "before_training")},
+                     **config})
     frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "state"])
     if differing_only and len(frame) > 1:
         same = [c for c in frame.columns if c in config_columns

@@ -84,6 +84,28 @@ class LoadedSource:
     # (model, input_size, (shapes, error)) of the last trial forward pass: see `trial()`.
     _trial: tuple | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model holds learnt weights: False for an architecture without weights. (A
+        from-scratch twin of a file keeps the file's format; its plan is `scratch` anyway.)"""
+        return self.format != "random_init"
+
+    @property
+    def framing(self) -> float | None:
+        """The share of the frame its training images' content filled, when a run recorded it
+        (an MNIST model: 20/28); None when unknown."""
+        value = self.meta.get("framing")
+        return float(value) if isinstance(value, (int, float)) and 0 < value <= 1 else None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes the source's head was trained on, when known: a run's checkpoint records
+        them, torchvision weights name them; a bare checkpoint file does not."""
+        names = self.meta.get("class_names")
+        if isinstance(names, (list, tuple)) and names:
+            return [str(n) for n in names]
+        return None
+
     def trial(self) -> tuple[dict[str, Any], str | None]:
         """Output shapes per module of one forward pass of a dummy batch at `input_size`, and
         the error if it failed (`models.dry_run`); ({}, None) when the input size is unknown.
@@ -175,13 +197,17 @@ def _from_arch(cfg: SourceConfig, roots=None, pretrained: bool = True) -> Loaded
     if cfg.weights and pretrained:
         report = load_into(model, torchvision_state_dict(spec, cfg.weights), spec)
         fmt = "torchvision_weights"
+        from torchvision import models as tvm  # torchvision's model registry: read on first use (start-up cost)
+
+        categories = tvm.get_model_weights(spec.name)[cfg.weights].meta.get("categories")
     else:
+        categories = None
         report = LoadReport()
         fmt = "random_init"
         notes.append("random initialisation: no weights are loaded" +
                      (f" (from-scratch twin of {cfg.weights})" if cfg.weights else ""))
     return LoadedSource(model, spec.name, spec, report, input_size, normalization, [spec.name], fmt, notes,
-                        num_classes=spec.num_classes)
+                        meta={"class_names": list(categories)} if categories else {}, num_classes=spec.num_classes)
 
 
 @SOURCE_LOADERS.register("file")

@@ -9,6 +9,7 @@ holds the run folder's lock for its whole life: it is the folder's only writer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import rundir
+from . import compute, headline, rundir
 from .assemble import Prepared, prepare
 from .config import RunConfig
 from .data import iter_batches
@@ -116,7 +117,7 @@ class Progress(Callback):
 
     def on_fit_start(self, ctx: FitContext) -> None:
         self.status.update(epoch=ctx.epoch, step=ctx.step, total_steps=ctx.total_steps,
-                           feature_cache=ctx.feature_cache, note=None)
+                           planned_epochs=ctx.cfg.train.epochs, feature_cache=ctx.feature_cache, note=None)
 
     def on_step_end(self, ctx: FitContext, row: dict) -> None:
         self.status.note(epoch=ctx.epoch, step=ctx.step)
@@ -228,6 +229,7 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict
                     return rundir.read_status(folder)
                 resume_state = _resume_state(folder)
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
+                log.info("compute: %s", compute.describe())
                 # What the run is doing before its first step, for whoever watches it.
                 status.update(note="loading the source model and the dataset")
                 # A dashboard run's paths and trust are held to the server's settings here too.
@@ -244,8 +246,10 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict
                     log.warning("%s", warning)
                 metrics = MetricsWriter(folder)
                 callbacks = [metrics, Progress(status), stop, Checkpointer(folder)]
+                head = prepared.plan.head_decision
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, callbacks, resume_state,
-                             device, meta={"arch": prepared.arch, "built_from": prepared.built_from})
+                             device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
+                             evaluate_first=bool(head and head.keep))
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
                 # Logged before the state is published: whoever sees `completed` finds it in log.txt.
@@ -323,7 +327,7 @@ def _resume_state(folder: Path) -> dict | None:
     """The last checkpoint, with metrics.jsonl cut back to its step (no gap, no duplicates)."""
     last = rundir.checkpoint_path(folder, "last")
     if not last.is_file():
-        rundir.truncate_metrics(folder, 0)  # rows of an attempt that never checkpointed
+        rundir.truncate_metrics(folder, -1)  # rows of an attempt that never checkpointed, epoch 0 included
         return None
     state = rundir.load_checkpoint(last)
     rundir.truncate_metrics(folder, int(state.get("step", 0)))
@@ -332,7 +336,8 @@ def _resume_state(folder: Path) -> dict | None:
 
 def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared, device: torch.device) -> dict:
     rows, _ = rundir.read_metrics(folder)
-    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    epochs = [r for r in rows if r.get("kind") == "epoch" and not r.get("before_training")]
+    zero = next((r for r in rows if r.get("kind") == "epoch" and r.get("before_training")), None)
     test_acc = test_loss = None
     data = prepared.data
     if result.state == "completed" and data.test is not None and len(data.test):
@@ -341,13 +346,17 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
             prepared.model.load_state_dict(rundir.load_checkpoint(best)["model"])
         test_loss, test_acc = evaluate(prepared.model, data.test, device, max(256, cfg.train.batch_size))
     last = epochs[-1] if epochs else {}
-    return {
+    head = prepared.plan.head_decision
+    summary = {
         "state": result.state,
         "best_val_acc": result.best_val_acc,
         "final_val_acc": last.get("val_acc"),
         "final_train_acc": last.get("train_acc"),
         "test_acc": test_acc,
         "test_loss": test_loss,
+        "test_split": data.test_origin if data.test is not None else None,
+        "before_training": ({k: zero.get(k) for k in ("val_acc", "test_acc", "train_acc")} if zero else None),
+        "head": head.reason if head else None,
         "epochs": result.epochs,
         "steps": result.steps,
         "early_stopped": result.early_stopped,
@@ -360,3 +369,5 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         "num_classes": len(data.class_names),
         "device": str(device),
     }
+    summary["headline"] = dataclasses.asdict(headline.compute(summary))
+    return summary

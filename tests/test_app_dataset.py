@@ -45,7 +45,7 @@ def test_an_image_folder_zip_by_server_path_is_read_with_its_classes(tmp_path, m
     no_exceptions(at)
     assert not errors(at)
     assert at.multiselect(key="dataset_classes").options == ["cats", "dogs"]
-    assert sum(chart_traces(at)[0]["y"]) + sum(chart_traces(at)[1]["y"]) == 12
+    assert sum(sum(t["y"]) for t in chart_traces(at)) == 12  # train + val + the held-out test split
 
 
 def test_a_server_path_outside_the_allowed_roots_is_refused(tmp_path, monkeypatch):

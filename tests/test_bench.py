@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import figures, plain, ui_tax  # noqa: F401  (importing registers the figures)
+from bench import figures, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
                            run_figure)
 
@@ -60,14 +60,18 @@ def test_plain_loop_does_the_same_work_as_the_engine(tmp_path):
 
 
 def test_unknown_figure_is_refused_with_the_valid_names():
-    done = run_bench("--only", "B1,B9", timeout=60)
+    done = run_bench("--only", "B1,B99", timeout=180)
     assert done.returncode != 0
-    assert "B9" in done.stderr and "B1, B2" in done.stderr
+    assert "B99" in done.stderr and "B1, B2" in done.stderr and "quality" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_every_figure_of_the_issue_is_registered():
-    assert sorted(FIGURES.names()) == [f"B{i}" for i in range(1, 8)]
+    from bench.__main__ import parse_only
+
+    assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == [f"B{i}" for i in range(1, 12)]
+    assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
+    assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:
         assert isinstance(entry.meta["target"], Target) and entry.meta["title"]
 

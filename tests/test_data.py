@@ -88,8 +88,9 @@ def test_idx_folder_with_only_test_files_is_the_data(real_data):
 def test_idx_split_is_stratified_and_sums_to_the_file(real_data):
     data = load_dataset(DatasetConfig(name="idx", root=str(real_data / "mnist"), val_fraction=0.1))
     counts = data.counts()
-    assert [t + v for t, v in zip(counts["train"], counts["val"])] == MNIST_T10K_COUNTS
-    assert counts["val"] == [round(n * 0.1) for n in MNIST_T10K_COUNTS]
+    assert [t + v + h for t, v, h in zip(counts["train"], counts["val"], counts["test"])] == MNIST_T10K_COUNTS
+    assert counts["test"] == [round(n * 0.2) for n in MNIST_T10K_COUNTS]  # held out first (auto)
+    assert counts["val"] == [round((n - round(n * 0.2)) * 0.1) for n in MNIST_T10K_COUNTS]
 
 
 def test_usps_npz_keeps_its_standard_split(real_data):
@@ -121,7 +122,8 @@ def test_cifar10_jpg_class_subset(real_data):
 def test_hymenoptera_counts_gif_and_spaced_name(real_data):
     data = load_dataset(DatasetConfig(name="image_folder", root=str(real_data / "hymenoptera"), image_size=32))
     assert data.class_names == ["ants", "bees"]
-    assert data.counts() == {"train": [123, 121], "val": [70, 83]}  # its own val split, train not cut
+    # its own val split; the held-out test split is carved from train (20 %, stratified)
+    assert data.counts() == {"train": [98, 97], "val": [70, 83], "test": [25, 24]}
     assert any("imageNotFound.gif" in w and "not an image" in w for w in data.warnings)
 
 
@@ -210,7 +212,7 @@ def test_validation_set_does_not_depend_on_k():
 def test_per_class_larger_than_a_class_refused_with_the_maximum():
     with pytest.raises(DatasetError, match=r"fewer than per_class=200") as err:
         load_dataset(digits(per_class=200))
-    assert "139 or less" in err.value.hint
+    assert "111 or less" in err.value.hint  # after the held-out test split and the validation split
 
 
 def test_stratified_split_proportions():
@@ -414,4 +416,4 @@ def test_second_load_hits_the_cache(tmp_path):
     Image.new("RGB", (12, 10), (255, 255, 255)).save(root / "a" / "0.png")
     os.utime(root / "a" / "0.png", ns=(1, 1))
     assert not load_dataset(cfg).from_cache
-    assert not load_dataset(DatasetConfig(name="image_folder", root=str(root), per_class=3)).from_cache
+    assert not load_dataset(DatasetConfig(name="image_folder", root=str(root), per_class=1)).from_cache

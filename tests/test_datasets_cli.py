@@ -49,7 +49,7 @@ def test_show_text_table_and_warnings(capsys, real_data):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("dataset folder: 2 classes, images 24x24, 3 channels")
-    assert lines[lines.index(next(l for l in lines if l.startswith("class"))) + 1].split() == ["ants", "123", "70"]
+    assert lines[lines.index(next(l for l in lines if l.startswith("class"))) + 1].split() == ["ants", "98", "70", "25"]
     assert any(l.startswith("warning: skipped 1 file") and "imageNotFound.gif" in l for l in lines)
 
 

@@ -16,6 +16,7 @@ import torch
 from kt_core import rundir
 from kt_core.cli import main
 from kt_core.config import RunConfig
+from kt_core.headline import headline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +164,9 @@ def test_transfer_from_digits_0_4_beats_its_baseline_on_5_9_with_10_images_per_c
         "name": "mnist-5-9-k10",
         "source": {"kind": "run", "path": "mnist-0-4"},
         "dataset": {"name": "idx", "root": mnist, "classes": [5, 6, 7, 8, 9], "per_class": 10},
-        "plan": {"preset": "fine_tune"},
+        # the plain loop's settings: one rate for every layer. (fine_tune's default, transferred
+        # layers at 0.3x, won by only 0.4 points here on auto epochs: 0.864 vs 0.860, one seed)
+        "plan": {"preset": "fine_tune", "transferred_lr_mult": 1.0},
         "train": {"epochs": 10, "batch_size": 10, "lr": 0.001, "device": "cpu"},
     }))
     runs_dir = str(tmp_path / "r")
@@ -173,8 +176,9 @@ def test_transfer_from_digits_0_4_beats_its_baseline_on_5_9_with_10_images_per_c
     transferred, baseline = json.loads(capsys.readouterr().out)
     assert baseline["summary"]["arch"] == transferred["summary"]["arch"] == "mnist_net"
     assert baseline["summary"]["num_classes"] == transferred["summary"]["num_classes"] == 5
-    # Held-out target images (the validation split: ~970 images the runs never trained on).
-    t_acc, b_acc = transferred["summary"]["final_val_acc"], baseline["summary"]["final_val_acc"]
+    # The headline: the carved test split, which neither run trained on or chose a checkpoint by.
+    t_acc, b_acc = (headline(r["summary"]).value for r in (transferred, baseline))
+    assert headline(transferred["summary"]).held_out
     assert t_acc > b_acc + 0.02, (t_acc, b_acc)
     assert t_acc > 0.84
 

@@ -212,7 +212,8 @@ def test_the_baseline_differs_only_in_initialisation():
     assert (base.source, base.dataset, base.train) == (cfg.source, cfg.dataset, cfg.train)
 
     tuned, scratch = source_model(), source_model()
-    r_tuned = apply_plan(tuned, TransferPlan(preset="fine_tune"), model_blocks(tuned))
+    # (at one rate: fine_tune's default trains transferred layers at a fraction of it)
+    r_tuned = apply_plan(tuned, TransferPlan(preset="fine_tune", transferred_lr_mult=1.0), model_blocks(tuned))
     r_scratch = apply_plan(scratch, base.plan, model_blocks(scratch))
     # same parameters trained at the same learning rates; only the starting weights differ
     shape = [(g["name"], g["lr"], [p.shape for p in g["params"]]) for g in r_tuned.param_groups(0.1, 1e-4)]

@@ -239,8 +239,16 @@ def forget(run_id: str) -> None:
     st.session_state.get("kt_metric_cache", {}).pop(run_id, None)
 
 
+def _planned(seen: _Seen, status: dict) -> int | None:
+    """The run's epochs: its config's, or what the worker resolved for `epochs: null` (auto)."""
+    if seen.epochs is None and status.get("planned_epochs"):
+        seen.epochs = int(status["planned_epochs"])
+    return seen.epochs
+
+
 def _series_for(label: str, run_id: str, status: dict) -> Series:
     rows, seen = new_rows(run_id), _seen(run_id)
+    _planned(seen, status)
     total = status.get("total_steps")
     return Series(label, rows, total / seen.epochs if total and seen.epochs else None)
 
@@ -250,7 +258,7 @@ def run_progress(label: str, run_id: str, status: dict | None = None, rows: list
     `status` and `rows` are read from the run folder unless the caller has just read them."""
     status = rundir.read_status(run_id) if status is None else status
     seen = _seen(run_id)
-    info = progress_info(status, new_rows(run_id) if rows is None else rows, seen.batch_size, seen.epochs)
+    info = progress_info(status, new_rows(run_id) if rows is None else rows, seen.batch_size, _planned(seen, status))
     st.progress(info.fraction, text=f"**{label}** · {info.text}")
     if status.get("state") in ("failed", "interrupted"):
         st.error(f"{label}: {status['state']} — {status.get('error') or 'see the log'}. "

@@ -14,18 +14,19 @@ from ui.source_view import allowed_roots
 
 
 @st.cache_resource(max_entries=4, show_spinner="Preparing the dataset...")
-def _load(cfg_json: str, input_size: tuple | None, roots: tuple[Path, ...]):
+def _load(cfg_json: str, input_size: tuple | None, roots: tuple[Path, ...], framing: float | None = None):
     from kt_core.data import load_dataset
 
     cfg = DatasetConfig(**json.loads(cfg_json))
-    return load_dataset(cfg, input_size=input_size, roots=roots)
+    return load_dataset(cfg, input_size=input_size, roots=roots, framing=framing)
 
 
-def load(cfg: DatasetConfig, input_size: tuple | None):
-    """`kt_core.data.load_dataset`, confined to the allowed roots and cached per config."""
+def load(cfg: DatasetConfig, input_size: tuple | None, framing: float | None = None):
+    """`kt_core.data.load_dataset`, confined to the allowed roots and cached per config.
+    `framing`: the source's (`LoadedSource.framing`), so the images look as training will see them."""
     cfg.validate()
     data = json.dumps(cfg.__dict__, sort_keys=True, default=str)
-    return _load(data, tuple(input_size) if input_size else None, allowed_roots())
+    return _load(data, tuple(input_size) if input_size else None, allowed_roots(), framing)
 
 
 def histogram(counts: dict[str, list[int]], class_names: list[str]) -> go.Figure:

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from .. import launcher, rundir, runs
+from .. import headline, launcher, rundir, runs
 from ..config import RunConfig
 from ..errors import KTError
 from . import print_json
@@ -126,6 +126,11 @@ def _train(args) -> int:
 def _print_result(result: dict) -> None:
     summary = result["summary"]
     print(f"{result['run_id']}: {result['state']}" + (f" ({result['error']})" if result.get("error") else ""))
+    if summary:
+        print(f"  {headline.headline(summary).format()}")
+        before = headline.before_training(summary)
+        if before:
+            print(f"  {before}")
     for key in ("best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "images_per_s",
                 "trainable_params", "total_params"):
         value = summary.get(key)
@@ -141,7 +146,7 @@ def _list(args) -> int:
     if frame.empty:
         print(f"no runs in {rundir.runs_root(args.runs_dir)}")
         return 0
-    shown = frame[["id", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "arch", "dataset"]]
+    shown = frame[["id", "state", "epoch", "epochs", "headline", "best_val_acc", "test_acc", "preset", "arch", "dataset"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
     return 0
 

@@ -67,6 +67,11 @@ class PreparedData:
     flip: bool = False  # whether horizontal flips keep the label (photos, shapes; not digits)
     native_size: tuple[int, int, int] | None = None  # (C, H, W) of the source images when uniform
     from_cache: bool = False  # True when the tensors came from the on-disk cache
+    # where `test` comes from: "dataset" (its own test split), "carved" (held out of the labelled
+    # data, DatasetConfig.test_fraction), None without one
+    test_origin: str | None = None
+    framing: float = 1.0  # share of the frame the content fills (20/28 for MNIST-framed digits)
+    content_size: int | None = None  # side of the content before padding (None: unknown)
 
     @property
     def num_classes(self) -> int:
@@ -102,6 +107,9 @@ class PreparedData:
             "counts": self.counts(),
             "warnings": list(self.warnings),
             "from_cache": self.from_cache,
+            "test_origin": self.test_origin,
+            "framing": self.framing,
+            "content_size": self.content_size,
         }
 
 

@@ -27,7 +27,8 @@ from ..settings import checked_path, confine_path, get_settings
 from . import cache
 from .containers import PreparedData, Split, TensorSplit, split_labels
 from .raw import RawData, RawSplit, describe_skipped
-from .selection import check_classes, few_shot, resolve_classes, select_classes, stratified_split
+from .selection import (carve_test, check_classes, few_shot, resolve_classes, select_classes, stratified_split,
+                        test_fraction)
 from .sources import DATASETS, LoadRequest
 from .transforms import (IMAGENET_NORMALIZATION, Geometry, Normalization, adapt_normalization, dataset_statistics,
                          denormalize, fit_pil, fit_tensor, make_augment, normalize, resolve_geometry)
@@ -73,9 +74,11 @@ class ImageDataset(Dataset):
 
 # --- the pipeline ----------------------------------------------------------------------------
 
-def load_dataset(cfg, input_size=None, normalization=None, roots: tuple[Path, ...] | None = None) -> PreparedData:
+def load_dataset(cfg, input_size=None, normalization=None, roots: tuple[Path, ...] | None = None,
+                 framing: float | None = None) -> PreparedData:
     """Prepare `cfg` (a DatasetConfig) for a model of `input_size` (C,H,W) whose weights expect
-    `normalization` ((mean,), (std,)) or None. `roots` set: server paths must lie under them."""
+    `normalization` ((mean,), (std,)) or None. `roots` set: server paths must lie under them.
+    `framing`: the share of the frame the source's images filled (`resolve_geometry`)."""
     cfg.validate()
     entry = DATASETS.entry(cfg.name)
     root = _resolve_root(cfg, entry.meta, roots)
@@ -88,25 +91,28 @@ def load_dataset(cfg, input_size=None, normalization=None, roots: tuple[Path, ..
     key = None
     if fingerprint is not None:
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("download", "root")}
-        key = cache.cache_key([cfg.name, str(root), fingerprint, settings, input_size, normalization])
+        key = cache.cache_key([cfg.name, str(root), fingerprint, settings, input_size, normalization, framing])
         payload = cache.load_cached(key)
         if payload is not None:
             log.info("dataset %s: loaded from cache %s", cfg.name, cache.cache_file(key))
             return _from_payload(payload, cfg)
 
     raw = entry.obj.load(req)
-    data = prepare(raw, cfg, input_size, normalization, flip=raw.flip)
+    data = prepare(raw, cfg, input_size, normalization, flip=raw.flip, framing=framing,
+                   convention=float(entry.meta.get("framing") or 1.0))
     if key is not None and _in_memory(data):
         cache.save_cached(key, _to_payload(data))
     return data
 
 
-def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool = False) -> PreparedData:
-    """The selection and transform steps on already-read data (no cache, no registry)."""
+def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool = False,
+            framing: float | None = None, convention: float = 1.0) -> PreparedData:
+    """The selection and transform steps on already-read data (no cache, no registry).
+    `convention`: the share of the frame this dataset's own content fills (registry `framing`)."""
     warnings = list(raw.warnings)
     raw = select_classes(raw, resolve_classes(cfg.classes, raw.class_names))
     native, max_side = _native_size(raw)
-    geometry = resolve_geometry(cfg, input_size, native)
+    geometry = resolve_geometry(cfg, input_size, native, framing, convention)
     total = sum(len(s) for s in raw.splits.values())
     # files are decoded once into memory when the result is small (decoding is the slow part:
     # once beats every epoch); big results stay lazy behind a DataLoader
@@ -119,6 +125,12 @@ def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool =
     pool = splits["train"]
     check_classes(pool, raw.class_names)
 
+    test, test_origin = splits.get("test"), "dataset" if "test" in splits else None
+    carve = test_fraction(cfg, "test" in splits, "val" in splits)
+    if carve > 0:  # before the validation split: nothing that chooses a checkpoint ever sees it
+        rest_idx, test_idx = carve_test(pool.labels, carve, cfg.seed)
+        pool, test, test_origin = pool.subset(rest_idx), pool.subset(test_idx), "carved"
+
     if "val" in splits:
         train, val = pool, splits["val"]
     elif cfg.val_fraction > 0:
@@ -128,7 +140,6 @@ def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool =
         train, val = pool, None
     if cfg.per_class:
         train = train.subset(few_shot(train.labels, cfg.per_class, cfg.seed, raw.class_names))
-    test = splits.get("test")
 
     parts = {"train": train, "val": val, "test": test}
     if in_memory:
@@ -142,7 +153,8 @@ def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool =
 
     data = PreparedData(train=out["train"], val=out.get("val"), test=out.get("test"), class_names=list(raw.class_names),
                         input_size=geometry.input_size, normalization=norm, augment=cfg.augment, warnings=warnings,
-                        name=cfg.name, flip=flip, native_size=native)
+                        name=cfg.name, flip=flip, native_size=native, test_origin=test_origin,
+                        framing=geometry.framing(convention), content_size=geometry.content[0])
     data.warnings += _quality_warnings(data, native, geometry, cfg)
     for w in data.warnings:
         log.info("dataset %s: %s", cfg.name, w)  # callers show data.warnings themselves
@@ -281,6 +293,9 @@ def _to_payload(data: PreparedData) -> dict[str, Any]:
         "warnings": list(data.warnings),
         "flip": data.flip,
         "native_size": list(data.native_size) if data.native_size else None,
+        "test_origin": data.test_origin,
+        "framing": data.framing,
+        "content_size": data.content_size,
     }
 
 
@@ -291,7 +306,9 @@ def _from_payload(payload: dict[str, Any], cfg) -> PreparedData:
         train=splits["train"], val=splits.get("val"), test=splits.get("test"), class_names=list(payload["class_names"]),
         input_size=tuple(payload["input_size"]), normalization=(tuple(norm[0]), tuple(norm[1])) if norm else None,
         augment=cfg.augment, warnings=list(payload["warnings"]), name=cfg.name, flip=bool(payload["flip"]),
-        native_size=tuple(payload["native_size"]) if payload["native_size"] else None, from_cache=True)
+        native_size=tuple(payload["native_size"]) if payload["native_size"] else None, from_cache=True,
+        test_origin=payload.get("test_origin"), framing=payload.get("framing", 1.0),
+        content_size=payload.get("content_size"))
 
 
 # --- what the Dataset page and the CLI show --------------------------------------------------

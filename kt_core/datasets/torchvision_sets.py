@@ -37,14 +37,17 @@ class TorchvisionSet:
     marker: str = ""  # a path under root whose presence means "downloaded" (default: folder)
     transpose: bool = False  # EMNIST's arrays are stored transposed
     extra: dict[str, Any] = field(default_factory=dict)  # constructor kwargs from options, with defaults
+    framing: float = 1.0  # share of the frame the content fills (MNIST: 20-in-28)
 
 
 _TRAIN_TEST = {"train": {"train": True}, "test": {"train": False}}
+# MNIST's digits were size-normalised to a 20x20 box and centred in the 28x28 frame (LeCun et al.)
+MNIST_FRAMING = 20 / 28
 _MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 
 TORCHVISION_SETS = {
     "MNIST": TorchvisionSet("MNIST", "MNIST/raw", _MNIST_FILES, _TRAIN_TEST, 10, 28, 1, False,
-                            "MNIST handwritten digits, 60k/10k 28x28 (torchvision)"),
+                            "MNIST handwritten digits, 60k/10k 28x28 (torchvision)", framing=MNIST_FRAMING),
     "FashionMNIST": TorchvisionSet("FashionMNIST", "FashionMNIST/raw", _MNIST_FILES, _TRAIN_TEST, 10, 28, 1, False,
                                    "Fashion-MNIST clothing, 60k/10k 28x28 (torchvision)"),
     "KMNIST": TorchvisionSet("KMNIST", "KMNIST/raw", _MNIST_FILES, _TRAIN_TEST, 10, 28, 1, False,
@@ -162,4 +165,4 @@ for _name, _spec in TORCHVISION_SETS.items():
     DATASETS.add(_name, DatasetSource(_loader(_name, _spec), _fingerprint(_spec), _present(_spec)),
                  description=_spec.description, num_classes=_spec.num_classes, image_size=_spec.image_size,
                  channels=_spec.channels, offline=False, needs_root=False, has_test=True, flip=_spec.flip,
-                 torchvision=True, expects=_spec.expects)
+                 torchvision=True, expects=_spec.expects, framing=_spec.framing)
