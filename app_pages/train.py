@@ -48,9 +48,10 @@ def number(col, cfg: TrainConfig, name: str, cast=int, fmt: str | None = None, h
     """A number field with no widget limits: what the user typed is what the form holds (a
     browser-side limit would keep the old value and launch it silently); kt_core judges it."""
     current = getattr(cfg, name) if value is None else value
-    got = col.number_input(LABELS[name], value=cast(current), step=STEPS.get(name, cast(1)), format=fmt,
-                           key=f"train_{name}", help=help)
-    return cast(got)
+    # None (epochs, early stopping on auto: kt_core.defaults) shows as an empty field
+    got = col.number_input(LABELS[name], value=None if current is None else cast(current), step=STEPS.get(name, cast(1)),
+                           format=fmt, key=f"train_{name}", help=help, placeholder="auto")
+    return None if got is None else cast(got)
 
 
 def train_form(cfg: TrainConfig) -> TrainConfig:
