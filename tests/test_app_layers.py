@@ -50,16 +50,26 @@ def test_a_per_layer_override_names_the_module():
     assert len(plan.rules) == 1 and plan.rules[0].transfer is False and plan.rules[0].pattern.startswith("fc1")
 
 
-def test_feature_extraction_trains_only_the_head_and_turns_the_feature_cache_on():
+def test_a_linear_probe_trains_only_the_head_and_turns_the_feature_cache_on():
     at = app_at("layers")
-    at.selectbox(key="layers_preset").select("feature_extraction").run()
+    at.selectbox(key="layers_preset").select("linear_probe").run()
     no_exceptions(at)
     blocks = at.dataframe[0].value
     assert list(blocks["freeze"]) == [True, True, True, False]
     shown = metrics(at)
     assert shown["Trainable parameters"] == f"{int(blocks['params'].iloc[-1]):,}"
     assert shown["Feature cache"] == "on"
-    assert draft(at).config.plan.preset == "feature_extraction"
+    assert draft(at).config.plan.preset == "linear_probe"
+
+
+def test_feature_extraction_trains_the_classifier_block_and_keeps_the_feature_cache_on():
+    at = app_at("layers")
+    at.selectbox(key="layers_preset").select("feature_extraction").run()
+    no_exceptions(at)
+    blocks = at.dataframe[0].value
+    assert list(blocks["freeze"]) == [True, True, False, False]  # small_cnn's classifier: fc1 + head
+    assert metrics(at)["Trainable parameters"] == f"{int(blocks['params'].iloc[-2:].sum()):,}"
+    assert metrics(at)["Feature cache"] == "on"
 
 
 def test_the_plan_carries_to_the_train_page_config():
