@@ -135,20 +135,17 @@ if cfg is not None:
         try:
             loaded = source_view.load(cfg)
         except KTError as exc:
+            contents = getattr(exc, "contents", None)  # a refused TorchScript archive, described unrun
             exc = source_view.with_upload_names(exc)
             show_error(exc, "Loading the source")
-            if isinstance(exc, UnknownArchitectureError):
+            if isinstance(exc, UnsafeCheckpointError) and contents:
+                source_view.show_unrun_contents(contents)
+            elif isinstance(exc, UnknownArchitectureError):
                 source_view.show_key_table(exc.raw.state_dict)  # still inspectable: the layers from the keys
             elif isinstance(exc, ArchitectureMismatchError):
                 random_init_instead(exc.arch, "The file's weights are not used: the network starts from scratch.")
             elif isinstance(exc, CheckpointError) and cfg.kind == "arch" and cfg.weights:
                 random_init_instead(cfg.arch, f"Without the {cfg.weights} weights: the network starts from scratch.")
-            st.stop()
-        except UnsafeCheckpointError as exc:
-            if not exc.contents:
-                raise
-            show_error(exc, "Loading the source")
-            source_view.show_unrun_contents(exc.contents)  # a TorchScript archive, described unrun
             st.stop()
     if loading.ok:
         state.remember("source_summary", {"arch": loaded.arch, "input_size": tuple(loaded.input_size or ()),
