@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ..errors import KTError
 
 # Command groups, in the order `--help` lists them.
-COMMAND_MODULES = ("inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd")
+COMMAND_MODULES = ("inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd", "experiment_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
