@@ -32,6 +32,7 @@ if len(overlay) > 1:
     with guard("Comparing the runs"):
         st.markdown("**What sets them apart**: results, and the config values that differ")
         st.dataframe(run_view.comparison(overlay, labels), key="runs_compare")
+        run_view.show_verdicts(run_view.baseline_verdicts(overlay, table))
 
 st.divider()
 run_id = st.selectbox("One run in depth", ids, format_func=labels.get, key="runs_one",
@@ -43,6 +44,8 @@ if not reading.ok:
 run_state = status.get("state")
 st.markdown(f"**{labels[run_id]}** · state **{run_state}**"
             + (f" · error: {status['error']}" if status.get("error") else ""))
+with guard("Comparing with its baseline"):
+    run_view.show_verdicts(run_view.baseline_verdicts([run_id], table))
 
 # --- actions ---------------------------------------------------------------------------------
 c1, c2, c3, c4, c5 = st.columns([1, 1, 1.4, 1, 2.6])
