@@ -74,15 +74,14 @@ def aggregate(data: dict, members=None):
     done = members[members["accuracy"].notna()] if len(members) else members
     if not len(done):
         return pd.DataFrame(columns=cols + ["mean", "std", "min", "max", "n", "x"])
-    keyed = done.assign(**{c: done[c].map(_hashable) for c in cols})
+    keyed = done.assign(**{c: done[c].map(_k_value if c == "per_class" else _hashable) for c in cols})
     grouped = keyed.groupby(cols, dropna=False, sort=False)
     out = grouped["accuracy"].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()
     out["std"] = out["std"].fillna(0.0)
     if data.get("kind") == "sample_efficiency":
         all_k = grouped["train_per_class"].mean().reset_index(drop=True)
-        out["x"] = [float(all_k[i]) if _is_all(k) and all_k[i] == all_k[i] else (None if _is_all(k) else float(k))
+        out["x"] = [(float(all_k[i]) if all_k[i] == all_k[i] else None) if k == ALL else float(k)
                     for i, k in enumerate(out["per_class"])]
-        out["per_class"] = out["per_class"].map(lambda k: ALL if _is_all(k) else int(k))
         out = out.sort_values(["method", "x"], key=lambda s: s.map(_order_key(data)) if s.name == "method" else s)
     elif data.get("kind") == "layer_transfer":
         out["x"] = out["n"].astype(float)
@@ -92,11 +91,16 @@ def aggregate(data: dict, members=None):
     return out.reset_index(drop=True)
 
 
+def _k_value(k):
+    return ALL if _is_all(k) else int(k)  # a missing K (JSON null, NaN in a table) is "all"
+
+
 def _hashable(value):
+    """A grid value as a group key: lists and objects as their JSON, null as "null"."""
     import json
 
     if value is None or (isinstance(value, float) and value != value):
-        return ALL  # a missing K is "all"
+        return "null"
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
