@@ -6,6 +6,7 @@ import streamlit as st
 
 from kt_core import experiments as ex
 from kt_core import runs as kt_runs
+from kt_core.errors import ConfigError
 from ui import experiment_view as view
 from ui import state
 from ui.errors import guard
@@ -35,8 +36,8 @@ with st.expander("New sample-efficiency experiment", expanded=not experiments, i
                         try:
                             edited = json.loads(text)
                         except json.JSONDecodeError as exc:
-                            raise ex.spec.ConfigError(f"the spec is not valid JSON: {exc.msg} at line {exc.lineno}",
-                                                      "fix the JSON; examples/sample_efficiency.json is a complete spec")
+                            raise ConfigError(f"the spec is not valid JSON: {exc.msg} at line {exc.lineno}",
+                                                      "fix the JSON; examples/sample_efficiency.json is a complete spec") from None
                         view.launch(edited)
                         st.rerun()
 

@@ -107,3 +107,19 @@ def test_the_runs_page_says_negative_transfer_for_a_run_and_its_baseline():
     said = [e.value for e in at.error]
     assert any(s.startswith("Negative transfer: inverted source is 30.0 points worse than the same network "
                             "trained from scratch") for s in said), said
+
+
+def test_any_spec_can_be_launched_as_json_and_bad_json_is_a_message(monkeypatch):
+    launched = []
+    monkeypatch.setattr(ex, "start_experiment", lambda spec, runs_dir=None, parallel=None: launched.append(spec) or "x")
+    at = app_at("experiments")
+    at.text_area(key="exp_spec_json").set_value("{not json").run()
+    at.button(key="exp_launch_json").click().run()
+    no_exceptions(at)
+    assert any("the spec is not valid JSON" in e.value for e in at.error) and not launched
+    grid = {"kind": "grid", "name": "lr sweep", "base": demo.transfer_config("demo-source", 5).to_dict(),
+            "grid": {"train.lr": [0.001, 0.01]}}
+    at.text_area(key="exp_spec_json").set_value(json.dumps(grid)).run()
+    at.button(key="exp_launch_json").click().run()
+    no_exceptions(at)
+    assert launched and launched[0].kind == "grid" and len(launched[0].members()) == 2
