@@ -267,7 +267,7 @@ def test_kill_9_of_a_member_is_resumed_by_the_driver_with_continuous_metrics(tmp
 
 @pytest.mark.slow
 def test_stop_stops_every_member_with_a_checkpoint_and_resume_finishes(tmp_path, one_thread):
-    spec = tiny_spec(base=tiny_base(epochs=30), methods=["scratch"], per_class=["all"], seeds=2, parallel=2)
+    spec = tiny_spec(base=tiny_base(epochs=15), methods=["scratch"], per_class=["all"], seeds=2, parallel=2)
     exp_id = ex.start_experiment(spec)
     wait_for(lambda: sum(m.get("state") == "running" for m in ex.read_experiment(exp_id).get("members") or []) == 2,
              what="two running members")

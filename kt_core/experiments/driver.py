@@ -9,7 +9,8 @@ What it shares between members:
   member (~3 s each on a CPU; the demo story's feature-extraction members train in ~0.5 s);
 - **the source**: a `source_run` in the spec is trained once (or a completed run of exactly
   that config is reused, the demo's included) before any member starts;
-- **the decoded dataset**: every member process reads the same on-disk dataset cache.
+- **the prepared dataset**: members of one K and seed (one per method) hit the same on-disk
+  dataset cache entry (keyed by every selection parameter, so another K or seed prepares its own).
 
 It is the only writer of experiment.json while it runs (a heartbeat every 2 s, like a run's
 worker). Killed (kill -9, a reboot), the experiment reads as `interrupted`; `resume` starts a new
