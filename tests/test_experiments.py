@@ -135,7 +135,7 @@ def test_methods_are_a_registry_that_later_methods_join():
 # --- the verdict, on constructed results ------------------------------------------------------------
 
 def se_points(rows) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["method", "per_class", "mean", "std", "n"])
+    frame = pd.DataFrame(rows, columns=["method", "per_class", "mean", "std", "count"])
     frame["x"] = frame["per_class"].map(lambda k: 90.0 if k == "all" else float(k))
     frame["min"], frame["max"] = frame["mean"] - frame["std"], frame["mean"] + frame["std"]
     return frame
@@ -339,3 +339,62 @@ def test_a_source_trained_on_inverted_digits_is_called_negative_transfer_on_upri
     assert any(line.startswith("Negative transfer: feature extraction lost to from scratch") for line in verdict.lines)
     fig = report.figure(data, points, verdict)
     assert any(trace.name == "negative transfer" for trace in fig.data)  # the chart marks it
+
+
+def hand_experiment(spec: ex.ExperimentSpec, accuracy, blocks=None) -> str:
+    """An experiment whose members "completed" with `accuracy(member)`: what the driver leaves."""
+    folder = ex.create_experiment(spec)
+    members = []
+    for member in spec.members(source_run="src" if spec.source_run else None, blocks=blocks):
+        member.config.experiment = folder.name
+        run = runs.create_run(member.config)
+        runs.update_status(run, state="completed")
+        runs.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": accuracy(member),
+                                                      "num_classes": 3, "train_images": 270})
+        members.append({"key": member.key, "coords": member.coords, "run_id": run.name, "state": "completed"})
+    data = ex.read_experiment(folder)
+    data.pop("dir")
+    data.update(state="completed", members=members, progress={"done": len(members), "total": len(members)})
+    ex.folder.write_experiment(folder, data)
+    return folder.name
+
+
+@pytest.mark.parametrize("kind", ["sample_efficiency", "layer_transfer", "grid"])
+def test_every_kind_aggregates_concludes_charts_and_reports(kind, tmp_path):
+    base = {**tiny_base(), "source": {"kind": "run", "path": "src"}}
+    spec = ex.ExperimentSpec.from_dict({
+        "sample_efficiency": {"kind": kind, "name": kind, "base": base, "methods": ["scratch", "fine_tune"],
+                              "per_class": [1, 5, "all"], "seeds": 2},
+        "layer_transfer": {"kind": kind, "name": kind, "base": base, "seeds": 2, "per_class": 5},
+        "grid": {"kind": kind, "name": kind, "base": base, "seeds": 2,
+                 "grid": {"train.lr": [0.001, 0.01], "train.grad_clip": [None, 1.0]}},
+    }[kind])
+
+    def accuracy(member):  # transfer better with more blocks; a little noise per seed
+        c = member.coords
+        seed = c["seed"] * 0.01
+        if kind == "sample_efficiency":
+            return (0.5 if c["method"] == "from scratch" else 0.7) + (c["per_class"] or 90) / 1000 + seed
+        if kind == "layer_transfer":
+            return 0.6 + 0.05 * c["n"] * (1 if c["variant"] == "AnB+" else -1) + seed
+        return 0.8 - 10 * c["train.lr"] + seed
+
+    exp_id = hand_experiment(spec, accuracy, blocks=["conv1", "conv2", "fc1", "head"])
+    data = ex.read_experiment(exp_id)
+    points = results.aggregate(data)
+    assert (points["count"] == 2).all() and points["mean"].notna().all()
+    verdict = results.conclude(data, points)
+    assert verdict.lines and verdict.complete
+    fig = report.figure(data, points, verdict)
+    assert fig.data
+    page = report.render_html(exp_id)
+    assert "Plotly.newPlot" in page
+    if kind == "layer_transfer":  # AnB loses to scratch from n = 1 on (by 5+ points, spread 0.7)
+        assert {p["series"] for p in verdict.negative} == {"AnB"}
+        assert {p["series"] for p in verdict.wins} == {"AnB+"}
+        assert sorted(points["n"]) == [0, 1, 1, 2, 2, 3, 3]
+    if kind == "grid":
+        assert verdict.lines[0].startswith("Best: train.lr=0.001")
+        assert set(points["train.grad_clip"]) == {"null", 1.0}
+    if kind == "sample_efficiency":
+        assert "fine-tune beats from scratch at every point" in " ".join(verdict.lines)

@@ -54,7 +54,8 @@ def figure(data: dict, points=None, verdict=None):
             if scratch_row is not None:  # every curve starts from n = 0: all re-initialised
                 import pandas as pd
 
-                rows = pd.concat([scratch_row.to_frame().T, rows]).astype({"x": float, "mean": float, "std": float})
+                rows = pd.concat([scratch_row.to_frame().T, rows]).astype({"x": float, "mean": float, "std": float,
+                                                                           "count": int})
             color = BASELINE_COLOR if label == baseline else next(colors, "#333333")
             x, mean, std = list(rows["x"]), list(rows["mean"]), list(rows["std"])
             text = [f"{at_col}={k}" for k in rows[at_col]]
@@ -63,7 +64,7 @@ def figure(data: dict, points=None, verdict=None):
                                      showlegend=False, legendgroup=str(label), name=f"{label} spread"))
             fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=str(label), legendgroup=str(label),
                                      line={"color": color, "dash": "dash" if label == baseline else "solid"},
-                                     text=text, customdata=list(zip(std, rows["n"])),
+                                     text=text, customdata=list(zip(std, rows["count"])),
                                      hovertemplate="%{text}<br>accuracy %{y:.1%} ± %{customdata[0]:.1%}"
                                                    "<br>%{customdata[1]} seed(s)<extra>" + str(label) + "</extra>"))
         if kind == "layer_transfer" and scratch_row is not None:
@@ -114,7 +115,7 @@ def points_table(points):
     for c in ("mean", "std", "min", "max"):
         if c in shown:
             shown[c] = shown[c].map(lambda v: f"{v * 100:.1f}%")
-    return shown.rename(columns={"mean": "accuracy (mean)", "std": "spread (std)", "n": "seeds"})
+    return shown.rename(columns={"mean": "accuracy (mean)", "std": "spread (std)", "count": "seeds"})
 
 
 def reproduce_command(folder: Path) -> str:

@@ -65,7 +65,7 @@ def group_columns(data: dict) -> list[str]:
 
 
 def aggregate(data: dict, members=None):
-    """Mean, standard deviation (over seeds, ddof=1; 0 for one seed), min, max and count of the
+    """Mean, standard deviation (over seeds, ddof=1; 0 for one seed), min, max and `count` of the
     completed members' accuracy, per chart point; `x` is the point's position on the chart."""
     import pandas as pd
 
@@ -73,10 +73,11 @@ def aggregate(data: dict, members=None):
     cols = group_columns(data)
     done = members[members["accuracy"].notna()] if len(members) else members
     if not len(done):
-        return pd.DataFrame(columns=cols + ["mean", "std", "min", "max", "n", "x"])
+        return pd.DataFrame(columns=cols + ["mean", "std", "min", "max", "count", "x"])
     keyed = done.assign(**{c: done[c].map(_k_value if c == "per_class" else _hashable) for c in cols})
     grouped = keyed.groupby(cols, dropna=False, sort=False)
-    out = grouped["accuracy"].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()
+    # "count", not "n": a layer sweep's points are (variant, n)
+    out = grouped["accuracy"].agg(["mean", "std", "min", "max", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)
     if data.get("kind") == "sample_efficiency":
         all_k = grouped["train_per_class"].mean().reset_index(drop=True)
@@ -158,7 +159,7 @@ def compare_points(series: list[dict], baseline: dict[object, dict]) -> list[dic
         if base is None:
             continue
         delta = point["mean"] - base["mean"]
-        several = point["n"] > 1 and base["n"] > 1
+        several = point["count"] > 1 and base["count"] > 1
         margin = max(point["std"], base["std"]) if several else ONE_SEED_MARGIN
         outcome = "win" if delta > margin else "loss" if delta < -margin else "tie"
         out.append({**point, "base": base["mean"], "delta": delta, "margin": margin, "outcome": outcome})
@@ -281,11 +282,11 @@ def _conclude_grid(verdict: Verdict, points, cols: list[str]) -> None:
         return ", ".join(f"{c}={r[c]}" for c in cols)
     best, worst = ranked[0], ranked[-1]
     verdict.lines.append(f"Best: {name(best)} with {best['mean']:.1%} (spread {best['std'] * 100:.1f} points, "
-                         f"{best['n']} seed{'s' if best['n'] != 1 else ''}).")
+                         f"{best['count']} seed{'s' if best['count'] != 1 else ''}).")
     if len(ranked) > 1:
         verdict.lines.append(f"Worst: {name(worst)} with {worst['mean']:.1%}, {_pts(best['mean'] - worst['mean'])} behind.")
         runner = ranked[1]
-        margin = max(best["std"], runner["std"]) if best["n"] > 1 and runner["n"] > 1 else ONE_SEED_MARGIN
+        margin = max(best["std"], runner["std"]) if best["count"] > 1 and runner["count"] > 1 else ONE_SEED_MARGIN
         if best["mean"] - runner["mean"] <= margin:
             verdict.lines.append(f"The best two ({name(best)}; {name(runner)}) are within the seeds' spread of each other.")
 
