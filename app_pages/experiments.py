@@ -5,7 +5,8 @@ import json
 import streamlit as st
 
 from kt_core import experiments as ex
-from kt_core import runs as kt_runs
+from kt_core.experiments import results
+from kt_core import rundir
 from kt_core.errors import ConfigError
 from ui import experiment_view as view
 from ui import state
@@ -63,7 +64,7 @@ st.markdown(f"**{data.get('name')}** · {data.get('kind')} · state **{exp_state
             + (f" · error: {data['error']}" if data.get("error") else ""))
 
 c1, c2, c3, c4 = st.columns([1, 1, 1, 3])
-active = exp_state in kt_runs.ACTIVE_STATES
+active = exp_state in rundir.ACTIVE_STATES
 if c1.button("Stop", key="exp_stop", disabled=not active and exp_state != "interrupted", icon=":material/stop:"):
     with guard("Stopping"):
         with st.spinner("Stopping: every member finishes its batch and saves a checkpoint..."):
@@ -92,8 +93,6 @@ with guard("Drawing the results"):
 
 with st.expander("Members"):
     with guard("Listing the members"):
-        from kt_core.experiments import results
-
         if data.get("members"):
             st.dataframe(results.member_table(data), hide_index=True, key="exp_members")
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import kt_core.experiments as ex
-from kt_core import demo, runs
+from kt_core import demo, rundir
 from kt_core.config import RunConfig
 from test_app_support import app_at, chart_traces, no_exceptions
 
@@ -21,9 +21,9 @@ def make_experiment(accuracies: dict[tuple[str, object], list[float]], state: st
         for seed, acc in enumerate(accs):
             key = f"{method} K={k} seed={seed}"
             cfg = RunConfig.from_dict({**spec.base, "name": f"{spec.name}: {key}", "experiment": folder.name})
-            run = runs.create_run(cfg)
-            runs.update_status(run, state="completed")
-            runs.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": acc,
+            run = rundir.create_run(cfg)
+            rundir.update_status(run, state="completed")
+            rundir.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": acc,
                                                           "num_classes": 10, "train_images": 900})
             members.append({"key": key, "coords": {"method": method, "per_class": None if k == "all" else k,
                                                    "seed": seed}, "run_id": run.name, "state": "completed"})
@@ -81,7 +81,7 @@ def test_stop_and_delete_act_on_the_chosen_experiment(monkeypatch):
     at.checkbox(key="exp_delete_confirm").check().run()
     at.button(key="exp_delete").click().run()
     no_exceptions(at)
-    assert ex.list_experiments() == [] and runs.run_ids() == []  # its member runs went with it
+    assert ex.list_experiments() == [] and rundir.run_ids() == []  # its member runs went with it
 
 
 def test_home_offers_the_full_experiment_and_opens_it(monkeypatch):

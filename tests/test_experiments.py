@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kt_core import demo, runs
+from kt_core import demo, rundir, runs
 from kt_core import experiments as ex
 from kt_core.config import ConfigError, RunConfig
 from kt_core.experiments import report, results
@@ -195,8 +195,8 @@ def test_an_experiment_runs_its_members_in_parallel_and_reports_them(tmp_path, o
     for member in data["members"]:  # members are ordinary runs that know their experiment
         cfg = RunConfig.from_file(runs_dir / member["run_id"] / "config.json")
         assert cfg.experiment == folder.name
-        assert runs.read_status(runs_dir / member["run_id"])["state"] == "completed"
-    pids = {runs.read_json(runs_dir / m["run_id"] / "status.json")["pid"] for m in data["members"]}
+        assert rundir.read_status(runs_dir / member["run_id"])["state"] == "completed"
+    pids = {rundir.read_json(runs_dir / m["run_id"] / "status.json")["pid"] for m in data["members"]}
     assert len(pids) == 2  # two member processes trained the four members between them
 
     table = results.member_table(data)
@@ -232,8 +232,8 @@ def test_kill_9_of_the_driver_then_resume_keeps_completed_members_and_finishes(t
     data = ex.read_experiment(exp_id)
     assert data["state"] == "completed" and data["progress"]["done"] == 4
     assert (runs_dir / first["run_id"] / "summary.json").stat().st_mtime_ns == kept  # not trained again
-    mine = [i for i in runs.run_ids(runs_dir)
-            if (runs.read_json(runs_dir / i / "config.json") or {}).get("experiment") == exp_id]
+    mine = [i for i in rundir.run_ids(runs_dir)
+            if (rundir.read_json(runs_dir / i / "config.json") or {}).get("experiment") == exp_id]
     assert len(mine) == 4  # no member was created twice
     assert not (folder / "STOP").exists()
 
@@ -247,7 +247,7 @@ def test_kill_9_of_a_member_is_resumed_by_the_driver_with_continuous_metrics(tmp
         data = ex.read_experiment(exp_id)
         for m in data.get("members") or []:
             if m.get("run_id"):
-                status = runs.read_status(Path(data["runs_dir"]) / m["run_id"])
+                status = rundir.read_status(Path(data["runs_dir"]) / m["run_id"])
                 if status["state"] == "running" and (status.get("epoch") or 0) >= 2:
                     return m["run_id"], status["pid"]
         return None
@@ -259,7 +259,7 @@ def test_kill_9_of_a_member_is_resumed_by_the_driver_with_continuous_metrics(tmp
     assert data["state"] == "completed", data.get("error")
     assert data["progress"]["counts"] == {"completed": 2}
     folder = Path(data["runs_dir"]) / run_id
-    rows, _ = runs.read_metrics(folder)
+    rows, _ = rundir.read_metrics(folder)
     epochs = [r["epoch"] for r in rows if r["kind"] == "epoch"]
     assert epochs == list(range(1, 13))  # resumed from its checkpoint: no gap, no duplicate
     assert "resuming" in (folder / "log.txt").read_text()
@@ -274,7 +274,7 @@ def test_stop_stops_every_member_with_a_checkpoint_and_resume_finishes(tmp_path,
     data = ex.stop_experiment(exp_id)
     assert data["state"] == "stopped"
     runs_dir = Path(data["runs_dir"])
-    states = {runs.read_status(runs_dir / m["run_id"])["state"] for m in data["members"]}
+    states = {rundir.read_status(runs_dir / m["run_id"])["state"] for m in data["members"]}
     assert states <= {"stopped", "completed"} and not runs.active_runs(runs_dir)
     with pytest.raises(Exception, match="not running"):
         ex.stop_experiment(exp_id)
@@ -284,7 +284,7 @@ def test_stop_stops_every_member_with_a_checkpoint_and_resume_finishes(tmp_path,
 
 def test_delete_removes_the_experiment_and_its_members_but_refuses_a_running_one(tmp_path):
     folder = ex.create_experiment(tiny_spec())
-    member = runs.create_run(RunConfig.from_dict({**tiny_base(), "experiment": folder.name}))
+    member = rundir.create_run(RunConfig.from_dict({**tiny_base(), "experiment": folder.name}))
     data = ex.read_experiment(folder)
     data["members"] = [{"key": "k", "coords": {}, "run_id": member.name}]
     data["state"] = "running"
@@ -347,9 +347,9 @@ def hand_experiment(spec: ex.ExperimentSpec, accuracy, blocks=None) -> str:
     members = []
     for member in spec.members(source_run="src" if spec.source_run else None, blocks=blocks):
         member.config.experiment = folder.name
-        run = runs.create_run(member.config)
-        runs.update_status(run, state="completed")
-        runs.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": accuracy(member),
+        run = rundir.create_run(member.config)
+        rundir.update_status(run, state="completed")
+        rundir.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": accuracy(member),
                                                       "num_classes": 3, "train_images": 270})
         members.append({"key": member.key, "coords": member.coords, "run_id": run.name, "state": "completed"})
     data = ex.read_experiment(folder)

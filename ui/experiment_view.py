@@ -8,6 +8,7 @@ import streamlit as st
 
 from kt_core import demo
 from kt_core import experiments as ex
+from kt_core import rundir
 from kt_core import runs as kt_runs
 from kt_core.experiments import report, results
 from kt_core.experiments.driver import default_parallel
@@ -104,14 +105,14 @@ def live(exp_id: str) -> None:
     data = ex.read_experiment(exp_id)
     progress(data)
     results_view(data, "exp_live")
-    if data["state"] not in kt_runs.ACTIVE_STATES:
+    if data["state"] not in rundir.ACTIVE_STATES:
         st.rerun()  # it ended: the page draws once more, statically, with its downloads
 
 
 def _stamp(data: dict) -> str:
     """Changes whenever a member's state or summary may have changed (the downloads' cache key)."""
     return json.dumps([data.get("state"), data.get("members"), data.get("heartbeat") if data.get("state") in
-                       kt_runs.ACTIVE_STATES else None], sort_keys=True, default=str)
+                       rundir.ACTIVE_STATES else None], sort_keys=True, default=str)
 
 
 @st.cache_data(max_entries=4, show_spinner="Writing the report...")

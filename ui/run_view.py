@@ -11,6 +11,7 @@ import streamlit as st
 
 from kt_core import rundir, runs
 from kt_core.config import RunConfig
+from kt_core.experiments.results import pair_verdict
 from ui.images import image_grid
 
 SUMMARY_COLUMNS = ("id", "name", "state", "epoch", "epochs", "best_val_acc", "test_acc", "preset", "source",
@@ -158,8 +159,6 @@ def downloads(run_id: str) -> None:
 def baseline_verdicts(run_ids: list[str], table: pd.DataFrame) -> list[str]:
     """For each transfer run among `run_ids` with a from-scratch baseline (in `run_ids`, or any run
     when only one is given): one sentence on what transfer bought, negative transfer named."""
-    from kt_core.experiments.results import pair_verdict
-
     pairs = []
     for row in table.to_dict("records"):
         transfer = row.get("baseline_of")
@@ -168,7 +167,7 @@ def baseline_verdicts(run_ids: list[str], table: pd.DataFrame) -> list[str]:
     names = dict(zip(table["id"], table["name"]))
     out = []
     for transfer, baseline in pairs:
-        summaries = [kt_runs.read_json(kt_runs.run_dir(r) / "summary.json") or {} for r in (transfer, baseline)]
+        summaries = [rundir.read_summary(r) for r in (transfer, baseline)]
         line = pair_verdict(*summaries, transfer_name=names.get(transfer) or transfer)
         if line:
             out.append(line)

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from .. import experiments as ex
+from ..experiments import report, results
+from ..experiments.driver import drive
 from ..errors import KTError
 from . import print_json
 
@@ -63,8 +65,6 @@ def _experiment(args) -> int:
 
 
 def _run(args) -> int:
-    from ..experiments.driver import drive
-
     spec = ex.ExperimentSpec.from_file(args.target)
     if args.parallel is not None and args.parallel < 1:
         raise KTError(f"--parallel is {args.parallel}", "use 1 or more")
@@ -75,7 +75,7 @@ def _run(args) -> int:
         else:
             print(f"experiment {exp_id} started; watch it with `python -m kt_core experiment show {exp_id}`")
         return 0
-    ex.folder.preflight(spec, args.runs_dir)
+    ex.control.preflight(spec, args.runs_dir)
     folder = ex.create_experiment(spec, args.runs_dir, args.parallel)
     if not args.json:
         print(f"experiment {folder.name} ({folder}); Ctrl-C stops it (resume continues)", flush=True)
@@ -99,8 +99,6 @@ def _progress_printer(started: float):
 
 
 def _finish(data: dict, args) -> int:
-    from ..experiments import results
-
     points = results.aggregate(data)
     verdict = results.conclude(data, points)
     if args.json:
@@ -137,15 +135,11 @@ def _print_results(data: dict, points, verdict) -> None:
 
 
 def _metrics(data: dict):
-    from ..experiments import results
-
     table = results.member_table(data)
     return sorted(set(table["metric"].dropna())) if "metric" in table else []
 
 
 def _show(args) -> int:
-    from ..experiments import results
-
     data = ex.read_experiment(args.id, args.runs_dir)
     points = results.aggregate(data)
     verdict = results.conclude(data, points)
@@ -157,8 +151,6 @@ def _show(args) -> int:
 
 
 def _report(args) -> int:
-    from ..experiments import report
-
     if not args.out:
         raise KTError("experiment report needs --out FILE.html", "for example --out report.html")
     out = Path(args.out)
@@ -207,8 +199,6 @@ def _list(args) -> int:
 
 
 def _driver(args) -> int:
-    from ..experiments.driver import drive
-
     data = drive(args.folder)
     sys.stdout.flush()
     return 0 if data.get("state") == "completed" else 1

@@ -219,17 +219,14 @@ def _worker(args) -> int:
     return 0 if status["state"] == "completed" else 1
 
 
-
 def _serve() -> int:
     """Train the run folders an experiment's driver sends, one per line, until end-of-file.
 
     One process trains many members, so Python, torch and torch's first optimizer start once,
-    not once per member. Each run still logs to its own log.txt; stdout is the driver's log."""
-    import logging
+    not once per member. Each run still logs to its own log; stdout is the driver's log."""
+    import torch  # here, not at the top: the start-up cost this process pays once for many members
 
-    import torch
-
-    from ..worker import run_worker
+    from ..worker import run_worker  # here, not at the top: the worker imports the engine (torch)
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     root = logging.getLogger()

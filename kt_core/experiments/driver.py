@@ -22,6 +22,7 @@ A member process killed while the driver lives is replaced and its member resume
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -33,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import runs
+from .. import launcher, procs, rundir
 from ..config import RunConfig
+from ..demo import find_source_run
 from ..errors import KTError, RunError
 from .folder import read_experiment, write_experiment
 from .spec import ExperimentSpec, Member
@@ -87,13 +89,13 @@ class Pool:
         self.threads = max(1, cpu_cores() // size)  # the cores shared out, one thread at least
 
     def _start(self, slot: Slot) -> None:
-        env = runs._worker_env()
+        env = launcher._worker_env()
         env["OMP_NUM_THREADS"] = str(self.threads)
         with open(self.log_path, "ab") as out:
             slot.proc = subprocess.Popen([sys.executable, "-m", "kt_core", "worker", "--serve"],
                                          stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, env=env, cwd=os.getcwd())
-        runs._children[slot.proc.pid] = slot.proc  # pid_alive polls it, so it is reaped when it dies
+        procs.adopt(slot.proc)  # pid_alive polls it, so it is reaped when it dies
 
     def free(self) -> list[Slot]:
         return [s for s in self.slots if s.key is None]
@@ -103,16 +105,18 @@ class Pool:
         for _ in range(3):
             if slot.proc is None or slot.proc.poll() is not None:
                 self._start(slot)
-            # Named in status.json before the process learns its run: from then on it is the only writer.
-            (folder / "STOP").unlink(missing_ok=True)
-            runs.update_status(folder, state="queued", pid=slot.proc.pid, heartbeat=time.time(), error=None)
-            try:
-                slot.proc.stdin.write(f"{folder.resolve()}\n".encode())
-                slot.proc.stdin.flush()
-                slot.folder, slot.key = folder, key
-                return
-            except OSError:  # it died in the meantime
-                slot.proc = None
+            # As the launcher does: under the run's lock (the worker waits for it), the status names
+            # the worker before the worker learns its run; from then on it is the only writer.
+            with rundir.RunLock(folder).acquire(wait=5.0, what="start"):
+                rundir.clear_stop(folder)
+                rundir.update_status(folder, state="queued", pid=slot.proc.pid, heartbeat=time.time(), error=None)
+                try:
+                    slot.proc.stdin.write(f"{folder.resolve()}\n".encode())
+                    slot.proc.stdin.flush()
+                    slot.folder, slot.key = folder, key
+                    return
+                except OSError:  # it died in the meantime
+                    slot.proc = None
         raise RunError("cannot start a member process", "see the experiment's driver.log")
 
     def close(self, timeout: float = 10.0) -> None:
@@ -176,12 +180,14 @@ class _Tracked:
 
 @dataclass
 class _Stop:
+    """A stop asked for by a signal, or by `stop_experiment` (a STOP file, as for a run)."""
+
+    folder: Path
     requested: bool = False
     reason: str = ""
-    path: Path | None = None
 
     def __call__(self) -> bool:
-        if not self.requested and self.path is not None and self.path.exists():
+        if not self.requested and rundir.stop_requested(self.folder):
             self.requested, self.reason = True, "stop requested"
         return self.requested
 
@@ -214,7 +220,7 @@ def drive(folder: str | os.PathLike, parallel: int | None = None,
     record = Record(folder)
     record.update(state="running", pid=os.getpid(), error=None)
     record.start()
-    stop = _Stop(path=folder / "STOP")
+    stop = _Stop(folder=folder)
     size = parallel or record.data.get("parallel") or default_parallel()
     pool = Pool(size, folder / "driver.log")
     runs_dir = Path(record.data["runs_dir"])
@@ -242,7 +248,7 @@ def drive(folder: str | os.PathLike, parallel: int | None = None,
     finally:
         pool.close()
         record.close()
-        (folder / "STOP").unlink(missing_ok=True)
+        rundir.clear_stop(folder)
     return read_experiment(folder)
 
 
@@ -250,25 +256,23 @@ def _ensure_source(spec: ExperimentSpec, record: Record, pool: Pool, runs_dir: P
     """The id of the trained source run (None when the spec has none; False when stopped)."""
     if spec.source_run is None:
         return None
-    from ..demo import find_source_run
-
     cfg = RunConfig.from_dict(spec.source_run)
     run_id = record.data.get("source_run") or find_source_run(cfg, runs_dir)
     if run_id is None or not (runs_dir / run_id).is_dir():
-        run_id = runs.create_run(cfg, runs_dir).name
+        run_id = rundir.create_run(cfg, runs_dir).name
         log.info("experiment: training the source (run %s)", run_id)
     else:
         log.info("experiment: source run %s (shared)", run_id)
     record.update(source_run=run_id, progress={"phase": "training the source", "source_run": run_id})
     folder, attempts = runs_dir / run_id, 0
     while True:
-        status = runs.read_status(folder)
+        status = rundir.read_status(folder)
         if status["state"] == "completed":
             pool.slots[0].key = pool.slots[0].folder = None
             return run_id
         if stop():
             return False
-        if status["state"] not in runs.ACTIVE_STATES:  # new, or ended without completing: (re)start it
+        if status["state"] not in rundir.ACTIVE_STATES:  # new, or ended without completing: (re)start it
             if attempts > MAX_RETRIES or (status["state"] == "failed" and attempts):
                 raise RunError(f"the source run {run_id} ended as {status['state']}: {status.get('error')}",
                                f"see `python -m kt_core logs {run_id}`; fix the spec's source_run, or resume")
@@ -281,8 +285,7 @@ def _source_blocks(spec: ExperimentSpec, source_run: str | None, runs_dir: Path)
     """The source model's blocks (the layer tree's), input to output."""
     if spec.blocks:
         return spec.blocks
-    import dataclasses
-
+    # Here, not at the top: models and sources import torch (~2 s), which only a layer sweep needs.
     from .. import models, sources
 
     cfg = RunConfig.from_dict(spec.base)
@@ -290,7 +293,7 @@ def _source_blocks(spec: ExperimentSpec, source_run: str | None, runs_dir: Path)
     if source_run is not None:
         source = dataclasses.replace(source, kind="run", path=str(runs_dir / source_run), arch=None, weights=None)
     elif source.kind == "run":
-        source = dataclasses.replace(source, path=str(runs.run_dir(source.path, runs_dir)))
+        source = dataclasses.replace(source, path=str(rundir.run_dir(source.path, runs_dir)))
     loaded = sources.load_source(source)
     return [b.name for b in models.blocks(loaded.model, loaded.spec)]
 
@@ -301,8 +304,11 @@ def _track(members: list[Member], record: Record, runs_dir: Path) -> list[_Track
     known = {m["key"]: m.get("run_id") for m in record.data.get("members") or []}
     by_name = {}
     if any(known.get(m.key) is None for m in members):
-        for run_id in runs.run_ids(runs_dir):
-            cfg = runs.read_json(runs_dir / run_id / "config.json") or {}
+        for run_id in rundir.run_ids(runs_dir):
+            try:
+                cfg = rundir.read_config_dict(runs_dir / run_id)
+            except KTError:  # a corrupt folder is nobody's member
+                continue
             if cfg.get("experiment") == record.data["id"]:
                 by_name.setdefault(cfg.get("name"), run_id)
     tracked = []
@@ -311,8 +317,8 @@ def _track(members: list[Member], record: Record, runs_dir: Path) -> list[_Track
         run_id = known.get(member.key) or by_name.get(member.config.name)
         item = _Tracked(member, run_id)
         if run_id and (runs_dir / run_id).is_dir():
-            item.state = runs.read_status(runs_dir / run_id)["state"]
-            item.foreign = item.state in runs.ACTIVE_STATES
+            item.state = rundir.read_status(runs_dir / run_id)["state"]
+            item.foreign = item.state in rundir.ACTIVE_STATES
             if item.state in ("stopped", "failed", "interrupted"):
                 item.state = "pending"  # resumed from its last checkpoint
         else:
@@ -343,10 +349,10 @@ def _run_members(tracked: list[_Tracked], record: Record, pool: Pool, runs_dir: 
             if slot.key is None:
                 continue
             item = by_key[slot.key]
-            state = runs.read_status(slot.folder)["state"]
+            state = rundir.read_status(slot.folder)["state"]
             if state != item.state:
                 item.state, changed = state, True
-            if state in runs.FINAL_STATES or state == "interrupted":
+            if state in rundir.FINAL_STATES or state == "interrupted":
                 slot.key = slot.folder = None
                 if state == "interrupted" and item.retries < MAX_RETRIES:
                     item.retries += 1
@@ -354,8 +360,8 @@ def _run_members(tracked: list[_Tracked], record: Record, pool: Pool, runs_dir: 
                     log.warning("member %s: its process died; resuming it (retry %d)", item.member.key, item.retries)
         for item in tracked:  # members a previous driver's process is still training
             if item.foreign:
-                state = runs.read_status(runs_dir / item.run_id)["state"]
-                if state not in runs.ACTIVE_STATES:
+                state = rundir.read_status(runs_dir / item.run_id)["state"]
+                if state not in rundir.ACTIVE_STATES:
                     item.foreign, changed = False, True
                     item.state = "completed" if state == "completed" else ("failed" if state == "failed" else "pending")
         for slot in pool.free():  # the next members
@@ -363,7 +369,7 @@ def _run_members(tracked: list[_Tracked], record: Record, pool: Pool, runs_dir: 
             if item is None:
                 break
             if item.run_id is None:
-                item.run_id = runs.create_run(item.member.config, runs_dir).name
+                item.run_id = rundir.create_run(item.member.config, runs_dir).name
             pool.assign(slot, runs_dir / item.run_id, item.member.key)
             item.state, changed = "queued", True
         if changed or last_progress is None:
@@ -380,11 +386,11 @@ def _stop_members(pool: Pool) -> None:
     """Every busy member finishes its batch and checkpoints (STOP file), then its process exits."""
     busy = [s for s in pool.slots if s.key is not None]
     for slot in busy:
-        (slot.folder / "STOP").touch()
+        rundir.request_stop(slot.folder)
     deadline = time.monotonic() + STOP_WAIT_S
     for slot in busy:
-        while time.monotonic() < deadline and runs.read_status(slot.folder)["state"] in runs.ACTIVE_STATES:
+        while time.monotonic() < deadline and rundir.read_status(slot.folder)["state"] in rundir.ACTIVE_STATES:
             time.sleep(0.1)
-        if runs.read_status(slot.folder)["state"] in runs.ACTIVE_STATES:
-            runs.stop(slot.folder, timeout=2.0)
+        if rundir.read_status(slot.folder)["state"] in rundir.ACTIVE_STATES:
+            launcher.stop(slot.folder, timeout=2.0)
         slot.key = slot.folder = None

@@ -13,9 +13,9 @@ import json
 import time
 from pathlib import Path
 
-from .. import runs
-from .folder import experiment_dir, read_experiment
-from .results import aggregate, conclude, group_columns, member_table
+from .. import rundir
+from .folder import SPEC, experiment_dir, read_experiment
+from .results import aggregate, baseline_label, conclude, group_columns, member_table
 
 PALETTE = ("#636efa", "#00a36c", "#ef553b", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 BASELINE_COLOR = "#7f7f7f"
@@ -30,7 +30,8 @@ def _rgba(hex_color: str, alpha: float) -> str:
 def figure(data: dict, points=None, verdict=None):
     """The experiment's chart: a line per method (or variant) with a band of +-1 standard
     deviation over seeds; points of negative transfer marked with a red X."""
-    import plotly.graph_objects as go
+    import pandas as pd  # here, not at the top: pandas and plotly cost ~1 s to import, which
+    import plotly.graph_objects as go  # listing or stopping experiments never needs
 
     points = aggregate(data) if points is None else points
     verdict = conclude(data, points) if verdict is None else verdict
@@ -39,8 +40,6 @@ def figure(data: dict, points=None, verdict=None):
     if kind in ("sample_efficiency", "layer_transfer"):
         series_col = "method" if kind == "sample_efficiency" else "variant"
         at_col = "per_class" if kind == "sample_efficiency" else "n"
-        from .results import baseline_label
-
         baseline = baseline_label(data)
         scratch_row = None
         if kind == "layer_transfer":
@@ -52,8 +51,6 @@ def figure(data: dict, points=None, verdict=None):
             if kind == "layer_transfer" and label == "scratch":
                 continue
             if scratch_row is not None:  # every curve starts from n = 0: all re-initialised
-                import pandas as pd
-
                 rows = pd.concat([scratch_row.to_frame().T, rows]).astype({"x": float, "mean": float, "std": float,
                                                                            "count": int})
             color = BASELINE_COLOR if label == baseline else next(colors, "#333333")
@@ -119,7 +116,7 @@ def points_table(points):
 
 
 def reproduce_command(folder: Path) -> str:
-    spec = folder / "spec.json"
+    spec = folder / SPEC
     try:
         shown = spec.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
@@ -143,7 +140,7 @@ def _describe_config(cfg: dict | None, runs_dir: Path, run_id: str | None = None
     elif src.get("kind"):
         rows.insert(0, ("from", f"{src.get('kind')} {src.get('path')} ({src.get('checkpoint')} checkpoint)"))
     if run_id:
-        summary = runs.read_json(runs_dir / run_id / "summary.json") or {}
+        summary = rundir.read_summary(runs_dir / run_id) if (runs_dir / run_id).is_dir() else {}
         if summary.get("best_val_acc") is not None:
             rows.append(("its result", f"run {run_id}: best validation accuracy {summary['best_val_acc']:.1%}"
                                        + (f", test {summary['test_acc']:.1%}" if summary.get("test_acc") is not None else "")))
