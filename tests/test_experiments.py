@@ -398,3 +398,15 @@ def test_every_kind_aggregates_concludes_charts_and_reports(kind, tmp_path):
         assert set(points["train.grad_clip"]) == {"null", 1.0}
     if kind == "sample_efficiency":
         assert "fine-tune beats from scratch at every point" in " ".join(verdict.lines)
+
+
+def test_two_resumes_at_once_start_one_driver(tmp_path):
+    folder = ex.create_experiment(tiny_spec())
+    data = ex.read_experiment(folder)
+    data.pop("dir")
+    data["state"] = "stopped"
+    ex.folder.write_experiment(folder, data)
+    with rundir.RunLock(folder).acquire():  # another resume (or a driver) holds the folder
+        with pytest.raises(Exception, match="being resumed or driven by another process") as err:
+            ex.resume_experiment(folder.name)
+    assert err.value.hint and ex.read_experiment(folder)["state"] == "stopped"  # nothing was started

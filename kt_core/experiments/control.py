@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import launcher, procs, rundir
 from ..config import RunConfig
-from ..errors import RunError
+from ..errors import RunBusyError, RunError
 from .driver import drive
 from .folder import (ACTIVE_STATES, DRIVER_LOG, create_experiment, experiment_dir, members_runs_dir,
                      read_experiment, read_record, write_experiment)
@@ -97,17 +97,33 @@ def resume_experiment(exp, runs_dir=None, foreground: bool = False, on_progress=
     """Continue a stopped, failed or interrupted experiment: completed members are kept, stopped
     and interrupted ones resume from their last checkpoint, the rest are started."""
     folder = experiment_dir(exp, runs_dir)
+    _refuse_unless_resumable(folder)
+    # Under the folder's lock (the driver holds it for its whole life), so of two resumes at once
+    # (two tabs, a tab and the CLI) one starts a driver and the other is refused.
+    try:
+        lock = rundir.RunLock(folder).acquire(what="be resumed")
+    except RunBusyError:
+        raise RunError(f"experiment {folder.name} is being resumed or driven by another process",
+                       "watch it on the Experiments page or with `experiment show`; stop it first to restart it") from None
+    with lock:
+        _refuse_unless_resumable(folder)
+        rundir.clear_stop(folder)
+        if not foreground:
+            spawn_driver(folder)
+            return folder.name
+        data = read_record(folder) or {}
+        data.update(state="queued", pid=os.getpid(), heartbeat=time.time(), error=None)
+        write_experiment(folder, data)  # this live pid turns other resumes away until drive() has the lock
+    drive(folder, on_progress=on_progress)
+    return folder.name
+
+
+def _refuse_unless_resumable(folder: Path) -> None:
     data = read_experiment(folder)
     if data["state"] in ACTIVE_STATES:
         raise RunError(f"experiment {folder.name} is already {data['state']}", "stop it first, or watch it")
     if data["state"] == "completed" and not _unfinished(data):
         raise RunError(f"experiment {folder.name} has completed", "start a new one from its spec.json to run it again")
-    rundir.clear_stop(folder)
-    if foreground:
-        drive(folder, on_progress=on_progress)
-    else:
-        spawn_driver(folder)
-    return folder.name
 
 
 def _unfinished(data: dict) -> bool:

@@ -47,6 +47,7 @@ HEARTBEAT_EVERY_S = 2.0
 POLL_S = 0.25
 MAX_RETRIES = 2  # a member whose process died is resumed this many times per driver session
 STOP_WAIT_S = 30.0
+LOCK_WAIT_S = 10.0  # a resume holds the folder's lock for the moment it takes to start us
 
 
 def default_parallel() -> int:
@@ -217,6 +218,9 @@ def drive(folder: str | os.PathLike, parallel: int | None = None,
     """Run experiment `folder` to its end; returns the final experiment.json. Never raises for a
     problem of the experiment: it is written to experiment.json for whoever watches it."""
     folder = Path(folder)
+    # The experiment folder's lock, held for the driver's whole life (as a worker holds its run's):
+    # a second driver of the same experiment is refused here, before it writes anything.
+    lock = rundir.RunLock(folder).acquire(wait=LOCK_WAIT_S, what="be driven by a second driver")
     record = Record(folder)
     record.update(state="running", pid=os.getpid(), error=None)
     record.start()
@@ -249,6 +253,7 @@ def drive(folder: str | os.PathLike, parallel: int | None = None,
         pool.close()
         record.close()
         rundir.clear_stop(folder)
+        lock.release()
     return read_experiment(folder)
 
 
