@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import PRESETS, ConfigError, RunConfig
+from ..config import ConfigError, RunConfig
+from ..presets import PRESETS
 from ..registry import Registry
 
 ALL = "all"  # per_class "all": every labelled training image
@@ -67,7 +68,7 @@ def _preset_method(preset: str) -> Callable[[RunConfig], RunConfig]:
 _LABELS = {"scratch": "from scratch", "feature_extraction": "feature extraction", "fine_tune": "fine-tune",
            "freeze_first_n": "freeze first N", "gradual_unfreeze": "gradual unfreezing",
            "discriminative": "discriminative lr"}
-for _preset in PRESETS:
+for _preset in PRESETS.names():  # one method per plan preset
     METHODS.add(_preset, Method(_preset_method(_preset), _LABELS.get(_preset, _preset), _preset != "scratch"))
 
 
