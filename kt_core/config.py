@@ -181,7 +181,7 @@ class RunConfig:
     plan: TransferPlan = field(default_factory=TransferPlan)
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline_of: str | None = None  # run id of the transfer run this one is the baseline of
-    experiment: str | None = None  # id of the experiment this run is a member of (experiments.py)
+    experiment: str | None = None  # id of the experiment this run is a member of (kt_core/experiments/)
     version: int = 1
 
     def validate(self) -> "RunConfig":
