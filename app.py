@@ -13,6 +13,7 @@ PAGES = [
     st.Page("app_pages/dataset.py", title="Dataset", icon=":material/dataset:"),
     st.Page("app_pages/train.py", title="Train", icon=":material/play_circle:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/table_chart:"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
 ]
 
 # Progress bars jump to their new value instead of sliding there: the slide is a CSS transition

@@ -36,6 +36,20 @@ if c2.button("Run the demo", type="primary", key="demo_start", icon=":material/r
     except Exception as exc:  # noqa: BLE001 - shown to the user, the page keeps working
         show_error(exc, "The demo could not start")
 
+st.markdown(
+    "One K is one point. **The full experiment** draws the whole curve: from scratch, feature extraction and "
+    "fine-tuning at K = 1, 2, 5, 10, 20 and all, 3 seeds each (54 runs sharing one source model), with the "
+    "verdict in words and a report to send."
+)
+if st.button("Run the full experiment", key="demo_experiment", icon=":material/science:"):
+    with guard("The experiment could not start"):  # guard lets switch_page's own exception through
+        from kt_core import experiments
+        from kt_core.demo import experiment_spec
+
+        exp_id = experiments.start_experiment(experiments.ExperimentSpec.from_dict(experiment_spec()))
+        state.watch_experiment(exp_id)
+        st.switch_page("app_pages/experiments.py", query_params={"experiment": exp_id})
+
 demo = state.recall("demo")
 if demo:
     from kt_core.demo import conclusion

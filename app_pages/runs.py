@@ -38,6 +38,7 @@ if len(overlay) > 1:
         # Tall enough for every row: the differing config values are the point, not a scroll away.
         st.dataframe(compared, key="runs_compare", height=38 + 35 * len(compared),
                      column_config={"_index": st.column_config.TextColumn("", width="medium")})
+        run_view.show_verdicts(run_view.baseline_verdicts(overlay, table))
 
 st.divider()
 run_id = st.selectbox("One run in depth", ids, format_func=labels.get, key="runs_one",
@@ -61,6 +62,8 @@ if partner not in rows:
     partner = None
 resumable = {r for r, row in rows.items() if row.get("state") not in (*ACTIVE_STATES, "completed")}
 pair = partner if partner in resumable and run_id in resumable else None
+with guard("Comparing with its baseline"):
+    run_view.show_verdicts(run_view.baseline_verdicts([run_id], table))
 
 # --- actions ---------------------------------------------------------------------------------
 c1, c2, c3, c4, c5 = st.columns([1, 1, 1.4, 1, 2.6])

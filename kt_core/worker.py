@@ -367,6 +367,7 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         "feature_cache": result.feature_cache,
         "arch": prepared.arch,
         "num_classes": len(data.class_names),
+        "train_images": len(data.train),  # what K = "all" means on an experiment's chart
         "device": str(device),
     }
     summary["headline"] = dataclasses.asdict(headline.compute(summary))

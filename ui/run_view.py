@@ -17,6 +17,7 @@ from kt_core.errors import KTError
 from kt_core.headline import Headline, headline
 from ui.errors import plain
 from kt_core.settings import get_settings
+from kt_core.experiments.results import pair_verdict
 from ui.images import image_grid
 
 def summaries(run_ids) -> dict[str, dict]:
@@ -298,3 +299,26 @@ def downloads(run_id: str) -> None:
                        f"(largest difference {diff:.1e}).", icon=":material/verified:")
         st.download_button(f"Download {ready[2]}", ready[3], ready[2], "application/octet-stream",
                            key="runs_dl_model", type="primary")
+
+
+def baseline_verdicts(run_ids: list[str], table: pd.DataFrame) -> list[str]:
+    """For each transfer run among `run_ids` with a from-scratch baseline (in `run_ids`, or any run
+    when only one is given): one sentence on what transfer bought, negative transfer named."""
+    pairs = []
+    for row in table.to_dict("records"):
+        transfer = row.get("baseline_of")
+        if transfer in run_ids and (row["id"] in run_ids or len(run_ids) == 1):
+            pairs.append((transfer, row["id"]))
+    names = dict(zip(table["id"], table["name"]))
+    out = []
+    for transfer, baseline in pairs:
+        summaries = [rundir.read_summary(r) for r in (transfer, baseline)]
+        line = pair_verdict(*summaries, transfer_name=names.get(transfer) or transfer)
+        if line:
+            out.append(line)
+    return out
+
+
+def show_verdicts(lines: list[str]) -> None:
+    for line in lines:
+        (st.error if line.startswith("Negative transfer") else st.success)(line)

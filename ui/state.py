@@ -217,3 +217,16 @@ def remember(key: str, value) -> None:
 
 def recall(key: str, default=None):
     return st.session_state.get(f"kt_memo_{key}", default)
+
+
+def current_experiment() -> str | None:
+    """The watched experiment id (`?experiment=...`), or None."""
+    return _watched("experiment")
+
+
+def watch_experiment(exp_id: str | None) -> None:
+    st.session_state["kt_watch_experiment"] = exp_id
+    if exp_id:
+        st.query_params["experiment"] = exp_id
+    elif "experiment" in st.query_params:
+        del st.query_params["experiment"]

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from ..errors import KTError
 
 # Command groups, in the order `--help` lists them.
-COMMAND_MODULES = ("inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd", "drafts_cmd")
+COMMAND_MODULES = ("inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd", "drafts_cmd",
+                   "experiment_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

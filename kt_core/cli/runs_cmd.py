@@ -78,6 +78,8 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--standby", action="store_true",
                    help="import everything, then read the run folder from stdin (end-of-file: exit)")
+    p.add_argument("--serve", action="store_true",
+                   help="an experiment's member process: train each run folder read from stdin, in turn, until end-of-file")
     p.set_defaults(func=_worker)
 
 
@@ -210,6 +212,8 @@ def _delete(args) -> int:
 def _worker(args) -> int:
     from ..worker import run_worker  # here, not at the top: the worker imports torch (~2 s)
 
+    if args.serve:
+        return _serve()
     if args.standby:
         args.run_dir = _wait_for_a_run()
         if args.run_dir is None:
@@ -224,6 +228,26 @@ def _worker(args) -> int:
     status = run_worker(args.run_dir)
     return 0 if status["state"] == "completed" else 1
 
+
+def _serve() -> int:
+    """Train the run folders an experiment's driver sends, one per line, until end-of-file.
+
+    One process trains many members, so Python, torch and torch's first optimizer start once,
+    not once per member. Each run still logs to its own log; stdout is the driver's log."""
+    import torch  # here, not at the top: the start-up cost this process pays once for many members
+
+    from ..worker import run_worker  # here, not at the top: the worker imports the engine (torch)
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
+        root.removeHandler(handler)
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0  # the driver is done with us (or gone)
+        if line.strip():
+            run_worker(line.strip())
 
 
 def _wait_for_a_run() -> str | None:

@@ -1,0 +1,148 @@
+"""The experiment folder: `experiments/<id>/`, beside the runs folder, and nothing else.
+
+| file | written | content |
+|---|---|---|
+| `experiment.json` | atomically (temp + rename), by the driver while it runs | `id`, `name`, `kind`, `spec` (the validated spec), `runs_dir`, `state`, `pid`, `heartbeat`, `created`, `error`, `parallel`, `source_run`, `members` (`key`, `coords`, `run_id`), `progress` |
+| `spec.json` | once, at creation | the spec as given, validated: `python -m kt_core experiment spec.json` runs it again |
+| `driver.log` | appended | the driver's log and its member processes' output |
+| `STOP` | by `stop_experiment` | asks the driver to stop its members (each checkpoints) and exit |
+
+Members are ordinary runs in the runs folder, each with `experiment` (this id) in its config.
+States as for runs: queued -> running -> completed | stopped | failed, and `interrupted` for an
+active experiment whose driver is gone (pid dead or heartbeat older than `rundir.STALE_AFTER_S`).
+The experiment folder's files are named here only; a member's, by `rundir`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import procs, rundir
+from ..errors import AmbiguousRunError, RunError
+from .spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = rundir.ACTIVE_STATES
+RECORD = "experiment.json"
+SPEC = "spec.json"
+DRIVER_LOG = "driver.log"
+EXPERIMENTS_HINT = "`python -m kt_core experiments` lists them, or see the Experiments page"
+
+
+def experiments_root(runs_dir: str | os.PathLike | None = None) -> Path:
+    """$KT_EXPERIMENTS_DIR, else `experiments/` beside the runs folder."""
+    explicit = os.environ.get("KT_EXPERIMENTS_DIR")
+    if explicit:
+        return Path(explicit)
+    return rundir.runs_root(runs_dir).parent / "experiments"
+
+
+def experiment_ids(runs_dir=None) -> list[str]:
+    root = experiments_root(runs_dir)
+    if not root.is_dir():
+        return []
+    return sorted((p.name for p in root.iterdir() if (p / RECORD).is_file()), reverse=True)
+
+
+def experiment_dir(exp: str | os.PathLike, runs_dir=None) -> Path:
+    """An experiment folder, id, unique id prefix, or name (the newest of that name)."""
+    text = str(exp)
+    path = Path(text)
+    if text.strip() and (path / RECORD).is_file():
+        return path
+    root = experiments_root(runs_dir)
+    ids = experiment_ids(runs_dir)
+    if text in ids:
+        return root / text
+    prefixed = [i for i in ids if i.startswith(text)] if text else []
+    if len(prefixed) == 1:
+        return root / prefixed[0]
+    named = [i for i in ids if (read_record(root / i) or {}).get("name") == text]
+    if named:
+        return root / named[0]
+    if len(prefixed) > 1:
+        raise AmbiguousRunError(f"{text!r} matches {len(prefixed)} experiments", "give more of the experiment id")
+    raise RunError(f"no experiment {text!r} in {root}", EXPERIMENTS_HINT)
+
+
+def read_record(folder: Path) -> dict | None:
+    return rundir.read_json(folder / RECORD)
+
+
+def write_experiment(folder: Path, data: dict) -> None:
+    rundir.write_json_atomic(folder / RECORD, data)
+
+
+def read_experiment(exp: str | os.PathLike, runs_dir=None) -> dict:
+    """experiment.json, with `interrupted` for an active experiment whose driver is gone."""
+    folder = experiment_dir(exp, runs_dir)
+    data = read_record(folder) or {}
+    data["dir"] = str(folder)
+    if data.get("state") in ACTIVE_STATES and not _driver_alive(data):
+        data["state"] = "interrupted"
+        data["error"] = data.get("error") or "the experiment's driver process ended before the experiment did"
+    return data
+
+
+def _driver_alive(data: dict) -> bool:
+    if not procs.pid_alive(data.get("pid")):
+        return False
+    if data.get("state") == "queued":  # starting up: no heartbeat yet
+        return True
+    return time.time() - (data.get("heartbeat") or 0) < rundir.STALE_AFTER_S
+
+
+def new_experiment_id(spec: ExperimentSpec) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{rundir.slug(spec.name)}-{secrets.token_hex(2)}"
+
+
+def create_experiment(spec: ExperimentSpec, runs_dir=None, parallel: int | None = None,
+                      spec_source: Any = None) -> Path:
+    """A new experiment folder (queued); nothing runs yet. Members are created by the driver."""
+    root = experiments_root(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        folder = root / new_experiment_id(spec)
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover
+        raise RunError("could not create a unique experiment folder", f"check {root}")
+    (folder / SPEC).write_text(json.dumps(spec.to_dict(), indent=2))
+    now = time.time()
+    write_experiment(folder, {
+        "id": folder.name, "name": spec.name, "kind": spec.kind, "spec": spec.to_dict(),
+        "runs_dir": str(rundir.runs_root(runs_dir).resolve()), "state": "queued", "pid": None,
+        "heartbeat": now, "created": now, "error": None, "parallel": parallel or spec.parallel,
+        "source_run": None, "members": [], "progress": {},
+    })
+    return folder
+
+
+def members_runs_dir(data: dict) -> Path:
+    return Path(data["runs_dir"])
+
+
+def list_experiments(runs_dir=None) -> list[dict]:
+    """One row per experiment, newest first: id, name, kind, state, members done/total."""
+    out = []
+    for exp_id in experiment_ids(runs_dir):
+        try:
+            data = read_experiment(experiments_root(runs_dir) / exp_id)
+        except RunError as exc:
+            out.append({"id": exp_id, "state": "corrupt", "error": str(exc)})
+            continue
+        progress = data.get("progress") or {}
+        out.append({"id": exp_id, "name": data.get("name"), "kind": data.get("kind"), "state": data.get("state"),
+                    "done": progress.get("done", 0), "total": progress.get("total", len(data.get("members") or [])),
+                    "created": data.get("created"), "error": data.get("error")})
+    return out
