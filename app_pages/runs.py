@@ -6,6 +6,7 @@ from kt_core import launcher, rundir, runs
 from ui import run_view, state
 from ui.curves import ACTIVE_STATES, forget, live_curves
 from ui.errors import guard, plain
+from ui.trackers import trackers
 
 st.title("Runs")
 with guard("Reading the runs folder") as listing:
@@ -102,7 +103,7 @@ if c4.button("Delete", key="runs_delete", disabled=not confirm or run_state in A
         st.rerun()
 
 # --- evaluation ------------------------------------------------------------------------------
-tab_eval, tab_files = st.tabs(["Evaluation", "Downloads"])
+tab_eval, tab_files, tab_trackers = st.tabs(["Evaluation", "Downloads", "Trackers"])
 with tab_eval:
     if run_state != "completed" and run_state != "stopped":
         st.caption("Evaluation needs a finished run (completed or stopped).")
@@ -126,3 +127,7 @@ with tab_eval:
 with tab_files:
     with guard("Preparing downloads"):
         run_view.downloads(run_id)
+
+with tab_trackers:  # TensorBoard and MLflow
+    with guard("Showing the trackers"):
+        trackers(run_id, run_state)

@@ -1,4 +1,4 @@
-"""B12: an experiment against the same member runs launched one after another with the CLI.
+"""B13: an experiment against the same member runs launched one after another with the CLI.
 
 Both sides train exactly the same member configs (the spec's own expansion, written out as run
 config files for the CLI side) from a warm dataset cache, each in fresh processes as a user would
@@ -56,7 +56,7 @@ def _timed(cmds: list[list[str]], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-@FIGURES.register("B12", title="experiment: the same members one after another with the CLI / as one experiment, wall time",
+@FIGURES.register("B13", title="experiment: the same members one after another with the CLI / as one experiment, wall time",
                   target=Target(">=", 2.0))
 def experiment_speed(ctx: Context) -> tuple[float, str]:
     from kt_core.experiments import ExperimentSpec

@@ -1,4 +1,4 @@
-"""The figures B1-B7 (B4, the browser one, lives in `ui_tax.py`). Each returns `(measured, detail)`.
+"""The figures B1-B8 (B4, the browser one, lives in `ui_tax.py`). Each returns `(measured, detail)`.
 
 The in-process figures (B1, B3, B7) follow one pattern: build the model once, let each side start
 from a copy of the same weights, train `1 + scale.epochs` epochs on the same tensors in the same
@@ -25,7 +25,7 @@ from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, 
 from kt_core.data import PreparedData, TensorSplit, iter_batches
 
 from . import plain
-from .harness import (FIGURES, Context, EpochClock, Target, best, clock_for, flat, interleave, median, paired_ratio,
+from .harness import (FIGURES, Context, EpochClock, Skip, Target, best, clock_for, flat, interleave, median, paired_ratio,
                       sync)
 
 log = logging.getLogger(__name__)
@@ -395,3 +395,42 @@ def data_path(ctx: Context) -> tuple[float, str]:
     a, b = best(rates["iter_batches"]), best(rates["pre-batched"])
     return median(ratios), (f"median of {len(ratios)} epoch pairs; best iter_batches {a:.0f} img/s, "
                             f"pre-batched {b:.0f} img/s (same order, same plain step)")
+
+
+# --- B12: TensorBoard event files ---------------------------------------------------------------
+
+@FIGURES.register("B12", title="TensorBoard event files on / off: kt_core fine-tuning images/s with the run's "
+                              "TensorBoard callback / without (small_cnn, a step row every batch)",
+                  target=Target(">=", 0.98))
+def tensorboard_tax(ctx: Context) -> tuple[float, str]:
+    from kt_core.callbacks import Callback
+    from kt_core.engine import fit
+    from kt_core.tensorboard_log import TensorBoardLogger, available
+
+    if not available():
+        raise Skip("the tensorboard package is not installed (pip install tensorboard)")
+    import torch.utils.tensorboard  # noqa: F401  (once per process, as a worker pays it once per run)
+
+    model, data = synthetic_task("small_cnn", ctx)
+    cfg = run_config("small_cnn", ctx)
+    cfg.train.log_every = 1  # the worst case: TensorBoard gets a row at every batch
+    folders = iter(range(10**6))
+
+    def rates(with_tensorboard: bool) -> list[float]:
+        clock = EpochClock(ctx.device)
+
+        class Tick(Callback):
+            def on_epoch_end(self, *args) -> None:
+                clock.tick()
+
+        hooks = [Tick()]
+        if with_tensorboard:
+            hooks.append(TensorBoardLogger(ctx.workdir / "b8_tensorboard" / str(next(folders))))
+        copy, plan = planned_copy(model, cfg)
+        fit(copy, data, cfg, plan=plan, callbacks=hooks, device=ctx.device)
+        return clock.epoch_rates(len(data.train))
+
+    # Process CPU time counts the writer thread too: the figure is what TensorBoard costs the run's
+    # process, not only what it takes from the training thread.
+    samples = interleave({"tensorboard on": lambda: rates(True), "off": lambda: rates(False)}, 2 * ctx.scale.repeats)
+    return ratio_of(samples, "tensorboard on", "off")

@@ -351,7 +351,7 @@ def check_fields(obj: Any, prefix: str) -> None:
         if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
             span = f"{'above' if low_open else 'at least'} {_number(low)}" if high is None else \
                 f"{'above ' if low_open else 'from '}{_number(low)} {'up ' if low_open else ''}to {_number(high)}"
-            raise ConfigError(f"{key}: {_number(value)} is out of range", f"use a value {span}")
+            raise ConfigError(f"{key} is {_shown(value, 40)}", f"out of range: use a value {span}")
 
 
 def _number(x: float) -> str:

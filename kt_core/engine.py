@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import __version__, defaults
+from . import __version__, defaults, progress
 from .callbacks import Callback
 from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches
@@ -375,7 +375,8 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
         raise _HeadReached
 
     feats, labels = [], []
-    with probe(model, before={head_name: grab}):
+    with probe(model, before={head_name: grab}), \
+            progress.task("caching the frozen backbone's features", len(split)) as shown:
         for x, y in iter_batches(split, batch_size):
             before = len(captured)
             try:
@@ -388,6 +389,7 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
             feats.append(captured[-1])
             labels.append(y.to(device))
             captured.clear()
+            shown.advance(len(y))
     if not feats:
         return None
     return TensorSplit(torch.cat(feats), torch.cat(labels))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
-from . import rundir
+from . import progress, rundir
 from .data import iter_batches, load_dataset
 from .engine import resolve_device
 from .errors import DatasetError, KTError, PathNotAllowedError, RunError, TrustNotAllowedError
@@ -66,9 +66,11 @@ def predict(model: nn.Module, split, device: torch.device | str | None = None,
     model.to(device)
     logits, labels = [], []
     try:
-        for x, y in iter_batches(split, batch_size, shuffle=False):
-            logits.append(model(x.to(device)).float().cpu())
-            labels.append(y.cpu())
+        with progress.task("evaluating", len(split)) as shown:
+            for x, y in iter_batches(split, batch_size, shuffle=False):
+                logits.append(model(x.to(device)).float().cpu())
+                labels.append(y.cpu())
+                shown.advance(len(y))
     finally:
         model.train(was_training)
     if not logits:

@@ -207,12 +207,13 @@ def _refuse_unless_resumable(folder: Path) -> None:
         raise RunError(f"run {folder.name} has completed", "start a new run from its config.json to train again")
 
 
-def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = False) -> str:
+def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = False, callbacks=()) -> str:
     """Continue a stopped, failed or interrupted run from checkpoints/last.pt.
 
     The worker truncates metrics.jsonl to the checkpoint's step first, so the metrics continue
     with no gap and no duplicates. Without a checkpoint the run starts again from the beginning.
-    `foreground=True` trains in this process (the CLI's `resume --foreground`). Under the run's
+    `foreground=True` trains in this process (the CLI's `resume --foreground`, `callbacks` added
+    to the worker's: its terminal progress). Under the run's
     lock, so of two resumes at once one starts the worker and the other is refused.
     `confined=True` (the dashboard): the run is held to the server's roots and trust setting.
     """
@@ -232,7 +233,7 @@ def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = Fa
     # live pid turns other resumes away.
     from .worker import run_worker  # here, not at the top: the worker imports the engine (torch)
 
-    run_worker(folder)
+    run_worker(folder, callbacks=callbacks)
     return folder.name
 
 

@@ -63,6 +63,7 @@ CHECKPOINT_DIR = "checkpoints"
 SUMMARY = "summary.json"
 EVAL_DIR = "eval"
 EXPORTS_DIR = "exports"
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files (kt_core/tensorboard_log.py)
 STOP = "STOP"
 LOCK = "worker.lock"
 
@@ -133,6 +134,10 @@ def checkpoint_path(folder: Path, tag: str) -> Path:
 
 def eval_path(folder: Path, split: str) -> Path:
     return Path(folder) / EVAL_DIR / f"{split}.json"
+
+
+def tensorboard_dir(folder: Path) -> Path:
+    return Path(folder) / TENSORBOARD_DIR
 
 
 def exports_dir(folder: Path) -> Path:

@@ -10,6 +10,7 @@
 | `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
+| `KT_TENSORBOARD` | `1` | every run writes TensorBoard event files into `RUN/tensorboard/`; `0` turns them off |
 
 What the dashboard launches, resumes, re-runs, evaluates or exports is held to `KT_ALLOWED_ROOTS`
 and `KT_ALLOW_TRUST` in kt_core itself (the worker of a dashboard run enforces them again), not
@@ -44,6 +45,7 @@ class Settings:
     allowed_roots: tuple[Path, ...] = field(default_factory=lambda: _roots_from_env())
     allow_trust: bool = field(default_factory=lambda: _flag("KT_ALLOW_TRUST", True))
     warm_worker: bool = field(default_factory=lambda: _flag("KT_WARM_WORKER", True))
+    tensorboard: bool = field(default_factory=lambda: _flag("KT_TENSORBOARD", True))
 
     @property
     def drafts_dir(self) -> Path:

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -30,6 +31,7 @@ from .errors import KTError, RunError
 from .settings import get_settings
 from .sources import run_folder
 from .transfer import bn_stat_warnings
+from .tensorboard_log import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +207,14 @@ def _signals(stop: StopFlag):
         signal.signal(signal.SIGTERM, old[1])
 
 
-def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict:
+def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Train run folder `run` to its end (resuming from checkpoints/last.pt if there is one).
     `prepared`: what `assemble.preflight(deep=True)` already built from this run's config (`train`).
 
     Returns the final status dict; the state is completed, stopped or failed. Never raises for a
     training problem: it is written to status.json and log.txt for whoever watches the run.
     Raises `RunBusyError`, writing nothing, when another worker holds the run folder.
+    `callbacks` are added to the run folder's own (the foreground CLI's terminal progress).
     """
     folder = rundir.run_dir(run)
     with rundir.RunLock(folder).acquire(wait=LOCK_WAIT_S, what="train"), _run_logging(folder):
@@ -219,7 +222,7 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict
         status.update(state="running", pid=os.getpid(), error=None)
         status.start()
         stop = StopFlag(folder)
-        metrics = None
+        metrics, trackers = None, []
         try:
             with _signals(stop):
                 cfg = rundir.load_config(folder)
@@ -245,9 +248,10 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict
                                 + _bn_warnings(prepared, device)):
                     log.warning("%s", warning)
                 metrics = MetricsWriter(folder)
-                callbacks = [metrics, Progress(status), stop, Checkpointer(folder)]
+                trackers = tensorboard_callbacks(folder, get_settings().tensorboard)
+                hooks = [metrics, Progress(status), stop, Checkpointer(folder), *trackers, *callbacks]
                 head = prepared.plan.head_decision
-                result = fit(prepared.model, prepared.data, cfg, prepared.plan, callbacks, resume_state,
+                result = fit(prepared.model, prepared.data, cfg, prepared.plan, hooks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
                              evaluate_first=bool(head and head.keep))
                 summary = _summary(folder, cfg, result, prepared, device)
@@ -273,6 +277,8 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None) -> dict
             status.close()
             if metrics is not None:
                 metrics.close()
+            for tracker in trackers:  # a failed run's events so far are written too
+                tracker.close()
             with contextlib.suppress(OSError):
                 rundir.clear_stop(folder)
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from . import progress
 from .datasets.raw import is_image_file
 from .errors import DatasetError
 from .settings import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES
@@ -84,9 +85,11 @@ def extract_zip(zip_path_or_fileobj: str | os.PathLike | BinaryIO, dest: str | o
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
         try:
-            for info, rel in wanted:
-                report.total_bytes += _extract_one(archive, info, rel, staging, max_total_bytes - report.total_bytes)
-                report.extracted += 1
+            with progress.task("extracting the zip", len(wanted)) as shown:
+                for info, rel in wanted:
+                    report.total_bytes += _extract_one(archive, info, rel, staging, max_total_bytes - report.total_bytes)
+                    report.extracted += 1
+                    shown.advance()
             os.replace(staging, dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

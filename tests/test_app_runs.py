@@ -190,3 +190,27 @@ def test_sample_predictions_are_drawn_across_the_classes():
     assert sorted(labels[:3]) == [0, 1, 2]  # every class before any repeats
     assert picks[1] == (5, "b → a ✗")
     assert all(c.endswith("✓") for i, c in picks if i != 5)
+
+
+def test_the_trackers_tab_shows_tensorboard_and_logs_the_run_into_mlflow(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="MLflow is optional: pip install mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    at = app_at("runs", run=trained_run)
+    no_exceptions(at)
+    assert any("tensorboard --logdir" in c.value for c in at.code)
+    # A local store outside the allowed roots is refused, as any server path typed into the UI.
+    at.text_input(key="runs_mlflow_uri").input("file:///etc/kt-mlruns").run()
+    at.button(key="runs_mlflow_export").click().run()
+    assert any("KT_ALLOWED_ROOTS" in e for e in errors(at)), errors(at)
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    at.text_input(key="runs_mlflow_uri").input(uri).run()
+    at.button(key="runs_mlflow_export").click().run()
+    no_exceptions(at)
+    assert any("Logged as MLflow run" in s.value for s in at.success), errors(at)
+    (mlrun,) = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("KT Studio").experiment_id])
+    assert mlrun.data.tags["kt_studio.run_id"] == trained_run
+    assert any(f"export-tracking {trained_run} --mlflow {uri}" in c.value for c in at.code)

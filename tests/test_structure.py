@@ -113,7 +113,7 @@ def test_an_import_inside_a_function_says_why_it_is_there():
 # What a run folder holds, by name: only kt_core/rundir.py may build these paths.
 RUN_FILES = {"config.json", "status.json", "metrics.jsonl", "log.txt", "summary.json", "STOP", "worker.lock",
              "last.pt", "best.pt"}
-RUN_FOLDERS = {"checkpoints", "eval", "exports"}
+RUN_FOLDERS = {"checkpoints", "eval", "exports", "tensorboard"}
 NOT_A_RUN_FOLDER = {("kt_core/models.py", "checkpoints")}  # torch hub's own cache of downloaded weights
 
 

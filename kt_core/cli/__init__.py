@@ -18,13 +18,15 @@ from typing import Any, Sequence
 from ..errors import KTError
 
 # Command groups, in the order `--help` lists them.
-COMMAND_MODULES = ("inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd", "drafts_cmd",
-                   "experiment_cmd")
+COMMAND_MODULES = ("app_cmd", "inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd", "drafts_cmd",
+                   "tracking_cmd", "experiment_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # `kt-studio` (the installed command) or `python -m kt_core`: the same commands.
+    installed = os.path.basename(sys.argv[0]) == "kt-studio"
     parser = argparse.ArgumentParser(
-        prog="python -m kt_core",
+        prog="kt-studio" if installed else "python -m kt_core",
         description="KT Studio: transfer learning with PyTorch, from the command line.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -41,6 +41,7 @@ def register(subparsers) -> None:
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. style=textured (VALUE parsed as JSON when it can be)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress while the files are decoded")
     s.set_defaults(func=_show)
 
 
@@ -81,7 +82,10 @@ def _show(args: argparse.Namespace) -> int:
                         per_class=args.per_class, val_fraction=args.val_fraction, seed=args.seed,
                         image_size=args.image_size, content_size=args.content_size, channels=args.channels,
                         normalize=args.normalize, augment=args.augment, options=_options(args.option))
-    data = load_dataset(cfg)  # the CLI is the local user's own: paths are not confined
+    from .terminal import Terminal  # beside load_dataset's import, which is here for torch's start-up cost
+
+    with Terminal(quiet=args.quiet or args.json).tasks():  # decoding a big folder or zip takes a while
+        data = load_dataset(cfg)  # the CLI is the local user's own: paths are not confined
     summary = data.summary()
     if args.json:
         print_json(summary)

@@ -6,6 +6,7 @@ import time
 
 from .. import demo, launcher, rundir
 from . import print_json
+from .terminal import Terminal
 
 
 def register(subparsers) -> None:
@@ -14,6 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda[:N], mps")
     p.add_argument("--detach", action="store_true", help="start the runs and return; watch them with `runs`")
     p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress while the runs train")
     p.set_defaults(func=_demo)
 
 
@@ -28,7 +30,7 @@ def _demo(args) -> int:
             print_json(ids)
         return 0
     try:
-        states = _wait(list(ids.values()), quiet=args.json)
+        states = watch(Terminal(quiet=args.quiet or args.json), ids)
     except KeyboardInterrupt:
         for run_id in ids.values():
             if rundir.is_active(run_id):
@@ -42,14 +44,57 @@ def _demo(args) -> int:
     return 0 if line else 1
 
 
-def _wait(run_ids: list[str], quiet: bool) -> dict[str, str]:
-    """Poll the run folders (as the UI does) until every run has ended; one line per change."""
-    last = None
-    while True:
-        states = {r: rundir.read_status(r)["state"] for r in run_ids}
-        if not quiet and states != last:
-            print("  " + ", ".join(f"{r.split('-', 2)[-1]}: {s}" for r, s in states.items()), flush=True)
-            last = states
-        if not any(s in rundir.ACTIVE_STATES for s in states.values()):
-            return states
-        time.sleep(0.5)
+def watch(terminal: Terminal, run_ids: dict[str, str], poll_s: float = 0.5) -> dict[str, str]:
+    """Follow runs training in other processes through their folders (as the UI does) until all
+    have ended: a bar per run on a terminal (step from status.json, val accuracy from the
+    metrics file), else one line per epoch and per change of state. Returns each run's state."""
+    followed = {label: _Followed(label, run_id) for label, run_id in run_ids.items()}
+    try:
+        while True:
+            for run in followed.values():
+                run.poll(terminal)
+            states = {run.run_id: run.state for run in followed.values()}
+            if not any(s in rundir.ACTIVE_STATES for s in states.values()):
+                return states
+            time.sleep(poll_s)
+    finally:
+        for run in followed.values():
+            run.close(terminal)
+
+
+class _Followed:
+    def __init__(self, label: str, run_id: str):
+        self.label, self.run_id = label, run_id
+        self.state, self.offset, self.val_acc, self.bar = None, 0, None, None
+        self.epochs = rundir.load_config(run_id).train.epochs
+
+    def poll(self, terminal: Terminal) -> None:
+        status = rundir.read_status(self.run_id)
+        rows, self.offset = rundir.read_metrics(self.run_id, self.offset)
+        for row in rows:
+            if row.get("kind") != "epoch":
+                continue
+            self.val_acc = row.get("val_acc")
+            if not terminal.live:
+                terminal.line(f"{self.label} epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}"
+                              + (f"  val_acc {self.val_acc:.4f}" if self.val_acc is not None else ""))
+        if status["state"] != self.state:
+            self.state = status["state"]
+            if not terminal.live:
+                terminal.line(f"{self.label} ({self.run_id}): {self.state}")
+        if terminal.live:
+            stats = f"{status.get('step') or 0}/{status.get('total_steps') or '?'}  {self.state}"
+            if self.val_acc is not None:
+                stats += f"  val_acc {self.val_acc:.4f}"
+            text = f"{self.label} epoch {min((status.get('epoch') or 0) + 1, self.epochs)}/{self.epochs}"
+            if self.bar is None:
+                self.bar = terminal.bars.add(text, status.get("total_steps"), status.get("step") or 0, stats)
+            else:
+                terminal.bars.update(self.bar, description=text, total=status.get("total_steps"),
+                                     completed=status.get("step") or 0, stats=stats)
+
+    def close(self, terminal: Terminal) -> None:
+        if self.bar is not None:
+            terminal.bars.redraw(force=True)
+            terminal.bars.remove(self.bar)
+            self.bar = None

@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--show", type=int, default=10, metavar="N", help="misclassified examples to list (text output)")
     p.add_argument("--json", action="store_true", help="the full result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress while the data is decoded and evaluated")
     p.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("export", help="export a run's model (state_dict, safetensors, torchscript, onnx)")
@@ -33,8 +34,10 @@ def register(subparsers) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_run  # lazy: torch costs ~2 s, other commands skip it
+    from .terminal import Terminal
 
-    result = evaluate_run(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint)
+    with Terminal(quiet=args.quiet or args.json).tasks():
+        result = evaluate_run(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint)
     if args.json:
         print_json(result.to_dict())
         return 0

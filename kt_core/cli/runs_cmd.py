@@ -16,11 +16,14 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from .. import headline, launcher, rundir, runs
 from ..config import RunConfig
 from ..errors import KTError
+from ..settings import get_settings
 from . import print_json
+from .terminal import Terminal
 
 
 def register(subparsers) -> None:
@@ -34,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--json", action="store_true", help="print the final status and summary as JSON")
+    _quiet_arg(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("runs", help="list runs, newest first")
@@ -66,6 +70,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("resume", help="continue a stopped, failed or interrupted run from its last checkpoint")
     _run_args(p)
     p.add_argument("--foreground", action="store_true", help="train in this process instead of a background worker")
+    _quiet_arg(p)
     p.set_defaults(func=_resume)
 
     p = subparsers.add_parser("delete", help="delete a run folder (not while it trains)")
@@ -83,16 +88,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=_worker)
 
 
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, else one line per epoch)")
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run id, unique id prefix, run folder, or run name")
     p.add_argument("--runs-dir")
 
 
 def _train(args) -> int:
-    # here, not at the top: the worker and assembling import torch (~2 s), which listing,
-    # status, stop and delete never need.
+    # here, not at the top: assembling imports torch (~2 s), which listing, status, stop and
+    # delete never need.
     from ..assemble import preflight
-    from ..worker import run_worker
 
     cfg = RunConfig.from_file(args.config)
     if args.device:
@@ -104,6 +113,7 @@ def _train(args) -> int:
     prepared = [preflight(cfg, args.runs_dir, deep=True)]
     if args.baseline:
         prepared.append(preflight(cfg.as_baseline(None), args.runs_dir, deep=True))
+    terminal = Terminal(quiet=args.quiet or args.json)
     results = []
     for i, run_cfg in enumerate((cfg, None) if args.baseline else (cfg,)):
         if run_cfg is None:  # the baseline points at the transfer run it belongs to
@@ -111,7 +121,7 @@ def _train(args) -> int:
         folder = rundir.create_run(run_cfg, args.runs_dir)
         if not args.json:
             print(f"run {folder.name} ({folder})", flush=True)
-        status = run_worker(folder, prepared=prepared[i])
+        status = _train_in_foreground(terminal, folder, "baseline" if run_cfg.baseline_of else "", prepared=prepared[i])
         summary = rundir.read_summary(folder) if folder.is_dir() else {}
         results.append({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
                         "summary": summary,  # a folder deleted while it trained has nothing to reproduce
@@ -123,6 +133,23 @@ def _train(args) -> int:
     if args.json:
         print_json(results if args.baseline else results[0])
     return 0 if all(r["state"] == "completed" for r in results) and len(results) == (2 if args.baseline else 1) else 1
+
+
+def _train_in_foreground(terminal: Terminal, folder, label: str = "", resume: bool = False, prepared=None) -> dict:
+    """Train (or resume) a run folder in this process, its progress on the terminal."""
+    # here, not at the top: the worker and the engine callback import torch (~2 s)
+    from ..worker import run_worker
+    from .train_progress import TrainProgress
+
+    shown = TrainProgress(terminal, label)
+    try:
+        with terminal.tasks():  # decoding the dataset is shown too
+            if resume:
+                launcher.resume(folder, foreground=True, callbacks=[shown])
+                return rundir.read_status(folder)
+            return run_worker(folder, prepared=prepared, callbacks=[shown])
+    finally:
+        shown.close()
 
 
 def _print_result(result: dict) -> None:
@@ -148,8 +175,10 @@ def _list(args) -> int:
     if frame.empty:
         print(f"no runs in {rundir.runs_root(args.runs_dir)}")
         return 0
-    shown = frame[["id", "state", "epoch", "epochs", "headline", "best_val_acc", "test_acc", "preset", "arch", "dataset"]]
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    columns = ["id", "state", "headline", "best_val_acc", "test_acc", "epoch", "epochs", "preset", "arch",
+               "dataset"]  # by importance: a narrow terminal leaves out the last ones
+    Terminal().table(columns, frame[columns].astype(object).itertuples(index=False),
+                     right=("epoch", "epochs", "best_val_acc", "test_acc"), drop_to_fit=True)
     return 0
 
 
@@ -159,9 +188,15 @@ def _compare(args) -> int:
         print_json(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
         return 0
     # One column per run, one row per field: config values read across, like a diff.
-    table = frame.set_index("run_id").T
-    print(table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))  # 3e-05 stays 3e-05
+    table = frame.set_index("run_id").T.astype(object)
+    Terminal().table(["field", *table.columns], ([field, *(_compact(v) for v in values)]
+                                                 for field, values in table.iterrows()))
     return 0
+
+
+def _compact(value):
+    """4 significant digits in a comparison (3e-05 stays 3e-05, 0.912345 reads 0.9123)."""
+    return f"{value:.4g}" if isinstance(value, float) and value == value else value
 
 
 def _status(args) -> int:
@@ -169,10 +204,13 @@ def _status(args) -> int:
     if args.json:
         print_json(status)
         return 0
-    print(f"{status['run_id']}: {status['state']}  epoch {status.get('epoch')}  "
-          f"step {status.get('step')}/{status.get('total_steps')}")
-    if status.get("error"):
-        print(f"  error: {status['error']}")
+    fields = [("run", status["run_id"]), ("state", status["state"]),
+              ("epoch", status.get("epoch")), ("step", f"{status.get('step')}/{status.get('total_steps')}")]
+    if status.get("heartbeat"):
+        fields.append(("heartbeat", f"{max(0.0, time.time() - status['heartbeat']):.0f} s ago"))
+    fields += [(key, status[key]) for key in ("pid", "note", "error") if status.get(key)]
+    terminal = Terminal()
+    terminal.table(["field", "value"], fields)
     for line in status.get("log_tail", [])[-10:]:
         print(f"  | {line}")
     return 0
@@ -192,8 +230,11 @@ def _stop(args) -> int:
 
 def _resume(args) -> int:
     folder = rundir.run_dir(args.run, args.runs_dir)
-    launcher.resume(folder, foreground=args.foreground)
-    status = rundir.read_status(folder)
+    if args.foreground:
+        status = _train_in_foreground(Terminal(quiet=args.quiet), folder, resume=True)
+    else:
+        launcher.resume(folder)
+        status = rundir.read_status(folder)
     print(f"{folder.name}: {status['state']}")
     if args.foreground:
         _print_result({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
@@ -257,6 +298,10 @@ def _wait_for_a_run() -> str | None:
     # torch imports its compiler stack on the first optimizer; do it before a run is waiting.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     from .. import worker  # noqa: F401 - the standby pays for importing everything a run needs now
+    from ..tensorboard_log import available  # noqa: F401 - as above (cheap: no TensorBoard yet)
+
+    if available() and get_settings().tensorboard:
+        import torch.utils.tensorboard  # noqa: F401 - the run's event-file writer, ahead too (~1 s)
 
     line = sys.stdin.readline().strip()
     if not line:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .. import progress
 from ..errors import DatasetError, KTError
 from ..settings import checked_path, confine_path, get_settings
 from . import cache
@@ -219,17 +220,19 @@ def _materialize(split: RawSplit, name: str, geometry: Geometry, in_memory: bool
     if split.images is not None:
         return split
     good, images, bad = [], [], []
-    for i in range(len(split)):
-        try:
-            if in_memory:
-                images.append(fit_pil(split.open(i), geometry))
-            else:
-                reason = split.reader.check(int(split.index[i])) if hasattr(split.reader, "check") else None
-                if reason:
-                    raise OSError(reason)
-            good.append(i)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            bad.append((split.name(i), str(exc) or type(exc).__name__))
+    with progress.task(f"{'decoding' if in_memory else 'checking'} {name} images", len(split)) as shown:
+        for i in range(len(split)):
+            try:
+                if in_memory:
+                    images.append(fit_pil(split.open(i), geometry))
+                else:
+                    reason = split.reader.check(int(split.index[i])) if hasattr(split.reader, "check") else None
+                    if reason:
+                        raise OSError(reason)
+                good.append(i)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                bad.append((split.name(i), str(exc) or type(exc).__name__))
+            shown.advance()
     if bad:
         warnings.append(describe_skipped(f"unreadable images in {name}", bad))
     kept = split.subset(torch.tensor(good, dtype=torch.long))
