@@ -111,7 +111,7 @@ def test_layer_transfer_transfers_the_first_n_blocks_frozen_and_fine_tuned_again
     ({"seeds": 0}, "seeds is 0"),
     ({"kind": "grid", "per_class": [5], "grid": {"train.learning_rate": [1]}}, "'learning_rate' is not a key of train"),
     ({"kind": "poll"}, "unknown experiment kind 'poll'"),
-    ({"base": {**tiny_base(), "train": {"epochz": 1}}}, "unknown key(s) in train: epochz"),
+    ({"base": {**tiny_base(), "train": {"epochz": 1}}}, "unknown key(s) in train: 'epochz'"),
 ])
 def test_a_bad_spec_names_the_problem_and_the_fix(change, says):
     with pytest.raises(Exception) as err:
