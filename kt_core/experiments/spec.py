@@ -65,7 +65,7 @@ def _preset_method(preset: str) -> Callable[[RunConfig], RunConfig]:
     return apply
 
 
-_LABELS = {"scratch": "from scratch", "feature_extraction": "feature extraction", "fine_tune": "fine-tune",
+_LABELS = {"scratch": "from scratch", "linear_probe": "linear probe", "feature_extraction": "feature extraction", "fine_tune": "fine-tune",
            "freeze_first_n": "freeze first N", "gradual_unfreeze": "gradual unfreezing",
            "discriminative": "discriminative lr"}
 for _preset in PRESETS.names():  # one method per plan preset
