@@ -130,7 +130,10 @@ class TensorBoardLogger(Callback):
             while self._queue.get() is not None:
                 pass
         finally:
-            writer.close()
+            try:
+                writer.close()
+            except Exception as exc:  # noqa: BLE001 - e.g. the run folder was deleted: its events go with it
+                log.warning("TensorBoard event files not closed: %s", exc)
 
     @staticmethod
     def _write_confusion(writer, confusion: np.ndarray, class_names: list[str], step: int) -> None:

@@ -211,32 +211,6 @@ def test_the_demo_runs_offline_and_concludes_from_its_results(server, page):
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first
     wait_for(lambda: figure in metric.inner_text(), 120, "the evaluation's accuracy on the headline's split")
     shot(page, "8-evaluation")
-    _click_a_confusion_cell(page)
-
-
-def _click_a_confusion_cell(page) -> None:
-    """Click an off-diagonal cell other than the one shown first: its images replace them."""
-    chart = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer")).first
-    chart.wait_for()
-    shown = page.get_by_text(re.compile(r"^True .+ → predicted .+: \d")).first
-    shown.wait_for()
-    before = shown.inner_text()
-    cell = chart.evaluate("""(gd) => {
-        const z = gd.data[0].z, L = gd._fullLayout, n = z.length, rect = gd.getBoundingClientRect();
-        const first = z.flatMap((row, i) => row.map((v, j) => [v, i, j])).filter(c => c[1] != c[2])
-                       .sort((a, b) => b[0] - a[0])[0];
-        let pick = [1, 0];
-        for (let i = 0; i < n; i++) for (let j = 0; j < n; j++)
-            if (i != j && !(i == first[1] && j == first[2])) { pick = [i, j]; i = n; break; }
-        const [i, j] = pick;
-        return {i, j, x: rect.left + L.xaxis._offset + L.xaxis.l2p(j), y: rect.top + L.yaxis._offset + L.yaxis.l2p(i),
-                names: gd.data[0].x};
-    }""")
-    page.mouse.click(cell["x"], cell["y"])
-    wanted = f"True {cell['names'][cell['i']]} → predicted {cell['names'][cell['j']]}:"
-    wait_for(lambda: page.get_by_text(wanted).count() >= 1, 60, f"the clicked cell's images ({wanted})")
-    assert page.get_by_text(before).count() == 0 or before.startswith(wanted)
-    shot(page, "9-confusion-click")
 
 
 def test_a_deep_link_as_a_servers_first_request_gets_the_whole_app(tmp_path, page):

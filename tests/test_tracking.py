@@ -70,7 +70,7 @@ def test_a_resumed_run_keeps_one_value_per_step_in_tensorboard(tmp_path):
         def should_stop(self, ctx):
             return ctx.epoch >= 1 and ctx.batch_in_epoch == 1
 
-    assert run_worker(folder, [Stop()])["state"] == "stopped"
+    assert run_worker(folder, callbacks=[Stop()])["state"] == "stopped"
     launcher.resume(folder, foreground=True)
     assert rundir.read_status(folder)["state"] == "completed"
     acc = accumulator(folder)
