@@ -98,13 +98,18 @@ def _progress_printer(started: float):
     return show
 
 
-def _finish(data: dict, args) -> int:
+def _print(data: dict, args) -> None:
+    """An experiment's results and conclusion, as JSON or as tables (show, and the end of a run)."""
     points = results.aggregate(data)
     verdict = results.conclude(data, points)
     if args.json:
         print_json(_show_json(data, points, verdict))
     else:
         _print_results(data, points, verdict)
+
+
+def _finish(data: dict, args) -> int:
+    _print(data, args)
     counts = (data.get("progress") or {}).get("counts", {})
     all_done = data.get("state") == "completed" and counts.get("completed", 0) == len(data.get("members") or [])
     return 0 if all_done else 1
@@ -140,13 +145,7 @@ def _metrics(data: dict):
 
 
 def _show(args) -> int:
-    data = ex.read_experiment(args.id, args.runs_dir)
-    points = results.aggregate(data)
-    verdict = results.conclude(data, points)
-    if args.json:
-        print_json(_show_json(data, points, verdict))
-    else:
-        _print_results(data, points, verdict)
+    _print(ex.read_experiment(args.id, args.runs_dir), args)
     return 0
 
 
