@@ -481,7 +481,12 @@ def write_checkpoint(folder: Path, tag: str, state: dict, same_as: Path | None =
     import torch  # here, not at the top: listing, status and stop (CLI, dashboard) never pay torch's ~2 s import
 
     path = checkpoint_path(folder, tag)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Never parents=True: a run folder deleted while it trained must stay deleted, not come
+        # back as an empty folder holding one checkpoint and no config.
+        path.parent.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise write_failed(f"{CHECKPOINT_DIR}/{path.name}", exc, folder) from None
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     if same_as is not None and same_as.is_file():
@@ -509,7 +514,7 @@ def write_checkpoint(folder: Path, tag: str, state: dict, same_as: Path | None =
 
 def write_failed(what: str, exc: BaseException, folder: Path) -> RunError:
     """One line for a write the filesystem refused during training: full, read-only, or gone."""
-    if not Path(folder).is_dir():
+    if not is_run(folder):  # gone, or re-created empty by a library's writer: either way deleted
         return RunError(f"the run folder {folder} was deleted while the run trained",
                         "nothing is left to resume; start the run again from its config")
     if isinstance(exc, OSError):

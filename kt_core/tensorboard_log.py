@@ -103,12 +103,17 @@ class TensorBoardLogger(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency, and ~1 s: off the training thread
 
+            # Made here without parents: TensorBoard's writer would makedirs the whole path and so
+            # re-create a run folder deleted while the import ran (an empty folder the UI lists).
+            self.log_dir.mkdir(exist_ok=True)
+
             # purge_step: events an earlier session wrote past the checkpoint we resume from (step
             # `start_step`, whose rows metrics.jsonl keeps) are dropped from TensorBoard's view.
             writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step + 1 if start_step else None,
                                    flush_secs=5)
         except Exception as exc:  # noqa: BLE001 - e.g. a tensorboard too old for this torch
-            log.warning("no TensorBoard event files for this run: %s (%s)", exc, INSTALL_HINT)
+            hint = "" if isinstance(exc, OSError) else f" ({INSTALL_HINT})"  # OSError: the folder, not the package
+            log.warning("no TensorBoard event files for this run: %s%s", exc, hint)
             while self._queue.get() is not None:
                 pass
             return

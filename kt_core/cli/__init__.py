@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any, Sequence
 
 from ..errors import KTError
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.addFilter(lambda record: record.name != "py.warnings")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[console])
     logging.captureWarnings(True)
+    threading.excepthook = _log_thread_failure
     try:
         return int(args.func(args) or 0)
     except KTError as exc:
@@ -81,6 +83,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `inspect ... | head` closed the pipe: not an error; keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _log_thread_failure(hook_args: threading.ExceptHookArgs) -> None:
+    """A library's background thread that dies (TensorBoard's event writer when the run folder is
+    deleted under it) is one logged line, not a traceback under the command's own one-line error;
+    the traceback stays available with -v."""
+    thread = hook_args.thread.name if hook_args.thread else "a background thread"
+    logging.getLogger("kt_core").warning("%s stopped: %s: %s", thread, hook_args.exc_type.__name__,
+                                         hook_args.exc_value)
+    logging.getLogger("kt_core").debug("%s traceback", thread,
+                                       exc_info=(hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback))
 
 
 def print_json(data: Any) -> None:

@@ -122,10 +122,12 @@ def _train(args) -> int:
         if not args.json:
             print(f"run {folder.name} ({folder})", flush=True)
         status = _train_in_foreground(terminal, folder, "baseline" if run_cfg.baseline_of else "", prepared=prepared[i])
-        summary = rundir.read_summary(folder) if folder.is_dir() else {}
+        # A folder deleted while it trained has no summary and nothing to reproduce (and a library
+        # writer may have re-created an empty folder of that name, hence is_run, not is_dir).
+        alive = rundir.is_run(folder)
         results.append({"run_id": folder.name, "state": status["state"], "error": status.get("error"),
-                        "summary": summary,  # a folder deleted while it trained has nothing to reproduce
-                        "reproduce": rundir.reproduce_command(folder) if folder.is_dir() else None})
+                        "summary": rundir.read_summary(folder) if alive else {},
+                        "reproduce": rundir.reproduce_command(folder) if alive else None})
         if not args.json:
             _print_result(results[-1])
         if status["state"] != "completed":
