@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from ui import source_view, state
+from ui import dataset_view, source_view, state
 from ui.errors import guard
 from ui.layer_tree import layer_tree_editor, preset_form
 
 st.title("Layers")
 st.caption("Start from a preset, then override any block or layer: keep its source weights or re-initialise it, "
-           "freeze it or train it, and scale its learning rate. The new head always starts fresh unless you "
-           "tick its transfer box.")
+           "freeze it or train it, and scale its learning rate. The head is the source's when the target's classes "
+           "are the source's, a new one otherwise (choose it below).")
 
 source = state.get_source()
 with guard("Loading the source") as loading:
@@ -23,16 +23,26 @@ if not loading.ok:
 
 st.markdown(f"Source: **{loaded.arch or source.path}** · {len(blocks)} blocks")
 plan = preset_form(state.get_plan())
+with guard("Deciding the head") as deciding:
+    from kt_core.transfer import decide_head, preview_plan
+
+    # As the run will decide it, from the target's classes when the dataset loads (cached: the
+    # Dataset page loaded it already); without them auto says it cannot tell yet.
+    target = dataset_view.for_source(state.get_dataset(), loaded)
+    head = decide_head(plan, target.class_names if target is not None else None, loaded.class_names,
+                       loaded.num_classes, loaded.pretrained)
+if not deciding.ok:
+    state.set_plan(plan)  # the choice is kept as made; Start refuses it with the same message (preflight)
+    st.stop()
+st.markdown(f"**Head:** {head.reason}.")
 with guard("Resolving the plan") as resolving:
-    plan = layer_tree_editor(loaded.model, blocks, plan)
+    plan = layer_tree_editor(loaded.model, blocks, plan, head)
 if not resolving.ok:
     st.stop()
 state.set_plan(plan)  # saved as shown, valid or not: Train blocks Start on an invalid plan
 with guard("Checking the plan") as checking:
-    from kt_core.transfer import preview_plan
-
     plan.validate()
-    preview = preview_plan(loaded.model, plan, blocks)
+    preview = preview_plan(loaded.model, plan, blocks, head)
 if not checking.ok:
     st.stop()
 

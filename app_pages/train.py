@@ -5,11 +5,10 @@ import time
 
 import streamlit as st
 
-from kt_core import drafts
-from kt_core import launcher, rundir
+from kt_core import defaults, drafts, launcher, rundir
 from kt_core.config import PRECISIONS, TrainConfig, field_error
 from kt_core.optim import OPTIMIZERS, SCHEDULERS
-from ui import state
+from ui import dataset_view, source_view, state
 from ui.curves import ACTIVE_STATES, live_curves
 from kt_core.errors import KTError
 from ui.errors import error_line, guard, plain, show_error
@@ -109,6 +108,7 @@ def train_form(cfg: TrainConfig) -> TrainConfig:
 
 train_cfg = train_form(state.get_train())
 state.set_train(train_cfg)
+
 c1, c2 = st.columns([3, 2])
 name = c1.text_input("Run name", value=state.get_extra("run_name", ""), key="train_name", placeholder="optional")
 state.set_extra("run_name", name, default="")
@@ -126,6 +126,30 @@ else:
         launchable = state.run_config(name)
     except Exception as exc:  # noqa: BLE001 - a ConfigError of another page's piece: shown, Start blocked
         invalid_reason = error_line(exc)
+
+
+def setup_facts():
+    """(training split size, whether the target's classes are the source's), each None when the
+    source or the dataset does not load yet (their pages say why): for the auto line and hints."""
+    try:
+        loaded = source_view.load(state.get_source())
+    except KTError:
+        return None, None
+    data = dataset_view.for_source(state.get_dataset(), loaded)
+    if data is None:
+        return None, None
+    source_names = loaded.class_names
+    match = None if not source_names else [str(c) for c in source_names] == [str(c) for c in data.class_names]
+    return len(data.train), match
+
+
+# What auto settles on and the choices known to hurt, for the setup as it would launch.
+if launchable is not None:
+    train_size, classes_match = setup_facts()
+    if launchable.train.epochs is None:
+        st.caption(f"Epochs {defaults.describe_auto(launchable, train_size)}.")
+    for hint in defaults.hints(launchable, classes_match):
+        st.warning(plain(hint[0].upper() + hint[1:]), icon=":material/lightbulb:")
 
 run_id, baseline_id = state.current_run(), state.current_baseline()
 status = {}

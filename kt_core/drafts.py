@@ -51,9 +51,10 @@ class Draft:
 
 
 def default_config() -> RunConfig:
-    """What a new draft starts from: a small network on the bundled 8x8 digits, 5 epochs."""
+    """What a new draft starts from: a small network on the bundled 8x8 digits, its epochs on auto
+    (kt_core.defaults: enough steps for the method, with early stopping)."""
     return RunConfig(source=SourceConfig(kind="arch", arch="small_cnn"), dataset=DatasetConfig(name="sklearn_digits"),
-                     plan=TransferPlan(preset="fine_tune"), train=TrainConfig(epochs=5))
+                     plan=TransferPlan(preset="fine_tune"), train=TrainConfig())
 
 
 def drafts_dir() -> Path:
@@ -123,4 +124,4 @@ def describe(cfg: RunConfig) -> str:
     src = cfg.source
     what = {"arch": src.arch, "file": Path(src.path or "?").name, "run": f"run {src.path}"}.get(src.kind, src.kind)
     k = f"{cfg.dataset.per_class} per class" if cfg.dataset.per_class else "all images"
-    return f"{what} → {cfg.dataset.name} ({k}), {cfg.plan.preset.replace('_', ' ')}, {cfg.train.epochs} epochs"
+    return f"{what} → {cfg.dataset.name} ({k}), {cfg.plan.preset.replace('_', ' ')}, {cfg.train.epochs or 'auto'} epochs"

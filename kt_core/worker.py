@@ -25,6 +25,7 @@ from . import compute, headline, rundir
 from .assemble import Prepared, prepare
 from .config import RunConfig
 from .data import iter_batches
+from .defaults import hints
 from .callbacks import Callback
 from .engine import FitContext, FitResult, evaluate, feature_cache_eligible, fit, resolve_device
 from .errors import KTError, RunError
@@ -247,6 +248,8 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                 for warning in (list(prepared.data.warnings) + list(prepared.plan.warnings)
                                 + _bn_warnings(prepared, device)):
                     log.warning("%s", warning)
+                for hint in hints(cfg, _classes_match(prepared)):  # what the Train page said before Start
+                    log.warning("hint: %s", hint)
                 metrics = MetricsWriter(folder)
                 trackers = tensorboard_callbacks(folder, get_settings().tensorboard)
                 hooks = [metrics, Progress(status), stop, Checkpointer(folder), *trackers, *callbacks]
@@ -285,6 +288,11 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
             return rundir.read_status(folder)
         except (KTError, OSError):  # the folder is gone or unreadable: what this worker knows
             return dict(status.status, run_id=folder.name)
+
+
+def _classes_match(prepared: Prepared) -> bool | None:
+    names = prepared.source.class_names
+    return None if not names else [str(c) for c in names] == [str(c) for c in prepared.data.class_names]
 
 
 def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:

@@ -14,7 +14,7 @@ def edit(at, prefix, rows):
     (AppTest has no data_editor driver; the editors' keys carry the preset's signature.)
     """
     p = draft(at).config.plan
-    key = f"{prefix}{p.preset}-{p.freeze_first_n}-{p.layer_decay}-{p.unfreeze_every}"
+    key = f"{prefix}{p.preset}-{p.freeze_first_n}-{p.layer_decay}-{p.unfreeze_every}-{p.head}"
     at.session_state[key] = {"edited_rows": rows, "added_rows": [], "deleted_rows": []}
     return at.run()
 
@@ -106,3 +106,50 @@ def test_a_negative_lr_multiplier_is_refused_not_turned_positive_and_blocks_star
     at.switch_page("app_pages/train.py").run()
     assert at.button(key="train_start").disabled
     assert any("Start is blocked" in e and "lr_mult" in e for e in errors(at))
+
+
+# --- the head: the source's when the target's classes are the source's ----------------------------
+
+def _digits_checkpoint(tmp_path, monkeypatch):
+    """A small_cnn state_dict with 10 outputs (as a model trained on the 10 digits would have)."""
+    import torch
+
+    from kt_core.config import SourceConfig
+    from kt_core.models import build_model
+
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    path = tmp_path / "digits_cnn.pt"
+    torch.save(build_model("small_cnn", num_classes=10).state_dict(), path)
+    return SourceConfig(kind="file", path=str(path), arch="small_cnn")
+
+
+def test_a_source_head_with_the_targets_classes_is_kept_and_the_page_says_so(tmp_path, monkeypatch):
+    from test_app_support import set_piece
+
+    at = app_at("layers")
+    set_piece(at, "source", _digits_checkpoint(tmp_path, monkeypatch))
+    at.run()
+    no_exceptions(at)
+    assert any("Head:" in m.value and "source head kept" in m.value for m in at.markdown), \
+        [m.value for m in at.markdown]
+    assert list(at.dataframe[0].value["transfer"]) == [True, True, True, True]  # the head's weights transfer
+
+    at.radio(key="layers_head").set_value("new").run()
+    no_exceptions(at)
+    assert draft(at).config.plan.head == "new"
+    assert any("Head:" in m.value and "new head (chosen)" in m.value for m in at.markdown)
+    assert list(at.dataframe[0].value["transfer"]) == [True, True, True, False]
+
+
+def test_keeping_a_head_of_another_size_is_refused_with_the_fix(tmp_path, monkeypatch):
+    from kt_core.config import DatasetConfig
+    from test_app_support import set_piece
+
+    at = app_at("layers")
+    set_piece(at, "source", _digits_checkpoint(tmp_path, monkeypatch))
+    set_piece(at, "dataset", DatasetConfig(name="sklearn_digits", classes=[0, 1, 2]))
+    at.run()
+    assert any("new head" in m.value for m in at.markdown)  # auto: 3 classes, a 10-output head
+    at.radio(key="layers_head").set_value("keep").run()
+    no_exceptions(at)
+    assert any("head is \"keep\" but the target has 3 classes" in e for e in errors(at)), errors(at)

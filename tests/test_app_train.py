@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kt_core import launcher, rundir
-from test_app_support import app_at, chart_traces, draft, errors, live_chart, make_run, no_exceptions, set_piece
+from test_app_support import app_at, chart_traces, draft, errors, live_chart, make_run, no_exceptions, set_piece, shown
 
 
 def test_widgets_produce_the_train_config_that_start_would_launch():
@@ -117,3 +117,29 @@ def test_an_unknown_run_in_the_url_gives_one_message_and_no_empty_section():
     assert len(messages) == 1 and "not here" in messages[0]
     assert not [h for h in at.subheader if h.value.startswith("Watching")]
     assert "run" not in at.query_params
+
+
+def test_a_new_setup_leaves_epochs_on_auto_and_says_what_auto_gives():
+    at = app_at("train")
+    no_exceptions(at)
+    assert at.number_input(key="train_epochs").value is None
+    captions = [c.value for c in at.caption]
+    # small_cnn fine-tuned on the digits: the training split's size is known, so is the count
+    assert any(c.startswith("Epochs auto: ") and "fine tune on" in c and "training images" in c for c in captions), \
+        captions
+    at.number_input(key="train_epochs").set_value(3).run()
+    assert not any(c.value.startswith("Epochs auto") for c in at.caption)
+
+
+def test_a_choice_known_to_hurt_is_a_hint_before_start():
+    from kt_core.config import TransferPlan
+
+    at = app_at("train")
+    set_piece(at, "plan", TransferPlan(preset="feature_extraction"))
+    at.run()
+    assert not any("epochs for feature_extraction" in shown(w.value) for w in at.warning)  # auto: no hint
+    at.number_input(key="train_epochs").set_value(5).run()
+    no_exceptions(at)
+    hints = [shown(w.value) for w in at.warning if "epochs for feature_extraction" in shown(w.value)]
+    assert hints and "Leave epochs on auto" in hints[0], [w.value for w in at.warning]
+    assert not at.button(key="train_start").disabled  # a hint advises; it never blocks Start

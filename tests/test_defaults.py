@@ -269,3 +269,17 @@ def test_foreground_and_spawned_workers_start_with_the_same_thread_settings(tmp_
     finally:
         os.environ.update(saved)
     assert settings(spawned) == foreground
+
+
+def test_a_run_logs_its_hints_where_the_cli_and_the_runs_log_show_them(tmp_path):
+    """What the Train page says before Start, a run started from the CLI says in its log."""
+    from kt_core import rundir
+    from kt_core.worker import run_worker
+
+    cfg = RunConfig(source=SourceConfig(kind="arch", arch="small_cnn"),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
+                    plan=TransferPlan(preset="feature_extraction"), train=TrainConfig(epochs=2, device="cpu"))
+    folder = rundir.create_run(cfg, tmp_path / "runs")
+    assert run_worker(folder)["state"] == "completed"
+    log = rundir.log_path(folder).read_text()
+    assert "hint: 2 epochs for feature_extraction" in log and "Leave epochs on auto" in log

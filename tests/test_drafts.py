@@ -52,7 +52,7 @@ def test_a_new_tab_starts_a_new_draft_and_offers_the_last_one():
     first = build_a_setup().query_params["draft"]
     at = app_at("train")
     assert at.query_params["draft"] != first
-    assert draft(at).config.train.epochs == 5  # a new setup, with the defaults
+    assert draft(at).config.train.epochs is None  # a new setup, with the defaults (epochs on auto)
     offer = at.sidebar.button(key="sidebar_last_draft")
     offer.click().run()
     no_exceptions(at)

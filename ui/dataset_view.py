@@ -45,3 +45,15 @@ def histogram(counts: dict[str, list[int]], class_names: list[str]) -> go.Figure
 def size_table(counts: dict[str, list[int]]) -> list[dict]:
     return [{"split": split, "images": int(sum(c)), "smallest class": int(min(c)) if c else 0,
              "largest class": int(max(c)) if c else 0} for split, c in counts.items()]
+
+
+def for_source(cfg: DatasetConfig, loaded_source):
+    """The target dataset as training will see it with `loaded_source` (cached), or None when it
+    cannot be loaded yet: the Dataset page says why; pages that only need its facts (the class
+    names for the head, the training split's size for auto epochs) go on without them."""
+    from kt_core.errors import KTError
+
+    try:
+        return load(cfg, loaded_source.input_size, loaded_source.framing)
+    except (KTError, OSError):
+        return None

@@ -13,12 +13,13 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from kt_core.config import BN_MODES, LayerRule, TransferPlan
+from kt_core.config import BN_MODES, HEAD_CHOICES, LayerRule, TransferPlan
 from kt_core.presets import PRESETS
 from kt_core.errors import ConfigError
-from kt_core.transfer import UNASSIGNED, preview_plan
+from kt_core.transfer import UNASSIGNED, HeadDecision, preview_plan
 
 FIELDS = ("transfer", "freeze", "lr_mult")
+HEAD_LABELS = {"auto": "auto (the source's when the classes match)", "keep": "keep the source's", "new": "new"}
 
 
 def preset_form(plan: TransferPlan) -> TransferPlan:
@@ -28,7 +29,7 @@ def preset_form(plan: TransferPlan) -> TransferPlan:
     preset = c1.selectbox("Preset", presets, index=presets.index(plan.preset), key="layers_preset",
                           format_func=lambda p: f"{p} — {PRESETS.meta(p).get('description', '')}")
     if preset != plan.preset:
-        plan = TransferPlan(preset=preset, bn_mode=plan.bn_mode)
+        plan = TransferPlan(preset=preset, bn_mode=plan.bn_mode, head=plan.head)
     if preset == "freeze_first_n":
         plan.freeze_first_n = int(c2.number_input("Blocks frozen from the input", 0, 100, plan.freeze_first_n,
                                                   key="layers_freeze_n"))
@@ -41,6 +42,12 @@ def preset_form(plan: TransferPlan) -> TransferPlan:
         plan.layer_decay = float(c2.slider("LR decay per block", 0.05, 1.0, plan.layer_decay, key="layers_decay"))
     plan.bn_mode = c3.selectbox("Frozen BatchNorm", BN_MODES, BN_MODES.index(plan.bn_mode), key="layers_bn",
                                 help="eval: running statistics stay the source's; train: they adapt to the target")
+    if preset != "scratch":
+        plan.head = c1.radio("Head", HEAD_CHOICES, HEAD_CHOICES.index(plan.head), key="layers_head", horizontal=True,
+                             format_func=HEAD_LABELS.get,
+                             help="Auto keeps the source's classifier when the target's classes are the source's "
+                                  "(it already knows them: 0.841 vs 0.791 with a new head on the demo story, K=1), "
+                                  "and puts on a new one otherwise.")
     return plan
 
 
@@ -117,19 +124,20 @@ def _overlay(rows: list[dict], rules: list[LayerRule]) -> list[dict]:
     return out
 
 
-def layer_tree_editor(model, blocks, plan: TransferPlan) -> TransferPlan:
+def layer_tree_editor(model, blocks, plan: TransferPlan, head: HeadDecision | None = None) -> TransferPlan:
     """Draw the editor; return the plan with the user's rules (the page resolves its preview:
-    an invalid rule is saved as typed and refused there, with its message)."""
-    preset_rows = preview_plan(model, dataclasses.replace(plan, rules=[]), blocks).rows
+    an invalid rule is saved as typed and refused there, with its message). `head`: the head
+    decision for this target (`transfer.decide_head`), so a kept head shows as transferred."""
+    preset_rows = preview_plan(model, dataclasses.replace(plan, rules=[]), blocks, head).rows
     block_names = {row["name"] for row in preset_rows}
     stored_block_rules = [r for r in plan.rules if r.pattern in block_names]
     stored_layer_rules = [r for r in plan.rules if r.pattern not in block_names]
 
     # The widget key carries the preset, so switching presets starts the editors afresh.
-    signature = f"{plan.preset}-{plan.freeze_first_n}-{plan.layer_decay}-{plan.unfreeze_every}"
-    st.markdown("**Blocks** (input → output; the last is the new head)")
+    signature = f"{plan.preset}-{plan.freeze_first_n}-{plan.layer_decay}-{plan.unfreeze_every}-{plan.head}"
+    st.markdown("**Blocks** (input → output; the last is the head)")
     try:
-        shown = preview_plan(model, dataclasses.replace(plan, rules=stored_block_rules), blocks).rows
+        shown = preview_plan(model, dataclasses.replace(plan, rules=stored_block_rules), blocks, head).rows
     except ConfigError:  # a refused cell (a negative LR ×) stays as typed, with its message below
         shown = _overlay(preset_rows, stored_block_rules)
     edited_blocks = st.data_editor(block_frame(shown), hide_index=True, key=f"layers_blocks_{signature}",
@@ -138,9 +146,9 @@ def layer_tree_editor(model, blocks, plan: TransferPlan) -> TransferPlan:
 
     with st.expander("Per layer (overrides its block)"):
         try:
-            after_blocks = preview_plan(model, dataclasses.replace(plan, rules=block_rules), blocks).rows
+            after_blocks = preview_plan(model, dataclasses.replace(plan, rules=block_rules), blocks, head).rows
             current = preview_plan(model, dataclasses.replace(plan, rules=block_rules + stored_layer_rules),
-                                   blocks).rows
+                                   blocks, head).rows
         except ConfigError:  # an invalid block cell: said below the editors; the layer rules wait
             st.caption("Fix the block table first: the per-layer settings follow from it.")
             return dataclasses.replace(plan, rules=block_rules + stored_layer_rules)
