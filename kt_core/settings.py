@@ -10,6 +10,7 @@
 | `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
+| `KT_CACHE_MAX_BYTES` | `10737418240` (10 GiB) | the cache folder's size limit: decoded datasets and extracted zips are evicted least recently used first past it (`kt_core.cachedir`; uploads, downloads and drafts never are); `python -m kt_core cache` shows and clears it |
 | `KT_TENSORBOARD` | `1` | every run writes TensorBoard event files into `RUN/tensorboard/`; `0` turns them off |
 
 What the dashboard launches, resumes, re-runs, evaluates or exports is held to `KT_ALLOWED_ROOTS`
@@ -29,6 +30,7 @@ from .errors import PathError, PathNotAllowedError, SettingsError, TrustNotAllow
 # Dataset zips: what one may extract to and hold unless KT_ZIP_MAX_BYTES / KT_ZIP_MAX_FILES say.
 DEFAULT_MAX_TOTAL_BYTES = 2 << 30  # 2 GiB extracted
 DEFAULT_MAX_FILES = 200_000
+DEFAULT_CACHE_MAX_BYTES = 10 << 30  # 10 GiB: a few ImageNet-subset selections, or hundreds of small ones
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -60,6 +62,10 @@ class Settings:
     @property
     def zip_max_files(self) -> int:
         return _count("KT_ZIP_MAX_FILES", DEFAULT_MAX_FILES)
+
+    @property
+    def cache_max_bytes(self) -> int:
+        return _count("KT_CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES)
 
     @property
     def dashboard_roots(self) -> tuple[Path, ...]:

@@ -20,7 +20,7 @@ from ..errors import KTError
 
 # Command groups, in the order `--help` lists them.
 COMMAND_MODULES = ("app_cmd", "inspect_cmd", "datasets_cmd", "runs_cmd", "eval_cmd", "demo_cmd", "drafts_cmd",
-                   "tracking_cmd", "experiment_cmd")
+                   "tracking_cmd", "experiment_cmd", "cache_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import cachedir
 from ..settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def load_cached(key: str) -> dict | None:
     except Exception as exc:  # a damaged cache file is rebuilt, never fatal
         log.warning("ignoring unreadable dataset cache %s: %s", path, exc)
         return None
+    cachedir.touch(path)  # its place in the size limit's least-recently-used order
     return payload if isinstance(payload, dict) else None
 
 
@@ -54,7 +56,8 @@ def save_cached(key: str, payload: dict) -> Path | None:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
         os.replace(tmp, path)
-        return path
     except OSError as exc:  # a read-only or full disk only costs speed
         log.warning("could not write dataset cache %s: %s", path, exc)
         return None
+    cachedir.enforce_limit(keep=path)
+    return path

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import cachedir
 from ..errors import DatasetError
 from ..registry import Registry
 from ..settings import confine_path, get_settings
@@ -461,8 +462,10 @@ def _load_zip(req: LoadRequest) -> RawData:
     warnings = []
     if dest.is_dir():
         _check_extracted(dest, max_total_bytes, max_files)
+        cachedir.touch(dest)
     else:
         report = extract_zip(path, dest, max_total_bytes=max_total_bytes, max_files=max_files)
+        cachedir.enforce_limit(keep=dest)
         if report.skipped:
             warnings.append(f"the zip's {report.skipped} non-image files were not extracted"
                             f" ({', '.join(report.skipped_names[:5])}{', ...' if report.skipped > 5 else ''})")
