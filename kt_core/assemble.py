@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import data as data_module
 from . import models, sources, transfer
 from .config import RunConfig
@@ -94,11 +96,16 @@ def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike
     # A run id, prefix or name ("the newest completed run named X") becomes its folder here,
     # against this run's own runs folder.
     source_cfg = sources.resolve_run_source(cfg.source, runs_dir, roots)
-    src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
-    data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
-                                    roots=roots, framing=src.framing)
-    head = transfer.decide_head(cfg.plan, data.class_names, src.class_names, src.num_classes, src.pretrained)
-    src.adapt(data.num_classes, data.input_size[0])
+    # Every weight no file supplies (an architecture without weights, a new head, an adapted first
+    # layer) is drawn from the run's seed, not from whatever the process's RNG holds: the same
+    # config trains the same run, in a fresh worker or in the dashboard's warm one.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
+        data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
+                                        roots=roots, framing=src.framing)
+        head = transfer.decide_head(cfg.plan, data.class_names, src.class_names, src.num_classes, src.pretrained)
+        src.adapt(data.num_classes, data.input_size[0])
     blocks = models.blocks(src.model, src.spec)
     plan = transfer.apply_plan(src.model, cfg.plan, blocks, seed=cfg.train.seed, head=head)
     if device is not None:

@@ -323,3 +323,21 @@ def test_the_config_accepts_exactly_the_registered_optimizers_and_schedules():
         with pytest.raises(KTError, match=f"train.{field}") as err:
             TrainConfig(**{field: "lamb"}).validate()
         assert all(name in err.value.hint for name in registry.names())
+
+
+def test_the_same_config_assembles_the_same_weights_whatever_the_process_rng_holds():
+    """Weights no file supplies (an architecture without weights, a new head, an adapted first
+    layer) come from the run's seed: two assemblies of one config are identical, a new seed differs."""
+    from kt_core.assemble import prepare
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+
+    def weights(seed, noise):
+        torch.manual_seed(noise)  # what an earlier run in this process (the warm worker) left behind
+        cfg = RunConfig(source=SourceConfig(kind="arch", arch="mnist_net"),
+                        dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=3, channels=3),
+                        plan=TransferPlan(preset="fine_tune"), train=TrainConfig(epochs=1, seed=seed))
+        return prepare(cfg).model.state_dict()
+
+    first, second, other = weights(5, noise=1), weights(5, noise=2), weights(6, noise=1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
