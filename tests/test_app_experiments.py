@@ -23,7 +23,7 @@ def make_experiment(accuracies: dict[tuple[str, object], list[float]], state: st
             cfg = RunConfig.from_dict({**spec.base, "name": f"{spec.name}: {key}", "experiment": folder.name})
             run = rundir.create_run(cfg)
             rundir.update_status(run, state="completed")
-            rundir.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": acc,
+            rundir.write_json_atomic(run / "summary.json", {"state": "completed", "final_val_acc": acc,
                                                           "num_classes": 10, "train_images": 900})
             members.append({"key": key, "coords": {"method": method, "per_class": None if k == "all" else k,
                                                    "seed": seed}, "run_id": run.name, "state": "completed"})

@@ -176,10 +176,10 @@ def test_a_difference_within_the_seeds_spread_is_not_negative_transfer():
 
 
 def test_a_run_against_its_baseline_says_negative_transfer_too():
-    line = results.pair_verdict({"best_val_acc": 0.61}, {"best_val_acc": 0.80}, "run a")
+    line = results.pair_verdict({"final_val_acc": 0.61}, {"final_val_acc": 0.80}, "run a")
     assert line.startswith("Negative transfer: run a is 19.0 points worse than the same network trained from scratch")
     assert "beats its from-scratch baseline by 5.0 points" in results.pair_verdict({"test_acc": 0.9}, {"test_acc": 0.85})
-    assert "level" in results.pair_verdict({"best_val_acc": 0.801}, {"best_val_acc": 0.8})
+    assert "level" in results.pair_verdict({"final_val_acc": 0.801}, {"final_val_acc": 0.8})
 
 
 # --- the driver ------------------------------------------------------------------------------------------
@@ -301,9 +301,11 @@ def test_delete_removes_the_experiment_and_its_members_but_refuses_a_running_one
 
 def test_an_experiment_whose_driver_is_gone_reads_as_interrupted(tmp_path):
     folder = ex.create_experiment(tiny_spec())
+    never_driven = ex.read_experiment(folder)  # created, its driver not started: waiting, not interrupted
+    assert never_driven["state"] == "queued" and "not started yet" in never_driven["note"]
     data = ex.read_experiment(folder)
     data.update(state="running", pid=2 ** 22 + 12345, heartbeat=time.time())
-    data.pop("dir")
+    data.pop("dir"), data.pop("note")
     ex.folder.write_experiment(folder, data)
     assert ex.read_experiment(folder.name)["state"] == "interrupted"
     assert [r["state"] for r in ex.list_experiments()] == ["interrupted"]
@@ -351,7 +353,7 @@ def hand_experiment(spec: ex.ExperimentSpec, accuracy, blocks=None) -> str:
         member.config.experiment = folder.name
         run = rundir.create_run(member.config)
         rundir.update_status(run, state="completed")
-        rundir.write_json_atomic(run / "summary.json", {"state": "completed", "best_val_acc": accuracy(member),
+        rundir.write_json_atomic(run / "summary.json", {"state": "completed", "final_val_acc": accuracy(member),
                                                       "num_classes": 3, "train_images": 270})
         members.append({"key": member.key, "coords": member.coords, "run_id": run.name, "state": "completed"})
     data = ex.read_experiment(folder)

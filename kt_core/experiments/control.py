@@ -120,7 +120,7 @@ def resume_experiment(exp, runs_dir=None, foreground: bool = False, on_progress=
 
 def _refuse_unless_resumable(folder: Path) -> None:
     data = read_experiment(folder)
-    if data["state"] in ACTIVE_STATES:
+    if data["state"] in ACTIVE_STATES and data.get("pid"):  # queued without a pid: never driven, start it
         raise RunError(f"experiment {folder.name} is already {data['state']}", "stop it first, or watch it")
     if data["state"] == "completed" and not _unfinished(data):
         raise RunError(f"experiment {folder.name} has completed", "start a new one from its spec.json to run it again")
@@ -136,7 +136,7 @@ def delete_experiment(exp, runs_dir=None, keep_runs: bool = False) -> list[str]:
     stays. Refuses an experiment that is still running. Returns the member runs deleted."""
     folder = experiment_dir(exp, runs_dir)
     data = read_experiment(folder)
-    if data["state"] in ACTIVE_STATES:
+    if data["state"] in ACTIVE_STATES and data.get("pid"):  # queued without a pid: never driven, start it
         raise RunError(f"experiment {folder.name} is still {data['state']}", "stop it first")
     deleted = []
     if not keep_runs:

@@ -85,7 +85,11 @@ def read_experiment(exp: str | os.PathLike, runs_dir=None) -> dict:
     folder = experiment_dir(exp, runs_dir)
     data = read_record(folder) or {}
     data["dir"] = str(folder)
-    if data.get("state") in ACTIVE_STATES and not _driver_alive(data):
+    if data.get("state") == "queued" and not data.get("pid"):
+        # Created, never driven (the driver has not been started yet, or failed to start): it is
+        # waiting, not interrupted; `experiment resume` starts its driver.
+        data["note"] = data.get("note") or "not started yet: `python -m kt_core experiment resume` starts it"
+    elif data.get("state") in ACTIVE_STATES and not _driver_alive(data):
         data["state"] = "interrupted"
         data["error"] = data.get("error") or "the experiment's driver process ended before the experiment did"
     return data

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .. import rundir
+from ..headline import headline
 from .folder import SPEC, experiment_dir, read_experiment
 from .results import aggregate, baseline_label, conclude, group_columns, member_table
 
@@ -141,9 +142,9 @@ def _describe_config(cfg: dict | None, runs_dir: Path, run_id: str | None = None
         rows.insert(0, ("from", f"{src.get('kind')} {src.get('path')} ({src.get('checkpoint')} checkpoint)"))
     if run_id:
         summary = rundir.read_summary(runs_dir / run_id) if (runs_dir / run_id).is_dir() else {}
-        if summary.get("best_val_acc") is not None:
-            rows.append(("its result", f"run {run_id}: best validation accuracy {summary['best_val_acc']:.1%}"
-                                       + (f", test {summary['test_acc']:.1%}" if summary.get("test_acc") is not None else "")))
+        figure = headline(summary)
+        if figure.value is not None:
+            rows.append(("its result", f"run {run_id}: {figure.format()}"))
     return rows
 
 
@@ -193,8 +194,8 @@ pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px} code{background
 <h2>Conclusion</h2><ul class="verdict">{lines}</ul>
 {chart}
 <h2>Results</h2>
-<p class="meta">Accuracy: {html.escape(', '.join(metrics) or '-')} (test accuracy when the target has a test split, else
-the best validation accuracy of each run), mean and standard deviation over {len(spec.get('seeds') or [])} seed(s).
+<p class="meta">Accuracy: {html.escape(', '.join(metrics) or '-')} (each run's headline: held-out test accuracy of the best-on-validation
+checkpoint, else the last epoch's validation accuracy), mean and standard deviation over {len(spec.get('seeds') or [])} seed(s).
 {'Marked points lost to scratch by more than the seeds&#39; spread.' if negative_ids else ''}</p>
 {table}
 <h2>What was compared</h2>{blocks}

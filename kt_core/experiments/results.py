@@ -5,9 +5,10 @@
 `conclude(data, points)` the verdict: sentences written from those numbers, and the points
 where a transfer method lost to scratch by more than the seeds' spread (negative transfer).
 
-Which accuracy: the held-out test accuracy when the target has a test split, else the best
-validation accuracy of the run (`ACCURACY_METRICS`, named in every table); the same for every
-member, so methods are compared like for like.
+Which accuracy: each member's headline (`kt_core.headline`, the figure every page shows for a
+run): the held-out test accuracy of the best-on-validation checkpoint when the target has a test
+split (one is carved out when it has none), else the last epoch's validation accuracy; named in
+every table, and the same for every member, so methods are compared like for like.
 """
 
 from __future__ import annotations
@@ -18,19 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import rundir
+from ..headline import headline
 from .spec import ALL, METHODS, ExperimentSpec, k_label
 
-ACCURACY_METRICS = ("test_acc", "best_val_acc")
 ONE_SEED_MARGIN = 0.01  # with one seed there is no spread: a difference under one point is a tie
 
 
 def member_accuracy(summary: dict) -> tuple[float | None, str | None]:
-    """The accuracy an experiment reports for one member, and which metric it is."""
-    for metric in ACCURACY_METRICS:
-        value = summary.get(metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value), metric
-    return None, None
+    """The accuracy an experiment reports for one member (its headline), and which metric it is."""
+    figure = headline(summary)
+    if figure.value is None or not math.isfinite(figure.value):
+        return None, None
+    return float(figure.value), "test_acc" if figure.held_out else "final_val_acc"
 
 
 def member_table(data: dict):
