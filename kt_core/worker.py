@@ -374,7 +374,10 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         "epochs": result.epochs,
         "steps": result.steps,
         "early_stopped": result.early_stopped,
-        "train_s": sum(r.get("epoch_s", 0.0) for r in epochs),  # over every session of a resumed run
+        # the time the user waited for training: every epoch of every session of a resumed run
+        # (steps, validation, checkpoints) and this session's feature extraction
+        "train_s": sum(r.get("epoch_s", 0.0) for r in epochs) + result.feature_cache_s,
+        "feature_cache_s": result.feature_cache_s if result.feature_cache else None,
         "images_per_s": result.images_per_s if math.isfinite(result.images_per_s) else None,
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,

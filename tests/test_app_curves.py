@@ -70,11 +70,15 @@ def test_progress_caption_has_epoch_step_speed_and_eta_while_running():
     assert done.fraction == 1.0 and "ETA" not in done.text
 
 
-def test_eta_falls_back_to_epoch_durations_when_no_step_row_came_yet():
-    epoch_rows = [{"kind": "epoch", "epoch": 1, "step": 2, "train_loss": 1.0, "epoch_s": 2.0},
+def test_eta_follows_the_epochs_wall_time_once_one_has_ended():
+    """Validation and checkpoints are time the user waits too: once an epoch has ended, the ETA
+    is its pace (the step rows' speed alone said 3 s for a run that took 14 s)."""
+    epoch_rows = [{"kind": "epoch", "epoch": 0, "step": 0, "train_loss": 2.3, "epoch_s": 9.0},  # before training
+                  {"kind": "step", "step": 1, "epoch": 1, "train_loss": 1.0, "images_per_s": 6400.0},
+                  {"kind": "epoch", "epoch": 1, "step": 2, "train_loss": 1.0, "epoch_s": 2.0},
                   {"kind": "epoch", "epoch": 2, "step": 4, "train_loss": 0.9, "epoch_s": 4.0}]
     info = progress_info({"state": "running", "epoch": 2, "step": 4, "total_steps": 20}, epoch_rows, 64, 10)
-    assert info.text == "running · epoch 2/10 · step 4/20 · ETA 24 s"  # 8 epochs left x 3 s
+    assert info.text == "running · epoch 2/10 · step 4/20 · 6,400 images/s · ETA 24 s"  # 8 epochs left x 3 s
 
 
 def test_a_queued_run_says_what_it_waits_for():

@@ -341,3 +341,25 @@ def test_the_same_config_assembles_the_same_weights_whatever_the_process_rng_hol
     first, second, other = weights(5, noise=1), weights(5, noise=2), weights(6, noise=1)
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_images_per_s_and_train_s_are_each_one_figure(tmp_path):
+    """images/s is the step rows' figure (images per second of optimizer steps) in the summary
+    too; train_s is the time waited: every epoch plus the feature extraction (issue #11)."""
+    from kt_core import rundir
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+    from kt_core.worker import run_worker
+
+    cfg = RunConfig(source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", per_class=20),
+                    plan=TransferPlan(preset="feature_extraction"),
+                    train=TrainConfig(epochs=3, batch_size=16, log_every=1, device="cpu"))
+    folder = rundir.create_run(cfg, tmp_path)
+    assert run_worker(folder)["state"] == "completed"
+    summary, rows = rundir.read_summary(folder), rundir.read_metrics(folder)[0]
+    rates = [r["images_per_s"] for r in rows if r["kind"] == "step"]
+    # the run's figure is the windows' figure over the whole run: within the range of its windows
+    assert min(rates) * 0.8 <= summary["images_per_s"] <= max(rates) * 1.2, (summary["images_per_s"], rates)
+    epochs_s = sum(r["epoch_s"] for r in rows if r["kind"] == "epoch")
+    assert summary["feature_cache_s"] > 0
+    assert summary["train_s"] == pytest.approx(epochs_s + summary["feature_cache_s"])

@@ -182,14 +182,15 @@ def progress_info(status: dict, rows: list[dict], batch_size: int | None = None,
 
 def _eta(status: dict, rows: list[dict], speed: float | None, batch_size: int | None,
          epochs: int | None) -> float | None:
-    """Seconds left: from the training speed of step rows, else from the epochs' durations
-    (small datasets can finish an epoch before the first step row is due)."""
+    """Seconds left at the pace of the epochs so far (wall time: validation and checkpoints
+    included, as the CLI's ETA), else, before the first epoch ends, at the step rows' speed."""
     step, total = status.get("step") or 0, status.get("total_steps") or 0
+    durations = [r["epoch_s"] for r in rows
+                 if not is_step_row(r) and (r.get("epoch") or 0) > 0 and _finite(r.get("epoch_s"))]
+    if durations and total and epochs:
+        return max(0.0, (total - step) * sum(durations) / (len(durations) * total / epochs))
     if speed and total and batch_size:
         return (total - step) * batch_size / speed
-    durations = [r["epoch_s"] for r in rows if not is_step_row(r) and _finite(r.get("epoch_s"))]
-    if durations and epochs:
-        return (epochs - len(durations)) * sum(durations) / len(durations)
     return None
 
 

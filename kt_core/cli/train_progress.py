@@ -21,7 +21,6 @@ class TrainProgress(Callback):
     def on_fit_start(self, ctx: FitContext) -> None:
         self.epochs = ctx.cfg.train.epochs
         self.total = ctx.total_steps
-        self.images = len(ctx.data.train) if ctx.data.train is not None else 0
         self.start_step, self.started = ctx.step, time.monotonic()
         if self.terminal.live:
             self.bars = self.terminal.bars
@@ -34,10 +33,7 @@ class TrainProgress(Callback):
                              stats=self._stats(row["step"]))
 
     def on_epoch_end(self, ctx: FitContext, row: dict) -> None:
-        self.val_acc = row.get("val_acc")
-        epoch_s = row.get("epoch_s") or 0.0
-        if epoch_s > 0 and self.images:
-            self.rate = self.images / epoch_s
+        self.val_acc = row.get("val_acc")  # images/s stays the step rows' figure (engine: one definition)
         parts = [f"{self.label}epoch {row['epoch']}/{self.epochs}", f"step {row['step']}/{self.total}",
                  f"loss {row['train_loss']:.4f}", f"train_acc {row['train_acc']:.4f}"]
         if row.get("val_acc") is not None:
