@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -410,12 +411,19 @@ def _positive(key: str, value: int | None) -> None:
         raise ConfigError(f"{key} is {_shown(value)}", "use a whole number of 1 or more")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # Resolved once per class: typing evaluates every annotation string anew on each call
+    # (~1 ms a section), which made expanding an experiment's 54 member configs cost 0.3 s.
+    return typing.get_type_hints(cls)
+
+
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     """Build dataclass `cls` from plain data, checking keys and simple types on the way."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}", "see examples/quick.json")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
