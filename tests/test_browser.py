@@ -310,3 +310,46 @@ def test_the_active_runs_list_follows_a_run_as_it_starts_and_ends(server, page):
         launcher.stop(server["runs"] / run_id, timeout=5)
     wait_for(lambda: sidebar.get_by_text("Active runs (0)").count() >= 1, 30, "the ended run gone from the list")
     assert sidebar.get_by_text("watch me ·").count() == 0
+
+
+def test_the_confusion_matrix_is_clicked_and_shows_that_cells_images(server, page):
+    """Issue #11: a cell is chosen by clicking it (Plotly's selection event reaches the page),
+    not from a dropdown; the images below are that cell's."""
+    from kt_core import rundir
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig
+    from kt_core.worker import run_worker
+
+    cfg = RunConfig(name="confusion click", source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2, 3, 4], per_class=6),
+                    train=TrainConfig(epochs=2, batch_size=8, device="cpu"))  # barely trained: many mistakes
+    assert run_worker(rundir.create_run(cfg, server["runs"]))["state"] == "completed"
+    page.goto(server["url"])
+    goto_page(page, "Runs")
+    select(page, "One run in depth", "confusion click")
+    heading = page.get_by_text(re.compile(r"^True \d → predicted \d"))
+    heading.first.wait_for()
+    before = heading.first.inner_text()
+
+    find = """() => [...document.querySelectorAll('.js-plotly-plot')].find(
+                  g => g._fullLayout && String(g._fullLayout.title.text || '').includes('Confusion matrix'))"""
+    page.wait_for_function(f"({find})() !== undefined")
+    page.evaluate(f"({find})().scrollIntoView({{block: 'center'}})")
+    page.wait_for_timeout(500)
+    # Another off-diagonal cell with images than the one shown first (the largest), at its pixels.
+    target = page.evaluate(f"""() => {{
+        const gd = ({find})(), z = gd.data[0].z, names = gd.data[0].x, fl = gd._fullLayout;
+        const cells = [];
+        z.forEach((row, i) => row.forEach((n, j) => {{ if (i !== j && n > 0) cells.push([n, i, j]); }}));
+        cells.sort((a, b) => b[0] - a[0]);
+        const [n, i, j] = cells[cells.length > 1 ? 1 : 0];
+        const box = gd.getBoundingClientRect();
+        return {{true: names[i], predicted: names[j],
+                 x: box.left + fl.xaxis._offset + fl.xaxis.d2p(names[j]),
+                 y: box.top + fl.yaxis._offset + fl.yaxis.d2p(names[i])}};
+    }}""")
+    page.mouse.click(target["x"], target["y"])
+    wanted = f"True {target['true']} → predicted {target['predicted']}"
+    wait_for(lambda: heading.count() and heading.first.inner_text().startswith(wanted), 60,
+             f"the clicked cell ({wanted}) below the matrix")
+    assert heading.first.inner_text() != before or before.startswith(wanted)
+    shot(page, "9-confusion-click")
