@@ -14,6 +14,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from kt_core import progress, rundir
 from kt_core.cli import main
 from kt_core.cli.demo_cmd import watch
@@ -186,3 +188,25 @@ def test_the_demo_watcher_follows_runs_through_their_folders(finished_run):
     lines = out.getvalue().splitlines()
     assert [line.split()[:2] for line in lines if " epoch " in f" {line}"] == [["transfer", "epoch"]] * 2
     assert any(line.endswith(": completed") for line in lines)
+
+
+@pytest.mark.slow
+def test_an_experiment_in_a_terminal_draws_its_members_bar_and_lines_in_a_pipe(tmp_path):
+    import json
+
+    from test_experiments import tiny_base
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "sample_efficiency", "name": "tiny", "base": tiny_base(epochs=1),
+                                "methods": ["scratch"], "per_class": [2, 3], "seeds": 1, "parallel": 2}))
+    raw = in_a_terminal(["experiment", str(spec), "--runs-dir", str(tmp_path / "r")], columns=120)
+    frames = [f for f in ANSI.sub("", raw).split("\r") if "━" in f]  # the bar, as each redraw drew it
+    assert any(re.search(r"members .*0/2 done, \d training\s+ETA -", f) for f in frames), frames[-20:]
+    assert any(re.search(r"members .*2/2 done, 0 training\s+ETA 0:00", f) for f in frames), frames[-20:]
+
+    piped = subprocess.run([sys.executable, "-m", "kt_core", "experiment", str(spec), "--runs-dir", str(tmp_path / "p")],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                                 "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    lines = [l for l in piped.stdout.splitlines() if re.match(r"\s+[\d.]+ s  \d/2 done", l)]
+    assert lines and lines[-1].strip().endswith("2/2 done, 0 training") and "\x1b[" not in piped.stdout

@@ -23,6 +23,7 @@ from ..experiments import report, results
 from ..experiments.driver import drive
 from ..errors import KTError
 from . import print_json
+from .terminal import Terminal, format_duration
 
 ACTIONS = ("show", "report", "stop", "resume", "delete")
 
@@ -41,7 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--foreground", action="store_true", help="resume: drive it in this process")
     p.add_argument("--keep-runs", action="store_true", help="delete: keep the member runs")
     p.add_argument("--runs-dir", help="the runs folder (experiments live beside it, in experiments/)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--quiet", action="store_true", help="no progress while it runs in the foreground")
+    p.add_argument("--json", action="store_true", help="machine-readable output (implies --quiet)")
     p.set_defaults(func=_experiment)
 
     p = subparsers.add_parser("experiments", help="list experiments, newest first")
@@ -79,23 +81,50 @@ def _run(args) -> int:
     folder = ex.create_experiment(spec, args.runs_dir, args.parallel)
     if not args.json:
         print(f"experiment {folder.name} ({folder}); Ctrl-C stops it (resume continues)", flush=True)
-    started = time.monotonic()
-    data = drive(folder, on_progress=None if args.json else _progress_printer(started))
-    return _finish(data, args)
+    return _finish(_drive_in_foreground(folder, args), args)
 
 
-def _progress_printer(started: float):
-    last = [None]
+class ExperimentProgress:
+    """The members' progress of an experiment driven in this process: a bar on a terminal
+    (members done of all, how many train now, ETA from the pace so far), else one line per change."""
 
-    def show(progress: dict) -> None:
+    def __init__(self, terminal: Terminal):
+        self.terminal, self.started, self.last, self.task = terminal, time.monotonic(), None, None
+
+    def __call__(self, progress: dict) -> None:
         counts = progress.get("counts", {})
+        done, total = progress.get("done", 0), progress.get("total", 0)
         busy = counts.get("running", 0) + counts.get("queued", 0)
         extra = ", ".join(f"{s} {n}" for s, n in counts.items() if s in ("failed", "stopped", "interrupted") and n)
-        line = f"{progress.get('done', 0)}/{progress.get('total', 0)} done, {busy} training" + (f", {extra}" if extra else "")
-        if line != last[0]:  # one line per change, not per member state flip
-            print(f"  {time.monotonic() - started:6.1f} s  {line}", flush=True)
-            last[0] = line
-    return show
+        elapsed = time.monotonic() - self.started
+        eta = (total - done) * elapsed / done if done else None
+        line = f"{done}/{total} done, {busy} training" + (f", {extra}" if extra else "")
+        if self.terminal.live:
+            stats = f"{line}  ETA {format_duration(eta)}"
+            if self.task is None:
+                self.task = self.terminal.bars.add("members", total, done, stats)
+            else:
+                self.terminal.bars.update(self.task, completed=done, total=total, stats=stats)
+        elif line != self.last:  # one line per change, not per member state flip
+            self.terminal.line(f"  {elapsed:6.1f} s  {line}")
+        self.last = line
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.terminal.bars.redraw(force=True)
+            self.terminal.bars.remove(self.task)
+            self.task = None
+
+
+def _drive_in_foreground(folder, args, resume: bool = False) -> dict:
+    shown = ExperimentProgress(Terminal(quiet=args.quiet or args.json))
+    try:
+        if resume:
+            exp_id = ex.resume_experiment(folder, args.runs_dir, foreground=True, on_progress=shown)
+            return ex.read_experiment(exp_id, args.runs_dir)
+        return drive(folder, on_progress=shown)
+    finally:
+        shown.close()
 
 
 def _print(data: dict, args) -> None:
@@ -166,13 +195,10 @@ def _stop(args) -> int:
 
 
 def _resume(args) -> int:
-    started = time.monotonic()
-    exp_id = ex.resume_experiment(args.id, args.runs_dir, foreground=args.foreground,
-                                  on_progress=_progress_printer(started) if args.foreground and not args.json else None)
-    data = ex.read_experiment(exp_id, args.runs_dir)
     if args.foreground:
-        return _finish(data, args)
-    print(f"{exp_id}: {data['state']} (driver restarted)")
+        return _finish(_drive_in_foreground(args.id, args, resume=True), args)
+    exp_id = ex.resume_experiment(args.id, args.runs_dir)
+    print(f"{exp_id}: {ex.read_experiment(exp_id, args.runs_dir)['state']} (driver restarted)")
     return 0
 
 
