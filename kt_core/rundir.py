@@ -41,7 +41,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import AmbiguousRunError, RunBusyError, RunError
@@ -257,6 +257,21 @@ def read_config_dict(run: str | os.PathLike) -> dict:
     return read_json(config_path(run_dir(run))) or {}
 
 
+def unique_folder(root: Path, new_name: Callable[[], str], what: str) -> Path:
+    """A new, empty folder under `root` (made if need be) named by `new_name()`, a time stamp
+    with a random suffix: retried on the rare collision, never reusing a folder (runs and
+    experiments alike)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        folder = root / new_name()
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a unique {what} folder", f"check {root}")  # pragma: no cover
+
+
 def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: bool = False) -> Path:
     """A new run folder with config.json and a queued status; nothing runs yet. `confined`: a
     dashboard run, whose worker holds its paths to the server's roots and refuses trust where
@@ -264,16 +279,7 @@ def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confin
     cfg.validate()
     root = runs_root(runs_dir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for _ in range(10):
-            folder = root / new_run_id(cfg)
-            try:
-                folder.mkdir()
-                break
-            except FileExistsError:
-                continue
-        else:  # pragma: no cover - ten collisions of a random suffix within a second
-            raise RunError("could not create a unique run folder", f"check {root}")
+        folder = unique_folder(root, lambda: new_run_id(cfg), "run")
     except OSError as exc:
         raise RunError(f"cannot create a run folder in {root} ({exc.strerror or exc})",
                        "use a writable runs folder: --runs-dir DIR or KT_RUNS_DIR") from None

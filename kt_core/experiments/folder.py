@@ -110,17 +110,7 @@ def new_experiment_id(spec: ExperimentSpec) -> str:
 def create_experiment(spec: ExperimentSpec, runs_dir=None, parallel: int | None = None,
                       spec_source: Any = None) -> Path:
     """A new experiment folder (queued); nothing runs yet. Members are created by the driver."""
-    root = experiments_root(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        folder = root / new_experiment_id(spec)
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover
-        raise RunError("could not create a unique experiment folder", f"check {root}")
+    folder = rundir.unique_folder(experiments_root(runs_dir), lambda: new_experiment_id(spec), "experiment")
     (folder / SPEC).write_text(json.dumps(spec.to_dict(), indent=2))
     now = time.time()
     write_experiment(folder, {
