@@ -29,7 +29,7 @@ from .settings import checked_path
 SOURCE_KINDS = ("arch", "file", "run")
 CHECKPOINT_CHOICES = ("best", "last")
 NORMALIZE_CHOICES = ("auto", "source", "dataset", "imagenet", "none")
-AUGMENT_CHOICES = ("none", "light", "standard")
+AUGMENT_CHOICES = ("none", "light", "standard")  # datasets.transforms.AUGMENTS (torch-free here; a test keeps them equal)
 BN_MODES = ("eval", "train")
 HEAD_CHOICES = ("auto", "keep", "new")  # auto: keep the source head when the target's classes are the source's
 PRECISIONS = ("fp32", "bf16", "fp16")

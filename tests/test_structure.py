@@ -149,3 +149,12 @@ def test_listing_and_stopping_runs_import_no_torch():
     code = "import sys, kt_core.rundir, kt_core.launcher, kt_core.runs, kt_core.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_configs_augmentation_names_are_the_registrys():
+    """config.py stays torch-free, so it spells the augmentation presets out rather than import
+    the registry (kt_core.datasets.transforms, which imports torch): the two lists must agree."""
+    from kt_core.config import AUGMENT_CHOICES
+    from kt_core.datasets.transforms import AUGMENTS
+
+    assert tuple(AUGMENT_CHOICES) == tuple(AUGMENTS.names())
