@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import data as data_module
-from . import models, sources, transfer
+from . import models, objectives, sources, transfer
 from .config import RunConfig
 from .engine import resolve_device
 from .errors import AmbiguousRunError, RunError
@@ -32,6 +32,7 @@ class Prepared:
     plan: Any
     source: Any
     blocks: list
+    objective: Any = None  # objectives.Objective: what training minimises (None: plain cross-entropy)
 
     @property
     def arch(self) -> str | None:
@@ -60,18 +61,24 @@ def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None,
     resolve_device(cfg.train.device)
     if roots is not None:
         enforce_server_settings(cfg, roots, runs_dir)
-    if cfg.source.kind == "run":
+    teacher = cfg.distill.teacher if cfg.distill.mode != "off" else None
+    waiting = False
+    for what, src in (("source", cfg.source), ("teacher", teacher)):
+        if src is None or src.kind != "run":
+            continue
         try:
-            resolved = sources.resolve_run_source(cfg.source, runs_dir)
+            resolved = sources.resolve_run_source(src, runs_dir, roots)
         except AmbiguousRunError:
             raise
         except RunError:
             raise RunError(
-                f"the source run {cfg.source.path!r} is not in {runs_root(runs_dir)}",
+                f"the {what} run {src.path!r} is not in {runs_root(runs_dir)}",
                 "train it first (for the examples: python -m kt_core train examples/source_mnist.json), "
                 "or give a run id, name or folder listed by `python -m kt_core runs`") from None
         if read_status(resolved.path)["state"] != "completed":
-            return None  # it is still training: the worker waits for it, then prepares
+            waiting = True  # it is still training: the worker waits for it, then prepares
+    if waiting:
+        return None
     return prepare(cfg, roots=roots, runs_dir=runs_dir) if deep else None
 
 
@@ -79,13 +86,16 @@ def enforce_server_settings(cfg: RunConfig, roots: tuple[Path, ...], runs_dir: s
     """A dashboard config may only lead into `roots` (source file, source run, dataset root) and
     may trust a file only where KT_ALLOW_TRUST allows it. The worker enforces the same again (its
     loaders get the roots), so nothing changed on disk in between gets past it."""
-    source = cfg.source
-    if source.kind == "file" and source.path:
-        confine_path(source.path, roots)
-    if source.kind == "run" and source.path:
-        sources.run_folder(source.path, roots, runs_dir)
-    if source.trust:
-        refuse_trust_if_forbidden(f"the source {source.path or source.arch}")
+    teacher = cfg.distill.teacher if cfg.distill.mode != "off" else None
+    for what, source in (("source", cfg.source), ("teacher", teacher)):  # a teacher loads as a source does
+        if source is None:
+            continue
+        if source.kind == "file" and source.path:
+            confine_path(source.path, roots)
+        if source.kind == "run" and source.path:
+            sources.run_folder(source.path, roots, runs_dir)
+        if source.trust:
+            refuse_trust_if_forbidden(f"the {what} {source.path or source.arch}")
     if cfg.dataset.root:
         confine_path(cfg.dataset.root, roots)
 
@@ -102,12 +112,22 @@ def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         src = sources.load_source(source_cfg, pretrained=(cfg.plan.preset != "scratch"), roots=roots)
+        # L2-SP pulls toward the source's values: keep them before a new head and re-initialisation.
+        source_state = ({k: v.detach().clone() for k, v in src.model.state_dict().items()}
+                        if cfg.plan.l2sp_alpha > 0 else None)
         data = data_module.load_dataset(cfg.dataset, input_size=src.input_size, normalization=src.normalization,
                                         roots=roots, framing=src.framing)
         head = transfer.decide_head(cfg.plan, data.class_names, src.class_names, src.num_classes, src.pretrained)
         src.adapt(data.num_classes, data.input_size[0])
     blocks = models.blocks(src.model, src.spec)
     plan = transfer.apply_plan(src.model, cfg.plan, blocks, seed=cfg.train.seed, head=head)
+    teacher = None
+    if cfg.distill.mode != "off":
+        # The teacher loads as a source does (same loaders, roots and trust rule), with its own
+        # weights and head; default: the run's own source, pretrained whatever the plan says.
+        teacher_cfg = sources.resolve_run_source(cfg.distill.teacher, runs_dir, roots) if cfg.distill.teacher else source_cfg
+        teacher = sources.load_source(teacher_cfg, roots=roots, pretrained=True)
+    objective = objectives.build_objective(cfg, src, data, teacher, source_state)
     if device is not None:
         src.model.to(device)
-    return Prepared(model=src.model, data=data, plan=plan, source=src, blocks=blocks)
+    return Prepared(model=src.model, data=data, plan=plan, source=src, blocks=blocks, objective=objective)

@@ -60,6 +60,8 @@ def _num(default, low=None, high=None, low_open=False):
 
 def _text(default, max_len=MAX_NAME):
     return field(default=default, metadata=bounds(max_len=max_len))
+DISTILL_MODES = ("off", "logit", "feature")
+ADAPTERS = ("auto", "conv1x1", "linear")
 
 
 @dataclass
@@ -108,6 +110,9 @@ class DatasetConfig:
     normalize: str = "auto"  # auto: source weights' mean/std if known, else dataset statistics
     augment: str = "none"  # none | light | standard
     options: dict[str, Any] = field(default_factory=dict, metadata=bounds(max_len=MAX_OPTIONS))  # dataset specific
+    # With per_class: the rest of the training images join training with their labels hidden
+    # (label -1); only a distillation term learns from them.
+    unlabelled: bool = False
 
     def validate(self) -> None:
         check_fields(self, "dataset.")
@@ -129,6 +134,10 @@ class DatasetConfig:
             raise ConfigError(f"dataset.channels is {_shown(self.channels)}", "use 1, 3 or null (match the source)")
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError("dataset.classes selects fewer than two classes", "choose at least two classes, or null for all")
+        if self.unlabelled and not self.per_class:
+            raise ConfigError("dataset.unlabelled is on but per_class is null, so no training image is left unlabelled",
+                              "set per_class (K labelled images per class; the rest become unlabelled), "
+                              "or turn unlabelled off")
 
 
 @dataclass
@@ -163,6 +172,10 @@ class TransferPlan:
     # at a fraction of it, so a few target images do not wash it out.
     transferred_lr_mult: float | None = _num(None, 0.0, 100.0)
     rules: list[LayerRule] = field(default_factory=list, metadata=bounds(max_len=MAX_RULES))
+    # L2-SP (Li et al. 2018): alpha/2 * ||w - w_source||^2 over the trained transferred weights,
+    # beta/2 * ||w||^2 over the trained new ones (a fresh head, re-initialised layers); 0 = off.
+    l2sp_alpha: float = _num(0.0, 0.0, 1e6)
+    l2sp_beta: float = _num(0.0, 0.0, 1e6)
 
     def validate(self) -> None:
         check_fields(self, "plan.")
@@ -178,6 +191,9 @@ class TransferPlan:
             raise ConfigError("plan.unfreeze_every must be at least 1", "unfreeze a block every 1 or more epochs")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"plan.layer_decay is {self.layer_decay}", "use a factor in (0, 1]")
+        if self.l2sp_alpha < 0 or self.l2sp_beta < 0:
+            raise ConfigError(f"plan.l2sp_alpha / l2sp_beta are {self.l2sp_alpha} / {self.l2sp_beta}",
+                              "use 0 (off) or a positive strength, e.g. alpha 0.01, beta 0.01")
         for rule in self.rules:
             if not rule.pattern:
                 raise ConfigError("a plan rule has an empty pattern", "name a block, module or glob")
@@ -235,6 +251,58 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A teacher model teaching the trained model (the student) through an extra loss term.
+
+    logit (Hinton et al. 2015): loss = (1 - alpha) * CE + alpha * T^2 * KL(softmax(t/T) || softmax(s/T));
+    `alpha` weights the SOFT (teacher) term, as RepDistiller's `-a` does (torchdistill's alpha
+    weights the hard one). feature (FitNets): loss = CE + feature_weight * MSE(adapter(s_layer), t_layer).
+    """
+
+    mode: str = "off"  # off | logit | feature
+    teacher: SourceConfig | None = None  # None: the run's own source model, with its weights
+    temperature: float = _num(4.0, 0.0, 1000.0, low_open=True)
+    alpha: float = _num(0.9, 0.0, 1.0)  # logit mode: weight of the soft (teacher) term; 1 - alpha weights the labels
+    student_layer: str | None = _text(None)  # feature mode: a module name; None = the input of the head
+    teacher_layer: str | None = _text(None)  # feature mode: a module name; None = the input of the teacher's head
+    adapter: str = "auto"  # feature mode: auto (1x1 conv for feature maps, linear for vectors) | conv1x1 | linear
+    feature_weight: float = _num(1.0, 0.0, 1e6)  # feature mode: weight of the feature term
+
+    def validate(self) -> None:
+        check_fields(self, "distill.")
+        _choice("distill.mode", self.mode, DISTILL_MODES)
+        _choice("distill.adapter", self.adapter, ADAPTERS)
+        if self.teacher is not None:
+            try:
+                self.teacher.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"distill.teacher: {exc.message}", exc.hint) from None
+        if not self.temperature > 0:
+            raise ConfigError(f"distill.temperature is {self.temperature}", "use a positive temperature, e.g. 4")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha is {self.alpha}",
+                              "use a soft-term weight in [0, 1] (0.9: mostly the teacher, 0: labels only)")
+        if self.feature_weight < 0:
+            raise ConfigError(f"distill.feature_weight is {self.feature_weight}", "use 0 or more")
+
+    def describe(self) -> str:
+        """One line for summaries and tables: the method and its settings."""
+        if self.mode == "off":
+            return "off"
+        teacher = "the source" if self.teacher is None else _describe_source(self.teacher)
+        if self.mode == "logit":
+            return f"logit KD from {teacher} (T={self.temperature:g}, soft weight alpha={self.alpha:g})"
+        return (f"feature KD from {teacher} ({self.student_layer or 'head input'} -> "
+                f"{self.teacher_layer or 'head input'}, adapter {self.adapter}, weight {self.feature_weight:g})")
+
+
+def _describe_source(src: SourceConfig) -> str:
+    if src.kind == "arch":
+        return f"{src.arch}" + (f" ({src.weights})" if src.weights else " (random weights)")
+    return f"{src.kind} {src.path}"
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; `config.json` of the run folder is exactly `to_dict()`."""
 
@@ -243,6 +311,7 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     plan: TransferPlan = field(default_factory=TransferPlan)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     baseline_of: str | None = _text(None)  # run id of the transfer run this one is the baseline of
     experiment: str | None = _text(None)  # id of the experiment this run is a member of (kt_core/experiments/)
     version: int = 1
@@ -256,6 +325,10 @@ class RunConfig:
         self.dataset.validate()
         self.plan.validate()
         self.train.validate()
+        self.distill.validate()
+        if self.dataset.unlabelled and self.distill.mode == "off":
+            raise ConfigError("dataset.unlabelled is on but distillation is off: nothing would learn from "
+                              "the unlabelled images", "turn on distill.mode (logit or feature), or unlabelled off")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,11 +375,25 @@ class RunConfig:
                               "the config is one JSON object; see examples/quick.json")
         return cls.from_dict(data)
 
+    def method(self) -> str:
+        """The training method in words: the plan's preset, and distillation / L2-SP when on."""
+        parts = [self.plan.preset]
+        if self.distill.mode != "off":
+            parts.append(self.distill.describe())
+        if self.plan.l2sp_alpha or self.plan.l2sp_beta:
+            parts.append(f"L2-SP (alpha={self.plan.l2sp_alpha:g}, beta={self.plan.l2sp_beta:g})")
+        if self.dataset.unlabelled:
+            parts.append("unlabelled images")
+        return " + ".join(parts)
+
     def as_baseline(self, transfer_run_id: str | None = None) -> "RunConfig":
         """The from-scratch twin: same architecture, data and schedule, random initialisation."""
         base = copy.deepcopy(self)
         base.name = f"{self.name or 'run'} (from scratch)"
         base.plan = TransferPlan(preset="scratch")
+        # Labels alone: no teacher, and so no unlabelled images (they would feed only a teacher's term).
+        base.distill = DistillConfig()
+        base.dataset.unlabelled = False
         base.baseline_of = transfer_run_id
         base.experiment = None  # a baseline asked for by hand is not an experiment's member
         return base

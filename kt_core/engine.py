@@ -17,7 +17,8 @@ checkpointer and a stop flag. What the engine owns:
   mid-epoch skips exactly the batches it had already seen.
 
 What a method adds plugs in as a callback (`callbacks.Callback`; a plan brings its own, e.g.
-gradual unfreezing) or, for the loss, at the one `criterion(out, y)` call in `train_one_epoch`.
+gradual unfreezing) or, for the loss, as a term of the objective (`kt_core.objectives`) that `train_one_epoch` calls
+once per batch: `loss, terms = objective(out, y, index, x)`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from torch import nn
 from . import __version__, defaults, progress
 from .callbacks import Callback
 from .config import RunConfig
-from .data import PreparedData, TensorSplit, iter_batches
+from .data import PreparedData, TensorSplit, iter_batches, split_labels
 from .errors import DeviceError, KTError
 from .optim import OPTIMIZERS, lr_schedule
+from .image_cache import compute_once
+from .objectives import Objective, SetupContext, plain_objective
 from .probe import probe
 
 log = logging.getLogger(__name__)
@@ -142,7 +145,7 @@ class FitContext:
     device: torch.device
     optimizer: torch.optim.Optimizer
     schedule: Callable[[int], float] | None  # step -> multiplier of each group's initial_lr; None: constant
-    criterion: nn.Module
+    objective: Objective  # loss, terms = objective(out, y, index, x)
     steps_per_epoch: int
     total_steps: int
     callbacks: list[Callback]
@@ -160,7 +163,8 @@ class FitContext:
     # Running sums of the current epoch, on the device: loss*n, correct, seen.
     sums: torch.Tensor | None = None
     # (loss*n, seen) of `sums` at the last step row: the next row averages from there.
-    log_base: tuple[float, float] = (0.0, 0.0)
+    log_base: tuple[float, ...] = (0.0, 0.0)  # (loss*n, seen, term*n...) at the last step row
+    labelled: int = 0  # labelled images per epoch (the rest, label -1, feed only distillation)
     meta: dict = field(default_factory=dict)
     feature_cache: bool = False
     feature_cache_s: float = 0.0
@@ -200,6 +204,7 @@ def checkpoint_state(ctx: FitContext) -> dict:
         "batch_in_epoch": ctx.batch_in_epoch,
         "epoch_sums": ctx.sums.detach().cpu().tolist() if ctx.sums is not None else None,
         "log_base": list(ctx.log_base),
+        "objective": ctx.objective.state_dict(),  # e.g. a feature adapter: resumed, never exported
         "best_val_acc": ctx.best_val_acc,
         "epochs_since_best": ctx.epochs_since_best,
         "config": ctx.cfg.to_dict(),
@@ -232,21 +237,21 @@ def train_one_epoch(ctx: FitContext) -> bool:
     Returns True when a callback asked to stop (the current batch is finished first).
     """
     t = ctx.cfg.train
-    model, optimizer, criterion, device = ctx.forward, ctx.optimizer, ctx.criterion, ctx.device
+    model, optimizer, objective, device = ctx.forward, ctx.optimizer, ctx.objective, ctx.device
     callbacks, log_every, clip, scaler, schedule = ctx.callbacks, t.log_every, t.grad_clip, ctx.scaler, ctx.schedule
     sums = ctx.sums  # [loss * n, correct, seen], accumulated without a host sync
     batches = iter_batches(ctx.train_split, t.batch_size, shuffle=True,
                            generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
-                           num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch)
+                           num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch, with_index=True)
     if ctx.batch_in_epoch == 0:
-        ctx.log_base = (0.0, 0.0)  # sums restart with the epoch; so does the step-row window
+        ctx.log_base = (0.0,) * (sums.numel() - 1)  # sums restart with the epoch; so does the step-row window
     window = _Window(sums, ctx.log_base)
-    for x, y in batches:
+    for x, y, index in batches:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with ctx.autocast():
             out = model(x)
-            loss = criterion(out, y)
+            loss, terms = objective(out, y, index, x)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -265,6 +270,8 @@ def train_one_epoch(ctx: FitContext) -> bool:
         sums[0] += loss.detach().float() * y.shape[0]
         sums[1] += (out.argmax(1) == y).sum()
         sums[2] += y.shape[0]
+        if terms:
+            sums[3:] += torch.stack(terms).detach().float() * y.shape[0]
         ctx.step += 1
         ctx.batch_in_epoch += 1
         # The very first step is logged too: the user sees a loss within a second of Start.
@@ -279,24 +286,28 @@ def train_one_epoch(ctx: FitContext) -> bool:
 
 
 class _Window:
-    """Step rows: mean loss and images/s since the previous row, one host sync per row."""
+    """Step rows: mean loss (and each objective term) and images/s since the previous row, one host sync per row."""
 
-    def __init__(self, sums: torch.Tensor, base: tuple[float, float]):
+    def __init__(self, sums: torch.Tensor, base: tuple[float, ...]):
         self.sums = sums
-        self.loss, self.seen = base
+        self.columns = [0, 2] + list(range(3, sums.numel()))  # loss*n, seen, term*n ...
+        self.base = list(base) + [0.0] * (len(self.columns) - len(base))
         self.time = time.perf_counter()
 
     def row(self, ctx: FitContext) -> dict:
-        loss_sum, seen = sums = self.sums[[0, 2]].tolist()
+        now_sums = self.sums[self.columns].tolist()
+        (loss_sum, seen, *term_sums), (base_loss, base_seen, *base_terms) = now_sums, self.base
         now = time.perf_counter()
-        n = seen - self.seen
-        train_loss = (loss_sum - self.loss) / max(1.0, n)
+        n = seen - base_seen
+        train_loss = (loss_sum - base_loss) / max(1.0, n)
         _check_finite(train_loss, ctx)
         row = {"kind": "step", "step": ctx.step, "epoch": ctx.epoch + 1, "train_loss": train_loss,
                "lr": _current_lr(ctx.optimizer), "images_per_s": n / max(now - self.time, 1e-9),
                "time": time.time()}
-        (self.loss, self.seen), self.time = sums, now
-        ctx.log_base = (self.loss, self.seen)
+        for name, total, base in zip(ctx.objective.terms, term_sums, base_terms):
+            row[name] = (total - base) / max(1.0, n)
+        self.base, self.time = now_sums, now
+        ctx.log_base = tuple(now_sums)
         return row
 
 
@@ -376,25 +387,20 @@ def extract_head_inputs(model: nn.Module, head_name: str, split, device: torch.d
         captured.append(args[0].detach().float())
         raise _HeadReached
 
-    feats, labels = [], []
-    with probe(model, before={head_name: grab}), \
-            progress.task("caching the frozen backbone's features", len(split)) as shown:
-        for x, y in iter_batches(split, batch_size):
-            before = len(captured)
-            try:
-                with autocast():
-                    model(x.to(device, non_blocking=True))
-            except _HeadReached:
-                pass
-            if len(captured) != before + 1:
-                return None
-            feats.append(captured[-1])
-            labels.append(y.to(device))
-            captured.clear()
-            shown.advance(len(y))
-    if not feats:
+    def head_input(x: torch.Tensor) -> torch.Tensor | None:
+        captured.clear()
+        try:
+            model(x)
+        except _HeadReached:
+            pass
+        return captured[0] if len(captured) == 1 else None
+
+    with probe(model, before={head_name: grab}):  # one mechanism with the teacher cache (objectives.Teacher)
+        feats = compute_once(model, head_input, split, device, batch_size, autocast, max_bytes=None,
+                             describe="caching the frozen backbone's features")
+    if feats is None:
         return None
-    return TensorSplit(torch.cat(feats), torch.cat(labels))
+    return TensorSplit(feats, split_labels(split).to(device))
 
 
 def feature_cache_eligible(cfg: RunConfig, data: PreparedData, plan) -> bool:
@@ -439,8 +445,9 @@ def suffix_forward(model: nn.Module, names: list[str], probe: torch.Tensor,
 def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
         device: torch.device | str | None = None, meta: dict | None = None,
-        evaluate_first: bool = False) -> FitResult:
-    """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`).
+        evaluate_first: bool = False, objective: Objective | None = None) -> FitResult:
+    """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`),
+    minimising `objective` (None: cross-entropy with the config's label smoothing).
 
     `resume_state` is a checkpoint dict from `checkpoint_state`; training continues exactly where
     it left off. `meta` (e.g. {"arch": "small_cnn"}) is stored in every checkpoint.
@@ -462,17 +469,19 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     if resume_state is None:
         torch.manual_seed(t.seed)  # dropout and anything else random in the loop
     model.to(device)
-    ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {})
-    if resume_state is not None:
-        _restore(ctx, resume_state)
-
+    objective = objective if objective is not None else plain_objective(t.label_smoothing)
     try:
+        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective)
+        if resume_state is not None:
+            _restore(ctx, resume_state)
         return _fit_loop(ctx, evaluate_first and resume_state is None)
     except torch.OutOfMemoryError:
         raise TrainingError("out of memory", f"use a smaller batch size, now {t.batch_size}") from None
+    finally:
+        objective.close()  # its hooks leave the student and the teacher
 
 
-def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContext:
+def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective) -> FitContext:
     t = cfg.train
     if len(data.train) == 0:
         raise TrainingError("the training split is empty", "select more images or classes")
@@ -480,10 +489,8 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContex
     if not any(g["params"] for g in groups):
         raise TrainingError("nothing to train: every parameter is frozen",
                             "unfreeze at least the head in the transfer plan")
-    optimizer = OPTIMIZERS.get(t.optimizer)(groups, t)
-    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
-    total_steps = steps_per_epoch * t.epochs
-
+    train_split = data.training_split()  # labelled images, then unlabelled ones (label -1) if any
+    augmenting = (data.augment or "none") != "none"
     autocast, scaler = contextlib.nullcontext, None
     if t.precision != "fp32":
         if device.type == "cuda":
@@ -493,22 +500,28 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta) -> FitContex
                 scaler = torch.amp.GradScaler("cuda")
         else:
             log.warning("precision %s is for CUDA GPUs; training in fp32 on %s", t.precision, device)
+    # Before the optimizer: a term may add parameters (an adapter) and cache a teacher's outputs.
+    objective.setup(SetupContext(model=model, train_split=train_split, device=device, autocast=autocast,
+                                 cache=bool(t.feature_cache and not augmenting), seed=t.seed))
+    groups += objective.param_groups(t.lr, t.weight_decay)
+    optimizer = OPTIMIZERS.get(t.optimizer)(groups, t)
+    steps_per_epoch = math.ceil(len(train_split) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
 
-    augment = None
-    if (data.augment or "none") != "none":
-        augment = _augmenter(data)
+    augment = _augmenter(data) if augmenting else None
 
     ctx = FitContext(
         model=model, data=data, cfg=cfg, plan=plan, device=device, optimizer=optimizer,
         schedule=lr_schedule(t, total_steps, steps_per_epoch),
-        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, callbacks=callbacks, forward=model, train_split=data.train,
+        objective=objective, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, callbacks=callbacks, forward=model, train_split=train_split,
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
-        sums=torch.zeros(3, device=device, dtype=torch.float64),
+        sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),
+        labelled=len(data.train),
     )
     apply_schedule(ctx)
 
-    if feature_cache_eligible(cfg, data, plan):
+    if feature_cache_eligible(cfg, data, plan) and objective.allows_feature_cache:
         _use_feature_cache(ctx)
     return ctx
 
@@ -530,13 +543,13 @@ def _use_feature_cache(ctx: FitContext) -> None:
     started = time.perf_counter()
     bs = max(256, ctx.cfg.train.batch_size)
     names = ctx.plan.cached_suffix()
-    probe, _ = next(iter_batches(ctx.data.train, 8))
+    probe, _ = next(iter_batches(ctx.train_split, 8))
     forward = suffix_forward(ctx.model, names, probe.to(ctx.device), ctx.autocast)
     if forward is None:
         log.warning("feature cache skipped: the model's forward does more after %s than its modules %s", names[0],
                     ", ".join(names))
         return
-    train = extract_head_inputs(ctx.model, names[0], ctx.data.train, ctx.device, bs, ctx.autocast)
+    train = extract_head_inputs(ctx.model, names[0], ctx.train_split, ctx.device, bs, ctx.autocast)
     val = (extract_head_inputs(ctx.model, names[0], ctx.data.val, ctx.device, bs, ctx.autocast)
            if ctx.data.val is not None and len(ctx.data.val) else None)
     if train is None or (ctx.data.val is not None and len(ctx.data.val) and val is None):
@@ -562,8 +575,12 @@ def _restore(ctx: FitContext, state: dict) -> None:
         if ctx.scaler is not None and state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
         if state.get("epoch_sums"):
-            ctx.sums = torch.tensor(state["epoch_sums"], device=ctx.device, dtype=torch.float64)
+            sums = torch.tensor(state["epoch_sums"], device=ctx.device, dtype=torch.float64)
+            if sums.numel() != ctx.sums.numel():
+                raise ValueError(f"its epoch sums have {sums.numel()} entries, this objective {ctx.sums.numel()}")
+            ctx.sums = sums
         ctx.log_base = tuple(state.get("log_base") or (0.0, 0.0))
+        ctx.objective.load_state_dict(state.get("objective"))
         ctx.best_val_acc = state.get("best_val_acc")
         ctx.epochs_since_best = int(state.get("epochs_since_best") or 0)
         rng = state.get("rng") or {}
@@ -584,12 +601,23 @@ def _set_train_mode(ctx: FitContext) -> None:
         ctx.plan.train_mode(ctx.model)
 
 
+def _labelled_part(ctx: FitContext):
+    """The labelled images of the training split (they come first; the rest, label -1, are
+    unlabelled images that only a distillation term learns from)."""
+    split = ctx.train_split
+    if len(split) == ctx.labelled:
+        return split
+    if isinstance(split, TensorSplit):  # also the feature cache's rows, in the same order
+        return TensorSplit(split.x[:ctx.labelled], split.y[:ctx.labelled])
+    return ctx.data.train
+
+
 def _epoch_zero(ctx: FitContext) -> dict:
     """The untrained model's row: every split it will be judged on, in eval mode, no step taken."""
     bs = max(256, ctx.cfg.train.batch_size)
     started = time.perf_counter()
     row = {"kind": "epoch", "epoch": 0, "step": 0}
-    row["train_loss"], row["train_acc"] = evaluate(ctx.forward, ctx.train_split, ctx.device, bs, ctx.autocast)
+    row["train_loss"], row["train_acc"] = evaluate(ctx.forward, _labelled_part(ctx), ctx.device, bs, ctx.autocast)
     row["val_loss"] = row["val_acc"] = None
     if ctx.val_split is not None and len(ctx.val_split):
         row["val_loss"], row["val_acc"] = evaluate(ctx.forward, ctx.val_split, ctx.device, bs, ctx.autocast)
@@ -630,8 +658,9 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
             ctx.stop_requested = True
             _checkpoint(ctx, "last")
             break
-        loss_sum, correct, seen = ctx.sums.tolist()
-        train_loss, train_acc = loss_sum / seen, correct / seen
+        loss_sum, correct, seen, *term_sums = ctx.sums.tolist()
+        # Accuracy over the labelled images (all of them, once each, by the end of the epoch).
+        train_loss, train_acc = loss_sum / seen, correct / max(1, min(ctx.labelled, seen))
         _check_finite(train_loss, ctx)
         val_loss = val_acc = None
         if ctx.val_split is not None and len(ctx.val_split):
@@ -642,7 +671,7 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
         row = {"kind": "epoch", "epoch": ctx.epoch, "step": ctx.step, "train_loss": train_loss,
                "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                "epoch_s": time.perf_counter() - epoch_started, "lr": _current_lr(ctx.optimizer),
-               "time": time.time()}
+               "time": time.time(), **{name: v / seen for name, v in zip(ctx.objective.terms, term_sums)}}
         for cb in ctx.callbacks:
             cb.on_epoch_end(ctx, row)
         monitored = val_acc if val_acc is not None else train_acc
@@ -661,7 +690,8 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
             break
 
     total = sum(p.numel() for p in ctx.model.parameters())
-    trainable = sum(p.numel() for g in ctx.optimizer.param_groups for p in g["params"])
+    extra = {id(p) for p in ctx.objective.parameters()}  # an adapter is not the model's
+    trainable = sum(p.numel() for g in ctx.optimizer.param_groups for p in g["params"] if id(p) not in extra)
     result = FitResult(
         state=state, epochs=ctx.epoch, steps=ctx.step, best_val_acc=ctx.best_val_acc if ctx.val_split is not None else None,
         final_val_acc=val_acc, final_train_acc=train_acc, steps_s=steps_s,

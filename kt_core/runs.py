@@ -14,7 +14,7 @@ from . import headline, procs, rundir
 from .errors import KTError, RunError
 
 LIST_COLUMNS = ["id", "name", "state", "created", "epoch", "epochs", "headline", "best_val_acc", "test_acc", "preset",
-                "source", "arch", "dataset", "baseline_of", "step", "total_steps", "error"]
+                "method", "source", "arch", "dataset", "baseline_of", "step", "total_steps", "error"]
 
 
 def _row(folder: Path) -> dict:
@@ -36,6 +36,7 @@ def _row(folder: Path) -> dict:
         "best_val_acc": summary.get("best_val_acc"),
         "test_acc": summary.get("test_acc"),
         "preset": cfg.get("plan", {}).get("preset"),
+        "method": summary.get("method") or _method(cfg),
         "source": source.get("kind"),
         "arch": source.get("arch") or (summary.get("arch")),
         "dataset": cfg.get("dataset", {}).get("name"),
@@ -44,6 +45,15 @@ def _row(folder: Path) -> dict:
         "total_steps": status.get("total_steps"),
         "error": status.get("error"),
     }
+
+
+def _method(cfg: dict) -> str | None:
+    from .config import RunConfig  # light: config imports nothing heavy
+
+    try:
+        return RunConfig.from_dict(cfg).method()
+    except KTError:  # an old or hand-edited config: the preset says enough
+        return (cfg.get("plan") or {}).get("preset")
 
 
 def active_runs(runs_dir: str | os.PathLike | None = None) -> list[dict]:

@@ -256,7 +256,7 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                 head = prepared.plan.head_decision
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, hooks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
-                             evaluate_first=bool(head and head.keep))
+                             evaluate_first=bool(head and head.keep), objective=prepared.objective)
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
                 # Logged before the state is published: whoever sees `completed` finds it in log.txt.
@@ -307,17 +307,26 @@ def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:
 
 
 def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, stop: StopFlag) -> bool:
-    """A run whose source is a run still training waits for it, queued, instead of failing.
+    """A run whose source (or distillation teacher) is a run still training waits for it, queued,
+    instead of failing.
 
     This lets the UI launch a chain (train a source, then transfer from it, next to a baseline)
     in one click. Returns False when asked to stop while waiting; raises if the source ends badly.
     """
-    if cfg.source.kind != "run":
-        return True
-    try:
-        source = run_folder(cfg.source.path, runs_dir=folder.parent)
-    except KTError:
-        return True  # not a run of this folder: load_source gives the precise error
+    teacher = cfg.distill.teacher if cfg.distill.mode != "off" else None
+    for what, src in (("source", cfg.source), ("teacher", teacher)):
+        if src is None or src.kind != "run":
+            continue
+        try:
+            source = run_folder(src.path, runs_dir=folder.parent)
+        except KTError:
+            continue  # not a run of this folder: load_source gives the precise error
+        if not _wait_for(source, what, folder, status, stop):
+            return False
+    return True
+
+
+def _wait_for(source: Path, what: str, folder: Path, status: StatusWriter, stop: StopFlag) -> bool:
     announced = False
     while True:
         state = rundir.read_status(source)["state"]
@@ -326,11 +335,12 @@ def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, sto
                 status.update(state="running", note=None)
             return True
         if state not in rundir.ACTIVE_STATES:
-            raise RunError(f"source run {source.name} ended as {state}, so there is nothing to transfer",
-                           f"resume it (`python -m kt_core resume {source.name}`) or pick another source")
+            raise RunError(f"{what} run {source.name} ended as {state}, so there is nothing to transfer",
+                           f"resume it (`python -m kt_core resume {source.name}`) or pick another {what}")
         if not announced:
-            log.info("run %s: waiting for source run %s to finish", folder.name, source.name)
-            status.update(state="queued", note=f"waiting for its source model to finish training (run {source.name})")
+            log.info("run %s: waiting for %s run %s to finish", folder.name, what, source.name)
+            model = "source model" if what == "source" else "teacher"
+            status.update(state="queued", note=f"waiting for its {model} to finish training (run {source.name})")
             announced = True
         if stop.should_stop(None):
             return False
@@ -382,6 +392,8 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
         "feature_cache": result.feature_cache,
+        "method": cfg.method(),
+        "objective": prepared.objective.describe() if prepared.objective is not None else None,
         "arch": prepared.arch,
         "num_classes": len(data.class_names),
         "train_images": len(data.train),  # what K = "all" means on an experiment's chart

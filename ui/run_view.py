@@ -58,11 +58,23 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
             "accuracy": head.percent() if head.value is not None else "",
             "measured on": measured_on(head),
             "epochs": f"{row.get('epoch') or 0}/{row.get('epochs') or '?'}",
-            "plan": (row.get("preset") or "").replace("_", " "), "source": row.get("arch") or row.get("source") or "",
+            "plan": (row.get("preset") or "").replace("_", " "),
+            # what the run adds to its plan (distillation, L2-SP, unlabelled images), in words
+            "method": _method_extras(row.get("method"), row.get("preset")),
+            "source": row.get("arch") or row.get("source") or "",
             "dataset": row.get("dataset") or "", "created": _when(row.get("created")), "id": row["id"],
             "error": row.get("error") or "",
         })
     return pd.DataFrame(rows)
+
+
+def _method_extras(method: str | None, preset: str | None) -> str:
+    """`RunConfig.method()` without its leading preset (the plan column shows that): "" for a
+    plain run, "logit KD from the source (T=4, ...) + unlabelled images" for a distilled one."""
+    if not method:
+        return ""
+    parts = method.split(" + ")
+    return " + ".join(parts[1:] if parts[0] == preset else parts)
 
 
 def cell_text(value):

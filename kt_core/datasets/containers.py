@@ -37,6 +37,14 @@ class TensorSplit:
 Split = TensorSplit | Dataset
 
 
+class LabelledConcat(torch.utils.data.ConcatDataset):
+    """Datasets one after the other, with `targets` (so `split_labels` never decodes images)."""
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return torch.cat([split_labels(d) for d in self.datasets])
+
+
 def split_labels(split: Split) -> torch.Tensor:
     """All labels of a split (int64) without decoding its images where the split knows them."""
     if isinstance(split, TensorSplit):
@@ -72,13 +80,30 @@ class PreparedData:
     test_origin: str | None = None
     framing: float = 1.0  # share of the frame the content fills (20/28 for MNIST-framed digits)
     content_size: int | None = None  # side of the content before padding (None: unknown)
+    # Training images whose labels are hidden (all -1): with K per class, the rest of the pool.
+    # Not one of `splits()`: only `training_split()` (for a distillation term) uses them.
+    unlabelled: Split | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def splits(self) -> dict[str, Split]:
-        return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+    def splits(self, unlabelled: bool = False) -> dict[str, Split]:
+        """The labelled splits by name (and the unlabelled images as "unlabelled" if asked)."""
+        named = [("train", self.train), ("val", self.val), ("test", self.test)]
+        if unlabelled:
+            named.append(("unlabelled", self.unlabelled))
+        return {k: v for k, v in named if v is not None}
+
+    def training_split(self) -> Split:
+        """What a training epoch goes through: the labelled training images, then the unlabelled
+        ones (label -1), if any. Indices into it are stable for the whole run (the teacher cache
+        is indexed by them)."""
+        if self.unlabelled is None or len(self.unlabelled) == 0:
+            return self.train
+        if isinstance(self.train, TensorSplit) and isinstance(self.unlabelled, TensorSplit):
+            return TensorSplit(torch.cat([self.train.x, self.unlabelled.x]), torch.cat([self.train.y, self.unlabelled.y]))
+        return LabelledConcat([self.train, self.unlabelled])
 
     def counts(self) -> dict[str, list[int]]:
         """Images per class in each split, in `class_names` order (the Dataset page's histogram)."""
@@ -86,7 +111,7 @@ class PreparedData:
                 for name, split in self.splits().items()}
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(split) for name, split in self.splits().items()}
+        return {name: len(split) for name, split in self.splits(unlabelled=True).items()}
 
     def augmenter(self, generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The batched augmentation of the `augment` preset (None for "none")."""
@@ -121,9 +146,11 @@ def iter_batches(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     num_workers: int = 0,
     skip_batches: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield `(x, y)` batches. `augment` is a callable on a batch of images (or None):
-    pass `data.augmenter(generator)` for training batches.
+    with_index: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield `(x, y)` batches, or `(x, y, index)` with `with_index` (the positions of the batch's
+    images in `split`: what per-image caches are looked up by). `augment` is a callable on a
+    batch of images (or None): pass `data.augmenter(generator)` for training batches.
 
     The order depends only on `generator`'s state, so a run resumed mid-epoch with the same
     generator state skips `skip_batches` and sees exactly the batches it had not seen.
@@ -136,14 +163,20 @@ def iter_batches(
         for start in range(skip_batches * batch_size, n, batch_size):
             if order is None:
                 x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+                idx = torch.arange(start, min(start + batch_size, n)) if with_index else None
             else:
                 idx = order[start:start + batch_size]
                 x, y = split.x[idx], split.y[idx]
-            yield (augment(x) if augment else x), y
+            x = augment(x) if augment else x
+            yield (x, y, idx) if with_index else (x, y)
         return
     indices = order.tolist() if order is not None else list(range(n))
     indices = indices[skip_batches * batch_size:]
     loader = DataLoader(torch.utils.data.Subset(split, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, persistent_workers=False)
-    for x, y in loader:
-        yield (augment(x) if augment else x), torch.as_tensor(y, dtype=torch.long)
+    for b, (x, y) in enumerate(loader):
+        x, y = (augment(x) if augment else x), torch.as_tensor(y, dtype=torch.long)
+        if with_index:
+            yield x, y, torch.as_tensor(indices[b * batch_size:(b + 1) * batch_size], dtype=torch.long)
+        else:
+            yield x, y

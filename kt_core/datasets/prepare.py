@@ -139,10 +139,19 @@ def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool =
         train, val = pool.subset(train_idx), pool.subset(val_idx)
     else:
         train, val = pool, None
+    unlabelled = None
     if cfg.per_class:
-        train = train.subset(few_shot(train.labels, cfg.per_class, cfg.seed, raw.class_names))
+        chosen = few_shot(train.labels, cfg.per_class, cfg.seed, raw.class_names)
+        if getattr(cfg, "unlabelled", False):
+            # The rest of the training pool, its labels hidden (-1) here, so no later step can
+            # use them: only a distillation term (a teacher's outputs) learns from these images.
+            rest = torch.ones(len(train), dtype=torch.bool)
+            rest[chosen] = False
+            unlabelled = train.subset(torch.nonzero(rest).flatten())
+            unlabelled.labels = torch.full_like(unlabelled.labels, -1)
+        train = train.subset(chosen)
 
-    parts = {"train": train, "val": val, "test": test}
+    parts = {"train": train, "val": val, "test": test, "unlabelled": unlabelled}
     if in_memory:
         shaped = {name: fit_tensor(s.images, geometry) for name, s in parts.items() if s is not None}
         norm = _resolve_normalization(cfg.normalize, normalization, geometry.channels, lambda: shaped["train"])
@@ -152,7 +161,8 @@ def prepare(raw: RawData, cfg, input_size=None, normalization=None, flip: bool =
         norm = _resolve_normalization(cfg.normalize, normalization, geometry.channels, lambda: _sample(probe))
         out = {name: ImageDataset(s, geometry, norm) for name, s in parts.items() if s is not None}
 
-    data = PreparedData(train=out["train"], val=out.get("val"), test=out.get("test"), class_names=list(raw.class_names),
+    data = PreparedData(train=out["train"], val=out.get("val"), test=out.get("test"), unlabelled=out.get("unlabelled"),
+                        class_names=list(raw.class_names),
                         input_size=geometry.input_size, normalization=norm, augment=cfg.augment, warnings=warnings,
                         name=cfg.name, flip=flip, native_size=native, test_origin=test_origin,
                         framing=geometry.framing(convention), content_size=geometry.content[0])
@@ -284,12 +294,12 @@ def _quality_warnings(data: PreparedData, native, geometry: Geometry, cfg) -> li
 
 
 def _in_memory(data: PreparedData) -> bool:
-    return all(isinstance(s, TensorSplit) for s in data.splits().values())
+    return all(isinstance(s, TensorSplit) for s in data.splits(unlabelled=True).values())
 
 
 def _to_payload(data: PreparedData) -> dict[str, Any]:
     return {
-        "splits": {name: {"x": s.x, "y": s.y} for name, s in data.splits().items()},
+        "splits": {name: {"x": s.x, "y": s.y} for name, s in data.splits(unlabelled=True).items()},
         "class_names": list(data.class_names),
         "input_size": list(data.input_size),
         "normalization": [list(data.normalization[0]), list(data.normalization[1])] if data.normalization else None,
@@ -306,7 +316,8 @@ def _from_payload(payload: dict[str, Any], cfg) -> PreparedData:
     splits = {name: TensorSplit(s["x"], s["y"]) for name, s in payload["splits"].items()}
     norm = payload["normalization"]
     return PreparedData(
-        train=splits["train"], val=splits.get("val"), test=splits.get("test"), class_names=list(payload["class_names"]),
+        train=splits["train"], val=splits.get("val"), test=splits.get("test"), unlabelled=splits.get("unlabelled"),
+        class_names=list(payload["class_names"]),
         input_size=tuple(payload["input_size"]), normalization=(tuple(norm[0]), tuple(norm[1])) if norm else None,
         augment=cfg.augment, warnings=list(payload["warnings"]), name=cfg.name, flip=bool(payload["flip"]),
         native_size=tuple(payload["native_size"]) if payload["native_size"] else None, from_cache=True,
