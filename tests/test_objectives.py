@@ -275,3 +275,25 @@ def test_a_distillation_run_killed_with_sigkill_resumes_to_the_same_metrics(teac
     assert runs.read_status(folder)["state"] == "completed"
     assert "resumed at epoch" in (folder / "log.txt").read_text()
     assert stable(runs.read_metrics(folder)[0]) == stable(runs.read_metrics(whole)[0])
+
+
+def test_the_cli_trains_a_student_with_a_teacher_and_compare_shows_the_method(teacher_run, tmp_path, capsys):
+    from kt_core.cli import main
+
+    cfg = student_cfg(teacher_run, epochs=1)
+    cfg.distill = DistillConfig()
+    path = tmp_path / "student.json"
+    path.write_text(cfg.to_json())
+    root = str(teacher_run.parent)
+    assert main(["train", str(path), "--runs-dir", root, "--distill", "logit", "--teacher", str(teacher_run),
+                 "--alpha", "0.5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    folder = runs.run_dir(result["run_id"], root)
+    saved = RunConfig.from_file(folder / "config.json").distill
+    assert (saved.mode, saved.alpha, saved.teacher.kind) == ("logit", 0.5, "run")
+    assert main(["compare", folder.name, teacher_run.name, "--runs-dir", root, "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert any("logit KD" in str(row.get("method")) for row in table)
+    assert any(row.get("distill.mode") == "logit" for row in table)
+    assert main(["train", str(path), "--runs-dir", root, "--alpha", "1.5"]) != 0
+    assert "distill.alpha" in capsys.readouterr().err

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     s.add_argument("--classes", nargs="+", metavar="CLASS",
                    help="class subset by name or index, in the order wanted (spaces or commas)")
     s.add_argument("--per-class", type=int, metavar="K", help="K training images per class (default: all)")
+    s.add_argument("--unlabelled", action="store_true",
+                   help="with --per-class: the rest of the training images, labels hidden (for distillation)")
     s.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="stratified validation share (0.2)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split and the few-shot choice (0)")
     s.add_argument("--image-size", type=int, metavar="PX", help="final side length (default: native)")
@@ -79,7 +81,8 @@ def _show(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for item in args.classes for c in item.split(",") if c.strip()] if args.classes else None
     cfg = DatasetConfig(name=args.name, root=args.root, download=args.download, classes=classes,
-                        per_class=args.per_class, val_fraction=args.val_fraction, seed=args.seed,
+                        per_class=args.per_class, unlabelled=args.unlabelled, val_fraction=args.val_fraction,
+                        seed=args.seed,
                         image_size=args.image_size, content_size=args.content_size, channels=args.channels,
                         normalize=args.normalize, augment=args.augment, options=_options(args.option))
     from .terminal import Terminal  # beside load_dataset's import, which is here for torch's start-up cost
@@ -103,6 +106,8 @@ def _show(args: argparse.Namespace) -> int:
     for i, name in enumerate(data.class_names):
         print(f"{name:<{name_width}}" + "".join(f"{counts[s][i]:>8}" for s in splits))
     print(f"{'total':<{name_width}}" + "".join(f"{sum(counts[s]):>8}" for s in splits))
+    if data.unlabelled is not None:
+        print(f"unlabelled: {len(data.unlabelled)} more training images, labels hidden (they feed distillation only)")
     for warning in data.warnings:
         print(f"warning: {warning}")
     return 0

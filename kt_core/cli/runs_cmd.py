@@ -17,9 +17,10 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from .. import headline, launcher, rundir, runs
-from ..config import RunConfig
+from ..config import DISTILL_MODES, RunConfig, SourceConfig
 from ..errors import KTError
 from ..settings import get_settings
 from . import print_json
@@ -36,6 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", action="store_true", help="then train the from-scratch baseline of the run")
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--distill", choices=DISTILL_MODES, help="override distill.mode: off, logit or feature")
+    p.add_argument("--teacher", metavar="RUN_OR_FILE",
+                   help="override distill.teacher: a run (id, name, folder) or a checkpoint file (default: the source)")
+    p.add_argument("--alpha", type=float, help="override distill.alpha, the weight of the SOFT (teacher) term")
+    p.add_argument("--temperature", type=float, help="override distill.temperature")
     p.add_argument("--json", action="store_true", help="print the final status and summary as JSON")
     _quiet_arg(p)
     p.set_defaults(func=_train)
@@ -98,6 +104,21 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir")
 
 
+def _distill_overrides(cfg: RunConfig, args) -> None:
+    """--distill / --teacher / --alpha / --temperature onto cfg.distill, validated as a config."""
+    d = cfg.distill
+    if args.distill:
+        d.mode = args.distill
+    if args.teacher:
+        kind = "file" if Path(args.teacher).expanduser().is_file() else "run"
+        d.teacher = SourceConfig(kind=kind, path=args.teacher)
+    if args.alpha is not None:
+        d.alpha = args.alpha
+    if args.temperature is not None:
+        d.temperature = args.temperature
+    cfg.validate()
+
+
 def _train(args) -> int:
     # here, not at the top: assembling imports torch (~2 s), which listing, status, stop and
     # delete never need.
@@ -108,6 +129,7 @@ def _train(args) -> int:
         cfg.train.device = args.device
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
+    _distill_overrides(cfg, args)
     # Everything the worker would build first is built now, so bad input exits 2 with one line
     # and leaves no run folder; what was built is what the run trains.
     prepared = [preflight(cfg, args.runs_dir, deep=True)]
