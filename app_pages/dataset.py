@@ -86,6 +86,12 @@ chosen = c1.multiselect("Classes (empty = all)", all_classes, key="dataset_class
 cfg.classes = chosen or None
 k = int(c2.number_input("Labelled images per class (0 = all)", 0, 100000, cfg.per_class or 0, key="dataset_k"))
 cfg.per_class = k or None
+keep_rest = st.checkbox(
+    "Keep the rest of the training images as unlabelled (for a teacher)", value=cfg.unlabelled and bool(k),
+    disabled=not k, key="dataset_unlabelled",
+    help="With K per class, the other training images join training with their labels hidden: only a "
+         "distillation term (Train page) learns from them.")
+cfg.unlabelled = bool(keep_rest and cfg.per_class)
 cfg.val_fraction = float(c3.slider("Validation share", 0.0, 0.5, cfg.val_fraction, 0.05, key="dataset_val"))
 c1, c2, c3 = st.columns(3)
 cfg.augment = c1.selectbox("Augmentation", AUGMENT_CHOICES, AUGMENT_CHOICES.index(cfg.augment), key="dataset_augment")
@@ -130,7 +136,11 @@ for warning in data.warnings:
     st.warning(warning)
 left, right = st.columns([2, 1])
 left.plotly_chart(dataset_view.histogram(counts, data.class_names), key="dataset_histogram")
-right.dataframe(dataset_view.size_table(counts), hide_index=True)
+right.dataframe(dataset_view.size_table(counts, len(data.unlabelled) if data.unlabelled is not None else None),
+                hide_index=True)
+if data.unlabelled is not None:
+    right.caption(f"**{len(data.unlabelled)} unlabelled** training images (labels hidden) feed only a teacher's "
+                  "term: turn distillation on on the Train page.")
 
 st.markdown(f"**Preview** (training images after transforms{', augmentation shown' if cfg.augment != 'none' else ''})")
 with guard("Drawing the preview"):

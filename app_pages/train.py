@@ -12,6 +12,7 @@ from ui import dataset_view, source_view, state
 from ui.curves import ACTIVE_STATES, live_curves
 from kt_core.errors import KTError
 from ui.errors import error_line, guard, plain, show_error
+from ui.distill_view import distill_form
 from ui.system import devices
 
 st.title("Train")
@@ -108,7 +109,8 @@ def train_form(cfg: TrainConfig) -> TrainConfig:
 
 train_cfg = train_form(state.get_train())
 state.set_train(train_cfg)
-
+with st.expander("Distillation: a teacher model teaches this one", expanded=state.get_distill().mode != "off"):
+    state.set_distill(distill_form(state.get_distill()))
 c1, c2 = st.columns([3, 2])
 name = c1.text_input("Run name", value=state.get_extra("run_name", ""), key="train_name", placeholder="optional")
 state.set_extra("run_name", name, default="")

@@ -1,4 +1,5 @@
-"""The figures B1-B8 (B4, the browser one, lives in `ui_tax.py`). Each returns `(measured, detail)`.
+"""The speed figures B1-B3, B5-B7, B12, B14, B15 (B4, the browser one, lives in `ui_tax.py`; the
+quality group B8-B11 in `quality.py`; B13 in `experiment_speed.py`). Each returns `(measured, detail)`.
 
 The in-process figures (B1, B3, B7) follow one pattern: build the model once, let each side start
 from a copy of the same weights, train `1 + scale.epochs` epochs on the same tensors in the same
@@ -112,7 +113,7 @@ class Lockstep:
 
 
 def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
-             frozen_children: int = 0) -> Lockstep:
+             frozen_children: int = 0, objective=None, plain_epoch=None) -> Lockstep:
     """kt_core's `fit` and the plain loop, taking turns one epoch each.
 
     The plain loop's epoch runs inside the engine's `on_epoch_end`, between two engine epochs, so
@@ -120,6 +121,8 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
     start from the same weights and draw the same batches (the engine's per-epoch generator), and
     their first epochs are warm-up. The engine's time for an epoch runs from the end of the plain
     epoch before it to its own `on_epoch_end`: its between-epoch bookkeeping is included.
+    `objective` (a factory) is the engine's loss (default cross-entropy); `plain_epoch(net,
+    optimizer, batches)` replaces the plain side's cross-entropy epoch (e.g. a plain KD epoch).
     """
     from kt_core.callbacks import Callback
     from kt_core.engine import epoch_generator, fit
@@ -143,14 +146,18 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
                 kt_times.append(now() - resumed[-1])
             started = now()
             batches = plain.shuffled_batches(x, y, t.batch_size, epoch_generator(t.seed, len(plain_times)))
-            plain.train_epoch(net, optimizer, batches, ctx.device, frozen)
+            if plain_epoch is None:
+                plain.train_epoch(net, optimizer, batches, ctx.device, frozen)
+            else:
+                plain_epoch(net, optimizer, batches)
             sync(ctx.device)
             plain_times.append(now() - started)
             resumed.append(now())
 
     engine_model, plan = planned_copy(model, cfg)
     torch.manual_seed(t.seed)
-    fit(engine_model, data, cfg, plan=plan, callbacks=[Turn()], device=ctx.device)
+    fit(engine_model, data, cfg, plan=plan, callbacks=[Turn()], device=ctx.device,
+        objective=objective() if objective is not None else None)
     # Epoch 1 of each side is warm-up: the engine's first epoch has no start mark, drop the plain one.
     return Lockstep([n / s for s in kt_times], [n / s for s in plain_times[1:]], weight_gap(engine_model, ref))
 
@@ -434,3 +441,61 @@ def tensorboard_tax(ctx: Context) -> tuple[float, str]:
     # process, not only what it takes from the training thread.
     samples = interleave({"tensorboard on": lambda: rates(True), "off": lambda: rates(False)}, 2 * ctx.scale.repeats)
     return ratio_of(samples, "tensorboard on", "off")
+
+
+# --- B14, B15: logit distillation ----------------------------------------------------------------
+
+KD_STUDENT, KD_TEACHER, KD_T, KD_ALPHA = "cifar_resnet20", "cifar_resnet56", 4.0, 0.9  # the CIFAR story's pair
+
+
+def kd_task(ctx: Context):
+    """Student (cifar_resnet20) and data as the other figures build them, plus a fixed teacher."""
+    from kt_core.models import build_model
+
+    student, data = synthetic_task(KD_STUDENT, ctx)
+    torch.manual_seed(1)
+    teacher = build_model(KD_TEACHER, num_classes=NUM_CLASSES).to(ctx.device).eval()
+    return student, teacher, data
+
+
+def kd_objective(teacher: torch.nn.Module):
+    """kt_core's logit-distillation objective on a copy of `teacher` (a factory for `lockstep`)."""
+    from kt_core.objectives import CrossEntropy, LayerTap, LogitKD, Objective, Teacher
+
+    return lambda: Objective([(1 - KD_ALPHA, CrossEntropy()),
+                              (KD_ALPHA, LogitKD(Teacher(plain.fresh_copy(teacher), LayerTap(None, None)), KD_T))])
+
+
+def kd_figure(ctx: Context, cached: bool, plain_epoch_of) -> tuple[float, str, float]:
+    """(median epoch-time ratio kt_core KD / plain side, detail, weight gap)."""
+    student, teacher, data = kd_task(ctx)
+    cfg = run_config(KD_STUDENT, ctx, feature_cache=cached)
+    runs = [lockstep(student, data, cfg, ctx, objective=kd_objective(teacher), plain_epoch=plain_epoch_of(teacher))
+            for _ in range(ctx.scale.repeats)]
+    ratios = [1 / r for run in runs for r in run.ratios()]  # time per epoch: the inverse of images/s
+    kt, ref = best([v for run in runs for v in run.kt_core]), best([v for run in runs for v in run.plain])
+    return (median(ratios), f"median of {len(ratios)} epoch pairs; best kt_core {kt:.0f} img/s, plain {ref:.0f} img/s",
+            max(run.weight_gap for run in runs))
+
+
+@FIGURES.register("B14", title="logit distillation, cached teacher: kt_core KD epoch / plain PyTorch cross-entropy "
+                              "epoch of the student, time (cifar_resnet56 -> cifar_resnet20)", target=Target("<=", 1.1))
+def kd_cached(ctx: Context) -> tuple[float, str]:
+    def plain_ce(teacher):
+        return lambda net, optimizer, batches: plain.train_epoch(net, optimizer, batches, ctx.device)
+
+    ratio, detail, _ = kd_figure(ctx, cached=True, plain_epoch_of=plain_ce)
+    return ratio, f"teacher outputs computed once before epoch 1 (not timed); {detail}"
+
+
+@FIGURES.register("B15", title="logit distillation, uncached teacher: kt_core KD epoch / plain PyTorch KD epoch "
+                              "(student step + one teacher forward under no_grad), time", target=Target("<=", 1.05))
+def kd_uncached(ctx: Context) -> tuple[float, str]:
+    def plain_kd(teacher):
+        return lambda net, optimizer, batches: plain.train_kd_epoch(net, teacher, optimizer, batches, ctx.device,
+                                                                    KD_T, KD_ALPHA)
+
+    ratio, detail, gap = kd_figure(ctx, cached=False, plain_epoch_of=plain_kd)
+    work = (f"same final weights (largest difference {gap:.1e})" if gap < 1e-4 else
+            f"FINAL WEIGHTS DIFFER by {gap:.1e}: the sides did different work")
+    return ratio, f"{detail}; {work}; target: the issue's 1.0 plus the 5% engine tolerance of B1"

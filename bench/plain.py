@@ -72,6 +72,28 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Bat
     return loss
 
 
+def train_kd_epoch(model: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+                   device: torch.device, temperature: float, alpha: float) -> torch.Tensor:
+    """One pass of Hinton's logit distillation as the tutorials write it: the teacher in eval mode
+    under no_grad, loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) on softened logits."""
+    model.train()
+    teacher.eval()
+    t2 = temperature * temperature
+    loss = torch.zeros(())
+    for xb, yb in batches:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        with torch.no_grad():
+            soft_targets = F.log_softmax(teacher(xb) / temperature, dim=1)
+        out = model(xb)
+        kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft_targets, reduction="batchmean", log_target=True)
+        loss = (1 - alpha) * F.cross_entropy(out, yb) + alpha * (kd * t2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss = loss.detach()
+    return loss
+
+
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: Iterable[Batches],
           device: torch.device, frozen: nn.Module | None = None,
           on_epoch_end: Callable[[int, float], None] | None = None) -> float:

@@ -124,4 +124,8 @@ def describe(cfg: RunConfig) -> str:
     src = cfg.source
     what = {"arch": src.arch, "file": Path(src.path or "?").name, "run": f"run {src.path}"}.get(src.kind, src.kind)
     k = f"{cfg.dataset.per_class} per class" if cfg.dataset.per_class else "all images"
-    return f"{what} → {cfg.dataset.name} ({k}), {cfg.plan.preset.replace('_', ' ')}, {cfg.train.epochs or 'auto'} epochs"
+    extras = "".join((f", {cfg.distill.mode} distillation" if cfg.distill.mode != "off" else "",
+                      " + unlabelled images" if cfg.dataset.unlabelled else "",
+                      " + L2-SP" if cfg.plan.l2sp_alpha or cfg.plan.l2sp_beta else ""))
+    return (f"{what} → {cfg.dataset.name} ({k}), {cfg.plan.preset.replace('_', ' ')}, {cfg.train.epochs or 'auto'} epochs"
+            f"{extras}")

@@ -353,3 +353,49 @@ def test_the_confusion_matrix_is_clicked_and_shows_that_cells_images(server, pag
              f"the clicked cell ({wanted}) below the matrix")
     assert heading.first.inner_text() != before or before.startswith(wanted)
     shot(page, "9-confusion-click")
+
+
+def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_is_live(server, page):
+    """Source mnist_net, K=5 with the rest unlabelled, logit distillation from a completed run."""
+    import torch
+
+    from kt_core import runs
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+    from kt_core.worker import run_worker
+
+    torch.set_num_threads(1)
+    teacher = RunConfig(name="browser-teacher", source=SourceConfig(kind="arch", arch="mnist_net"),
+                        dataset=DatasetConfig(name="sklearn_digits", per_class=30), plan=TransferPlan(preset="scratch"),
+                        train=TrainConfig(epochs=1, batch_size=32, device="cpu"))
+    teacher_dir = runs.create_run(teacher, server["runs"])
+    assert run_worker(teacher_dir)["state"] == "completed"
+
+    page.goto(server["url"])
+    page.get_by_role("heading", name="KT Studio").wait_for()
+    goto_page(page, "Source")
+    select(page, "Architecture", "mnist_net")
+    page.get_by_text("Layer tree").wait_for()
+    goto_page(page, "Dataset")
+    set_number(page, "Labelled images per class (0 = all)", 5)
+    page.get_by_text("Keep the rest of the training images as unlabelled").click()
+    page.get_by_text("training images (labels hidden)").first.wait_for()
+    goto_page(page, "Train")
+    set_number(page, "Epochs", 30)
+    page.get_by_text("Distillation: a teacher model teaches this one").click()
+    page.get_by_text("Logit distillation (Hinton KD)").click()
+    page.get_by_text("alpha weights the").first.wait_for()
+    page.get_by_text("A completed run").click()
+    select(page, "Teacher run", f"browser-teacher · {teacher_dir.name}")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("heading", name="Run ").first.wait_for()
+    wait_for(lambda: live_points(page).get("transfer · soft (KD)", 0) >= 1, 150, "the KD term on the live chart")
+    points = live_points(page)
+    assert points.get("transfer · hard (CE)", 0) >= 1 and points.get("transfer · train loss", 0) >= 1
+    shot(page, "8-distill")
+    page.get_by_role("button", name="Stop").click()
+    wait_for(lambda: page.get_by_text("stopped · epoch").count() >= 1, 60, "the run to show state stopped")
+    student = [r for r in runs.run_ids(server["runs"]) if r != teacher_dir.name
+               and RunConfig.from_file(server["runs"] / r / "config.json").distill.mode == "logit"]
+    assert len(student) == 1
+    cfg = RunConfig.from_file(server["runs"] / student[0] / "config.json")
+    assert cfg.dataset.unlabelled and cfg.distill.teacher.path == teacher_dir.name

@@ -29,6 +29,8 @@ ACTIVE_STATES = rundir.ACTIVE_STATES
 POLL_SECONDS = 2.0
 MAX_STEP_POINTS = 400  # per run: a long run's per-step trace is thinned, not sent whole each poll
 CHART_HEIGHT = 380
+# The named terms of a multi-term objective (distillation, L2-SP), drawn dashed beside the total.
+LOSS_TERMS = {"loss_ce": "hard (CE)", "loss_kd": "soft (KD)", "loss_feat": "feature", "loss_l2sp": "L2-SP"}
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#c026d3")
 
 
@@ -84,7 +86,7 @@ class Trace:
     y: list[float]
     color: str
     group: str  # the run's label: one legend group per run
-    dash: str = "solid"  # "solid" train, "dot" val
+    dash: str = "solid"  # "solid" train, "dot" val, "dash" a term of the training loss
     width: float = 2
     opacity: float = 1.0
     markers: bool = True  # epoch points are marked; the per-step loss is a thin line
@@ -113,6 +115,11 @@ def traces(series: list[Series]) -> list[Trace]:
                 split, what = metric.split("_")
                 out.append(Trace(f"{s.label} · {split} {what}", panel, [r["epoch"] for r in points],
                                  [r[metric] for r in points], color, s.label, dash=dash))
+        for term, shown in LOSS_TERMS.items():  # each term of the total, per epoch
+            points = [r for r in epochs if _finite(r.get(term))]
+            if points:
+                out.append(Trace(f"{s.label} · {shown}", 0, [r["epoch"] for r in points], [r[term] for r in points],
+                                 color, s.label, dash="dash", width=1.5, opacity=0.8))
     return out
 
 

@@ -42,9 +42,13 @@ def histogram(counts: dict[str, list[int]], class_names: list[str]) -> go.Figure
     return fig
 
 
-def size_table(counts: dict[str, list[int]]) -> list[dict]:
-    return [{"split": split, "images": int(sum(c)), "smallest class": int(min(c)) if c else 0,
+def size_table(counts: dict[str, list[int]], unlabelled: int | None = None) -> list[dict]:
+    rows = [{"split": split, "images": int(sum(c)), "smallest class": int(min(c)) if c else 0,
              "largest class": int(max(c)) if c else 0} for split, c in counts.items()]
+    if unlabelled is not None:  # labels hidden: no per-class counts to show
+        rows.append({"split": "unlabelled (train)", "images": int(unlabelled), "smallest class": None,
+                     "largest class": None})
+    return rows
 
 
 def for_source(cfg: DatasetConfig, loaded_source):

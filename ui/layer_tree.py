@@ -29,7 +29,9 @@ def preset_form(plan: TransferPlan) -> TransferPlan:
     preset = c1.selectbox("Preset", presets, index=presets.index(plan.preset), key="layers_preset",
                           format_func=lambda p: f"{p} — {PRESETS.meta(p).get('description', '')}")
     if preset != plan.preset:
-        plan = TransferPlan(preset=preset, bn_mode=plan.bn_mode, head=plan.head)
+        # L2-SP carries over between presets that start from the source; from scratch there is no source to stay near
+        keep = {"l2sp_alpha": plan.l2sp_alpha, "l2sp_beta": plan.l2sp_beta} if preset != "scratch" else {}
+        plan = TransferPlan(preset=preset, bn_mode=plan.bn_mode, head=plan.head, **keep)
     if preset == "freeze_first_n":
         plan.freeze_first_n = int(c2.number_input("Blocks frozen from the input", 0, 100, plan.freeze_first_n,
                                                   key="layers_freeze_n"))
@@ -48,6 +50,15 @@ def preset_form(plan: TransferPlan) -> TransferPlan:
                              help="Auto keeps the source's classifier when the target's classes are the source's "
                                   "(it already knows them: 0.841 vs 0.791 with a new head on the demo story, K=1), "
                                   "and puts on a new one otherwise.")
+        with st.expander("L2-SP: stay near the source", expanded=bool(plan.l2sp_alpha or plan.l2sp_beta)):
+            st.caption("Li et al. 2018: a penalty alpha/2·‖w − w_source‖² on the trained weights that come from the "
+                       "source, beta/2·‖w‖² on the trained new ones (a fresh head). 0 = off; use it instead of "
+                       "weight decay. For presets that train transferred layers.")
+            c1, c2 = st.columns(2)
+            plan.l2sp_alpha = float(c1.number_input("alpha (toward the source)", 0.0, 100.0, plan.l2sp_alpha,
+                                                    format="%.4f", key="layers_l2sp_alpha"))
+            plan.l2sp_beta = float(c2.number_input("beta (new weights toward zero)", 0.0, 100.0, plan.l2sp_beta,
+                                                   format="%.4f", key="layers_l2sp_beta"))
     return plan
 
 

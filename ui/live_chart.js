@@ -54,7 +54,7 @@ function drawPanel(ctx, box, title, traces, xMax, percent) {
   ctx.beginPath(); ctx.rect(box.x - 4, box.y - 4, box.w + 8, box.h + 8); ctx.clip();
   for (const t of traces) {
     ctx.globalAlpha = t.opacity; ctx.strokeStyle = t.color; ctx.fillStyle = t.color; ctx.lineWidth = t.width;
-    ctx.setLineDash(t.dash === "dot" ? [2, 3] : []);
+    ctx.setLineDash(t.dash === "dot" ? [2, 3] : t.dash === "dash" ? [6, 4] : []);
     ctx.beginPath();
     t.x.forEach((x, i) => (i ? ctx.lineTo(X(x), Y(t.y[i])) : ctx.moveTo(X(x), Y(t.y[i]))));
     ctx.stroke();
@@ -73,7 +73,7 @@ function legend(root, traces) {
     const item = document.createElement("span"), glyph = document.createElement("i");
     const value = document.createElement("b");
     item.className = "item";
-    glyph.style.borderTop = `${Math.max(2, t.width)}px ${t.dash === "dot" ? "dotted" : "solid"} ${t.color}`;
+    glyph.style.borderTop = `${Math.max(2, t.width)}px ${t.dash === "dot" ? "dotted" : t.dash === "dash" ? "dashed" : "solid"} ${t.color}`;
     glyph.style.opacity = String(Math.max(t.opacity, 0.5));
     value.textContent = t.y.length ? fmt(t.y[t.y.length - 1], t.panel === 1) : "–";
     item.append(glyph, `${t.name}: `, value);

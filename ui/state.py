@@ -20,11 +20,11 @@ import json
 import streamlit as st
 
 from kt_core import drafts
-from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+from kt_core.config import DatasetConfig, DistillConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 
 # Widget keys of the pages that edit the draft: forgotten when another draft is opened, so the
 # widgets show the new draft's values instead of what they held for the old one.
-_WIDGET_PREFIXES = ("source_", "src_train_", "layers_", "dataset_", "train_")
+_WIDGET_PREFIXES = ("source_", "src_train_", "layers_", "dataset_", "train_", "distill_")
 
 
 def _draft() -> drafts.Draft:
@@ -119,6 +119,14 @@ def get_train() -> TrainConfig:
 
 def set_train(cfg: TrainConfig) -> None:
     _set("train", cfg)
+
+
+def get_distill() -> DistillConfig:
+    return _get("distill")
+
+
+def set_distill(cfg: DistillConfig) -> None:
+    _set("distill", cfg)
 
 
 def get_extra(key: str, default=None):
