@@ -66,3 +66,20 @@ def test_each_loss_term_is_drawn_beside_the_total():
     traces = {t["name"]: t for t in chart_traces(at)}
     assert traces["run · hard (CE)"]["y"] == [0.5, 0.25] and traces["run · soft (KD)"]["y"] == [2.0, 1.0]
     assert traces["run · soft (KD)"]["line"]["dash"] == "dash" and "run · train loss" in traces
+
+
+def test_the_runs_page_compare_table_shows_the_method_and_its_settings():
+    student, base = make_run("student"), make_run("labels only")
+    folder = runs.run_dir(student)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["method"] = "scratch + logit KD from the source (T=4, soft weight alpha=0.9)"
+    runs.write_json_atomic(folder / "summary.json", summary)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["distill"]["mode"] = "logit"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    at = app_at("runs")
+    at.multiselect(key="runs_overlay").set_value([student, base]).run()
+    no_exceptions(at)
+    table = next(d.value for d in at.dataframe if "best_val_acc" in d.value.index)
+    assert "logit KD" in table.loc["method"].iloc[0]
+    assert list(table.loc["distill.mode"]) == ["logit", "off"]

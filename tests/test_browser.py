@@ -370,6 +370,17 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
     teacher_dir = runs.create_run(teacher, server["runs"])
     assert run_worker(teacher_dir)["state"] == "completed"
 
+    try:
+        _distill_flow(server, page, teacher_dir)
+    except Exception:
+        shot(page, "8-distill-failed")
+        raise
+
+
+def _distill_flow(server, page, teacher_dir) -> None:
+    from kt_core import runs
+    from kt_core.config import RunConfig
+
     page.goto(server["url"])
     page.get_by_role("heading", name="KT Studio").wait_for()
     goto_page(page, "Source")

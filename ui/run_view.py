@@ -115,7 +115,7 @@ def curve_labels(run_ids: list[str], names: dict[str, str]) -> list[str]:
 
 
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
-RESULT_ROWS = {"state": "state", "best_val_acc": "best validation accuracy",
+RESULT_ROWS = {"state": "state", "method": "method", "best_val_acc": "best validation accuracy",
                "final_val_acc": "last-epoch validation accuracy", "test_acc": "test accuracy", "epochs": "epochs",
                "train_s": "training time (s)", "images_per_s": "images/s", "trainable_params": "trainable parameters"}
 HEADLINE_ROW = "accuracy (headline)"
