@@ -370,6 +370,7 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
     teacher_dir = runs.create_run(teacher, server["runs"])
     assert run_worker(teacher_dir)["state"] == "completed"
 
+    page.set_default_timeout(180_000)  # a second source and dataset to load on a shared 2-core machine
     try:
         _distill_flow(server, page, teacher_dir)
     except Exception:
