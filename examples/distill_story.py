@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, nargs="+", default=[1, 5])
     p.add_argument("--epochs", type=int, default=10, help="epochs of the distillation arm (digits) / of each arm (cifar)")
     p.add_argument("--real-data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--arm", default="", help="only the arms whose name contains this text (to run arms side by side)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -120,6 +121,8 @@ def main(argv=None) -> int:
         for k in args.k:
             for seed in args.seeds:
                 for arm, cfg in digits_arms(k, seed, args.epochs).items():
+                    if args.arm not in arm:
+                        continue
                     r = train(cfg, runs_dir)
                     results.append({"K": k, "arm": arm, "seed": seed, **r})
                     print(f"K={k} seed={seed} {arm}: final_val_acc={r.get('final_val_acc')}", flush=True)
@@ -127,11 +130,13 @@ def main(argv=None) -> int:
     else:
         for seed in args.seeds:
             for arm, cfg in cifar_arms(seed, args.epochs, Path(args.real_data)).items():
+                if args.arm not in arm:
+                    continue
                 r = train(cfg, runs_dir)
                 results.append({"arm": arm, "seed": seed, **r})
                 print(f"seed={seed} {arm}: test_acc={r.get('test_acc')} best_val_acc={r.get('best_val_acc')}", flush=True)
         metric, keys = "test_acc", ("arm",)
-    (runs_dir / f"story-{args.story}.json").write_text(json.dumps(results, indent=1, default=str))
+    (runs_dir / f"story-{args.story}{'-' + args.arm if args.arm else ''}.json").write_text(json.dumps(results, indent=1, default=str))
     print(table(results, metric, keys))
     return 0
 
