@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from kt_core import runs  # noqa: E402
+from kt_core import rundir  # noqa: E402
 from kt_core.config import DistillConfig, RunConfig, SourceConfig  # noqa: E402
 from kt_core.data import load_dataset  # noqa: E402
 from kt_core.worker import run_worker  # noqa: E402
@@ -42,7 +42,7 @@ log = logging.getLogger("distill_story")
 
 
 def train(cfg: RunConfig, runs_dir: Path) -> dict:
-    folder = runs.create_run(cfg, runs_dir)
+    folder = rundir.create_run(cfg, runs_dir)
     status = run_worker(folder)
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     return {"run": folder.name, "state": status["state"], **summary}
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     results = []
     if args.story == "digits":
         try:
-            runs.run_dir("demo-source", runs_dir)
+            rundir.run_dir("demo-source", runs_dir)
         except Exception:  # noqa: BLE001 - not trained yet: train it, as the README's set-up does
             print("training the MNIST source (examples/source_mnist.json) first", flush=True)
             train(RunConfig.from_file(ROOT / "examples" / "source_mnist.json"), runs_dir)

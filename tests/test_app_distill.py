@@ -3,7 +3,7 @@ Dataset page, L2-SP on the Layers page, and each loss term drawn beside the tota
 
 import json
 
-from kt_core import runs
+from kt_core import rundir
 from test_app_support import app_at, chart_traces, make_run, no_exceptions
 
 
@@ -54,7 +54,7 @@ def test_the_layers_page_sets_l2sp():
 
 def test_each_loss_term_is_drawn_beside_the_total():
     run = make_run("distilled", epochs=2)
-    folder = runs.run_dir(run)
+    folder = rundir.run_dir(run)
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     with open(folder / "metrics.jsonl", "w") as f:
         for r in rows:
@@ -70,10 +70,10 @@ def test_each_loss_term_is_drawn_beside_the_total():
 
 def test_the_runs_page_compare_table_shows_the_method_and_its_settings():
     student, base = make_run("student"), make_run("labels only")
-    folder = runs.run_dir(student)
+    folder = rundir.run_dir(student)
     summary = json.loads((folder / "summary.json").read_text())
     summary["method"] = "scratch + logit KD from the source (T=4, soft weight alpha=0.9)"
-    runs.write_json_atomic(folder / "summary.json", summary)
+    rundir.write_json_atomic(folder / "summary.json", summary)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["distill"]["mode"] = "logit"
     (folder / "config.json").write_text(json.dumps(cfg))

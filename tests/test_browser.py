@@ -359,7 +359,7 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
     """Source mnist_net, K=5 with the rest unlabelled, logit distillation from a completed run."""
     import torch
 
-    from kt_core import runs
+    from kt_core import rundir, runs
     from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
     from kt_core.worker import run_worker
 
@@ -367,7 +367,7 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
     teacher = RunConfig(name="browser-teacher", source=SourceConfig(kind="arch", arch="mnist_net"),
                         dataset=DatasetConfig(name="sklearn_digits", per_class=30), plan=TransferPlan(preset="scratch"),
                         train=TrainConfig(epochs=1, batch_size=32, device="cpu"))
-    teacher_dir = runs.create_run(teacher, server["runs"])
+    teacher_dir = rundir.create_run(teacher, server["runs"])
     assert run_worker(teacher_dir)["state"] == "completed"
 
     page.set_default_timeout(180_000)  # a second source and dataset to load on a shared 2-core machine
@@ -379,7 +379,7 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
 
 
 def _distill_flow(server, page, teacher_dir) -> None:
-    from kt_core import runs
+    from kt_core import rundir, runs
     from kt_core.config import RunConfig
 
     page.goto(server["url"])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kt_core import runs
+from kt_core import assemble, launcher, rundir
 from kt_core.config import DatasetConfig, DistillConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 from kt_core.engine import Callback, fit
 from kt_core.errors import ConfigError
@@ -35,7 +35,7 @@ def teacher_run(tmp_path_factory):
     cfg = RunConfig(name="kd-teacher", source=SourceConfig(kind="arch", arch="mnist_net"),
                     dataset=DatasetConfig(name="sklearn_digits", per_class=40),
                     plan=TransferPlan(preset="scratch"), train=TrainConfig(epochs=2, batch_size=32, device="cpu"))
-    folder = runs.create_run(cfg, root)
+    folder = rundir.create_run(cfg, root)
     assert run_worker(folder)["state"] == "completed"
     return folder
 
@@ -66,7 +66,7 @@ class Rows(Callback):
 
 def train(cfg: RunConfig, objective="config"):
     """prepare + fit in this process: (rows, final model state, prepared)."""
-    prepared = runs.prepare(cfg)
+    prepared = assemble.prepare(cfg)
     rec = Rows()
     obj = prepared.objective if objective == "config" else objective
     fit(prepared.model, prepared.data, cfg, prepared.plan, [rec], objective=obj)
@@ -147,28 +147,28 @@ def test_a_teacher_of_other_classes_is_refused_for_logit_distillation_with_the_w
     three = RunConfig(name="three", source=SourceConfig(kind="arch", arch="mnist_net"),
                       dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
                       plan=TransferPlan(preset="scratch"), train=TrainConfig(epochs=1, device="cpu"))
-    folder = runs.create_run(three, teacher_run.parent)
+    folder = rundir.create_run(three, teacher_run.parent)
     assert run_worker(folder)["state"] == "completed"
     cfg = student_cfg(teacher_run)  # all ten digits
     cfg.distill.teacher = SourceConfig(kind="run", path=str(folder))
     with pytest.raises(DistillError) as err:
-        runs.prepare(cfg)
+        assemble.prepare(cfg)
     assert "no class '3'" in err.value.message
     assert "feature" in err.value.hint and "fine-tune the teacher" in err.value.hint
     # a target whose classes the teacher does predict (a subset, in another order) is taught
     cfg.dataset.classes = [2, 0]
-    prepared = runs.prepare(cfg)
+    prepared = assemble.prepare(cfg)
     assert prepared.objective.parts[1][1].teacher.class_index == [2, 0]
     # the same teacher teaches features whatever the label spaces
     cfg.dataset.classes, cfg.distill.mode = None, "feature"
-    assert runs.prepare(cfg).objective.terms == ("loss_ce", "loss_feat")
+    assert assemble.prepare(cfg).objective.terms == ("loss_ce", "loss_feat")
 
 
 def test_a_teacher_with_random_weights_is_refused():
     cfg = RunConfig(source=SourceConfig(kind="arch", arch="mnist_net"), dataset=DatasetConfig(per_class=5),
                     plan=TransferPlan(preset="scratch"), distill=DistillConfig(mode="logit"))
     with pytest.raises(DistillError, match="random weights"):
-        runs.prepare(cfg)
+        assemble.prepare(cfg)
 
 
 def test_feature_distillation_trains_its_adapter_and_the_export_holds_the_student_alone(teacher_run, tmp_path):
@@ -176,19 +176,19 @@ def test_feature_distillation_trains_its_adapter_and_the_export_holds_the_studen
     from kt_core.worker import load_checkpoint
 
     cfg = student_cfg(teacher_run, mode="feature", epochs=1)
-    folder = runs.create_run(cfg, teacher_run.parent)
+    folder = rundir.create_run(cfg, teacher_run.parent)
     assert run_worker(folder)["state"] == "completed"
     ckpt = load_checkpoint(folder / "checkpoints" / "last.pt")
     adapter = ckpt["objective"]["loss_feat"]["adapter"]
-    initial = runs.prepare(cfg).objective.parts[1][1]
-    initial.setup(SetupContext(model=runs.prepare(cfg).model, train_split=runs.prepare(cfg).data.train,
+    initial = assemble.prepare(cfg).objective.parts[1][1]
+    initial.setup(SetupContext(model=assemble.prepare(cfg).model, train_split=assemble.prepare(cfg).data.train,
                                device=torch.device("cpu"), cache=False, seed=cfg.train.seed))
     assert any(not torch.equal(adapter[k], v) for k, v in initial.adapter.state_dict().items())  # it trained
-    student_keys = set(runs.prepare(cfg).model.state_dict())
+    student_keys = set(assemble.prepare(cfg).model.state_dict())
     assert set(ckpt["model"]) == student_keys
     path = export_run(folder, "state_dict", tmp_path / "export")
     assert set(torch.load(path, weights_only=True)) == student_keys
-    rows, _ = runs.read_metrics(folder)
+    rows, _ = rundir.read_metrics(folder)
     assert all("loss_feat" in r and "loss_ce" in r for r in rows)
     summary = json.loads((folder / "summary.json").read_text())
     assert "feature KD" in summary["method"] and summary["objective"]["loss_feat"]["adapter"] == "Linear"
@@ -197,7 +197,7 @@ def test_feature_distillation_trains_its_adapter_and_the_export_holds_the_studen
 def test_l2sp_with_alpha_zero_is_exactly_a_plain_run_and_alpha_keeps_weights_near_the_source(teacher_run):
     cfg = student_cfg(teacher_run)
     cfg.distill = DistillConfig()
-    source = {k: v.clone() for k, v in runs.prepare(cfg).model.state_dict().items()}
+    source = {k: v.clone() for k, v in assemble.prepare(cfg).model.state_dict().items()}
     plain, weights_plain, _ = train(cfg, objective=plain_objective())
     zero = Objective([(1.0, CrossEntropy()), (1.0, L2SP(0.0, 0.0, source))])
     with_l2sp, weights_zero, _ = train(cfg, objective=zero)
@@ -255,26 +255,26 @@ def test_a_distillation_run_killed_with_sigkill_resumes_to_the_same_metrics(teac
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = student_cfg(teacher_run, mode="feature", epochs=4, per_class=5, unlabelled=True)
     cfg.train.batch_size = 64
-    whole = runs.create_run(cfg, tmp_path)
+    whole = rundir.create_run(cfg, tmp_path)
     assert run_worker(whole)["state"] == "completed"
 
-    run_id = runs.launch(cfg, tmp_path)
+    run_id = launcher.launch(cfg, tmp_path)
     folder = tmp_path / run_id
     deadline = time.monotonic() + 120
-    while not any(r.get("kind") == "step" and r["epoch"] >= 2 for r in runs.read_metrics(folder)[0]):
+    while not any(r.get("kind") == "step" and r["epoch"] >= 2 for r in rundir.read_metrics(folder)[0]):
         assert time.monotonic() < deadline, "no step row of epoch 2"
         time.sleep(0.05)
-    os.kill(runs.read_status(folder)["pid"], 9)
-    while runs.read_status(folder)["state"] != "interrupted":
+    os.kill(rundir.read_status(folder)["pid"], 9)
+    while rundir.read_status(folder)["state"] != "interrupted":
         assert time.monotonic() < deadline + 15
         time.sleep(0.05)
-    runs.resume(folder)
-    while runs.read_status(folder)["state"] in runs.ACTIVE_STATES:
+    launcher.resume(folder)
+    while rundir.read_status(folder)["state"] in rundir.ACTIVE_STATES:
         assert time.monotonic() < deadline + 240
         time.sleep(0.1)
-    assert runs.read_status(folder)["state"] == "completed"
+    assert rundir.read_status(folder)["state"] == "completed"
     assert "resumed at epoch" in (folder / "log.txt").read_text()
-    assert stable(runs.read_metrics(folder)[0]) == stable(runs.read_metrics(whole)[0])
+    assert stable(rundir.read_metrics(folder)[0]) == stable(rundir.read_metrics(whole)[0])
 
 
 def test_the_cli_trains_a_student_with_a_teacher_and_compare_shows_the_method(teacher_run, tmp_path, capsys):
@@ -288,7 +288,7 @@ def test_the_cli_trains_a_student_with_a_teacher_and_compare_shows_the_method(te
     assert main(["train", str(path), "--runs-dir", root, "--distill", "logit", "--teacher", str(teacher_run),
                  "--alpha", "0.5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    folder = runs.run_dir(result["run_id"], root)
+    folder = rundir.run_dir(result["run_id"], root)
     saved = RunConfig.from_file(folder / "config.json").distill
     assert (saved.mode, saved.alpha, saved.teacher.kind) == ("logit", 0.5, "run")
     assert main(["compare", folder.name, teacher_run.name, "--runs-dir", root, "--json"]) == 0
