@@ -406,7 +406,7 @@ def _distill_flow(server, page, teacher_dir) -> None:
     shot(page, "8-distill")
     page.get_by_role("button", name="Stop").click()
     wait_for(lambda: page.get_by_text("stopped · epoch").count() >= 1, 60, "the run to show state stopped")
-    student = [r for r in runs.run_ids(server["runs"]) if r != teacher_dir.name
+    student = [r for r in rundir.run_ids(server["runs"]) if r != teacher_dir.name
                and RunConfig.from_file(server["runs"] / r / "config.json").distill.mode == "logit"]
     assert len(student) == 1
     cfg = RunConfig.from_file(server["runs"] / student[0] / "config.json")
