@@ -173,7 +173,7 @@ def test_a_teacher_with_random_weights_is_refused():
 
 def test_feature_distillation_trains_its_adapter_and_the_export_holds_the_student_alone(teacher_run, tmp_path):
     from kt_core.export import export_run
-    from kt_core.worker import load_checkpoint
+    from kt_core.rundir import load_checkpoint
 
     cfg = student_cfg(teacher_run, mode="feature", epochs=1)
     folder = rundir.create_run(cfg, teacher_run.parent)
