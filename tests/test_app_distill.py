@@ -4,7 +4,7 @@ Dataset page, L2-SP on the Layers page, and each loss term drawn beside the tota
 import json
 
 from kt_core import rundir
-from test_app_support import app_at, chart_traces, make_run, no_exceptions
+from test_app_support import app_at, chart_traces, draft, make_run, no_exceptions
 
 
 def test_the_train_page_sets_mode_teacher_and_soft_weight_and_start_would_launch_them():
@@ -19,7 +19,7 @@ def test_the_train_page_sets_mode_teacher_and_soft_weight_and_start_would_launch
     at.number_input(key="distill_T").set_value(2.0)
     at.run()
     no_exceptions(at)
-    d = at.session_state["kt_distill"]
+    d = draft(at).config.distill
     assert (d.mode, d.alpha, d.temperature, d.teacher.kind, d.teacher.path) == ("logit", 0.7, 2.0, "run", teacher)
     shown = json.loads(at.get("json")[0].proto.body)
     assert shown["distill"]["mode"] == "logit" and shown["distill"]["teacher"]["path"] == teacher
@@ -27,7 +27,7 @@ def test_the_train_page_sets_mode_teacher_and_soft_weight_and_start_would_launch
     at.text_input(key="distill_student_layer").input("conv2")
     at.run()
     no_exceptions(at)
-    d = at.session_state["kt_distill"]
+    d = draft(at).config.distill
     assert (d.mode, d.student_layer, d.teacher_layer, d.adapter) == ("feature", "conv2", None, "auto")
 
 
@@ -38,7 +38,7 @@ def test_the_dataset_page_keeps_the_rest_unlabelled_and_shows_how_many():
     at.number_input(key="dataset_k").set_value(5).run()
     at.checkbox(key="dataset_unlabelled").check().run()
     no_exceptions(at)
-    assert at.session_state["kt_dataset"].unlabelled is True
+    assert draft(at).config.dataset.unlabelled is True
     assert any("unlabelled" in c.value and "labels hidden" in c.value for c in at.caption)
     sizes = at.dataframe[0].value
     assert "unlabelled (train)" in list(sizes["split"])
@@ -49,7 +49,7 @@ def test_the_layers_page_sets_l2sp():
     no_exceptions(at)
     at.number_input(key="layers_l2sp_alpha").set_value(0.01).run()
     no_exceptions(at)
-    assert at.session_state["kt_plan"].l2sp_alpha == 0.01
+    assert draft(at).config.plan.l2sp_alpha == 0.01
 
 
 def test_each_loss_term_is_drawn_beside_the_total():
@@ -80,6 +80,6 @@ def test_the_runs_page_compare_table_shows_the_method_and_its_settings():
     at = app_at("runs")
     at.multiselect(key="runs_overlay").set_value([student, base]).run()
     no_exceptions(at)
-    table = next(d.value for d in at.dataframe if "best_val_acc" in d.value.index)
+    table = next(d.value for d in at.dataframe if "method" in d.value.index)
     assert "logit KD" in table.loc["method"].iloc[0]
     assert list(table.loc["distill.mode"]) == ["logit", "off"]
