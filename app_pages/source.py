@@ -4,6 +4,7 @@ import streamlit as st
 
 from kt_core import launcher, rundir, runs
 from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan, field_error
+from kt_core.coderef import parse_code_ref
 from kt_core.settings import get_settings
 from ui import source_view, state
 from ui.curves import live_curves
@@ -41,18 +42,32 @@ elif kind == "file":
     typed = st.text_input("...or a path on the server", key="source_path",
                           value=current.path if current.kind == "file" else "",
                           help="Confined to " + ", ".join(map(str, settings.allowed_roots)))
-    arch = st.selectbox("Architecture", ["(infer from the keys)", *arch_names], key="source_file_arch")
+    INFER, CODE = "(infer from the keys)", "(my model code: a .py file)"
+    arch = st.selectbox("Architecture", [INFER, CODE, *arch_names], key="source_file_arch",
+                        index=1 if parse_code_ref(current.arch) else 0)
+    code = {}
+    if arch == CODE:
+        code = source_view.model_code_inputs(current)
+        if not settings.allow_trust:
+            st.info("This server does not run user model code (KT_ALLOW_TRUST=0): load the weights into a registered "
+                    "architecture instead, or train from the CLI on your own machine.")
     trust = False
     if settings.allow_trust:
-        trust = st.checkbox("Trust this file (allow arbitrary code while unpickling)", key="source_trust")
+        trust = st.checkbox("Trust this file (allow arbitrary code while unpickling or importing model code)",
+                            key="source_trust")
         if trust:
-            st.warning("A pickled file can run any code on this server when loaded. Only trust files you "
-                       "made yourself or got from someone you trust; prefer re-saving them as a state_dict.")
+            st.warning("A pickled file or a model's .py can run any code on this server when loaded. Only trust "
+                       "files you made yourself or got from someone you trust; prefer re-saving them as a state_dict.")
+    init_unmatched = arch != INFER and st.checkbox(
+        "Initialise what does not match randomly", key="source_init_unmatched",
+        help="An architecture that takes fewer than half of the file's tensors is refused: it would not transfer "
+             "the file's knowledge. Tick this to train it anyway, with everything that does not match random.")
     path = str(source_view.save_upload(uploaded)) if uploaded else typed.strip()
     if uploaded:
         state.set_extra("source_upload_name", uploaded.name)
-    if path:
-        cfg = SourceConfig(kind="file", path=path, trust=trust, arch=None if arch.startswith("(") else arch)
+    if path and code is not None:
+        fields = {"arch": None if arch == INFER else arch, "init_unmatched": init_unmatched, **code}
+        cfg = SourceConfig(kind="file", path=path, trust=trust, **fields)
 elif kind == "run":
     with guard("Listing runs"):
         table = runs.list_runs()
@@ -138,12 +153,17 @@ if cfg is not None:
             contents = getattr(exc, "contents", None)  # a refused TorchScript archive, described unrun
             exc = source_view.with_upload_names(exc)
             show_error(exc, "Loading the source")
+            raw = getattr(exc, "raw", None)  # the file that did not load: what the CLI's inspect shows
+            if raw is not None:
+                source_view.show_file_facts(raw)
             if isinstance(exc, UnsafeCheckpointError) and contents:
                 source_view.show_unrun_contents(contents)
             elif isinstance(exc, UnknownArchitectureError):
-                source_view.show_key_table(exc.raw.state_dict)  # still inspectable: the layers from the keys
+                source_view.show_key_table(raw.state_dict)  # still inspectable: the layers from the keys
             elif isinstance(exc, ArchitectureMismatchError):
-                random_init_instead(exc.arch, "The file's weights are not used: the network starts from scratch.")
+                if not parse_code_ref(exc.arch):  # the user's code: the box above keeps its matched weights
+                    random_init_instead(exc.arch, "The file's weights are not used: the network starts from scratch.")
+                source_view.show_key_table(raw.state_dict)
             elif isinstance(exc, CheckpointError) and cfg.kind == "arch" and cfg.weights:
                 random_init_instead(cfg.arch, f"Without the {cfg.weights} weights: the network starts from scratch.")
             st.stop()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import data as data_module
-from . import models, objectives, sources, transfer
+from . import coderef, models, objectives, sources, transfer, usercode
 from .config import RunConfig
 from .engine import resolve_device
 from .errors import AmbiguousRunError, RunError
@@ -41,10 +41,11 @@ class Prepared:
     @property
     def built_from(self) -> str:
         """"arch" when the model is a registered architecture (rebuilt from `arch` and the weights'
-        shapes alone), "source" when it runs the source file's own code (TorchScript, a pickle)."""
+        shapes alone), "code" when it is the user's model code (rebuilt from the code the config
+        names), "source" when it runs the source file's own code (TorchScript, a pickle)."""
         if self.arch is None or getattr(self.source, "own_module", False):
             return "source"
-        return "arch"
+        return "code" if getattr(self.source.spec, "family", None) == usercode.FAMILY else "arch"
 
 
 def preflight(cfg: RunConfig, runs_dir: str | os.PathLike | None = None,
@@ -96,6 +97,9 @@ def enforce_server_settings(cfg: RunConfig, roots: tuple[Path, ...], runs_dir: s
             sources.run_folder(source.path, roots, runs_dir)
         if source.trust:
             refuse_trust_if_forbidden(f"the {what} {source.path or source.arch}")
+        code = coderef.parse_code_ref(source.arch)
+        if code is not None:  # the user's model code is a server path like any other (finding it runs nothing)
+            coderef.code_file(code, roots)
     if cfg.dataset.root:
         confine_path(cfg.dataset.root, roots)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .coderef import parse_code_ref
 from .errors import ConfigError
 from .optim import OPTIMIZERS, SCHEDULERS
 from .presets import PRESETS
@@ -73,7 +74,15 @@ class SourceConfig:
     weights: str | None = _text(None)  # kind=arch: torchvision weights name ("IMAGENET1K_V1"), None = random
     path: str | None = _text(None, MAX_PATH)  # kind=file: checkpoint path; kind=run: run folder or run id
     checkpoint: str = "best"  # kind=run: which checkpoint of the run
-    trust: bool = False  # allow arbitrary unpickling (weights_only=False); warned opt-in
+    trust: bool = False  # allow arbitrary unpickling (weights_only=False) or user model code; warned opt-in
+    # User model code (arch = "path/to/model.py:ClassName" or "package.module:ClassName"):
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # the class's constructor keyword arguments
+    head: str | None = None  # the classifier module, when the one found from the module graph is wrong
+    first_conv: str | None = None  # the first conv/linear layer, likewise
+    code_sha256: str | None = None  # the code file's hash, recorded when a run is created
+    # A named architecture that fits fewer than half of the file's tensors is an error unless
+    # this says to initialise what does not match randomly.
+    init_unmatched: bool = False
 
     def validate(self) -> None:
         check_fields(self, "source.")
@@ -85,6 +94,13 @@ class SourceConfig:
         if self.kind in ("file", "run") and not self.path:
             raise ConfigError(f"source.path is required when source.kind is {self.kind!r}",
                               "give the checkpoint file or the run folder")
+        user_code = self.kind != "run" and parse_code_ref(self.arch) is not None
+        if not user_code:
+            given = [k for k in ("arch_kwargs", "head", "first_conv", "code_sha256") if getattr(self, k)]
+            if given:
+                raise ConfigError(f"source.{given[0]} applies to user model code only",
+                                  "set source.arch to path/to/model.py:ClassName or package.module:ClassName, "
+                                  f"or remove source.{given[0]}")
 
 
 @dataclass

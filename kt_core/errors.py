@@ -72,3 +72,11 @@ class AmbiguousRunError(RunError):
 
 class RunBusyError(RunError):
     """A run folder whose lock another process holds: its worker, or a launcher starting one."""
+
+
+class UserCodeError(KTError):
+    """User model code that cannot be found, imported or used as an architecture."""
+
+
+class UntrustedCodeError(UnsafeCheckpointError):
+    """User model code named without the trust opt-in (importing it would run it)."""

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
-from . import progress, rundir
+from . import coderef, progress, rundir, usercode
 from .data import iter_batches, load_dataset
 from .engine import resolve_device
 from .errors import DatasetError, KTError, PathNotAllowedError, RunError, TrustNotAllowedError
-from .sources import load_source, rebuild_model, resolve_run_source
+from .sources import code_source, load_source, rebuild_model, resolve_run_source
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None) -> tuple[n
     a model that is its source file's own module) from the source file."""
     arch = state.get("arch")
     built_from = state.get("built_from") or _legacy_built_from(cfg, arch)
+    if built_from == "code":
+        return _rebuild_from_code(cfg, state, run_dir, ckpt, roots), arch
     if built_from == "arch":
         try:
             return rebuild_model(arch, state["model"]), arch
@@ -210,6 +212,30 @@ def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None) -> tuple[n
                            f"{str(exc).splitlines()[0]}",
                            "the checkpoint file was replaced or damaged; re-run the config") from None
     return _rebuild_from_source(cfg, state, run_dir, ckpt, roots), arch
+
+
+def _rebuild_from_code(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None) -> nn.Module:
+    """The user's model code the run's config names (path and hash), with the checkpoint's
+    weights; says when the file is gone, and when it changed so that the weights do not fit.
+    With `roots` (the dashboard) the code is confined and KT_ALLOW_TRUST=0 refuses it, as at launch."""
+    try:
+        source = code_source(cfg.source, roots, runs_dir=run_dir.parent)
+        change = coderef.recorded_change(source, roots)
+        spec = usercode.user_spec(source, roots)
+    except (PathNotAllowedError, TrustNotAllowedError):
+        raise  # the server's settings, not a missing file: say so as it is
+    except KTError as exc:
+        raise RunError(f"run {run_dir.name} was trained from model code that cannot be loaded: "
+                       f"{exc.message}", exc.hint) from None
+    if change:
+        log.warning("run %s: %s", run_dir.name, change)
+    try:
+        return rebuild_model(spec, state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise RunError(f"checkpoint {ckpt} does not fit {source.arch}: {str(exc).splitlines()[0]}"
+                       + (f"; {change}" if change else ""),
+                       "put back the code the run was trained with (its sha256 is in config.json), or re-run the config"
+                       ) from None
 
 
 def _legacy_built_from(cfg, arch: str | None) -> str:

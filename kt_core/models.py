@@ -15,83 +15,126 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
+import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from . import providers
 from .adapt import adapt_input_conv
+from .archspec import ArchSpec
 from .checkpoints import clean_state_dict, read_checkpoint
 from .datasets.transforms import IMAGENET_NORMALIZATION, Normalization
 from .errors import CheckpointError, KTError
 from .probe import probe
-from .registry import Registry
+from .registry import Entry, Registry
+from .settings import get_settings
 
 log = logging.getLogger(__name__)
 
 MNIST_NORMALIZATION: Normalization = ((0.1307,), (0.3081,))
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """What the app needs to know about an architecture, without building it."""
-
-    name: str
-    family: str
-    builder: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> randomly initialised model
-    input_size: tuple[int, int, int]  # (C, H, W) the architecture is designed for
-    num_classes: int  # the class count of its usual weights
-    head: str  # qualified name of the classifier module ("fc", "classifier.1")
-    first_conv: str  # qualified name of the first convolution ("conv1", "features.0.0")
-    weights: tuple[str, ...] = ()  # torchvision weight names; empty for our own models
-    normalization: Normalization | None = None  # mean/std the weights were trained with
-    description: str = ""
-    stages: str | None = None  # container whose children are the stages (its blocks), if any
-
-
 class _ArchitectureRegistry(Registry[ArchSpec]):
-    """The registry, with torchvision's families added the first time a lookup needs them.
+    """The registry, with torchvision's families and the providers' architectures (timm, entry
+    points: `kt_core.providers`) added the first time a lookup needs them.
 
     Importing `torchvision.models` costs ~1.6 s of CPU and ~200 MB (it pulls in torch._dynamo):
     a worker training one of our own architectures must not pay that before its first step
-    (benchmark B5, start latency). A name we registered ourselves never triggers the import.
+    (benchmark B5, start latency). A name we registered ourselves never triggers the import; a
+    `timm/NAME` triggers timm's alone.
     """
 
     def __init__(self, kind: str):
         super().__init__(kind)
         self._complete = False
+        self._timm_added = False
+        self._providers_added = False
 
     def _add_torchvision(self) -> None:
         if not self._complete:
             self._complete = True
             _register_torchvision()
 
-    def entry(self, name: str):
+    def _add_all(self) -> None:
+        self._add_torchvision()
+        self._add_providers()
+
+    def _add_providers(self, timm_only: bool = False) -> None:
+        if self._providers_added or (timm_only and self._timm_added):
+            return
+        specs = providers.provided_specs(names_only_timm=timm_only)
+        if self._timm_added:
+            specs = [s for s in specs if s.provider != "timm"]
+        self._timm_added = True
+        self._providers_added = not timm_only
+        for spec in specs:
+            if spec.name in self._entries:  # ours and torchvision's come first
+                log.warning("architecture %s of provider %s is already registered: skipped", spec.name, spec.provider)
+                continue
+            self._entries[spec.name] = Entry(spec.name, spec, {})
+
+    def reload_providers(self) -> None:
+        """Forget the providers' architectures and find them again (a package installed or
+        removed while the process runs)."""
+        self._entries = {k: e for k, e in self._entries.items() if not e.obj.provider}
+        self._timm_added = self._providers_added = False
+        _signature.cache_clear()
+
+    def _look_for(self, name: object) -> None:
+        """Add what could hold `name`: timm alone for `timm/NAME`; else torchvision, then the
+        providers only if torchvision does not have it (a torchvision worker never imports timm)."""
+        if name in self._entries:
+            return
+        if str(name).startswith(providers.TIMM_PREFIX):
+            hint = providers.missing_hint(str(name))
+            if hint:
+                raise KTError(f"unknown architecture {name!r}", hint)
+            self._add_providers(timm_only=True)
+            return
+        self._add_torchvision()
         if name not in self._entries:
-            self._add_torchvision()
+            self._add_providers()
+
+    def entry(self, name: str):
+        self._look_for(name)
         return super().entry(name)
 
-    def names(self) -> list[str]:
+    def builtin(self) -> list[ArchSpec]:
+        """Ours and torchvision's: the first tier of architecture inference."""
         self._add_torchvision()
+        return [e.obj for e in self._entries.values() if not e.obj.provider]
+
+    def provided(self) -> list[ArchSpec]:
+        """The providers' (timm, entry points): inferred from only when no built-in one fits."""
+        self._add_all()
+        return [e.obj for e in self._entries.values() if e.obj.provider]
+
+    def names(self) -> list[str]:
+        self._add_all()
         return super().names()
 
     def __contains__(self, name: object) -> bool:
-        if name not in self._entries:
-            self._add_torchvision()
+        try:
+            self._look_for(name)
+        except KTError:  # timm/NAME without timm: simply not here
+            return False
         return super().__contains__(name)
 
     def __iter__(self):
-        self._add_torchvision()
+        self._add_all()
         return super().__iter__()
 
     def __len__(self) -> int:
-        self._add_torchvision()
+        self._add_all()
         return super().__len__()
 
 
@@ -239,6 +282,9 @@ for _depth in (20, 32, 44, 56):
     ))
 
 
+_OWN = frozenset(ARCHITECTURES._entries)  # registered above: small, always cheap to compare
+
+
 # --- torchvision architectures -----------------------------------------------------------------
 
 # Where the head, the first conv and the stages sit, per torchvision model module (one line a
@@ -323,7 +369,7 @@ def build_model(arch: str | ArchSpec, num_classes: int | None = None, in_channel
     native_channels = spec.input_size[0]
     if weights:
         model = spec.builder(spec.num_classes, native_channels)
-        model.load_state_dict(torchvision_state_dict(spec, weights))
+        model.load_state_dict(weights_state_dict(spec, weights))
     else:
         model = spec.builder(num_classes or spec.num_classes, in_channels or native_channels)
     if num_classes:
@@ -400,9 +446,16 @@ def torchvision_weights_path(spec: ArchSpec, weights: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
 
 
+def weights_state_dict(spec: ArchSpec, weights: str) -> dict[str, torch.Tensor]:
+    """The state_dict of `weights` of `spec`: a provider's own (timm, a package), else torchvision's."""
+    if spec.load_weights is not None:
+        return providers.weights_state_dict(spec, weights)
+    return torchvision_state_dict(spec, weights)
+
+
 def weights_preprocessing(spec: ArchSpec, weights: str | None) -> tuple[tuple[int, int, int], Normalization | None]:
     """The input size and mean/std that `weights` of `spec` expect (the spec's defaults if None)."""
-    if not weights or not spec.weights:
+    if not weights or not spec.weights or spec.load_weights is not None:
         return spec.input_size, spec.normalization
     from torchvision import models as tvm  # here, not at the top: torchvision's model zoo costs ~1.5 s to import
 
@@ -469,14 +522,57 @@ def _weightless() -> Iterator[None]:
 def build_shapeless(arch: str | ArchSpec) -> nn.Module:
     """The architecture on the meta device (native classes and channels): structure, no memory."""
     spec = get_spec(arch)
+    if spec.provider:
+        # timm's and the packages' models build on a meta default device (no memory, no init
+        # work: ~10x faster than building on the CPU first, and inference may try hundreds);
+        # one that computes with tensors while building falls back to the patched build.
+        try:
+            with torch.device("meta"):
+                return spec.builder(spec.num_classes, spec.input_size[0])
+        except Exception as exc:  # a builder that needs real tensors
+            log.debug("%s does not build on the meta device (%s): building weightless", spec.name, exc)
     with _weightless():
         return spec.builder(spec.num_classes, spec.input_size[0])
 
 
 @functools.lru_cache(maxsize=None)
 def _signature(arch: str) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in build_shapeless(arch).state_dict().items()
-            if not k.endswith("num_batches_tracked")}
+    spec = get_spec(arch)
+    cached = _signature_file(spec)
+    if cached is not None:
+        try:
+            return {k: tuple(v) for k, v in json.loads(cached.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            pass
+    signature = {k: tuple(v.shape) for k, v in build_shapeless(arch).state_dict().items()
+                 if not k.endswith("num_batches_tracked")}
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.part")
+            tmp.write_text(json.dumps(signature))
+            tmp.replace(cached)
+        except OSError as exc:  # a read-only cache only costs the next process the build
+            log.debug("signature of %s not cached: %s", arch, exc)
+    return signature
+
+
+def _signature_file(spec: ArchSpec) -> Path | None:
+    """Where a provider architecture's key shapes are kept between processes, per package version.
+
+    Inferring a timm checkpoint may compare ~170 architectures that share its head and first-conv
+    names; each costs a build (~0.1-1 s), so a server or a worker pays that once per machine, not
+    once per process. Ours and torchvision's are cheap enough to build (None: not cached)."""
+    if not spec.provider:
+        return None
+    from importlib import metadata  # stdlib, needed only for providers' versions
+
+    try:
+        version = metadata.version(spec.provider)
+    except metadata.PackageNotFoundError:
+        return None
+    safe = re.sub(r"[^0-9A-Za-z_.-]", "_", spec.name)
+    return get_settings().cache_dir / "arch_signatures" / f"{spec.provider}-{version}" / f"{safe}.json"
 
 
 def infer_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -486,7 +582,10 @@ def infer_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
     transfer changes. BatchNorm's `num_batches_tracked` counters are ignored (older files lack them).
     """
     keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
-    return [entry.name for entry in ARCHITECTURES if _fits(state_dict, keys, entry.obj)]
+    found = [spec.name for spec in ARCHITECTURES.builtin() if _fits(state_dict, keys, spec)]
+    if not found:  # timm's ~1,300 and the packages' are tried only when none of ours fits
+        found = [spec.name for spec in ARCHITECTURES.provided() if _fits(state_dict, keys, spec)]
+    return found
 
 
 def architecture_fits(state_dict: dict[str, torch.Tensor], arch: str) -> bool:
@@ -494,6 +593,24 @@ def architecture_fits(state_dict: dict[str, torch.Tensor], arch: str) -> bool:
     checking a named architecture needs no scan of the registry, nor torchvision's import."""
     keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
     return _fits(state_dict, keys, get_spec(arch))
+
+
+def closest_architectures(state_dict: dict[str, torch.Tensor], n: int = 3) -> list[tuple[str, int]]:
+    """The `n` built-in architectures (ours, torchvision's) that take the most of `state_dict`'s
+    tensors (same key, a fitting shape): (name, tensors taken), best first.
+
+    Our own small architectures are always compared; the others only when the file has their
+    head or first-conv key (a signature costs a meta-device build, ~0.1 s for a torchvision model,
+    and comparing all of them would cost seconds on an error path)."""
+    keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    scores = []
+    for spec in ARCHITECTURES.builtin():  # the providers' (timm's ~1,300) would cost minutes here
+        if spec.name not in _OWN and f"{spec.head}.weight" not in keys and f"{spec.first_conv}.weight" not in keys:
+            continue
+        signature = _signature(spec.name)
+        hits = sum(1 for k in keys if k in signature and _shape_fits(k, tuple(state_dict[k].shape), signature[k], spec))
+        scores.append((-hits, abs(len(signature) - len(keys)), spec.name))
+    return [(name, -hits) for hits, _, name in sorted(scores)[:n]]
 
 
 def _fits(state_dict: dict[str, torch.Tensor], keys: set[str], spec: ArchSpec) -> bool:

@@ -31,6 +31,7 @@ Run ids are readable and sort by creation time: `20261128-113000-quick-3f2a`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -43,6 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from . import coderef
 from .config import RunConfig
 from .errors import AmbiguousRunError, RunBusyError, RunError
 from .procs import pid_alive
@@ -275,8 +277,12 @@ def unique_folder(root: Path, new_name: Callable[[], str], what: str) -> Path:
 def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: bool = False) -> Path:
     """A new run folder with config.json and a queued status; nothing runs yet. `confined`: a
     dashboard run, whose worker holds its paths to the server's roots and refuses trust where
-    KT_ALLOW_TRUST=0 (recorded in status.json, which only the server writes)."""
+    KT_ALLOW_TRUST=0 (recorded in status.json, which only the server writes).
+
+    A source of user model code is saved with the code's absolute path and its file's hash, so
+    eval, export and resume can say when the file changed or is gone."""
     cfg.validate()
+    cfg = dataclasses.replace(cfg, source=coderef.record(cfg.source))  # hashing the file runs none of it
     root = runs_root(runs_dir)
     try:
         folder = unique_folder(root, lambda: new_run_id(cfg), "run")

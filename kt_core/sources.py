@@ -17,14 +17,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import rundir
+from . import coderef, providers, rundir, usercode
 from .checkpoints import LoadReport, RawCheckpoint, interpret, load_into, read_checkpoint
-from .config import SourceConfig
+from .config import RunConfig, SourceConfig
 from .datasets.transforms import Normalization, adapt_normalization
 from .errors import CheckpointError, KTError, PathNotAllowedError
-from .models import (ARCHITECTURES, ArchSpec, adapt_first_conv, architecture_fits, blocks,
+from .models import (ARCHITECTURES, ArchSpec, adapt_first_conv, architecture_fits, blocks, closest_architectures,
                      count_parameters, dry_run, get_spec, infer_architectures, layer_tree, replace_head,
-                     torchvision_state_dict, weights_preprocessing)
+                     weights_preprocessing, weights_state_dict)
 from .registry import Registry
 from .settings import confine_path, refuse_trust_if_forbidden
 
@@ -36,11 +36,12 @@ _GUESS_SIDES = (28, 32, 64, 224)
 
 
 class ArchitectureMismatchError(CheckpointError):
-    """An architecture named for a file of which not one weight fits it."""
+    """An architecture named for a file that takes too little of it to be a transfer of the
+    file's weights; `raw` keeps the file for key-level inspection."""
 
-    def __init__(self, message: str, hint: str, arch: str, candidates: list[str]):
+    def __init__(self, message: str, hint: str, arch: str, candidates: list[str], raw: RawCheckpoint | None = None):
         super().__init__(message, hint)
-        self.arch, self.candidates = arch, candidates
+        self.arch, self.candidates, self.raw = arch, candidates, raw
 
 
 class UnknownArchitectureError(CheckpointError):
@@ -49,6 +50,19 @@ class UnknownArchitectureError(CheckpointError):
     def __init__(self, message: str, hint: str, raw: RawCheckpoint):
         super().__init__(message, hint)
         self.raw = raw
+
+
+class WeakMatchError(ArchitectureMismatchError):
+    """A named architecture that fits fewer than half of the file's tensors (none of them, at
+    worst): not a transfer of the file's knowledge, unless the user asks for random
+    initialisation of the rest (`init_unmatched`)."""
+
+
+# The share of the file's tensors a named architecture must take for the load to count as a
+# transfer; below it the load is an error unless `init_unmatched` asks for random initialisation.
+MIN_MATCHED_FRACTION = 0.5
+USER_CODE_ROUTE = ("load it into the class that made it: --arch path/to/model.py:ClassName --trust "
+                   "(the Source page's 'my model code')")
 
 
 class ScriptedWithHead(nn.Module):
@@ -188,26 +202,40 @@ def load_source(cfg: SourceConfig, num_classes: int | None = None, in_channels: 
     return source
 
 
+def _architecture(cfg: SourceConfig, roots=None) -> tuple[str | ArchSpec | None, list[str]]:
+    """`cfg.arch` as the loaders take it: a registry name, or the ArchSpec of the user's model
+    code (imported only with trust), with a note when the code changed since a run recorded it."""
+    if coderef.parse_code_ref(cfg.arch) is None:
+        return cfg.arch, []
+    change = coderef.recorded_change(cfg, roots)
+    return usercode.user_spec(cfg, roots), [change] if change else []
+
+
 @SOURCE_LOADERS.register("arch")
 def _from_arch(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedSource:
-    spec = get_spec(cfg.arch)
+    arch, code_notes = _architecture(cfg, roots)
+    spec = get_spec(arch)
     input_size, normalization = weights_preprocessing(spec, cfg.weights)
     model = spec.builder(spec.num_classes, spec.input_size[0])
     notes = []
     if cfg.weights and pretrained:
-        report = load_into(model, torchvision_state_dict(spec, cfg.weights), spec)
-        fmt = "torchvision_weights"
-        from torchvision import models as tvm  # torchvision's model registry: read on first use (start-up cost)
+        report = load_into(model, weights_state_dict(spec, cfg.weights), spec)
+        if spec.provider:
+            fmt, categories = f"{spec.provider}_weights", None
+        else:
+            fmt = "torchvision_weights"
+            from torchvision import models as tvm  # torchvision's model registry: read on first use (start-up cost)
 
-        categories = tvm.get_model_weights(spec.name)[cfg.weights].meta.get("categories")
+            categories = tvm.get_model_weights(spec.name)[cfg.weights].meta.get("categories")
     else:
         categories = None
         report = LoadReport()
         fmt = "random_init"
         notes.append("random initialisation: no weights are loaded" +
                      (f" (from-scratch twin of {cfg.weights})" if cfg.weights else ""))
-    return LoadedSource(model, spec.name, spec, report, input_size, normalization, [spec.name], fmt, notes,
-                        meta={"class_names": list(categories)} if categories else {}, num_classes=spec.num_classes)
+    return LoadedSource(model, spec.name, spec, report, input_size, normalization, [spec.name], fmt,
+                        code_notes + notes, meta={"class_names": list(categories)} if categories else {},
+                        num_classes=spec.num_classes)
 
 
 @SOURCE_LOADERS.register("file")
@@ -218,7 +246,11 @@ def _from_file(cfg: SourceConfig, roots=None, pretrained: bool = True) -> Loaded
         path = confine_path(cfg.path, roots)
         if cfg.trust:
             refuse_trust_if_forbidden(f"the source file {cfg.path}")
-    return from_checkpoint(read_checkpoint(path, trust=cfg.trust), cfg.arch, pretrained)
+    raw = read_checkpoint(path, trust=cfg.trust)
+    arch, code_notes = _architecture(cfg, roots)
+    source = from_checkpoint(raw, arch, pretrained, init_unmatched=cfg.init_unmatched)
+    source.notes[:0] = code_notes
+    return source
 
 
 @SOURCE_LOADERS.register("run")
@@ -231,6 +263,9 @@ def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedS
         notes.append(f"the run has no {cfg.checkpoint}.pt; using {wanted.name}")
     raw = interpret(rundir.load_checkpoint(wanted), wanted.name)
     arch = raw.arch or (config.get("source") or {}).get("arch")
+    if coderef.parse_code_ref(arch):  # a run of the user's model code: rebuilt from the code it recorded
+        arch, code_notes = _architecture(code_source(RunConfig.from_dict(config).source, roots), roots)
+        notes += code_notes
     dataset = config.get("dataset") or {}
     side = raw.meta.get("input_size") or dataset.get("image_size")
     if isinstance(side, (list, tuple)):  # run checkpoints store the data's (C, H, W)
@@ -243,6 +278,19 @@ def _from_run(cfg: SourceConfig, roots=None, pretrained: bool = True) -> LoadedS
     source.meta = {"run": folder.name, "checkpoint": wanted.name, "run_name": config.get("name", ""),
                    **{k: v for k, v in raw.meta.items() if k not in ("config", "optimizer", "scheduler")}}
     return source
+
+
+def code_source(cfg: SourceConfig, roots: tuple[Path, ...] | None = None,
+                runs_dir: str | Path | None = None) -> SourceConfig:
+    """The source config that names the user's model code behind `cfg`: `cfg` itself, or for a
+    run source the source its run recorded (followed through runs of runs). The code's trust is
+    the one given when that run was created; `roots` still confine it and KT_ALLOW_TRUST=0 still
+    refuses it from the UI."""
+    for _ in range(32):  # a chain of runs, each the source of the next; never a cycle in practice
+        if cfg.kind != "run":
+            return cfg
+        cfg = RunConfig.from_dict(rundir.read_config_json(run_folder(cfg.path, roots, runs_dir))).source
+    raise KTError("the chain of source runs is too long", "train from a file or an architecture")
 
 
 def run_folder(run: str, roots: tuple[Path, ...] | None = None, runs_dir: str | Path | None = None) -> Path:
@@ -277,14 +325,21 @@ def resolve_run_source(cfg: SourceConfig, runs_dir: str | Path | None = None,
     return dataclasses.replace(cfg, path=str(run_folder(cfg.path, roots, runs_dir)))
 
 
-def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: bool = True,
-                    side: int | None = None, normalization: Any = None) -> LoadedSource:
-    """A LoadedSource from what a file held: its module (TorchScript, trusted pickle) or a
-    registered architecture (named, or inferred from the keys) with the weights mapped in."""
+def from_checkpoint(raw: RawCheckpoint, arch: str | ArchSpec | None = None, pretrained: bool = True,
+                    side: int | None = None, normalization: Any = None, init_unmatched: bool = False) -> LoadedSource:
+    """A LoadedSource from what a file held: its module (TorchScript, trusted pickle) or an
+    architecture (named, the user's code as an ArchSpec, or inferred from the keys) with the
+    weights mapped in.
+
+    A named `arch` that takes fewer than half of the file's tensors raises `WeakMatchError`
+    (with the closest registered architectures) unless `init_unmatched`."""
     # A named architecture (or the one a KT Studio run recorded) that fits is checked alone; the
     # whole registry (torchvision's included, ~1.5 s to import) is scanned only when it is needed.
-    known = arch or (raw.arch if raw.arch and raw.arch in ARCHITECTURES else None)
-    if not raw.state_dict:
+    # The user's own code is the architecture it says: nothing to infer.
+    known = arch or _recorded_arch(raw)
+    if isinstance(arch, ArchSpec):
+        candidates = [arch.name]
+    elif not raw.state_dict:
         candidates = []
     elif known and architecture_fits(raw.state_dict, known):
         candidates = [known]
@@ -292,7 +347,9 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
         candidates = infer_architectures(raw.state_dict)
     notes = []
     spec = None
-    if arch:
+    if isinstance(arch, ArchSpec):
+        spec = arch
+    elif arch:
         spec = get_spec(arch)
         if candidates and arch not in candidates:
             notes.append(f"the keys fit {', '.join(candidates)}, not {arch}: see the mapping report")
@@ -310,22 +367,15 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
     elif spec is None:
         raise UnknownArchitectureError(
             f"{raw.name}: no known architecture matches its {len(raw.state_dict)} weights",
-            "name the architecture (--arch, or the Architecture box), or save the model as TorchScript "
-            "(torch.jit.script(model).save(PATH)) so its code travels with it", raw)
+            "name the architecture (--arch, or the Architecture box), " + USER_CODE_ROUTE +
+            ", or save the model as TorchScript (torch.jit.script(model).save(PATH)) so its code travels with it", raw)
     else:
         model = spec.builder(*_native_shape(raw.state_dict, spec))
         if pretrained:
             report = load_into(model, raw.state_dict, spec)
             report.fixes[:0] = raw.fixes
-            if arch and raw.state_dict and not report.matched:
-                # Loading nothing would train a randomly initialised network while every page
-                # says "source: <file>": starting from scratch is a choice, made explicitly.
-                fits = f"its keys fit {', '.join(candidates)}" if candidates else "no registered architecture fits its keys"
-                raise ArchitectureMismatchError(
-                    f"{raw.name}: none of its {len(raw.state_dict)} weights fit {arch} ({fits})",
-                    f"choose the architecture the file was saved from{' (' + candidates[0] + ')' if candidates else ''}, "
-                    f"or use {arch} with random initialisation (an architecture with no weights) to start from scratch",
-                    arch=arch, candidates=candidates)
+            if arch is not None:
+                _check_match(raw, spec, report, init_unmatched, candidates, notes)
         else:
             report = LoadReport(fixes=["random initialisation: the file's weights are not loaded (from-scratch baseline)"])
 
@@ -346,6 +396,50 @@ def from_checkpoint(raw: RawCheckpoint, arch: str | None = None, pretrained: boo
         source.remember_trial(input_size, trial)
     source.num_classes = _output_classes(source)
     return source
+
+
+def _recorded_arch(raw: RawCheckpoint) -> str | None:
+    """The registered architecture a file names itself: a KT Studio run's `arch`, or a timm
+    training checkpoint's `arch` (timm's train.py saves the model name there)."""
+    if raw.arch and raw.arch in ARCHITECTURES:
+        return raw.arch
+    named = raw.meta.get("arch")
+    if isinstance(named, str) and named and "/" not in named:
+        if providers.timm_available() and providers.TIMM_PREFIX + named in ARCHITECTURES:
+            return providers.TIMM_PREFIX + named
+    return None
+
+
+def _check_match(raw: RawCheckpoint, spec: ArchSpec, report: LoadReport, init_unmatched: bool,
+                 candidates: list[str], notes: list[str]) -> None:
+    """Refuse a named architecture that takes fewer than half of the file's tensors, naming the
+    architectures the keys fit (or the closest ones) and the user-code route; with
+    `init_unmatched` accept it, saying so. Loading too little would train a mostly random network
+    while every page says "source: <file>": starting from scratch is a choice, made explicitly."""
+    total = sum(1 for k in raw.state_dict if not k.endswith("num_batches_tracked"))
+    matched = len(report.matched)
+    if not total or matched >= MIN_MATCHED_FRACTION * total:
+        return
+    if init_unmatched:
+        notes.append(f"only {matched} of the file's {total} tensors fit {spec.name}: everything else is randomly "
+                     "initialised, as asked (init_unmatched)")
+        return
+    fits = [c for c in candidates if c != spec.name]
+    if fits:
+        where = f"its keys fit {', '.join(fits)}"
+        closer = f"choose the architecture the file was saved from ({fits[0]}); "
+    else:
+        closest = [f"{name} ({hits} of {total})" for name, hits in closest_architectures(raw.state_dict) if hits]
+        where = "no registered architecture fits its keys"
+        closer = f"the closest registered architectures: {', '.join(closest)}; " if closest else ""
+    what = (f"none of its {total} weights fit {spec.name}" if not matched else
+            f"{spec.name} takes only {matched} of its {total} tensors, so it would not transfer the file's weights")
+    raise WeakMatchError(
+        f"{raw.name}: {what} ({where})",
+        closer + USER_CODE_ROUTE + "; or, to train it anyway, initialise what does not match randomly "
+        "(--init-unmatched; source.init_unmatched in a config; the box in the UI), or use "
+        f"{spec.name} with random initialisation (an architecture with no weights) to start from scratch",
+        arch=spec.name, candidates=fits, raw=raw)
 
 
 def _own_module(raw: RawCheckpoint, spec: ArchSpec | None, pretrained: bool) -> tuple[nn.Module, LoadReport]:
@@ -397,7 +491,7 @@ def _output_classes(source: LoadedSource) -> int | None:
     return None
 
 
-def rebuild_model(arch: str, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+def rebuild_model(arch: str | ArchSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Registered architecture `arch` in the shape of `state_dict` (its head's class count, its
     first conv's input channels) with exactly those weights, loaded strictly.
 

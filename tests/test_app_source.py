@@ -178,3 +178,60 @@ def test_an_architecture_forced_on_a_file_it_does_not_fit_is_an_error_with_rando
     source = draft(at).config.source
     assert (source.kind, source.arch, source.weights) == ("arch", "cifar_resnet20", None)
     assert not errors(at)
+
+
+def test_a_checkpoint_with_the_users_model_code_from_server_paths(tmp_path, monkeypatch):
+    from test_usercode import MLP_CODE, _class, lightning_ckpt
+
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    code = tmp_path / "my_model.py"
+    code.write_text(MLP_CODE.format(marker=str(tmp_path / "imported.txt")))
+    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.text_input(key="source_path").input(str(ckpt)).run()
+    at.selectbox(key="source_file_arch").select("(my model code: a .py file)").run()
+    at.text_input(key="source_code_path").input(str(code)).run()
+    assert at.selectbox(key="source_code_class").options == ["LitMLP", "TinyNet", "SmallConv"]  # read, not run
+    at.selectbox(key="source_code_class").select("LitMLP").run()
+    no_exceptions(at)
+    assert any("needs your explicit trust" in e for e in errors(at))  # not imported without the box
+    at.checkbox(key="source_trust").check().run()
+    no_exceptions(at)
+    assert not errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert any(m.value.startswith("Architecture **") and m.value.endswith(":LitMLP**") for m in at.markdown)
+    assert (metrics["Matched keys"], metrics["Missing"], metrics["Unexpected"]) == ("6", "0", "0")
+    assert {"layer_1", "layer_2", "layer_3"} <= set(layer_table(at)["name"])
+    source = draft(at).config.source
+    assert (source.arch, source.trust, source.path) == (f"{code}:LitMLP", True, str(ckpt))
+
+
+def test_model_code_outside_the_allowed_roots_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path / "allowed"))
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.selectbox(key="source_file_arch").select("(my model code: a .py file)").run()
+    at.text_input(key="source_code_path").input(str(tmp_path / "model.py")).run()
+    no_exceptions(at)
+    assert any("outside the folders this server may read" in e for e in errors(at))
+
+
+def test_a_forced_architecture_that_does_not_fit_is_an_error_with_the_files_facts(tmp_path, monkeypatch):
+    from test_usercode import MLP_CODE, _class, lightning_ckpt
+
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    code = tmp_path / "my_model.py"
+    code.write_text(MLP_CODE.format(marker=str(tmp_path / "imported.txt")))
+    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    at = app_at("source")
+    at.radio(key="source_kind").set_value("file").run()
+    at.text_input(key="source_path").input(str(ckpt)).run()
+    at.selectbox(key="source_file_arch").select("mnist_net").run()
+    no_exceptions(at)
+    assert any("none of its 6 weights fit mnist_net" in e and "my model code" in e for e in errors(at))
+    assert any("format: lightning" in c.value and "epoch=4" in c.value for c in at.caption)
+    at.checkbox(key="source_init_unmatched").check().run()
+    no_exceptions(at)
+    assert not errors(at)
+    assert any("randomly initialised, as asked" in w.value for w in at.warning)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from kt_core import rundir
+from kt_core.coderef import parse_code_ref
 from kt_core.config import SourceConfig
 from kt_core.errors import KTError
-from kt_core.settings import get_settings
-from ui.errors import plain
+from kt_core.settings import confine_path, get_settings
+from ui.errors import error_line, plain
 
 
 def upload_dir() -> Path:
@@ -21,17 +24,19 @@ def upload_dir() -> Path:
 
 
 def save_upload(uploaded) -> Path:
-    """Write an uploaded file under the cache's uploads folder, named by content hash.
+    """Write an uploaded file under the cache's uploads folder: `<content hash>/<the user's name>`.
 
-    The name is ours (hash + the original suffix only), so an upload can never choose where it
-    lands; identical uploads share one file.
+    The folder is ours (the hash), and the name keeps only the last part of what the browser
+    sent, with anything but letters, digits, `._-()` and spaces replaced, so an upload can never
+    choose where it lands; identical uploads share one file. Keeping the user's name means every
+    message about the file (and a model file's module name) says the name the user knows.
     """
     data = uploaded.getvalue()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    suffix = "".join(Path(uploaded.name).suffixes[-2:])[:16]
-    folder = upload_dir()
+    name = re.sub(r"[^\w.\-() ]", "_", Path(str(uploaded.name).replace("\\", "/")).name).strip(" .")[:120] or "upload"
+    folder = upload_dir() / digest
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}{suffix}"
+    path = folder / name
     if not path.exists():
         tmp = path.with_suffix(path.suffix + ".part")
         tmp.write_bytes(data)
@@ -106,6 +111,15 @@ def report_frames(report: dict) -> dict[str, pd.DataFrame]:
     if report.get("mismatched"):
         frames["mismatched"] = pd.DataFrame(report["mismatched"]).astype(str)
     return frames
+
+
+def show_file_facts(raw) -> None:
+    """The file's format and metadata, as `inspect` prints them (a file that did not load)."""
+    shown = {k: v for k, v in (raw.meta or {}).items() if isinstance(v, (int, float, str)) and len(str(v)) < 60}
+    st.caption(plain(f"{raw.name} · format: {raw.format} · {len(raw.state_dict)} tensors"
+                     + (" · " + ", ".join(f"{k}={v}" for k, v in list(shown.items())[:8]) if shown else "")))
+    for fix in raw.fixes or []:
+        st.caption(plain(f"Fixed: {fix}"))
 
 
 def show_key_table(state_dict) -> None:
@@ -186,3 +200,56 @@ def _shape(shape) -> str:
         return ""
     dims = list(shape)[1:] if len(shape) > 1 else list(shape)
     return "×".join(str(d) for d in dims)
+
+
+def code_classes(path: str) -> list[str]:
+    """Class names defined at the top of a model file, read with `ast` (parsing runs nothing);
+    [] when the file cannot be read or parsed (loading it then says why)."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    return [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+
+
+def model_code_inputs(current: SourceConfig) -> dict | None:
+    """The user's model code beside a checkpoint: a .py (uploaded or a server path) or a module,
+    the class, its constructor arguments, and corrections of the head and first layer.
+    Returns the SourceConfig fields, or None until a file and class are given."""
+
+    ref = parse_code_ref(current.arch)
+    uploaded = st.file_uploader("Upload the model's code (.py)", type=["py"], key="source_code_upload")
+    typed = st.text_input("...or its path on the server, or an installed module (package.module)",
+                          key="source_code_path", value=ref.target if ref else "",
+                          help="Confined to " + ", ".join(map(str, get_settings().allowed_roots)))
+    target = str(save_upload(uploaded)) if uploaded else typed.strip()
+    if not target:
+        st.caption("The class that made the checkpoint: its module graph gives the head and first layer.")
+        return None
+    classes = []
+    if target.endswith(".py"):
+        try:
+            classes = code_classes(str(confine_path(target, allowed_roots())))
+        except KTError as exc:
+            st.error(plain(error_line(exc)), icon=":material/error:")
+            return None
+    if classes:
+        name = st.selectbox("Class", classes, key="source_code_class",
+                            index=classes.index(ref.class_name) if ref and ref.class_name in classes else len(classes) - 1)
+    else:
+        name = st.text_input("Class name", key="source_code_class_name", value=ref.class_name if ref else "").strip()
+    kwargs_text = st.text_input("Constructor arguments (JSON object)", key="source_code_kwargs",
+                                value=json.dumps(current.arch_kwargs or {}))
+    with st.expander("Head and first layer (found from the module graph when blank)"):
+        head = st.text_input("Head module", key="source_code_head", value=current.head or "").strip()
+        first = st.text_input("First conv/linear layer", key="source_code_first", value=current.first_conv or "").strip()
+    try:
+        kwargs = json.loads(kwargs_text or "{}")
+        if not isinstance(kwargs, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        st.error(f"The constructor arguments are not a JSON object ({exc}): write e.g. {{\"hidden\": 128}}")
+        return None
+    if not name:
+        return None
+    return {"arch": f"{target}:{name}", "arch_kwargs": kwargs, "head": head or None, "first_conv": first or None}

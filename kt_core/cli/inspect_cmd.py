@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 from typing import Any
 
 from ..config import SourceConfig
 from ..errors import AmbiguousRunError, CheckpointError, ConfigError, KTError, RunError, UnsafeCheckpointError
 from ..rundir import run_dir
 from ..settings import user_path
+from ..coderef import parse_code_ref
 from . import print_json
 
 
@@ -19,12 +21,19 @@ def register(subparsers) -> None:
         description="SOURCE is a checkpoint file (.pt/.pth/.bin/.ckpt/.th/.safetensors, TorchScript), "
                     "a KT Studio run (folder, id, id prefix or name, see `runs`), or an architecture name (see `archs`).")
     p.add_argument("source", metavar="SOURCE")
-    p.add_argument("--arch", help="architecture of a checkpoint file (default: inferred from its keys)")
+    p.add_argument("--arch", help="architecture of a checkpoint file (default: inferred from its keys), or the "
+                                  "user's model code: path/to/model.py:ClassName or package.module:ClassName (needs --trust)")
+    p.add_argument("--arch-kwargs", metavar="JSON", help="constructor keyword arguments of user model code, e.g. '{\"hidden\": 128}'")
+    p.add_argument("--head", help="user model code: the classifier module (default: found from the module graph)")
+    p.add_argument("--first-conv", help="user model code: the first conv/linear layer (default: found from the module graph)")
     p.add_argument("--weights", help="named torchvision weights for an architecture, e.g. IMAGENET1K_V1")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run")
     p.add_argument("--num-classes", type=int, metavar="N", help="replace the head for N classes")
+    p.add_argument("--init-unmatched", action="store_true",
+                   help="accept a named architecture that takes fewer than half of the file's tensors, "
+                        "initialising the rest randomly")
     p.add_argument("--trust", action="store_true",
-                   help="allow arbitrary code while unpickling (only for files you trust)")
+                   help="allow arbitrary code while unpickling or importing model code (only for files you trust)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=inspect_command)
 
@@ -39,8 +48,12 @@ def source_config(args: argparse.Namespace):
     from ..models import ARCHITECTURES  # lazy: torch costs ~2 s, other commands skip it
 
     text = args.source
+    code = _code_fields(args)
     if user_path(text).is_file():
-        return SourceConfig(kind="file", path=text, arch=args.arch, trust=args.trust)
+        return SourceConfig(kind="file", path=text, arch=args.arch, trust=args.trust,
+                            init_unmatched=args.init_unmatched, **code)
+    if parse_code_ref(text):  # the user's model code alone: randomly initialised
+        return SourceConfig(kind="arch", arch=text, trust=args.trust, **code)
     if text in ARCHITECTURES and not user_path(text).is_dir():
         weights = None if (args.weights or "").lower() in ("", "none") else args.weights
         return SourceConfig(kind="arch", arch=text, weights=weights)
@@ -61,6 +74,18 @@ def source_config(args: argparse.Namespace):
                       "give a checkpoint file's path, an architecture (`python -m kt_core archs` lists them) "
                       "or a run folder, id, id prefix or name (`python -m kt_core runs` lists them)") from None
     return SourceConfig(kind="run", path=str(folder), checkpoint=args.checkpoint)
+
+
+def _code_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {"head": args.head, "first_conv": args.first_conv}
+    if args.arch_kwargs:
+        try:
+            fields["arch_kwargs"] = json.loads(args.arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--arch-kwargs is not JSON ({exc.msg})", "write a JSON object, e.g. '{\"hidden\": 128}'") from None
+        if not isinstance(fields["arch_kwargs"], dict):
+            raise ConfigError("--arch-kwargs is not a JSON object", "write a JSON object, e.g. '{\"hidden\": 128}'")
+    return fields
 
 
 def inspect_command(args: argparse.Namespace) -> int:
@@ -140,7 +165,7 @@ def render_unrun(contents: dict[str, Any]) -> str:
 def archs_command(args: argparse.Namespace) -> int:
     from ..models import ARCHITECTURES  # lazy: torch costs ~2 s, other commands skip it
 
-    rows = [{"name": spec.name, "family": spec.family, "input_size": list(spec.input_size),
+    rows = [{"name": spec.name, "family": spec.family, "provider": spec.provider, "input_size": list(spec.input_size),
              "num_classes": spec.num_classes, "weights": list(spec.weights),
              "normalization": [list(m) for m in spec.normalization] if spec.normalization else None,
              "description": spec.description}
@@ -152,4 +177,8 @@ def archs_command(args: argparse.Namespace) -> int:
     for row in rows:
         size = "x".join(map(str, row["input_size"]))
         print(f"{row['name']:<22} {row['family']:<20} {size:<12} {', '.join(row['weights']) or '-'}")
+    from ..providers import TIMM_HINT, timm_available  # lazy, as ARCHITECTURES above
+
+    if not timm_available():
+        print(f"\ntimm is not installed: {TIMM_HINT}")
     return 0
