@@ -653,6 +653,12 @@ def _has_params(module: nn.Module) -> bool:
     return next(iter(module.parameters()), None) is not None
 
 
+def _is_layer(module: nn.Module) -> bool:
+    """A single layer, not a stage: it holds its parameters itself (a conv wrapped with its
+    padding module, as EfficientNet's and timm's "same" padding do, is one layer)."""
+    return not any(_has_params(child) for child in module.children())
+
+
 def _units(model: nn.Module, spec: ArchSpec | None) -> list[str]:
     """Top-level children, with the stages container and the head's ancestors opened up."""
     expand = {""}
@@ -709,7 +715,7 @@ def blocks(model: nn.Module, spec: ArchSpec | None = None) -> list[Block]:
     head = spec.head if spec and spec.head in modules else with_params[-1]
     head_at = units.index(head)
     body, tail = units[:head_at], units[head_at:]
-    has_stages = any(list(modules[u].children()) for u in body if _has_params(modules[u]))
+    has_stages = any(not _is_layer(modules[u]) for u in body if _has_params(modules[u]))
 
     result: list[Block] = []
     waiting: list[str] = list(_direct_params(model, spec))  # param-free units before the first block
@@ -719,7 +725,7 @@ def blocks(model: nn.Module, spec: ArchSpec | None = None) -> list[Block]:
         if not _has_params(module):
             (result[-1].modules if result else waiting).append(unit)
             continue
-        is_layer = not list(module.children())
+        is_layer = _is_layer(module)
         if has_stages and is_layer and not seen_stage:  # conv, bn, ... before the first stage
             if result:
                 result[-1].modules.append(unit)

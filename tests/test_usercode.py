@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -219,6 +220,29 @@ def test_the_ui_confines_the_code_and_obeys_kt_allow_trust(tmp_path, code, monke
     assert load_source(cfg).arch == cfg.arch  # the CLI is the local user's own
 
 
+def test_a_dashboard_launch_holds_the_code_to_the_roots_and_kt_allow_trust(tmp_path, code, monkeypatch):
+    """`launcher.launch(confined=True)` (the dashboard): the model code is a server path like the
+    checkpoint, and KT_ALLOW_TRUST=0 refuses it as it refuses a trusted pickle; neither runs it
+    nor leaves a run folder."""
+    from kt_core import launcher
+
+    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    cfg = RunConfig(name="user code", source=SourceConfig(kind="file", path=str(ckpt), arch=f"{code}:LitMLP",
+                                                          trust=True),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5),
+                    plan=TransferPlan(preset="feature_extraction"), train=TrainConfig(epochs=1, batch_size=8))
+    (tmp_path / "imported.txt").unlink(missing_ok=True)
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", f"{tmp_path / 'runs'}{os.pathsep}{ckpt}")  # the file, not the code
+    with pytest.raises(PathNotAllowedError, match="model.py is outside"):
+        launcher.launch(cfg, confined=True)
+    monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
+    monkeypatch.setenv("KT_ALLOW_TRUST", "0")
+    with pytest.raises(TrustNotAllowedError, match="KT_ALLOW_TRUST=0"):
+        launcher.launch(cfg, confined=True)
+    assert not (tmp_path / "imported.txt").exists()
+    assert not list((tmp_path / "runs").glob("*/config.json"))
+
+
 def test_config_round_trip_and_user_code_keys_need_user_code():
     cfg = RunConfig(source=SourceConfig(kind="file", path="m.pt", arch="net.py:Net", arch_kwargs={"w": 2},
                                         head="fc", trust=True))
@@ -294,12 +318,13 @@ def test_inspect_cli_takes_the_code_alone_with_its_arguments_and_corrections(tmp
 
 
 def test_a_forced_architecture_that_takes_under_half_of_the_file_is_an_error(tmp_path, code):
-    from kt_core.sources import WeakMatchError
+    from kt_core.sources import ArchitectureMismatchError, WeakMatchError
 
     ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
     with pytest.raises(WeakMatchError) as err:
         load_source(SourceConfig(kind="file", path=str(ckpt), arch="mnist_net"))
-    assert "mnist_net takes only 0 of its 6 tensors" in err.value.message and "mlp.ckpt" in err.value.message
+    assert "none of its 6 weights fit mnist_net" in err.value.message and "mlp.ckpt" in err.value.message
+    assert isinstance(err.value, ArchitectureMismatchError) and err.value.raw.format == "lightning"
     assert "model.py:ClassName --trust" in err.value.hint and "--init-unmatched" in err.value.hint
     src = load_source(SourceConfig(kind="file", path=str(ckpt), arch="mnist_net", init_unmatched=True))
     assert any("only 0 of the file's 6 tensors fit mnist_net" in n for n in src.notes)
@@ -311,13 +336,14 @@ def test_a_forced_architecture_that_takes_under_half_of_the_file_is_an_error(tmp
     torch.save(sd, tmp_path / "partial.pt")
     with pytest.raises(WeakMatchError) as err:
         load_source(SourceConfig(kind="file", path=str(tmp_path / "partial.pt"), arch="small_cnn"))
+    assert "small_cnn takes only 1 of its 9 tensors" in err.value.message
     assert "closest registered architectures: mnist_net (4 of 9)" in err.value.hint
 
 
 def test_inspect_cli_refuses_a_weak_match_unless_asked(tmp_path, code, capsys):
     ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
     assert main(["inspect", str(ckpt), "--arch", "mnist_net"]) == 2
-    assert "takes only 0 of its 6 tensors" in capsys.readouterr().err
+    assert "none of its 6 weights fit mnist_net" in capsys.readouterr().err
     assert main(["inspect", str(ckpt), "--arch", "mnist_net", "--init-unmatched", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["load_report"]["unexpected"]
 
