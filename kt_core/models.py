@@ -108,6 +108,21 @@ class _ArchitectureRegistry(Registry[ArchSpec]):
         self._look_for(name)
         return super().entry(name)
 
+    def _valid_names(self) -> str:
+        """Ours and torchvision's by name; the providers' (timm's ~1,300) only counted, with where
+        to list them, so the message stays one readable line; and the user-code route."""
+        builtin = sorted(n for n, e in self._entries.items() if not e.obj.provider)
+        counts: dict[str, int] = {}
+        for e in self._entries.values():
+            if e.obj.provider:
+                counts[e.obj.provider] = counts.get(e.obj.provider, 0) + 1
+        text = ", ".join(builtin)
+        if counts:
+            text += (f"; and {sum(counts.values()):,} from installed packages ("
+                     + ", ".join(f"{p}: {n:,}" for p, n in sorted(counts.items()))
+                     + "; `python -m kt_core archs` lists them)")
+        return text + "; or your own model code: path/to/model.py:ClassName (with trust)"
+
     def builtin(self) -> list[ArchSpec]:
         """Ours and torchvision's: the first tier of architecture inference."""
         self._add_torchvision()

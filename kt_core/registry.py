@@ -48,10 +48,11 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(str(name), self._entries, n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise KTError(
-                f"unknown {self.kind} {name!r}",
-                f"{hint}valid names: {', '.join(sorted(self._entries))}",
-            ) from None
+            raise KTError(f"unknown {self.kind} {name!r}", f"{hint}valid names: {self._valid_names()}") from None
+
+    def _valid_names(self) -> str:
+        """The names an unknown-name error lists (a registry of thousands says less)."""
+        return ", ".join(sorted(self._entries))
 
     def get(self, name: str) -> T:
         return self.entry(name).obj

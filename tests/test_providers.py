@@ -132,6 +132,12 @@ def test_timm_architectures_join_the_registry_without_being_built(timm, monkeypa
     model = build_model("timm/resnet18", num_classes=3, in_channels=1)
     assert model.fc.out_features == 3 and model.conv1.in_channels == 1 and len(built) == 1
     assert "resnet18" in names  # torchvision's keeps its name; timm's is timm/resnet18
+    with pytest.raises(KTError) as err:  # an unknown name: one readable line, not 1,300 names
+        ARCHITECTURES.get("resnet9000")
+    hint = err.value.hint
+    assert len(hint) < 2000 and "resnet50" in hint and "timm/resnet200" in hint  # close matches, any tier
+    assert "from installed packages (" in hint and "`python -m kt_core archs` lists them" in hint
+    assert "path/to/model.py:ClassName" in hint
 
 
 def test_a_timm_architecture_as_a_source_has_blocks_presets_and_a_new_head(timm):
