@@ -70,16 +70,19 @@ class SourceConfig:
     """Where the source knowledge comes from."""
 
     kind: str = "arch"  # arch: a registered architecture (+ named weights); file; run
-    arch: str | None = _text(None)  # registry name; for kind=file optional (inferred from the keys)
+    # A registry name, or user model code `path/to/model.py:ClassName` (a path, so a path's length);
+    # for kind=file optional (inferred from the keys).
+    arch: str | None = _text(None, MAX_PATH + MAX_NAME)
     weights: str | None = _text(None)  # kind=arch: torchvision weights name ("IMAGENET1K_V1"), None = random
     path: str | None = _text(None, MAX_PATH)  # kind=file: checkpoint path; kind=run: run folder or run id
     checkpoint: str = "best"  # kind=run: which checkpoint of the run
     trust: bool = False  # allow arbitrary unpickling (weights_only=False) or user model code; warned opt-in
     # User model code (arch = "path/to/model.py:ClassName" or "package.module:ClassName"):
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # the class's constructor keyword arguments
-    head: str | None = None  # the classifier module, when the one found from the module graph is wrong
-    first_conv: str | None = None  # the first conv/linear layer, likewise
-    code_sha256: str | None = None  # the code file's hash, recorded when a run is created
+    arch_kwargs: dict[str, Any] = field(default_factory=dict,  # the class's constructor keyword arguments
+                                        metadata=bounds(max_len=MAX_OPTIONS))
+    head: str | None = _text(None)  # the classifier module, when the one found from the module graph is wrong
+    first_conv: str | None = _text(None)  # the first conv/linear layer, likewise
+    code_sha256: str | None = _text(None, 64)  # the code file's hash, recorded when a run is created
     # A named architecture that fits fewer than half of the file's tensors is an error unless
     # this says to initialise what does not match randomly.
     init_unmatched: bool = False

@@ -208,6 +208,8 @@ def _architecture(cfg: SourceConfig, roots=None) -> tuple[str | ArchSpec | None,
     if coderef.parse_code_ref(cfg.arch) is None:
         return cfg.arch, []
     change = coderef.recorded_change(cfg, roots)
+    if change:
+        log.warning("%s", change)  # a resumed or re-evaluated run is built from code it was not trained with
     return usercode.user_spec(cfg, roots), [change] if change else []
 
 

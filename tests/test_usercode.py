@@ -249,6 +249,13 @@ def test_config_round_trip_and_user_code_keys_need_user_code():
     assert RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ConfigError, match="source.arch_kwargs applies to user model code only"):
         SourceConfig(kind="arch", arch="resnet18", arch_kwargs={"w": 2}).validate()
+    # The recorded absolute path of a deep project folder still fits (a path's length, not a name's).
+    deep = "/" + "/".join(["a_long_project_folder_name"] * 40) + "/model.py:Net"
+    SourceConfig(kind="file", path="m.pt", arch=deep, code_sha256="0" * 64, trust=True).validate()
+    with pytest.raises(ConfigError, match="source.head: 201 characters is over the limit"):
+        SourceConfig(kind="file", path="m.pt", arch="net.py:Net", head="h" * 201).validate()
+    with pytest.raises(ConfigError, match="source.arch_kwargs: 65 entries"):
+        SourceConfig(kind="file", path="m.pt", arch="net.py:Net", arch_kwargs={f"k{i}": i for i in range(65)}).validate()
 
 
 def test_inspect_cli_takes_a_code_reference(tmp_path, code, capsys):
@@ -302,6 +309,41 @@ def test_a_run_from_user_code_records_it_and_eval_export_rebuild_from_it(tmp_pat
     code.unlink()
     with pytest.raises(RunError, match="is gone"):
         load_run(folder)
+
+
+def test_a_stopped_user_code_run_resumes_from_its_code_and_says_when_the_code_is_gone(tmp_path, code, caplog):
+    """Resume rebuilds the model from the code the run recorded (path and hash): an edited file
+    resumes with a warning in the log, a deleted one fails with a line that names it."""
+    from kt_core import launcher, rundir
+    from kt_core.callbacks import Callback
+    from kt_core.worker import run_worker
+
+    class StopAfterFirstEpoch(Callback):
+        def __init__(self, folder):
+            self.folder = folder
+
+        def on_epoch_end(self, ctx, row):
+            rundir.request_stop(self.folder)
+
+    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    cfg = RunConfig(name="user code", source=SourceConfig(kind="file", path=str(ckpt), arch=f"{code}:LitMLP",
+                                                          trust=True),
+                    dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
+                    plan=TransferPlan(preset="feature_extraction"), train=TrainConfig(epochs=3, batch_size=16))
+    folder = rundir.create_run(cfg)
+    assert run_worker(folder, callbacks=[StopAfterFirstEpoch(folder)])["state"] == "stopped"
+    code.write_text(code.read_text() + "\n# an edit that changes nothing\n")
+    with caplog.at_level("WARNING"):
+        launcher.resume(folder.name, foreground=True)
+    assert rundir.read_status(folder)["state"] == "completed"
+    assert "changed since the run recorded it" in caplog.text
+
+    second = rundir.create_run(cfg)
+    assert run_worker(second, callbacks=[StopAfterFirstEpoch(second)])["state"] == "stopped"
+    code.unlink()
+    launcher.resume(second.name, foreground=True)
+    status = rundir.read_status(second)
+    assert status["state"] == "failed" and "is gone" in status["error"] and "model.py" in status["error"]
 
 
 def test_inspect_cli_takes_the_code_alone_with_its_arguments_and_corrections(tmp_path, code, capsys):

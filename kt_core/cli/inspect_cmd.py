@@ -7,11 +7,11 @@ import difflib
 import json
 from typing import Any
 
+from ..coderef import parse_code_ref
 from ..config import SourceConfig
 from ..errors import AmbiguousRunError, CheckpointError, ConfigError, KTError, RunError, UnsafeCheckpointError
 from ..rundir import run_dir
 from ..settings import user_path
-from ..coderef import parse_code_ref
 from . import print_json
 
 
