@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import data as data_module
-from . import coderef, models, objectives, sources, transfer, usercode
+from . import coderef, models, multitask, objectives, sources, transfer, usercode
 from .config import RunConfig
 from .engine import resolve_device
 from .errors import AmbiguousRunError, RunError
@@ -33,6 +33,12 @@ class Prepared:
     source: Any
     blocks: list
     objective: Any = None  # objectives.Objective: what training minimises (None: plain cross-entropy)
+    tasks: Any = None  # multitask.TaskSet when the config has extra tasks (then `plan` is its MultiTaskPlan)
+
+    def fit_options(self) -> dict:
+        """What `engine.fit` takes beside model, data and plan: the objective, and a multi-task
+        run's batch source."""
+        return {"objective": self.objective, **({"batches": self.tasks.sampler} if self.tasks is not None else {})}
 
     @property
     def arch(self) -> str | None:
@@ -132,6 +138,12 @@ def prepare(cfg: RunConfig, device=None, roots=None, runs_dir: str | os.PathLike
         teacher_cfg = sources.resolve_run_source(cfg.distill.teacher, runs_dir, roots) if cfg.distill.teacher else source_cfg
         teacher = sources.load_source(teacher_cfg, roots=roots, pretrained=True)
     objective = objectives.build_objective(cfg, src, data, teacher, source_state)
+    tasks = None
+    if cfg.tasks:  # one trunk, a head per task: the extra tasks' data brought to the model's input
+        task_data = multitask.load_task_data(cfg, data, src, roots=roots)
+        tasks = multitask.attach(src.model, plan, data, cfg, task_data)
+        plan, objective = tasks.plan, tasks.objective
     if device is not None:
         src.model.to(device)
-    return Prepared(model=src.model, data=data, plan=plan, source=src, blocks=blocks, objective=objective)
+    return Prepared(model=src.model, data=data, plan=plan, source=src, blocks=blocks, objective=objective,
+                    tasks=tasks)

@@ -34,6 +34,9 @@ AUGMENT_CHOICES = ("none", "light", "standard")  # datasets.transforms.AUGMENTS 
 BN_MODES = ("eval", "train")
 HEAD_CHOICES = ("auto", "keep", "new")  # auto: keep the source head when the target's classes are the source's
 PRECISIONS = ("fp32", "bf16", "fp16")
+# multi-task learning (kt_core.multitask): how the tasks' losses are weighted and their batches drawn
+WEIGHTINGS = ("fixed", "uncertainty", "dwa")  # fixed weights; Kendall et al. 2018; Liu et al. 2019
+SAMPLINGS = ("round_robin", "proportional")  # tasks take turns; or one pass over every task's data
 CONFIG_VERSIONS = (1,)
 
 # Size limits: far above any real config, low enough that a hostile one cannot cost minutes or
@@ -46,6 +49,8 @@ MAX_RULES = 1000
 MAX_CLASSES = 10_000
 MAX_OPTIONS = 64
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take 32-bit seeds
+MAX_TASKS = 16  # extra tasks of a multi-task run (each holds its dataset in memory)
+MAX_TASK_NAME = 40  # a task's name suffixes metric keys ("val_acc/mnist") and labels curves
 
 
 def bounds(low: float | None = None, high: float | None = None, *, max_len: int | None = None,
@@ -157,6 +162,40 @@ class DatasetConfig:
             raise ConfigError("dataset.unlabelled is on but per_class is null, so no training image is left unlabelled",
                               "set per_class (K labelled images per class; the rest become unlabelled), "
                               "or turn unlabelled off")
+
+
+@dataclass
+class TaskConfig:
+    """An extra task of a multi-task run: its own dataset selection and head on the shared trunk."""
+
+    name: str = _text("", MAX_TASK_NAME)  # suffixes its metrics: train_loss/<name>, val_acc/<name>
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # selected exactly as the target is
+    weight: float = _num(1.0, 0.0, 1000.0, low_open=True)  # its loss weight under `fixed` weighting
+
+    def validate(self, prefix: str = "task.") -> None:
+        check_fields(self, prefix)
+        _task_name(f"{prefix}name", self.name)
+        try:
+            self.dataset.validate()
+        except ConfigError as exc:  # name the task: "dataset.per_class" alone would mean the target's
+            raise ConfigError(f"{prefix.rstrip('.')} ({self.name!r}): {exc.message}", exc.hint) from None
+
+
+@dataclass
+class MultiTaskConfig:
+    """How the target (the primary task) and the extra `tasks` train together on one trunk."""
+
+    weighting: str = "fixed"  # fixed | uncertainty (Kendall et al. 2018) | dwa (Liu et al. 2019)
+    sampling: str = "round_robin"  # round_robin: tasks take turns, batch by batch | proportional
+    primary_name: str = _text("target", MAX_TASK_NAME)  # the target's task name in metrics and charts
+    primary_weight: float = _num(1.0, 0.0, 1000.0, low_open=True)  # the target's loss weight (fixed)
+    dwa_temperature: float = _num(2.0, 0.0, 100.0, low_open=True)  # DWA's T: larger = weights closer to equal
+
+    def validate(self) -> None:
+        check_fields(self, "multitask.")
+        _choice("multitask.weighting", self.weighting, WEIGHTINGS)
+        _choice("multitask.sampling", self.sampling, SAMPLINGS)
+        _task_name("multitask.primary_name", self.primary_name)
 
 
 @dataclass
@@ -333,6 +372,10 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     baseline_of: str | None = _text(None)  # run id of the transfer run this one is the baseline of
     experiment: str | None = _text(None)  # id of the experiment this run is a member of (kt_core/experiments/)
+    # multi-task learning: extra tasks trained at once with the target on the source's trunk, a head
+    # each (kt_core.multitask); none = an ordinary single-task run
+    tasks: list[TaskConfig] = field(default_factory=list, metadata=bounds(max_len=MAX_TASKS))
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     version: int = 1
 
     def validate(self) -> "RunConfig":
@@ -348,6 +391,20 @@ class RunConfig:
         if self.dataset.unlabelled and self.distill.mode == "off":
             raise ConfigError("dataset.unlabelled is on but distillation is off: nothing would learn from "
                               "the unlabelled images", "turn on distill.mode (logit or feature), or unlabelled off")
+        self.multitask.validate()
+        if self.tasks and (self.distill.mode != "off" or self.dataset.unlabelled
+                           or self.plan.l2sp_alpha or self.plan.l2sp_beta):
+            # a teacher's cached outputs and L2-SP's reference are the target's alone (batch indices
+            # into its training split): with other tasks' batches in the stream they would be wrong
+            raise ConfigError("extra tasks cannot be combined with distillation, unlabelled images or L2-SP yet",
+                              "remove the tasks, or turn distill.mode off, dataset.unlabelled off and plan.l2sp_* to 0")
+        names = [self.multitask.primary_name]
+        for i, task in enumerate(self.tasks):
+            task.validate(f"tasks[{i}].")
+            if task.name in names:
+                raise ConfigError(f"tasks[{i}].name {task.name!r} is used twice (the target is "
+                                  f"{self.multitask.primary_name!r})", "give every task its own name")
+            names.append(task.name)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -510,6 +567,13 @@ def _shown(value: Any, limit: int = 80) -> str:
 def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} is {_shown(value)}", f"valid choices: {', '.join(choices)}")
+
+
+def _task_name(key: str, value: str) -> None:
+    """A task's name becomes a metric key's suffix and a chart label: short, no separators."""
+    if not value or not all(c.isalnum() or c in "_-" for c in value):
+        raise ConfigError(f"{key} is {_shown(value)}",
+                          "use letters, digits, '_' or '-', e.g. \"mnist\" (it suffixes the task's metrics)")
 
 
 def _positive(key: str, value: int | None) -> None:

@@ -169,6 +169,10 @@ class FitContext:
     feature_cache: bool = False
     feature_cache_s: float = 0.0
     stop_requested: bool = False
+    # where the training batches come from: None = `train_split`, shuffled per (seed, epoch); a
+    # batch source (multi-task's `TaskSampler`) has `steps_per_epoch`, `images_per_epoch` and
+    # `epoch(ctx)`, which yields the rest of epoch `ctx.epoch` after `ctx.batch_in_epoch` batches
+    batches: Any = None
 
 
 @dataclass
@@ -240,9 +244,7 @@ def train_one_epoch(ctx: FitContext) -> bool:
     model, optimizer, objective, device = ctx.forward, ctx.optimizer, ctx.objective, ctx.device
     callbacks, log_every, clip, scaler, schedule = ctx.callbacks, t.log_every, t.grad_clip, ctx.scaler, ctx.schedule
     sums = ctx.sums  # [loss * n, correct, seen], accumulated without a host sync
-    batches = iter_batches(ctx.train_split, t.batch_size, shuffle=True,
-                           generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
-                           num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch, with_index=True)
+    batches = _epoch_batches(ctx)
     if ctx.batch_in_epoch == 0:
         ctx.log_base = (0.0,) * (sums.numel() - 1)  # sums restart with the epoch; so does the step-row window
     window = _Window(sums, ctx.log_base)
@@ -283,6 +285,16 @@ def train_one_epoch(ctx: FitContext) -> bool:
             _check_finite(float(sums[0]), ctx)  # never checkpoint weights that already diverged
             return True
     return False
+
+
+def _epoch_batches(ctx: FitContext):
+    """The rest of epoch `ctx.epoch`'s batches `(x, y, index)`, from the batch source or the training split."""
+    if ctx.batches is not None:
+        return ctx.batches.epoch(ctx)
+    t = ctx.cfg.train
+    return iter_batches(ctx.train_split, t.batch_size, shuffle=True,
+                        generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
+                        num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch, with_index=True)
 
 
 class _Window:
@@ -445,7 +457,7 @@ def suffix_forward(model: nn.Module, names: list[str], probe: torch.Tensor,
 def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
         device: torch.device | str | None = None, meta: dict | None = None,
-        evaluate_first: bool = False, objective: Objective | None = None) -> FitResult:
+        evaluate_first: bool = False, objective: Objective | None = None, batches=None) -> FitResult:
     """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`),
     minimising `objective` (None: cross-entropy with the config's label smoothing).
 
@@ -454,6 +466,8 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     `evaluate_first`: before the first step of a fresh run, measure the untrained model and hand
     it to the callbacks as the epoch-0 row (`"epoch": 0`, train/val and, with a test split,
     test loss and accuracy): what the source already knows, when its head is kept.
+    `batches`: a batch source instead of `data`'s training split (see `FitContext.batches`);
+    multi-task training passes it with its objective (`multitask.TaskSet.fit_options()`).
     Raises TrainingError (NaN loss, out of memory) and DeviceError; returns a FitResult whose
     state is "completed" or "stopped".
     """
@@ -461,7 +475,8 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         raise TrainingError("the training split is empty", "select more images or classes")
     # auto epochs and early stopping, from the method and the training split (kt_core.defaults);
     # the checkpoints store the resolved config, a resume resolves the same numbers again
-    cfg = dataclasses.replace(cfg, train=defaults.resolve_train(cfg, len(data.train)))
+    images = len(data.train) if batches is None else batches.images_per_epoch
+    cfg = dataclasses.replace(cfg, train=defaults.resolve_train(cfg, images))
     t = cfg.train
     device = resolve_device(t.device) if device is None else torch.device(device)
     plan = WholeModel(model) if plan is None else plan
@@ -471,7 +486,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     model.to(device)
     objective = objective if objective is not None else plain_objective(t.label_smoothing)
     try:
-        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective)
+        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches)
         if resume_state is not None:
             _restore(ctx, resume_state)
         return _fit_loop(ctx, evaluate_first and resume_state is None)
@@ -481,7 +496,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         objective.close()  # its hooks leave the student and the teacher
 
 
-def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective) -> FitContext:
+def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective, batches=None) -> FitContext:
     t = cfg.train
     if len(data.train) == 0:
         raise TrainingError("the training split is empty", "select more images or classes")
@@ -505,7 +520,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
                                  cache=bool(t.feature_cache and not augmenting), seed=t.seed))
     groups += objective.param_groups(t.lr, t.weight_decay)
     optimizer = OPTIMIZERS.get(t.optimizer)(groups, t)
-    steps_per_epoch = math.ceil(len(train_split) / t.batch_size)
+    steps_per_epoch = math.ceil(len(train_split) / t.batch_size) if batches is None else batches.steps_per_epoch
     total_steps = steps_per_epoch * t.epochs
 
     augment = _augmenter(data) if augmenting else None
@@ -513,7 +528,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
     ctx = FitContext(
         model=model, data=data, cfg=cfg, plan=plan, device=device, optimizer=optimizer,
         schedule=lr_schedule(t, total_steps, steps_per_epoch),
-        objective=objective, steps_per_epoch=steps_per_epoch,
+        objective=objective, steps_per_epoch=steps_per_epoch, batches=batches,
         total_steps=total_steps, callbacks=callbacks, forward=model, train_split=train_split,
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),

@@ -256,7 +256,7 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                 head = prepared.plan.head_decision
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, hooks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
-                             evaluate_first=bool(head and head.keep), objective=prepared.objective)
+                             evaluate_first=bool(head and head.keep), **prepared.fit_options())
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
                 # Logged before the state is published: whoever sees `completed` finds it in log.txt.
@@ -399,5 +399,10 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         "train_images": len(data.train),  # what K = "all" means on an experiment's chart
         "device": str(device),
     }
+    if prepared.tasks is not None:  # a multi-task run: every task's results; the target's stay the headline
+        best = rundir.checkpoint_path(folder, "best")
+        state = rundir.load_checkpoint(best) if result.state == "completed" and best.is_file() else None
+        summary["tasks"] = prepared.tasks.summary(prepared.model, last, state, device, max(256, cfg.train.batch_size))
+        summary["multitask"] = {"weighting": cfg.multitask.weighting, "sampling": cfg.multitask.sampling}
     summary["headline"] = dataclasses.asdict(headline.compute(summary))
     return summary
