@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
-from . import coderef, progress, rundir, usercode
+from . import coderef, multitask, progress, rundir, usercode
 from .data import iter_batches, load_dataset
 from .engine import resolve_device
 from .errors import DatasetError, KTError, PathNotAllowedError, RunError, TrustNotAllowedError
@@ -45,6 +45,7 @@ class EvalResult:
     run: str | None = None
     checkpoint: str | None = None
     notes: list[str] = field(default_factory=list)
+    task: str | None = None  # a multi-task run's extra task (None: the target)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +145,7 @@ class RunModel:
     input_size: tuple[int, int, int] | None = None  # (C, H, W) the model takes, as trained
     normalization: Any = None  # ((mean, ...), (std, ...)) of its inputs, or None
     class_names: list[str] = field(default_factory=list)
+    task: str | None = None  # a multi-task run's extra task whose network this is (None: the target)
 
 
 # What a run checkpoint must hold for its model and data to be rebuilt without the source.
@@ -151,7 +153,7 @@ _CHECKPOINT_KEYS = ("model", "input_size", "class_names")
 
 
 def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with_data: bool = True,
-             roots: tuple[Path, ...] | None = None) -> RunModel:
+             roots: tuple[Path, ...] | None = None, task: str | None = None) -> RunModel:
     """Rebuild a run's model from its checkpoint, and its data from its `config.json`.
 
     The architecture comes from the checkpoint (`arch`, its weights' shapes) and its weights are
@@ -161,7 +163,8 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     with the input size and normalization the checkpoint recorded, which gives the same splits,
     image size and normalization as training. Falls back to `last` when there is no `best` yet.
     `roots` (the dashboard): the source file such a model needs, and the dataset, are held to
-    the server's roots and trust setting, as when the run was launched.
+    the server's roots and trust setting, as when the run was launched. `task`: of a multi-task
+    run, the network of that task (the trunk with its head) and its data (None: the target).
     """
     run_dir = rundir.run_dir(run)
     cfg = rundir.load_config(run_dir)
@@ -169,6 +172,7 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     if ckpt.stem != checkpoint:
         log.warning("run %s has no %s checkpoint; using %s", run_dir.name, checkpoint, ckpt.stem)
     state = rundir.load_checkpoint(ckpt)
+    state, dataset = multitask.task_checkpoint(state, cfg, task)
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
     if missing:
         raise RunError(f"checkpoint {ckpt} lacks {', '.join(missing)}: it was not written by KT Studio's trainer",
@@ -183,7 +187,6 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
         # source's gave in training (see datasets.transforms.resolve_geometry / adapt_normalization).
         # An auto content size (the source's framing) is recorded with the checkpoint: named here,
         # it gives the same images without the source.
-        dataset = cfg.dataset
         if dataset.content_size is None and state.get("content_size") and state["content_size"] != input_size[-1]:
             dataset = replace(dataset, content_size=int(state["content_size"]))
         data = load_dataset(dataset, input_size=input_size, normalization=normalization, roots=roots)
@@ -194,7 +197,8 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", device=None, with
     if device is not None:
         model.to(device)
     model.eval()
-    return RunModel(model, data, cfg, run_dir, ckpt.stem, arch, input_size, normalization, class_names)
+    return RunModel(model, data, cfg, run_dir, ckpt.stem, arch, input_size, normalization, class_names,
+                    task if task not in (None, cfg.multitask.primary_name) else None)
 
 
 def _rebuild(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None) -> tuple[nn.Module, str | None]:
@@ -273,16 +277,18 @@ def _rebuild_from_source(cfg, state: dict, run_dir: Path, ckpt: Path, roots=None
 
 
 def evaluate_run(run: str | os.PathLike | RunModel, split: str = "val", device: torch.device | str = "cpu",
-                 checkpoint: str = "best", batch_size: int = 256, save: bool = True) -> EvalResult:
+                 checkpoint: str = "best", batch_size: int = 256, save: bool = True,
+                 task: str | None = None) -> EvalResult:
     """Evaluate a run's checkpoint on its own `val` or `test` split (or `train`).
 
     `run` may be a `RunModel` that `load_run` already gave (the Runs page keeps it for the
     split's images); then `checkpoint` is the one it loaded. With `save`, the result is also
-    written to `RUN/eval/<split>.json` for the Runs page.
+    written to `RUN/eval/<split>.json` for the Runs page (`<split>.<task>.json` for a multi-task
+    run's extra task `task`).
     """
     if split not in SPLITS:
         raise KTError(f"unknown split {split!r}", f"valid splits: {', '.join(SPLITS)}")
-    loaded = run if isinstance(run, RunModel) else load_run(run, checkpoint)
+    loaded = run if isinstance(run, RunModel) else load_run(run, checkpoint, task=task)
     if loaded.data is None:
         raise KTError("the run was loaded without its data", "load it with load_run(run) to evaluate it")
     data_split = loaded.data.splits().get(split)
@@ -291,11 +297,11 @@ def evaluate_run(run: str | os.PathLike | RunModel, split: str = "val", device: 
         raise DatasetError(f"run {loaded.run_dir.name}'s dataset has no {split} split", f"splits with images: {have}")
     result = evaluate_model(loaded.model, data_split, loaded.data.class_names, device=device,
                             batch_size=batch_size, split_name=split)
-    result.run, result.checkpoint = loaded.run_dir.name, loaded.checkpoint
+    result.run, result.checkpoint, result.task = loaded.run_dir.name, loaded.checkpoint, loaded.task
     run_dir = loaded.run_dir
     if save:
         try:  # the saved copy is a convenience: a read-only or full run folder still gets its result
-            rundir.write_eval(run_dir, split, result.to_dict())
+            rundir.write_eval(run_dir, split if loaded.task is None else f"{split}.{loaded.task}", result.to_dict())
         except OSError as exc:
             log.warning("run %s: the evaluation was not saved to eval/%s.json (%s)", run_dir.name, split,
                         exc.strerror or exc)

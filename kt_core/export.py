@@ -231,7 +231,8 @@ def verify_export(path: str | os.PathLike, fmt: str, model: nn.Module, example_i
 
 
 def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | None = None,
-               checkpoint: str = "best", verify: bool = True, roots: tuple[Path, ...] | None = None) -> Path:
+               checkpoint: str = "best", verify: bool = True, roots: tuple[Path, ...] | None = None,
+               task: str | None = None) -> Path:
     """Export a run's model (its best checkpoint) into `out_dir` (default `RUN/exports/`).
 
     Beside the file go the run's `config.json` and `<file>.json`: format, input size,
@@ -239,11 +240,13 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
     from the checkpoint alone (which also holds that metadata): neither the source nor the
     dataset is loaded. With `verify`, the file is read back with its format's loader and must
     predict what the model predicts. `roots`: the dashboard's (see `evaluate.load_run`).
+    `task`: of a multi-task run, the network of that task (the shared trunk with its head), written
+    as `model-<task>.<ext>`; None: the target's (`export_run_tasks` writes every task's).
     """
     from .evaluate import load_run  # here, not at the top: evaluate imports scikit-learn (~1 s)
 
     spec = EXPORTERS.get(fmt)  # an unknown format fails before anything is loaded
-    loaded = load_run(run, checkpoint, device="cpu", with_data=False, roots=roots)
+    loaded = load_run(run, checkpoint, device="cpu", with_data=False, roots=roots, task=task)
     out = Path(out_dir) if out_dir is not None else rundir.exports_dir(loaded.run_dir)
     input_size = tuple(loaded.input_size)
     try:
@@ -254,7 +257,8 @@ def export_run(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | No
 
 
 def _export_into(out: Path, spec, fmt: str, loaded, input_size: tuple, verify: bool) -> Path:
-    path = export_model(loaded.model, fmt, out / f"model{spec.suffix}", torch.zeros(2, *input_size))
+    stem = "model" if loaded.task is None else f"model-{loaded.task}"
+    path = export_model(loaded.model, fmt, out / f"{stem}{spec.suffix}", torch.zeros(2, *input_size))
     diff = None
     if verify:
         diff = verify_export(path, fmt, loaded.model,
@@ -265,6 +269,7 @@ def _export_into(out: Path, spec, fmt: str, loaded, input_size: tuple, verify: b
         "file": path.name,
         "run": loaded.run_dir.name,
         "checkpoint": loaded.checkpoint,
+        "task": loaded.task,  # None: the run's target (a multi-task run's extra tasks have their own file)
         "arch": loaded.arch,
         "input_size": list(input_size),
         "normalization": [list(v) for v in loaded.normalization] if loaded.normalization else None,
@@ -275,3 +280,14 @@ def _export_into(out: Path, spec, fmt: str, loaded, input_size: tuple, verify: b
     (out / f"{path.name}.json").write_text(json.dumps(meta, indent=1))
     log.info("run %s exported as %s to %s", loaded.run_dir.name, fmt, path)
     return path
+
+
+def export_run_tasks(run: str | os.PathLike, fmt: str, out_dir: str | os.PathLike | None = None,
+                     checkpoint: str = "best", verify: bool = True, roots: tuple[Path, ...] | None = None
+                     ) -> list[Path]:
+    """Every task's network of a run (the target's first; a single-task run: its one model)."""
+    from .multitask import task_names  # with evaluate's import cost, as export_run
+
+    names = task_names(rundir.load_config(rundir.run_dir(run)))
+    return [export_run(run, fmt, out_dir, checkpoint, verify, roots, task=None if i == 0 else name)
+            for i, name in enumerate(names)]

@@ -203,7 +203,7 @@ class TaskRouter:
     the same input (any reshaping the model's forward does after the head applies to both)."""
 
     def __init__(self, model: nn.Module, head_name: str, heads: Sequence[nn.Module | None]):
-        self.heads = list(heads)
+        self.heads, self.head_name = list(heads), head_name
         self.active = 0
         self._handle = model.get_submodule(head_name).register_forward_hook(self._route)
 
@@ -394,6 +394,10 @@ class TaskMetrics(Callback):
 
     def state(self) -> dict:
         return {"tasks": self.names,
+                "head": self.loss.router.head_name,  # the classifier module the heads stand in for
+                "classes": {t.name: [str(c) for c in t.data.class_names] for t in self.tasks},
+                "normalization": {t.name: t.data.normalization for t in self.tasks},
+                "content_size": {t.name: getattr(t.data, "content_size", None) for t in self.tasks},
                 "heads": {t.name: t.head.state_dict() for t in self.tasks[1:]},
                 "weighting": self.loss.weighting.state_dict(),
                 "sums": self.loss.sums.detach().cpu().tolist(),
@@ -549,6 +553,34 @@ def attach(model: nn.Module, plan, primary: PreparedData, cfg: RunConfig, task_d
              ", ".join(f"{t.name} ({t.data.num_classes} classes, {len(t.data.train)} images)" for t in tasks),
              cfg.multitask.weighting, cfg.multitask.sampling, sampler.steps_per_epoch)
     return TaskSet(tasks, router, sampler, loss, metrics, MultiTaskPlan(plan, tasks, weighting, metrics))
+
+
+def task_names(cfg: RunConfig) -> list[str]:
+    """The run's tasks, the target first."""
+    return [cfg.multitask.primary_name] + [t.name for t in cfg.tasks]
+
+
+def task_checkpoint(state: dict, cfg: RunConfig, task: str | None):
+    """A multi-task checkpoint seen as the single-task network of `task`: the trunk with that
+    task's head in the classifier's place, its class names, normalization and content size; and
+    the task's dataset selection. The target (None or its name) is the checkpoint as it is: that
+    is how `eval --task` and `export --task` reuse the single-task paths unchanged."""
+    names = task_names(cfg)
+    if task is None or task == names[0]:
+        return state, cfg.dataset
+    if task not in names:
+        raise ConfigError(f"the run has no task {task!r}", f"its tasks: {', '.join(names)}"
+                          if len(names) > 1 else "it is a single-task run: leave out --task")
+    saved = state.get("multitask")
+    if not saved or task not in (saved.get("heads") or {}):
+        raise ConfigError(f"the checkpoint holds no head for task {task!r}",
+                          "it was written before the run had that task; train the run again")
+    model = dict(state["model"])
+    for key, value in saved["heads"][task].items():
+        model[f"{saved['head']}.{key}"] = value
+    view = dict(state, model=model, class_names=saved["classes"][task],
+                normalization=saved["normalization"][task], content_size=saved["content_size"][task])
+    return view, cfg.tasks[names.index(task) - 1].dataset
 
 
 def heads_from_checkpoint(state: dict) -> dict[str, dict]:

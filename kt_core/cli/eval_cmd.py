@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=("val", "test", "train"), default="val")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help="a multi-task run's task to evaluate (its head, its data; default: the target)")
     p.add_argument("--show", type=int, default=10, metavar="N", help="misclassified examples to list (text output)")
     p.add_argument("--json", action="store_true", help="the full result as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress while the data is decoded and evaluated")
@@ -28,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN/exports)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--no-verify", action="store_true", help="skip reading the file back to compare predictions")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help="a multi-task run's task whose network to export (model-NAME.EXT), or 'all' "
+                        "for every task (default: the target's, model.EXT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_export)
 
@@ -37,11 +42,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from .terminal import Terminal
 
     with Terminal(quiet=args.quiet or args.json).tasks():
-        result = evaluate_run(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint)
+        result = evaluate_run(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint,
+                              task=args.task)
     if args.json:
         print_json(result.to_dict())
         return 0
-    print(f"run {result.run} ({result.checkpoint} checkpoint), {result.split} split: {result.num_samples} images")
+    task = f", task {result.task}" if result.task else ""
+    print(f"run {result.run} ({result.checkpoint} checkpoint{task}), {result.split} split: {result.num_samples} images")
     print(f"accuracy {result.accuracy:.4f}   loss {result.loss:.4f}   macro F1 {result.macro_f1:.4f}")
     width = max(len("class"), *(len(c["class"]) for c in result.per_class))
     print(f"\n{'class':<{width}}  precision  recall     f1  support")
@@ -54,11 +61,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import export_run  # lazy: torch costs ~2 s, other commands skip it
+    from ..export import export_run, export_run_tasks  # lazy: torch costs ~2 s, other commands skip it
 
-    path = export_run(args.run, args.fmt, out_dir=args.out, checkpoint=args.checkpoint, verify=not args.no_verify)
-    if args.json:
-        print_json({"format": args.fmt, "path": str(path), "config": str(path.parent / CONFIG)})
+    options = dict(out_dir=args.out, checkpoint=args.checkpoint, verify=not args.no_verify)
+    if args.task == "all":
+        paths = export_run_tasks(args.run, args.fmt, **options)
     else:
-        print(path)
+        paths = [export_run(args.run, args.fmt, task=args.task, **options)]
+    if args.json:
+        shown = [{"format": args.fmt, "path": str(p), "config": str(p.parent / CONFIG)} for p in paths]
+        print_json(shown[0] if args.task != "all" else shown)
+    else:
+        for path in paths:
+            print(path)
     return 0

@@ -189,6 +189,11 @@ def _print_result(result: dict) -> None:
         value = summary.get(key)
         if value is not None:
             print(f"  {key:<17}{value:.4f}" if isinstance(value, float) else f"  {key:<17}{value}")
+    for task in (summary or {}).get("tasks") or []:  # a multi-task run: a line per task, the target first
+        figures = ", ".join(f"{key} {task[key]:.4f}" for key in ("final_val_acc", "test_acc")
+                            if isinstance(task.get(key), float))
+        print(f"  task {task['name']}{' (target)' if task.get('primary') else ''}: {task['dataset']}, "
+              f"{task['num_classes']} classes, {task['train_images']} training images; {figures or 'no figures'}")
 
 
 def _list(args) -> int:
