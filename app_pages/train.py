@@ -8,7 +8,7 @@ import streamlit as st
 from kt_core import defaults, drafts, launcher, rundir
 from kt_core.config import PRECISIONS, TrainConfig, field_error
 from kt_core.optim import OPTIMIZERS, SCHEDULERS
-from ui import dataset_view, source_view, state
+from ui import dataset_view, source_view, state, tasks_view
 from ui.curves import ACTIVE_STATES, live_curves
 from kt_core.errors import KTError
 from ui.errors import error_line, guard, plain, show_error
@@ -111,6 +111,11 @@ train_cfg = train_form(state.get_train())
 state.set_train(train_cfg)
 with st.expander("Distillation: a teacher model teaches this one", expanded=state.get_distill().mode != "off"):
     state.set_distill(distill_form(state.get_distill()))
+
+with guard("Listing datasets for the tasks"):
+    from kt_core.data import available_datasets  # the Dataset page's catalogue, for the task picker
+    tasks_view.task_section({d["name"]: d for d in available_datasets()})
+
 c1, c2 = st.columns([3, 2])
 name = c1.text_input("Run name", value=state.get_extra("run_name", ""), key="train_name", placeholder="optional")
 state.set_extra("run_name", name, default="")

