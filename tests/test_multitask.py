@@ -67,7 +67,9 @@ def test_tasks_round_trip_strictly_and_bad_values_name_the_task():
            ({"multitask": {"weighting": "gradnorm"}}, "multitask.weighting"),
            ({"multitask": {"sampling": "random"}}, "multitask.sampling"),
            ({"multitask": {"dwa_temperature": 0}}, "multitask.dwa_temperature"),
-           ({"tasks": [{"name": f"t{i}"} for i in range(17)]}, "over the limit of 16")]
+           ({"tasks": [{"name": f"t{i}"} for i in range(17)]}, "over the limit of 16"),
+           ({"tasks": [{"name": "m"}], "distill": {"mode": "logit"}}, "cannot be combined with distillation"),
+           ({"tasks": [{"name": "m"}], "plan": {"l2sp_alpha": 0.1}}, "cannot be combined")]
     for extra, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             RunConfig.from_dict({"source": {"arch": "mnist_net"}, **extra})
@@ -141,7 +143,7 @@ def test_a_config_without_tasks_assembles_an_ordinary_run():
     cfg = RunConfig.from_dict({"source": {"arch": "mnist_net"},
                                "dataset": {"name": "sklearn_digits", "per_class": 2}, "train": {"device": "cpu"}})
     prepared = prepare(cfg)
-    assert prepared.tasks is None and prepared.fit_options() == {}
+    assert prepared.tasks is None and set(prepared.fit_options()) == {"objective"}  # no batch source: the split's
 
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def test_every_epoch_of_a_smaller_task_goes_round_again_reshuffled():
 
     class Ctx:
         epoch, batch_in_epoch, augment = 0, 0, None
-    seen = [y.clone() for x, y in tasks.sampler.epoch(Ctx)][1::2]
+    seen = [y.clone() for x, y, _ in tasks.sampler.epoch(Ctx)][1::2]
     assert len(seen) == 8
     passes = [torch.cat(seen[i:i + 2]) for i in range(0, 8, 2)]
     assert all(sorted(p.tolist()) == sorted(passes[0].tolist()) for p in passes)  # each pass: every image once
@@ -254,7 +256,7 @@ def test_a_task_with_other_channels_and_size_is_brought_to_the_models_input():
     assert task.data.input_size == target.data.input_size == prepared.data.input_size
     assert task.data.train.x.shape[1:] == tuple(prepared.data.input_size) if hasattr(task.data.train, "x") else True
     assert task.head.out_features == 3
-    x, _ = next(iter(prepared.tasks.sampler._stream(1, 0, 0, None)))
+    x, _, _ = next(iter(prepared.tasks.sampler._stream(1, 0, 0, None)))
     prepared.tasks.router.active = 1
     assert prepared.model(x).shape == (len(x), 3)
     prepared.tasks.router.active = 0
