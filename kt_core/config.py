@@ -168,7 +168,7 @@ class DatasetConfig:
 class TaskConfig:
     """An extra task of a multi-task run: its own dataset selection and head on the shared trunk."""
 
-    name: str = _text("", MAX_TASK_NAME)  # suffixes its metrics: train_loss/<name>, val_acc/<name>
+    name: str = _text("task", MAX_TASK_NAME)  # suffixes its metrics: train_loss/<name>, val_acc/<name>
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # selected exactly as the target is
     weight: float = _num(1.0, 0.0, 1000.0, low_open=True)  # its loss weight under `fixed` weighting
 

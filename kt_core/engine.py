@@ -532,7 +532,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
         total_steps=total_steps, callbacks=callbacks, forward=model, train_split=train_split,
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),
-        labelled=len(data.train),
+        labelled=len(data.train) if batches is None else batches.images_per_epoch,
     )
     apply_schedule(ctx)
 

@@ -483,6 +483,11 @@ class TaskSet:
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def extra_parameters(self) -> int:
+        """Parameters outside the model: the extra heads and the learnt task weights."""
+        return (sum(p.numel() for t in self.tasks[1:] for p in t.head.parameters())
+                + sum(p.numel() for p in self.loss.weighting.parameters()))
+
     @property
     def objective(self) -> Objective:
         """What the optimizer minimises: the weighted cross-entropy of each batch's task."""

@@ -404,5 +404,6 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         state = rundir.load_checkpoint(best) if result.state == "completed" and best.is_file() else None
         summary["tasks"] = prepared.tasks.summary(prepared.model, last, state, device, max(256, cfg.train.batch_size))
         summary["multitask"] = {"weighting": cfg.multitask.weighting, "sampling": cfg.multitask.sampling}
+        summary["total_params"] += prepared.tasks.extra_parameters()  # trainable counts the heads too
     summary["headline"] = dataclasses.asdict(headline.compute(summary))
     return summary

