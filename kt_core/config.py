@@ -252,6 +252,10 @@ class TransferPlan:
         if self.l2sp_alpha < 0 or self.l2sp_beta < 0:
             raise ConfigError(f"plan.l2sp_alpha / l2sp_beta are {self.l2sp_alpha} / {self.l2sp_beta}",
                               "use 0 (off) or a positive strength, e.g. alpha 0.01, beta 0.01")
+        if self.l2sp_alpha > 0 and self.preset == "scratch":
+            raise ConfigError(f"plan.l2sp_alpha is {self.l2sp_alpha} but the preset is scratch: there are no source "
+                              "weights to stay near", "set l2sp_alpha to 0, or choose a preset that transfers "
+                              "(fine_tune, freeze_first_n, ...)")
         for rule in self.rules:
             if not rule.pattern:
                 raise ConfigError("a plan rule has an empty pattern", "name a block, module or glob")

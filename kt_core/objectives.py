@@ -63,6 +63,12 @@ class Term:
 
     def setup(self, ctx: SetupContext) -> None: ...
 
+    def reads_images(self) -> bool:
+        """True (after `setup`) when each batch's images themselves are read, not only their
+        indices: a teacher that was not cached runs on them, so they must stay images (no
+        feature cache in their place)."""
+        return False
+
     def __call__(self, out: torch.Tensor, y: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -94,8 +100,10 @@ class Objective:
 
     @property
     def allows_feature_cache(self) -> bool:
-        """False when a term reads the student's inner layers, so the whole student must run."""
-        return not any(t.uses_student_layers for _, t in self.parts)
+        """False when a term reads the student's inner layers (the whole student must run) or,
+        after `setup`, the batch's images (an uncached teacher): the engine's feature cache would
+        hand both the backbone's features instead."""
+        return not any(t.uses_student_layers or t.reads_images() for _, t in self.parts)
 
     def setup(self, ctx: SetupContext) -> None:
         for _, term in self.parts:
@@ -179,6 +187,9 @@ class LogitKD(Term):
 
     def setup(self, ctx: SetupContext) -> None:
         self.teacher.setup(ctx)
+
+    def reads_images(self) -> bool:
+        return self.teacher.cache is None
 
     def __call__(self, out, y, index, x):
         return kd_loss(out, self.teacher.outputs(x, index), self.temperature)

@@ -143,6 +143,30 @@ def test_a_cached_teacher_gives_the_losses_of_an_uncached_one(teacher_run):
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
+def test_a_frozen_backbone_is_feature_cached_under_a_cached_teacher_and_not_under_an_uncached_one(teacher_run,
+                                                                                                    monkeypatch):
+    """The feature cache hands the head the backbone's features instead of images; a teacher that
+    was not cached (too large, say) runs on each batch's images, so the two must not meet."""
+    import kt_core.objectives as objectives_module
+
+    def run(cfg):
+        prepared, rec = assemble.prepare(cfg), Rows()
+        result = fit(prepared.model, prepared.data, cfg, prepared.plan, [rec], objective=prepared.objective)
+        return result, rec, prepared
+
+    cfg = student_cfg(teacher_run, preset="feature_extraction")
+    cached_result, cached, p_cached = run(cfg)
+    assert cached_result.feature_cache and p_cached.objective.describe()["loss_kd"]["teacher_cached"]
+    monkeypatch.setattr(objectives_module, "compute_once", lambda *a, **k: None)  # the teacher's cache refused
+    result, uncached, p_uncached = run(cfg)
+    assert not p_uncached.objective.describe()["loss_kd"]["teacher_cached"]
+    assert not result.feature_cache  # the student runs whole, on the images the teacher sees
+    for a, b in zip(stable(cached.rows), stable(uncached.rows)):
+        for key in ("train_loss", "loss_kd", "val_acc"):
+            if a.get(key) is not None:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
 def test_a_teacher_of_other_classes_is_refused_for_logit_distillation_with_the_ways_out(teacher_run):
     three = RunConfig(name="three", source=SourceConfig(kind="arch", arch="mnist_net"),
                       dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
@@ -217,6 +241,13 @@ def test_l2sp_with_alpha_zero_is_exactly_a_plain_run_and_alpha_keeps_weights_nea
                    for k in source if k in weights and weights[k].dtype.is_floating_point)
 
     assert drift(weights_held) < drift(weights_plain)
+
+
+def test_l2sp_toward_the_source_is_refused_from_scratch_with_the_way_out():
+    with pytest.raises(ConfigError) as err:
+        TransferPlan(preset="scratch", l2sp_alpha=0.01).validate()
+    assert "no source weights to stay near" in err.value.message and "fine_tune" in err.value.hint
+    TransferPlan(preset="scratch", l2sp_beta=0.01).validate()  # toward zero needs no source
 
 
 def test_unlabelled_images_are_the_rest_of_the_pool_with_labels_hidden(teacher_run):
