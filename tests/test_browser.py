@@ -404,7 +404,7 @@ def _distill_flow(server, page, teacher_dir) -> None:
     points = live_points(page)
     assert points.get("transfer · hard (CE)", 0) >= 1 and points.get("transfer · train loss", 0) >= 1
     shot(page, "8-distill")
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
     wait_for(lambda: page.get_by_text("stopped · epoch").count() >= 1, 60, "the run to show state stopped")
     student = [r for r in rundir.run_ids(server["runs"]) if r != teacher_dir.name
                and RunConfig.from_file(server["runs"] / r / "config.json").distill.mode == "logit"]
