@@ -13,7 +13,7 @@ from ui.curves import ACTIVE_STATES, live_curves
 from kt_core.errors import KTError
 from ui.errors import error_line, guard, plain, show_error
 from ui.distill_view import distill_form
-from ui.system import devices
+from ui.system import devices, gpu_count
 
 st.title("Train")
 
@@ -54,13 +54,37 @@ def number(col, cfg: TrainConfig, name: str, cast=int, fmt: str | None = None, h
     return None if got is None else cast(got)
 
 
+def processes(col, cfg: TrainConfig, gpus: int) -> None:
+    """How many processes train the run (torchrun + DDP): "GPUs" on a machine with CUDA devices,
+    CPU processes otherwise (a try-out: the same results, each process taking its share)."""
+    on_gpus = bool(gpus) and (cfg.device.startswith("cuda") or cfg.device == "auto")
+    label = f"GPUs (of {gpus})" if on_gpus else "Processes"
+    LABELS["nproc_per_node"] = label
+    got = col.number_input(label, value=int(cfg.nproc_per_node), step=1, key="train_nproc_per_node",
+                           help=("One process per GPU under torchrun and DistributedDataParallel; the batch size "
+                                 "stays the global batch." if on_gpus else
+                                 "CPU processes under torchrun and DistributedDataParallel (gloo): the batch size "
+                                 "stays the global batch, each process trains its share; the results match one "
+                                 "process's. More processes than cores only slow it down."))
+    cfg.nproc_per_node = 1 if got is None else int(got)
+    if cfg.nproc_per_node > 1 and cfg.device.startswith("cuda:"):
+        cfg.device = "cuda"  # several processes take one GPU each, not all the one named
+    if on_gpus and cfg.nproc_per_node > gpus:
+        problems["nproc_per_node"] = f"{label}: {cfg.nproc_per_node} is more than this machine has"
+        col.error(problems["nproc_per_node"], icon=":material/error:")
+    checked(col, cfg, "nproc_per_node")
+
+
 def train_form(cfg: TrainConfig) -> TrainConfig:
     """The hyperparameter widgets, filled from (and returning) a TrainConfig."""
     present = [name for name, _ in devices()]
-    options = ["auto"] + present
+    gpus = gpu_count()
+    options = ["auto"] + (["cuda"] if gpus else []) + present
     c1, c2, c3, c4 = st.columns(4)
     cfg.device = c1.selectbox("Device", options, index=options.index(cfg.device) if cfg.device in options else 0,
-                              key="train_device", help="Only the devices found on this machine are offered.")
+                              key="train_device", help="Only the devices found on this machine are offered; "
+                                                       "cuda: one GPU per process.")
+    processes(c1, cfg, gpus)
     cfg.epochs = number(c2, cfg, "epochs")
     checked(c2, cfg, "epochs")
     cfg.batch_size = number(c3, cfg, "batch_size")
@@ -191,6 +215,9 @@ if b1.button("Start", type="primary", key="train_start", disabled=running or lau
         show_error(exc, "Could not start the run")
 if invalid_reason:
     b2.error(plain(f"Start is blocked: {invalid_reason}."), icon=":material/block:")
+if launchable is not None and launchable.train.world_size > 1:
+    st.caption(f"Start runs {launchable.train.world_size} processes under torchrun:")
+    st.code(launcher.shown_command_of(launchable.train, "runs/<new run>"), language="bash")
 with st.expander("The config that Start will launch"):
     if launchable is not None:
         st.json(launchable.to_dict(), expanded=False)
@@ -239,4 +266,8 @@ with guard("Drawing the curves"):
 with st.expander("Config and the command that reproduces this run"):
     with guard():
         st.code(rundir.reproduce_command(run_id), language="bash")
+        under_torchrun = launcher.shown_command(run_id)
+        if under_torchrun:
+            st.caption("It trains under torchrun, as:")
+            st.code(under_torchrun, language="bash")
         st.json(json.loads(rundir.config_text(run_id)), expanded=False)

@@ -51,6 +51,7 @@ MAX_OPTIONS = 64
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take 32-bit seeds
 MAX_TASKS = 16  # extra tasks of a multi-task run (each holds its dataset in memory)
 MAX_TASK_NAME = 40  # a task's name suffixes metric keys ("val_acc/mnist") and labels curves
+MAX_PROCS = 4096  # training processes of one run (nodes x processes per node): a large cluster job
 
 
 def bounds(low: float | None = None, high: float | None = None, *, max_len: int | None = None,
@@ -229,6 +230,10 @@ class TransferPlan:
     # (presets.TRANSFERRED_LR_MULT): a new head trains at the base rate, what the source learnt
     # at a fraction of it, so a few target images do not wash it out.
     transferred_lr_mult: float | None = _num(None, 0.0, 100.0)
+    # BatchNorm synchronised across the processes of a data-parallel run (SyncBatchNorm): each
+    # layer normalises with the statistics of the whole global batch, as one process would.
+    # None = auto: on when more than one process trains and the plan trains BatchNorm layers.
+    sync_bn: bool | None = None
     rules: list[LayerRule] = field(default_factory=list, metadata=bounds(max_len=MAX_RULES))
     # L2-SP (Li et al. 2018): alpha/2 * ||w - w_source||^2 over the trained transferred weights,
     # beta/2 * ||w||^2 over the trained new ones (a fresh head, re-initialised layers); 0 = off.
@@ -240,6 +245,8 @@ class TransferPlan:
         _choice("plan.preset", self.preset, PRESETS.names())
         _choice("plan.bn_mode", self.bn_mode, BN_MODES)
         _choice("plan.head", self.head, HEAD_CHOICES)
+        if self.sync_bn is not None and not isinstance(self.sync_bn, bool):
+            raise ConfigError(f"plan.sync_bn is {_shown(self.sync_bn)}", "use true, false or null (auto)")
         if self.transferred_lr_mult is not None and self.transferred_lr_mult < 0:
             raise ConfigError(f"plan.transferred_lr_mult is {self.transferred_lr_mult}",
                               "use 0 or more, or null for the preset's default")
@@ -289,6 +296,16 @@ class TrainConfig:
     log_every: int = _num(10, 1, 1_000_000)  # steps between step rows in metrics.jsonl
     num_workers: int = _num(0, 0, 64)  # DataLoader workers for datasets that are not held in memory
     feature_cache: bool = True  # cache frozen-backbone features when the plan allows it
+    # Data parallelism (torchrun + DistributedDataParallel): processes per node and nodes. The
+    # global batch is `batch_size` whatever their number; each process takes its share of it.
+    nproc_per_node: int = _num(1, 1, MAX_PROCS)
+    nnodes: int = _num(1, 1, MAX_PROCS)
+    rdzv_endpoint: str | None = _text(None)  # HOST:PORT of torchrun's rendezvous, for several nodes
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train the run (1: today's single worker, no torchrun)."""
+        return self.nproc_per_node * self.nnodes
 
     def validate(self) -> None:
         check_fields(self, "train.")
@@ -310,6 +327,25 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip is {self.grad_clip}", "use a positive norm or null")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"unknown device {_shown(self.device)}", "use auto, cpu, cuda, cuda:N or mps")
+        self._validate_processes()
+
+    def _validate_processes(self) -> None:
+        for key in ("nproc_per_node", "nnodes"):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.world_size > MAX_PROCS:
+            raise ConfigError(f"train.nproc_per_node x nnodes is {self.world_size:,}",
+                              f"use at most {MAX_PROCS:,} processes in all")
+        if self.world_size > 1 and (self.device == "mps" or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device {self.device!r} names one device, but {self.world_size} processes train",
+                              "use device cuda (one GPU per process), cpu or auto")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError(f"train.nnodes is {self.nnodes} but train.rdzv_endpoint is not set",
+                              "give the rendezvous HOST:PORT every node reaches, e.g. \"node0:29400\"")
+        if self.rdzv_endpoint is not None:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() for c in host):
+                raise ConfigError(f"train.rdzv_endpoint is {_shown(self.rdzv_endpoint)}",
+                                  "write HOST:PORT, e.g. \"node0:29400\" (port 1-65535), or null on one node")
 
 
 @dataclass

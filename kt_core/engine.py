@@ -14,7 +14,12 @@ checkpointer and a stop flag. What the engine owns:
   seconds),
 - mixed precision on CUDA, NaN and out-of-memory failures with a message naming the fix,
 - resumable state: batch order comes from a generator seeded by (seed, epoch), so a run resumed
-  mid-epoch skips exactly the batches it had already seen.
+  mid-epoch skips exactly the batches it had already seen,
+- data parallelism (`ranks`, a `distributed.Ranks` from torchrun): every process draws the same
+  global batches and trains on its share of each under DistributedDataParallel; the loss is
+  scaled so the averaged gradient is the global batch's, and every figure a callback sees
+  (rows, validation, the stop decision, checkpointed sums) is summed over the processes. With
+  one process (`ranks=None`) none of this runs.
 
 What a method adds plugs in as a callback (`callbacks.Callback`; a plan brings its own, e.g.
 gradual unfreezing) or, for the loss, as a term of the objective (`kt_core.objectives`) that `train_one_epoch` calls
@@ -34,7 +39,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import __version__, defaults, progress
+from . import __version__, defaults, distributed, progress
 from .callbacks import Callback
 from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches, split_labels
@@ -173,6 +178,9 @@ class FitContext:
     # batch source (multi-task's `TaskSampler`) has `steps_per_epoch`, `images_per_epoch` and
     # `epoch(ctx)`, which yields the rest of epoch `ctx.epoch` after `ctx.batch_in_epoch` batches
     batches: Any = None
+    ranks: Any = None  # distributed.Ranks of a data-parallel run; None for one process
+    ddp: nn.Module | None = None  # `forward` under DistributedDataParallel (the training steps' module)
+    ddp_signature: tuple = ()  # which parameters trained when `ddp` was built
 
 
 @dataclass
@@ -195,8 +203,11 @@ class FitResult:
         return dict(self.__dict__)
 
 
-def checkpoint_state(ctx: FitContext) -> dict:
-    """The dict written as checkpoints/last.pt and best.pt: enough to resume, or to use as a source."""
+def checkpoint_state(ctx: FitContext, sums: torch.Tensor | None = None, rng_ranks: list | None = None) -> dict:
+    """The dict written as checkpoints/last.pt and best.pt: enough to resume, or to use as a source.
+    A data-parallel run passes the epoch's sums over every process and each process's RNG state
+    (`_checkpoint`): its checkpoint resumes on any number of processes."""
+    sums = ctx.sums if sums is None else sums
     return {
         "model": ctx.model.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),
@@ -206,7 +217,7 @@ def checkpoint_state(ctx: FitContext) -> dict:
         "epoch": ctx.epoch,
         "step": ctx.step,
         "batch_in_epoch": ctx.batch_in_epoch,
-        "epoch_sums": ctx.sums.detach().cpu().tolist() if ctx.sums is not None else None,
+        "epoch_sums": sums.detach().cpu().tolist() if sums is not None else None,
         "log_base": list(ctx.log_base),
         "objective": ctx.objective.state_dict(),  # e.g. a feature adapter: resumed, never exported
         "best_val_acc": ctx.best_val_acc,
@@ -214,7 +225,8 @@ def checkpoint_state(ctx: FitContext) -> dict:
         "config": ctx.cfg.to_dict(),
         "plan_state": ctx.plan.state(),
         "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
+                "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None,
+                **({"ranks": rng_ranks} if rng_ranks is not None else {})},
         "kt_studio_version": __version__,
         "arch": ctx.meta.get("arch"),
         "built_from": ctx.meta.get("built_from"),  # "arch" | "source": how evaluate.load_run rebuilds the model
@@ -244,6 +256,10 @@ def train_one_epoch(ctx: FitContext) -> bool:
     model, optimizer, objective, device = ctx.forward, ctx.optimizer, ctx.objective, ctx.device
     callbacks, log_every, clip, scaler, schedule = ctx.callbacks, t.log_every, t.grad_clip, ctx.scaler, ctx.schedule
     sums = ctx.sums  # [loss * n, correct, seen], accumulated without a host sync
+    ranks = ctx.ranks
+    if ranks is not None:
+        model = ctx.ddp
+        total = len(ctx.train_split)
     batches = _epoch_batches(ctx)
     if ctx.batch_in_epoch == 0:
         ctx.log_base = (0.0,) * (sums.numel() - 1)  # sums restart with the epoch; so does the step-row window
@@ -254,26 +270,33 @@ def train_one_epoch(ctx: FitContext) -> bool:
         with ctx.autocast():
             out = model(x)
             loss, terms = objective(out, y, index, x)
+        step_loss = loss
+        if ranks is not None:
+            # DDP averages the processes' gradients; a process's share of this global batch may be
+            # smaller than the others' (the last batch), so its mean loss is weighted by its share.
+            batch = min(t.batch_size, total - ctx.batch_in_epoch * t.batch_size)
+            step_loss = loss * (y.shape[0] * ranks.world_size / batch) if y.shape[0] else out.sum() * 0.0
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(step_loss).backward()
             if clip:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(_trainable(optimizer), clip)
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            step_loss.backward()
             if clip:
                 nn.utils.clip_grad_norm_(_trainable(optimizer), clip)
             optimizer.step()
         if schedule is not None:  # the lr of the next step, as a scheduler's step() would set it
             _set_lr(optimizer, schedule(ctx.step + 1))
-        sums[0] += loss.detach().float() * y.shape[0]
-        sums[1] += (out.argmax(1) == y).sum()
-        sums[2] += y.shape[0]
-        if terms:
-            sums[3:] += torch.stack(terms).detach().float() * y.shape[0]
+        if y.shape[0]:  # an empty share (a last batch smaller than the processes) adds nothing
+            sums[0] += loss.detach().float() * y.shape[0]
+            sums[1] += (out.argmax(1) == y).sum()
+            sums[2] += y.shape[0]
+            if terms:
+                sums[3:] += torch.stack(terms).detach().float() * y.shape[0]
         ctx.step += 1
         ctx.batch_in_epoch += 1
         # The very first step is logged too: the user sees a loss within a second of Start.
@@ -281,20 +304,37 @@ def train_one_epoch(ctx: FitContext) -> bool:
             row = window.row(ctx)
             for cb in callbacks:
                 cb.on_step_end(ctx, row)
-        if ctx.stop_requested or any(cb.should_stop(ctx) for cb in callbacks):
+        if _should_stop(ctx):
             _check_finite(float(sums[0]), ctx)  # never checkpoint weights that already diverged
             return True
     return False
 
 
 def _epoch_batches(ctx: FitContext):
-    """The rest of epoch `ctx.epoch`'s batches `(x, y, index)`, from the batch source or the training split."""
+    """The rest of epoch `ctx.epoch`'s batches `(x, y, index)`, from the batch source or the training
+    split (under several processes, this process's share of each)."""
     if ctx.batches is not None:
+        if ctx.ranks is not None:
+            raise TrainingError("a multi-task run trains on one process for now",
+                                "set train.nproc_per_node (and nnodes) to 1 for it")
         return ctx.batches.epoch(ctx)
     t = ctx.cfg.train
     return iter_batches(ctx.train_split, t.batch_size, shuffle=True,
                         generator=epoch_generator(t.seed, ctx.epoch), augment=ctx.augment,
-                        num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch, with_index=True)
+                        num_workers=t.num_workers, skip_batches=ctx.batch_in_epoch, with_index=True,
+                        share=ctx.ranks.share if ctx.ranks is not None else None)
+
+
+def _should_stop(ctx: FitContext) -> bool:
+    """A callback (the STOP file, a signal) asks to stop; under several processes the answer is
+    the same on every one (any process asking stops all, after the same step)."""
+    asked = ctx.stop_requested or any(cb.should_stop(ctx) for cb in ctx.callbacks)
+    return asked if ctx.ranks is None else ctx.ranks.any(asked, ctx.device)
+
+
+def _global_sums(ctx: FitContext) -> torch.Tensor:
+    """The epoch's running sums over every process (this process's alone when it is the only one)."""
+    return ctx.sums if ctx.ranks is None else ctx.ranks.all_sum(ctx.sums)
 
 
 class _Window:
@@ -307,7 +347,8 @@ class _Window:
         self.time = time.perf_counter()
 
     def row(self, ctx: FitContext) -> dict:
-        now_sums = self.sums[self.columns].tolist()
+        window = self.sums[self.columns]
+        now_sums = (window if ctx.ranks is None else ctx.ranks.all_sum(window)).tolist()
         (loss_sum, seen, *term_sums), (base_loss, base_seen, *base_terms) = now_sums, self.base
         now = time.perf_counter()
         n = seen - base_seen
@@ -355,9 +396,12 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, device: torch.device | str = "cpu", batch_size: int = 256,
-             autocast: Callable[[], Any] = contextlib.nullcontext) -> tuple[float, float]:
-    """Mean cross-entropy (without label smoothing) and accuracy of `model` on `split`."""
+             autocast: Callable[[], Any] = contextlib.nullcontext, ranks=None) -> tuple[float, float]:
+    """Mean cross-entropy (without label smoothing) and accuracy of `model` on `split`.
+    `ranks` (a data-parallel run): each process measures its shard, the sums are added up."""
     device = torch.device(device)
+    if ranks is not None:
+        split = ranks.shard(split)
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=device, dtype=torch.float64)
@@ -369,6 +413,8 @@ def evaluate(model: nn.Module, split, device: torch.device | str = "cpu", batch_
         sums[1] += (out.argmax(1) == y).sum()
         sums[2] += y.shape[0]
     model.train(was_training)
+    if ranks is not None:
+        sums = ranks.all_sum(sums)
     loss_sum, correct, seen = sums.tolist()
     if seen == 0:
         return float("nan"), float("nan")
@@ -457,7 +503,7 @@ def suffix_forward(model: nn.Module, names: list[str], probe: torch.Tensor,
 def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
         device: torch.device | str | None = None, meta: dict | None = None,
-        evaluate_first: bool = False, objective: Objective | None = None, batches=None) -> FitResult:
+        evaluate_first: bool = False, objective: Objective | None = None, batches=None, ranks=None) -> FitResult:
     """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`),
     minimising `objective` (None: cross-entropy with the config's label smoothing).
 
@@ -468,6 +514,8 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     test loss and accuracy): what the source already knows, when its head is kept.
     `batches`: a batch source instead of `data`'s training split (see `FitContext.batches`);
     multi-task training passes it with its objective (`multitask.TaskSet.fit_options()`).
+    `ranks`: this process's `distributed.Ranks` when torchrun started several (the process group
+    already joined, `device` this process's own); every process calls `fit` alike.
     Raises TrainingError (NaN loss, out of memory) and DeviceError; returns a FitResult whose
     state is "completed" or "stopped".
     """
@@ -482,11 +530,13 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     plan = WholeModel(model) if plan is None else plan
     callbacks = plan.callbacks() + list(callbacks)  # the plan's first: groups exist before others look
     if resume_state is None:
-        torch.manual_seed(t.seed)  # dropout and anything else random in the loop
+        # dropout and anything else random in the loop; each process its own stream (rank 0's is
+        # the single process's), so the shares of a batch are not augmented alike
+        torch.manual_seed(t.seed + (ranks.rank if ranks is not None else 0))
     model.to(device)
     objective = objective if objective is not None else plain_objective(t.label_smoothing)
     try:
-        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches)
+        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches, ranks)
         if resume_state is not None:
             _restore(ctx, resume_state)
         return _fit_loop(ctx, evaluate_first and resume_state is None)
@@ -496,10 +546,14 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         objective.close()  # its hooks leave the student and the teacher
 
 
-def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective, batches=None) -> FitContext:
+def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective, batches=None,
+                   ranks=None) -> FitContext:
     t = cfg.train
     if len(data.train) == 0:
         raise TrainingError("the training split is empty", "select more images or classes")
+    if ranks is not None and _wants_sync_bn(cfg, plan, model):
+        log.info("SyncBatchNorm: %d BatchNorm layers normalise over the global batch of %d processes",
+                 distributed.sync_batchnorm(model, device), ranks.world_size)
     groups = plan.param_groups(t.lr, t.weight_decay)
     if not any(g["params"] for g in groups):
         raise TrainingError("nothing to train: every parameter is frozen",
@@ -532,13 +586,32 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
         total_steps=total_steps, callbacks=callbacks, forward=model, train_split=train_split,
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),
-        labelled=len(data.train) if batches is None else batches.images_per_epoch,
+        labelled=len(data.train) if batches is None else batches.images_per_epoch, ranks=ranks,
     )
     apply_schedule(ctx)
 
     if feature_cache_eligible(cfg, data, plan) and objective.allows_feature_cache:
         _use_feature_cache(ctx)
     return ctx
+
+
+def _wants_sync_bn(cfg: RunConfig, plan, model: nn.Module) -> bool:
+    """`plan.sync_bn`, or auto: when the plan trains BatchNorm layers (in train mode, learning
+    statistics from each batch); frozen BatchNorm in eval mode needs nothing synchronised."""
+    if cfg.plan.sync_bn is not None:
+        return cfg.plan.sync_bn
+    plan.train_mode(model)
+    return distributed.trains_batchnorm(model)
+
+
+def _distribute(ctx: FitContext) -> None:
+    """`ctx.forward` under DistributedDataParallel, wrapped again when the parameters that train
+    have changed (gradual unfreezing released a block: DDP syncs only what trained when built)."""
+    if ctx.ranks is None:
+        return
+    signature = distributed.trainable_signature(ctx.forward)
+    if ctx.ddp is None or signature != ctx.ddp_signature:
+        ctx.ddp, ctx.ddp_signature = distributed.wrap(ctx.forward, ctx.device), signature
 
 
 def _augmenter(data: PreparedData) -> Callable | None:
@@ -564,8 +637,8 @@ def _use_feature_cache(ctx: FitContext) -> None:
         log.warning("feature cache skipped: the model's forward does more after %s than its modules %s", names[0],
                     ", ".join(names))
         return
-    train = extract_head_inputs(ctx.model, names[0], ctx.train_split, ctx.device, bs, ctx.autocast)
-    val = (extract_head_inputs(ctx.model, names[0], ctx.data.val, ctx.device, bs, ctx.autocast)
+    train = _extract(ctx, names[0], ctx.train_split, bs)
+    val = (_extract(ctx, names[0], ctx.data.val, bs)
            if ctx.data.val is not None and len(ctx.data.val) else None)
     if train is None or (ctx.data.val is not None and len(ctx.data.val) and val is None):
         log.warning("feature cache skipped: %r is not called with a single tensor", names[0])
@@ -575,6 +648,17 @@ def _use_feature_cache(ctx: FitContext) -> None:
     ctx.feature_cache_s = time.perf_counter() - started
     log.info("feature cache: %d train + %d val feature vectors of size %s computed once in %.2f s",
              len(train), len(val) if val is not None else 0, tuple(train.x.shape[1:]), ctx.feature_cache_s)
+
+
+def _extract(ctx: FitContext, name: str, split, batch_size: int) -> TensorSplit | None:
+    """The cached inputs of `name` for `split`; under several processes each extracts its shard
+    and every process receives the whole split, in order (the batches draw from all of it)."""
+    if ctx.ranks is None:
+        return extract_head_inputs(ctx.model, name, split, ctx.device, batch_size, ctx.autocast)
+    piece = extract_head_inputs(ctx.model, name, ctx.ranks.shard(split), ctx.device, batch_size, ctx.autocast)
+    if ctx.ranks.any(piece is None, ctx.device):
+        return None
+    return ctx.ranks.gather_split(piece, len(split))
 
 
 def _restore(ctx: FitContext, state: dict) -> None:
@@ -594,12 +678,16 @@ def _restore(ctx: FitContext, state: dict) -> None:
             if sums.numel() != ctx.sums.numel():
                 raise ValueError(f"its epoch sums have {sums.numel()} entries, this objective {ctx.sums.numel()}")
             ctx.sums = sums
+            if ctx.ranks is not None and not ctx.ranks.is_main:
+                ctx.sums.zero_()  # the checkpoint holds the sums over every process: rank 0 carries them
         ctx.log_base = tuple(state.get("log_base") or (0.0, 0.0))
         ctx.objective.load_state_dict(state.get("objective"))
         ctx.best_val_acc = state.get("best_val_acc")
         ctx.epochs_since_best = int(state.get("epochs_since_best") or 0)
         rng = state.get("rng") or {}
-        if rng.get("torch") is not None:
+        if ctx.ranks is not None:
+            _restore_rank_rng(ctx, rng)
+        elif rng.get("torch") is not None:
             torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and ctx.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -607,6 +695,19 @@ def _restore(ctx: FitContext, state: dict) -> None:
         raise TrainingError(f"the checkpoint does not fit this run: {exc}",
                             "resume with the config the run was started with, or start a new run") from None
     log.info("resumed at epoch %d, step %d (batch %d of the epoch)", ctx.epoch + 1, ctx.step, ctx.batch_in_epoch)
+
+
+def _restore_rank_rng(ctx: FitContext, rng: dict) -> None:
+    """This process's RNG from a checkpoint: its own saved stream when the checkpoint was written
+    by as many processes, else rank 0 takes the saved one and the others a fresh seeded stream."""
+    saved = rng.get("ranks")
+    rank = ctx.ranks.rank
+    if saved is not None and len(saved) == ctx.ranks.world_size:
+        torch.set_rng_state(saved[rank])
+    elif rank == 0 and rng.get("torch") is not None:
+        torch.set_rng_state(rng["torch"])
+    else:
+        torch.manual_seed(ctx.cfg.train.seed + rank + ctx.step * 7919)
 
 
 def _set_train_mode(ctx: FitContext) -> None:
@@ -632,12 +733,13 @@ def _epoch_zero(ctx: FitContext) -> dict:
     bs = max(256, ctx.cfg.train.batch_size)
     started = time.perf_counter()
     row = {"kind": "epoch", "epoch": 0, "step": 0}
-    row["train_loss"], row["train_acc"] = evaluate(ctx.forward, _labelled_part(ctx), ctx.device, bs, ctx.autocast)
+    row["train_loss"], row["train_acc"] = evaluate(ctx.forward, _labelled_part(ctx), ctx.device, bs, ctx.autocast,
+                                                   ctx.ranks)
     row["val_loss"] = row["val_acc"] = None
     if ctx.val_split is not None and len(ctx.val_split):
-        row["val_loss"], row["val_acc"] = evaluate(ctx.forward, ctx.val_split, ctx.device, bs, ctx.autocast)
+        row["val_loss"], row["val_acc"] = evaluate(ctx.forward, ctx.val_split, ctx.device, bs, ctx.autocast, ctx.ranks)
     if ctx.data.test is not None and len(ctx.data.test):  # measured, never used to choose anything
-        row["test_loss"], row["test_acc"] = evaluate(ctx.model, ctx.data.test, ctx.device, bs, ctx.autocast)
+        row["test_loss"], row["test_acc"] = evaluate(ctx.model, ctx.data.test, ctx.device, bs, ctx.autocast, ctx.ranks)
     row.update(epoch_s=time.perf_counter() - started, lr=_current_lr(ctx.optimizer), time=time.time(),
                before_training=True)
     return row
@@ -664,6 +766,7 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
             apply_schedule(ctx)  # groups a callback added follow the schedule from this step
         epoch_started = time.perf_counter()
         seen_before = ctx.sums[2].item()
+        _distribute(ctx)
         _set_train_mode(ctx)
         stopped = train_one_epoch(ctx)
         images += int(ctx.sums[2].item() - seen_before)
@@ -673,13 +776,14 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
             ctx.stop_requested = True
             _checkpoint(ctx, "last")
             break
-        loss_sum, correct, seen, *term_sums = ctx.sums.tolist()
+        loss_sum, correct, seen, *term_sums = _global_sums(ctx).tolist()
         # Accuracy over the labelled images (all of them, once each, by the end of the epoch).
         train_loss, train_acc = loss_sum / seen, correct / max(1, min(ctx.labelled, seen))
         _check_finite(train_loss, ctx)
         val_loss = val_acc = None
         if ctx.val_split is not None and len(ctx.val_split):
-            val_loss, val_acc = evaluate(ctx.forward, ctx.val_split, ctx.device, max(256, t.batch_size), ctx.autocast)
+            val_loss, val_acc = evaluate(ctx.forward, ctx.val_split, ctx.device, max(256, t.batch_size), ctx.autocast,
+                                         ctx.ranks)
         ctx.epoch += 1
         ctx.batch_in_epoch = 0
         ctx.sums.zero_()
@@ -700,10 +804,12 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
             log.info("early stopping after epoch %d: no better val_acc for %d epochs", ctx.epoch, t.early_stopping)
             early_stopped = True
             break
-        if ctx.stop_requested or any(cb.should_stop(ctx) for cb in ctx.callbacks):
+        if _should_stop(ctx):
             state = "stopped"
             break
 
+    if ctx.ranks is not None:  # images/s of the whole run: every process's images
+        images = int(ctx.ranks.all_sum(torch.tensor([float(images)], device=ctx.device)).item())
     total = sum(p.numel() for p in ctx.model.parameters())
     extra = {id(p) for p in ctx.objective.parameters()}  # an adapter is not the model's
     trainable = sum(p.numel() for g in ctx.optimizer.param_groups for p in g["params"] if id(p) not in extra)
@@ -718,10 +824,14 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
 
 
 def _checkpoint(ctx: FitContext, *tags: str) -> None:
-    """Hand the same state object to every checkpoint hook, once per tag."""
+    """Hand the same state object to every checkpoint hook, once per tag. Under several
+    processes every one takes part (the sums and RNG states are gathered); rank 0 stores it."""
+    sums = rng_ranks = None
+    if ctx.ranks is not None:
+        sums, rng_ranks = _global_sums(ctx), ctx.ranks.gather(torch.get_rng_state())
     if not any(type(cb).on_checkpoint is not Callback.on_checkpoint for cb in ctx.callbacks):
         return  # nobody stores checkpoints: skip copying the state
-    state = checkpoint_state(ctx)
+    state = checkpoint_state(ctx, sums, rng_ranks)
     for tag in tags:
         for cb in ctx.callbacks:
             cb.on_checkpoint(ctx, state, tag)

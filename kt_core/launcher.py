@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import compute, procs, rundir
+from .torchrun import shown, torchrun_command
 from .config import RunConfig
 from .errors import RunBusyError, RunError
 from .settings import get_settings
@@ -110,9 +111,13 @@ def keep_worker_warm(enabled: bool = True) -> None:
 
 
 def _spawn_worker(folder: Path) -> int:
-    """Start the worker of `folder`; the caller holds the folder's lock (the worker waits for it)."""
+    """Start the worker of `folder`; the caller holds the folder's lock (the worker waits for it).
+    A config of several processes starts under torchrun (`worker_command`), never a standby."""
     folder = folder.resolve()
     procs.reap()
+    command = worker_command(folder)
+    if command is not None:
+        return _spawn_torchrun(folder, command)
     proc = _standby.take()
     if proc is not None:
         # The status names the worker before the worker learns its run: once it has the folder it
@@ -134,6 +139,46 @@ def _spawn_worker(folder: Path) -> int:
     return proc.pid
 
 
+def worker_command(folder: Path) -> list[str] | None:
+    """The torchrun command that trains `folder` when its config has several processes, else
+    None (one plain worker process: `python -m kt_core worker RUN_DIR`)."""
+    train = rundir.load_config(folder).train
+    if train.world_size == 1:
+        return None
+    return torchrun_command(train, [str(Path(folder).resolve())], run_id=Path(folder).name)
+
+
+def shown_command(folder: str | os.PathLike) -> str | None:
+    """The torchrun command of a run of several processes, as a user would type it (None: one process)."""
+    folder = rundir.run_dir(folder)
+    command = worker_command(folder)
+    return shown_command_of(rundir.load_config(folder).train, folder) if command else None
+
+
+def shown_command_of(train_cfg, folder: str | os.PathLike) -> str:
+    """The torchrun command a run folder of this train config trains under (the Train page shows
+    it before Start with a placeholder folder)."""
+    try:
+        folder = Path(folder).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return shown(torchrun_command(train_cfg, [str(folder)], run_id=Path(folder).name))
+
+
+def _spawn_torchrun(folder: Path, command: list[str]) -> int:
+    """torchrun in its own session, its output and its ranks' into log.txt. The status names
+    torchrun until rank 0 takes over the folder and names itself (and every rank)."""
+    with open(rundir.log_path(folder), "ab") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=_worker_env(), cwd=os.getcwd())
+    rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None,
+                         launcher_pid=proc.pid,
+                         note=f"starting {rundir.load_config(folder).train.world_size} processes under torchrun")
+    procs.adopt(proc)
+    log.info("run %s: torchrun pid %d started: %s", folder.name, proc.pid, " ".join(command))
+    return proc.pid
+
+
 def _preflight(cfg: RunConfig, runs_dir, confined: bool = False, deep: bool = False) -> None:
     # Here, not at the top: assembling imports torch (~2 s), which `stop` and `delete` never need.
     from .assemble import preflight
@@ -151,6 +196,14 @@ def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: 
     with rundir.RunLock(folder).acquire(what="start"):
         _spawn_worker(folder)
     return folder.name
+
+
+def start(folder: str | os.PathLike) -> int:
+    """Start the worker of a run folder `rundir.create_run` made (the CLI's `train` of a run of
+    several processes, which it then follows through the folder); returns the process id."""
+    folder = rundir.run_dir(folder)
+    with rundir.RunLock(folder).acquire(what="start"):
+        return _spawn_worker(folder)
 
 
 def launch_with_baseline(cfg: RunConfig, runs_dir: str | os.PathLike | None = None,

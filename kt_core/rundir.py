@@ -39,6 +39,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -335,12 +336,20 @@ def read_status(run: str | os.PathLike) -> dict:
     status["run_id"] = folder.name
     if status.get("state") in ACTIVE_STATES and not _worker_alive(status):
         status["state"] = "interrupted"
-        status["error"] = status.get("error") or "the worker process ended without finishing the run"
+        ranks = status.get("ranks") or []
+        ended = (f"rank 0 (pid {status.get('pid')}) of this {len(ranks)}-process run, the one that writes the run "
+                 "folder, ended without finishing the run (torchrun then stops the others)" if len(ranks) > 1
+                 else "the worker process ended without finishing the run")
+        status["error"] = status.get("error") or ended
         status["log_tail"] = tail(log_path(folder))
     return status
 
 
 def _worker_alive(status: dict) -> bool:
+    ranks = status.get("ranks") or []
+    if ranks and ranks[0].get("host") not in (None, socket.gethostname()):
+        # rank 0 of a run of several nodes trains on another host: its heartbeat is the only sign
+        return time.time() - (status.get("heartbeat") or 0) < STALE_AFTER_S
     if not pid_alive(status.get("pid")):
         return False
     if status.get("state") == "queued":  # still importing torch: no heartbeat yet

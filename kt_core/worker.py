@@ -4,6 +4,13 @@
 `python -m kt_core train CONFIG` runs it in the foreground. The engine knows nothing of files:
 the callbacks below turn its hooks into the run folder contract (see `rundir.py`). The worker
 holds the run folder's lock for its whole life: it is the folder's only writer.
+
+Under torchrun (a config with more than one process) every process runs this: rank 0 is the
+worker above (lock, status, metrics, checkpoints, summary, log.txt); the other ranks read the
+config, receive the checkpoint to resume from rank 0, train their shares and write nothing into
+the run folder: their log lines go to stderr marked with their rank (torchrun passes them on:
+into log.txt for a run the launcher started). A rank that dies ends the run: rank 0 writes
+`failed` naming it; when rank 0 itself dies the run reads `interrupted`, naming rank 0.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +29,8 @@ from typing import Sequence
 
 import torch
 
-from . import compute, headline, rundir
+from . import compute, headline, procs, rundir
+from .distributed import Ranks
 from .assemble import Prepared, prepare
 from .config import RunConfig
 from .data import iter_batches
@@ -130,13 +139,19 @@ class Progress(Callback):
 
 
 class StopFlag(Callback):
-    """The STOP file (checked after every batch) or a signal ask for a graceful stop."""
+    """The STOP file (checked after every batch) or a signal ask for a graceful stop. Without a
+    folder (the other ranks of a data-parallel run: rank 0 watches the folder) only a signal."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path | None):
         self.folder = folder
         self.requested = False
+        # the run is ending (its end being written): a SIGTERM now, e.g. torchrun ending every
+        # rank after one died, must not interrupt the line that says why
+        self.ending = False
 
     def should_stop(self, ctx: FitContext) -> bool:
+        if self.folder is None:
+            return self.requested
         # A deleted run folder stops the run too: its checkpoint then says why, in one line.
         return self.requested or rundir.stop_requested(self.folder) or not os.path.isdir(self.folder)
 
@@ -166,12 +181,20 @@ class _RunLog(logging.FileHandler):
         pass
 
 
+def _log_format(ranks: Ranks | None) -> str:
+    return LOG_FORMAT if ranks is None else LOG_FORMAT.replace("%(levelname)s", f"rank {ranks.rank} %(levelname)s")
+
+
 @contextlib.contextmanager
-def _run_logging(folder: Path):
-    """While the worker runs, every log record also goes to the run's log.txt."""
+def _run_logging(folder: Path | None, ranks: Ranks | None = None):
+    """While the worker runs, every log record also goes to the run's log.txt; for the other
+    ranks of a data-parallel run (`folder` None), to stderr, marked with the rank."""
     root = logging.getLogger()
-    handler = _RunLog(rundir.log_path(folder), encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if folder is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = _RunLog(rundir.log_path(folder), encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter(_log_format(ranks)))
     root.addHandler(handler)
     previous = root.level
     if previous > logging.INFO or previous == logging.NOTSET:
@@ -198,7 +221,8 @@ def _signals(stop: StopFlag):
         stop.requested = True
 
     def on_term(signum, frame):
-        raise Terminated
+        if not stop.ending:
+            raise Terminated
 
     old = signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGTERM, on_term)
     try:
@@ -218,20 +242,33 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
     `callbacks` are added to the run folder's own (the foreground CLI's terminal progress).
     """
     folder = rundir.run_dir(run)
-    with rundir.RunLock(folder).acquire(wait=LOCK_WAIT_S, what="train"), _run_logging(folder):
+    ranks = Ranks.from_env()
+    if ranks is not None and not ranks.is_main:
+        confined = bool(rundir.read_status_file(folder).get("confined"))
+        return _follow(rundir.load_config(folder), folder.parent, confined, ranks)  # read only, as written at launch
+    with rundir.RunLock(folder).acquire(wait=LOCK_WAIT_S, what="train"), _run_logging(folder, ranks):
         status = StatusWriter(folder)
-        status.update(state="running", pid=os.getpid(), error=None)
+        # `ranks`: a data-parallel run's processes, recorded once they have joined (a resume on
+        # another number of processes must not name the previous attempt's)
+        status.update(state="running", pid=os.getpid(), error=None, ranks=None)
         status.start()
         stop = StopFlag(folder)
         metrics, trackers = None, []
-        try:
-            with _signals(stop):
+        # The signal handlers stay for the handlers below too: a SIGTERM while the end is written
+        # (torchrun ending every rank after one died) must not kill the process mid-line.
+        with _signals(stop):
+            try:
                 cfg = rundir.load_config(folder)
                 device = resolve_device(cfg.train.device)
-                if not _wait_for_source_run(cfg, folder, status, stop):
+                if not _wait_for_source_run(cfg, folder.parent, f"run {folder.name}", status, stop):
                     status.update(state="stopped", error="stopped while waiting for the source run")
                     return rundir.read_status(folder)
+                if ranks is not None:
+                    device = _join(ranks, device, status)
                 resume_state = _resume_state(folder)
+                if ranks is not None:
+                    ranks.broadcast(resume_state)  # the others resume from the very same checkpoint
+                    ranks.broadcast(cfg.to_dict())  # and train this very config
                 log.info("run %s: %s on %s", folder.name, "resuming" if resume_state else "starting", device)
                 log.info("compute: %s", compute.describe())
                 # What the run is doing before its first step, for whoever watches it.
@@ -256,7 +293,7 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                 head = prepared.plan.head_decision
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, hooks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
-                             evaluate_first=bool(head and head.keep), **prepared.fit_options())
+                             evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks)
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
                 # Logged before the state is published: whoever sees `completed` finds it in log.txt.
@@ -264,26 +301,48 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                          ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in summary.items() if k in ("best_val_acc", "test_acc", "epochs", "train_s")))
                 status.update(state=result.state, epoch=result.epochs, step=result.steps)
-        except Terminated:
-            log.warning("run %s: terminated (SIGTERM); resume continues from the last checkpoint", folder.name)
-            status.final(state="stopped", error="terminated before the next checkpoint")
-        except KTError as exc:
-            log.error("run %s failed: %s", folder.name, exc)
-            status.final(state="failed", error=str(exc))
-        except KeyboardInterrupt:
-            log.warning("run %s interrupted; resume continues from the last checkpoint", folder.name)
-            status.final(state="stopped", error="interrupted before the next checkpoint")
-        except Exception as exc:  # noqa: BLE001 - a bug, but the run must still end as failed
-            log.exception("run %s failed with an unexpected error", folder.name)
-            status.final(state="failed", error=f"{type(exc).__name__}: {exc} (the traceback is in log.txt)")
-        finally:
-            status.close()
-            if metrics is not None:
-                metrics.close()
-            for tracker in trackers:  # a failed run's events so far are written too
-                tracker.close()
-            with contextlib.suppress(OSError):
-                rundir.clear_stop(folder)
+            except Terminated:
+                stop.ending = True
+                dead = _dead_ranks(status)
+                if dead:  # torchrun ends every rank when one dies: that one is the cause
+                    log.error("run %s failed: %s", folder.name, dead)
+                    status.final(state="failed", error=dead)
+                else:
+                    log.warning("run %s: terminated (SIGTERM); resume continues from the last checkpoint", folder.name)
+                    status.final(state="stopped", error="terminated before the next checkpoint")
+            except KTError as exc:
+                stop.ending = True
+                log.error("run %s failed: %s", folder.name, exc)
+                status.final(state="failed", error=_dead_ranks(status) or str(exc))
+            except KeyboardInterrupt:
+                stop.ending = True
+                log.warning("run %s interrupted; resume continues from the last checkpoint", folder.name)
+                status.final(state="stopped", error="interrupted before the next checkpoint")
+            except Exception as exc:  # noqa: BLE001 - a bug, but the run must still end as failed
+                stop.ending = True
+                dead = _dead_ranks(status) if ranks is not None else None
+                if dead:  # a collective failed because a peer is gone: that is the cause, not a bug
+                    log.error("run %s failed: %s (%s: %s)", folder.name, dead, type(exc).__name__, exc)
+                    status.final(state="failed", error=dead)
+                elif ranks is not None and _is_collective_failure(exc):
+                    log.error("run %s failed: another process of the run stopped answering (%s)", folder.name, exc)
+                    status.final(state="failed", error=f"a process of this {ranks.world_size}-process run stopped "
+                                                       "answering (on another node, or hung); its log says why; "
+                                                       "resume continues from the last checkpoint")
+                else:
+                    log.exception("run %s failed with an unexpected error", folder.name)
+                    status.final(state="failed", error=f"{type(exc).__name__}: {exc} (the traceback is in log.txt)")
+            finally:
+                stop.ending = True
+                status.close()
+                if ranks is not None and status.status.get("state") == "completed":
+                    ranks.close()
+                if metrics is not None:
+                    metrics.close()
+                for tracker in trackers:  # a failed run's events so far are written too
+                    tracker.close()
+                with contextlib.suppress(OSError):
+                    rundir.clear_stop(folder)
         try:
             return rundir.read_status(folder)
         except (KTError, OSError):  # the folder is gone or unreadable: what this worker knows
@@ -293,6 +352,97 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
 def _classes_match(prepared: Prepared) -> bool | None:
     names = prepared.source.class_names
     return None if not names else [str(c) for c in names] == [str(c) for c in prepared.data.class_names]
+
+
+# --- the other ranks of a data-parallel run ------------------------------------------------
+
+def _join(ranks: Ranks, device: torch.device, status: StatusWriter | None) -> torch.device:
+    """Join the process group on this rank's device; rank 0 records every rank's pid and host
+    in status.json, so a rank that dies can be named."""
+    device = ranks.device(device)
+    ranks.init(device)
+    members = ranks.gather({"rank": ranks.rank, "pid": os.getpid(), "host": ranks.host})
+    if status is not None:
+        status.update(world_size=ranks.world_size, ranks=members, backend=ranks.backend)
+    return device
+
+
+def run_config_worker(config: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> dict:
+    """Under torchrun, a run from a config file (`worker --config`: the same command on every node,
+    as SLURM's `srun` starts it): rank 0 creates the run folder and trains it as `run_worker`
+    does; the other ranks train from their own copy of the config and never need the folder."""
+    ranks = Ranks.from_env()
+    if ranks is None:
+        raise KTError("worker --config is for processes torchrun starts",
+                      "run `python -m kt_core train CONFIG --nproc-per-node N`, or start it under torchrun")
+    cfg = RunConfig.from_file(config)
+    if not ranks.is_main:
+        return _follow(cfg, runs_dir, False, ranks)
+    # what torchrun started is what trained the run: recorded in its config.json
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+    cfg.train.nproc_per_node, cfg.train.nnodes = per_node, max(1, ranks.world_size // per_node)
+    if cfg.train.nnodes > 1 and not cfg.train.rdzv_endpoint:
+        cfg.train.rdzv_endpoint = f"{os.environ.get('MASTER_ADDR', 'localhost')}:{os.environ.get('MASTER_PORT', '29400')}"
+    folder = rundir.create_run(cfg, runs_dir)
+    print(f"run {folder.name} ({folder})", file=sys.stderr, flush=True)
+    return run_worker(folder)
+
+
+def _follow(cfg: RunConfig, runs_dir, confined: bool, ranks: Ranks) -> dict:
+    """A rank other than 0: train its shares alongside rank 0, writing nothing into the run folder
+    (`runs_dir` only to find a source run). Raises what it cannot handle: torchrun then ends
+    the other ranks and rank 0 names this one."""
+    stop = StopFlag(None)
+    with _run_logging(None, ranks), _signals(stop):
+        device = resolve_device(cfg.train.device)
+        if not _wait_for_source_run(cfg, rundir.runs_root(runs_dir), f"rank {ranks.rank}", None, stop):
+            return {"state": "stopped", "rank": ranks.rank}
+        device = _join(ranks, device, None)
+        resume_state = ranks.broadcast()
+        # rank 0's config is the run's: a node with another copy of the file trains rank 0's
+        cfg = RunConfig.from_dict(ranks.broadcast())
+        roots = get_settings().dashboard_roots if confined else None
+        prepared = prepare(cfg, device, roots=roots, runs_dir=runs_dir)
+        head = prepared.plan.head_decision
+        log.info("rank %d: %s on %s", ranks.rank, "resuming" if resume_state else "starting", device)
+        try:
+            result = fit(prepared.model, prepared.data, cfg, prepared.plan, [stop], resume_state, device,
+                         meta={"arch": prepared.arch, "built_from": prepared.built_from},
+                         evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks)
+        except Terminated:
+            log.warning("rank %d: terminated (SIGTERM)", ranks.rank)
+            return {"state": "stopped", "rank": ranks.rank}
+        if result.state == "completed":
+            ranks.close()
+        return {"state": result.state, "rank": ranks.rank}
+
+
+def _dead_ranks(status: StatusWriter, wait_s: float = 2.0) -> str | None:
+    """Which of the run's other processes on this host are gone, in words (None: all alive, or
+    not a data-parallel run). torchrun ends every rank when one dies, so that one is the cause.
+    A killed process closes its sockets before it is a zombie, so a collective can fail a moment
+    before its pid reads dead: looked at for up to `wait_s`."""
+    members = status.status.get("ranks") or []
+    host = members[0]["host"] if members else None
+    local = [m for m in members[1:] if m.get("host") == host]
+    deadline = time.monotonic() + (wait_s if local else 0)
+    while True:
+        dead = [m for m in local if not procs.pid_alive(m.get("pid"))]
+        if dead or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if not dead:
+        return None
+    names = ", ".join(f"rank {m['rank']} (pid {m['pid']})" for m in dead)
+    return (f"{names} of this {len(members)}-process run died (killed, or crashed: its log lines say which); "
+            "the other processes were stopped; resume continues from the last checkpoint")
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer went away or timed out (gloo and NCCL raise these)."""
+    dist_error = getattr(torch.distributed, "DistError", RuntimeError)
+    text = str(exc).lower()
+    return isinstance(exc, dist_error) or any(w in text for w in ("gloo", "nccl", "connection", "timed out", "peer"))
 
 
 def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:
@@ -306,9 +456,10 @@ def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:
     return warnings
 
 
-def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, stop: StopFlag) -> bool:
+def _wait_for_source_run(cfg: RunConfig, runs_dir: Path, who: str, status: StatusWriter | None,
+                         stop: StopFlag) -> bool:
     """A run whose source (or distillation teacher) is a run still training waits for it, queued,
-    instead of failing.
+    instead of failing (`who` names the waiting run, or rank, in the log).
 
     This lets the UI launch a chain (train a source, then transfer from it, next to a baseline)
     in one click. Returns False when asked to stop while waiting; raises if the source ends badly.
@@ -318,29 +469,30 @@ def _wait_for_source_run(cfg: RunConfig, folder: Path, status: StatusWriter, sto
         if src is None or src.kind != "run":
             continue
         try:
-            source = run_folder(src.path, runs_dir=folder.parent)
+            source = run_folder(src.path, runs_dir=runs_dir)
         except KTError:
             continue  # not a run of this folder: load_source gives the precise error
-        if not _wait_for(source, what, folder, status, stop):
+        if not _wait_for(source, what, who, status, stop):
             return False
     return True
 
 
-def _wait_for(source: Path, what: str, folder: Path, status: StatusWriter, stop: StopFlag) -> bool:
+def _wait_for(source: Path, what: str, who: str, status: StatusWriter | None, stop: StopFlag) -> bool:
     announced = False
     while True:
         state = rundir.read_status(source)["state"]
         if state == "completed":
-            if announced:
+            if announced and status is not None:
                 status.update(state="running", note=None)
             return True
         if state not in rundir.ACTIVE_STATES:
             raise RunError(f"{what} run {source.name} ended as {state}, so there is nothing to transfer",
                            f"resume it (`python -m kt_core resume {source.name}`) or pick another {what}")
         if not announced:
-            log.info("run %s: waiting for %s run %s to finish", folder.name, what, source.name)
+            log.info("%s: waiting for %s run %s to finish", who, what, source.name)
             model = "source model" if what == "source" else "teacher"
-            status.update(state="queued", note=f"waiting for its {model} to finish training (run {source.name})")
+            if status is not None:
+                status.update(state="queued", note=f"waiting for its {model} to finish training (run {source.name})")
             announced = True
         if stop.should_stop(None):
             return False
@@ -398,6 +550,7 @@ def _summary(folder: Path, cfg: RunConfig, result: FitResult, prepared: Prepared
         "num_classes": len(data.class_names),
         "train_images": len(data.train),  # what K = "all" means on an experiment's chart
         "device": str(device),
+        "world_size": cfg.train.world_size,  # processes that trained it (torchrun + DDP when > 1)
     }
     if prepared.tasks is not None:  # a multi-task run: every task's results; the target's stay the headline
         best = rundir.checkpoint_path(folder, "best")

@@ -238,3 +238,24 @@ def test_a_tasks_weight_out_of_range_is_said_beside_it_and_blocks_start():
     assert draft(at).config.tasks[0].weight == -1.0  # what was typed is what the draft holds
     assert any("task.weight is -1.0" in e for e in errors(at))
     assert at.button(key="train_start").disabled
+
+
+def test_processes_are_offered_and_the_torchrun_command_is_shown_before_and_after_start():
+    at = app_at("train")
+    no_exceptions(at)
+    field = at.number_input(key="train_nproc_per_node")
+    assert field.label in ("Processes", ) or field.label.startswith("GPUs")
+    field.set_value(2).run()
+    no_exceptions(at)
+    assert draft(at).config.train.nproc_per_node == 2
+    assert any(c.value.startswith("torchrun --nproc-per-node=2 --standalone -m kt_core worker") for c in at.code)
+    at.number_input(key="train_nproc_per_node").set_value(0).run()
+    assert any("Processes" in e or "GPUs" in e for e in errors(at)) and at.button(key="train_start").disabled
+    # a watched run of two processes shows the command it trains under
+    run = make_run("two", epochs=1)
+    cfg = rundir.load_config(run)
+    cfg.train.nproc_per_node = 2
+    rundir.config_path(rundir.run_dir(run)).write_text(cfg.to_json())
+    at = app_at("train", run=run)
+    no_exceptions(at)
+    assert any(c.value.startswith("torchrun --nproc-per-node=2") and run in c.value for c in at.code)

@@ -21,6 +21,11 @@ def devices() -> list[tuple[str, str]]:
     return found
 
 
+def gpu_count() -> int:
+    """CUDA devices here: the Train page offers one process per GPU."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def best_device() -> str:
     """What `auto` picks (the engine decides, so the sidebar says what training will use)."""
     from kt_core.engine import resolve_device

@@ -42,6 +42,10 @@ def register(subparsers) -> None:
                    help="override distill.teacher: a run (id, name, folder) or a checkpoint file (default: the source)")
     p.add_argument("--alpha", type=float, help="override distill.alpha, the weight of the SOFT (teacher) term")
     p.add_argument("--temperature", type=float, help="override distill.temperature")
+    p.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="override train.nproc_per_node: processes (one per GPU) trained under torchrun + DDP")
+    p.add_argument("--nnodes", type=int, metavar="M", help="override train.nnodes (several nodes: see the README)")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="override train.rdzv_endpoint: torchrun's rendezvous")
     p.add_argument("--json", action="store_true", help="print the final status and summary as JSON")
     _quiet_arg(p)
     p.set_defaults(func=_train)
@@ -89,6 +93,9 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--standby", action="store_true",
                    help="import everything, then read the run folder from stdin (end-of-file: exit)")
+    p.add_argument("--config", metavar="CONFIG",
+                   help="under torchrun: rank 0 creates the run from CONFIG (every node runs the same command)")
+    p.add_argument("--runs-dir", help="with --config: where rank 0 creates the run folder")
     p.add_argument("--serve", action="store_true",
                    help="an experiment's member process: train each run folder read from stdin, in turn, until end-of-file")
     p.set_defaults(func=_worker)
@@ -130,6 +137,10 @@ def _train(args) -> int:
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     _distill_overrides(cfg, args)
+    for key in ("nproc_per_node", "nnodes", "rdzv_endpoint"):
+        if getattr(args, key) is not None:
+            setattr(cfg.train, key, getattr(args, key))
+    cfg.validate()  # the overrides too: a bad one is one line, before anything is built
     # Everything the worker would build first is built now, so bad input exits 2 with one line
     # and leaves no run folder; what was built is what the run trains.
     prepared = [preflight(cfg, args.runs_dir, deep=True)]
@@ -160,7 +171,10 @@ def _train(args) -> int:
 
 
 def _train_in_foreground(terminal: Terminal, folder, label: str = "", resume: bool = False, prepared=None) -> dict:
-    """Train (or resume) a run folder in this process, its progress on the terminal."""
+    """Train (or resume) a run folder in this process, its progress on the terminal; a run of
+    several processes under torchrun, followed through its folder (`_train_under_torchrun`)."""
+    if rundir.load_config(folder).train.world_size > 1:
+        return _train_under_torchrun(terminal, folder, label, resume)
     # here, not at the top: the worker and the engine callback import torch (~2 s)
     from ..worker import run_worker
     from .train_progress import TrainProgress
@@ -174,6 +188,34 @@ def _train_in_foreground(terminal: Terminal, folder, label: str = "", resume: bo
             return run_worker(folder, prepared=prepared, callbacks=[shown])
     finally:
         shown.close()
+
+
+def _train_under_torchrun(terminal: Terminal, folder, label: str = "", resume: bool = False) -> dict:
+    """Start torchrun on the run folder (its ranks' output in log.txt) and follow the run as the
+    dashboard does. Ctrl-C asks the run to stop after the batch (every rank stops at the same
+    step and checkpoints); a second Ctrl-C stops it by force."""
+    from .demo_cmd import watch  # here, not at the top: only a run of several processes follows a folder
+
+    if resume:
+        launcher.resume(folder)
+    else:
+        launcher.start(folder)
+    train = rundir.load_config(folder).train
+    print(f"  {train.world_size} processes under torchrun: {launcher.shown_command(folder)}", flush=True)
+    if train.nnodes > 1:
+        print(f"  run the same command on the {train.nnodes - 1} other node(s); the runs folder must be one "
+              "they all see", flush=True)
+    followed = {label or "train": str(folder)}
+    try:
+        watch(terminal, followed)
+    except KeyboardInterrupt:
+        print("stopping after this batch (press Ctrl-C again to stop by force)", file=sys.stderr, flush=True)
+        rundir.request_stop(folder)
+        try:
+            watch(terminal, followed)
+        except KeyboardInterrupt:
+            launcher.stop(folder, timeout=2.0)
+    return rundir.read_status(folder)
 
 
 def _print_result(result: dict) -> None:
@@ -237,6 +279,8 @@ def _status(args) -> int:
               ("epoch", status.get("epoch")), ("step", f"{status.get('step')}/{status.get('total_steps')}")]
     if status.get("heartbeat"):
         fields.append(("heartbeat", f"{max(0.0, time.time() - status['heartbeat']):.0f} s ago"))
+    if len(status.get("ranks") or []) > 1:
+        fields.append(("processes", ", ".join(f"rank {m['rank']}: pid {m['pid']} on {m['host']}" for m in status["ranks"])))
     fields += [(key, status[key]) for key in ("pid", "note", "error") if status.get(key)]
     terminal = Terminal()
     terminal.table(["field", "value"], fields)
@@ -284,6 +328,10 @@ def _worker(args) -> int:
 
     if args.serve:
         return _serve()
+    if args.config:
+        from ..worker import run_config_worker  # here, not at the top: the worker imports torch (~2 s)
+
+        return 1 if run_config_worker(args.config, args.runs_dir)["state"] == "failed" else 0
     if args.standby:
         args.run_dir = _wait_for_a_run()
         if args.run_dir is None:
@@ -296,6 +344,10 @@ def _worker(args) -> int:
     for handler in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
         root.removeHandler(handler)
     status = run_worker(args.run_dir)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # under torchrun a non-zero exit is a failed process: torchrun would end the other ranks
+        # (still checkpointing a stop) and report a failure; only a failed run is one
+        return 1 if status["state"] == "failed" else 0
     return 0 if status["state"] == "completed" else 1
 
 

@@ -147,6 +147,7 @@ def iter_batches(
     num_workers: int = 0,
     skip_batches: int = 0,
     with_index: bool = False,
+    share: Callable[[int], slice] | None = None,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield `(x, y)` batches, or `(x, y, index)` with `with_index` (the positions of the batch's
     images in `split`: what per-image caches are looked up by). `augment` is a callable on a
@@ -154,6 +155,9 @@ def iter_batches(
 
     The order depends only on `generator`'s state, so a run resumed mid-epoch with the same
     generator state skips `skip_batches` and sees exactly the batches it had not seen.
+    `share` (a data-parallel process: `distributed.Ranks.share`) maps a batch's length to the
+    slice of it this process takes: the same batches, each cut into the processes' pieces, and
+    only this process's piece is gathered (and augmented); `index` is then the piece's.
     """
     if isinstance(augment, str):  # a preset name needs the data's normalization: see PreparedData.augmenter
         raise TypeError("iter_batches(augment=...) takes a callable; use PreparedData.augmenter(generator)")
@@ -161,22 +165,29 @@ def iter_batches(
     order = torch.randperm(n, generator=generator) if shuffle else None
     if isinstance(split, TensorSplit):
         for start in range(skip_batches * batch_size, n, batch_size):
-            if order is None:
+            if order is None and share is None:
                 x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
                 idx = torch.arange(start, min(start + batch_size, n)) if with_index else None
             else:
-                idx = order[start:start + batch_size]
+                idx = order[start:start + batch_size] if order is not None else torch.arange(start, min(n, start + batch_size))
+                if share is not None:
+                    idx = idx[share(len(idx))]
                 x, y = split.x[idx], split.y[idx]
             x = augment(x) if augment else x
             yield (x, y, idx) if with_index else (x, y)
         return
     indices = order.tolist() if order is not None else list(range(n))
     indices = indices[skip_batches * batch_size:]
-    loader = DataLoader(torch.utils.data.Subset(split, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, persistent_workers=False)
-    for b, (x, y) in enumerate(loader):
+    pieces = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    if share is None:
+        loader = DataLoader(torch.utils.data.Subset(split, indices), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, persistent_workers=False)
+    else:  # each batch's piece for this process, read by the loader's workers as usual
+        pieces = [p[share(len(p))] for p in pieces]
+        loader = DataLoader(split, batch_sampler=pieces, num_workers=num_workers, persistent_workers=False)
+    for piece, (x, y) in zip(pieces, loader):
         x, y = (augment(x) if augment else x), torch.as_tensor(y, dtype=torch.long)
         if with_index:
-            yield x, y, torch.as_tensor(indices[b * batch_size:(b + 1) * batch_size], dtype=torch.long)
+            yield x, y, torch.as_tensor(piece, dtype=torch.long)
         else:
             yield x, y
