@@ -38,6 +38,7 @@ from .defaults import hints
 from .callbacks import Callback
 from .engine import FitContext, FitResult, evaluate, feature_cache_eligible, fit, resolve_device
 from .errors import KTError, RunError
+from .heartbeat import HeartbeatFile
 from .settings import get_settings
 from .sources import run_folder
 from .transfer import bn_stat_warnings
@@ -45,7 +46,6 @@ from .tensorboard_log import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_EVERY_S = 2.0
 # The launcher holds the run's lock while it starts us (milliseconds); a worker holds it for
 # hours. Waiting this long tells the two apart.
 LOCK_WAIT_S = 10.0
@@ -58,21 +58,17 @@ class Terminated(BaseException):
 
 # --- status with a heartbeat -------------------------------------------------------------
 
-class StatusWriter:
-    """The worker's single writer of status.json; a daemon thread refreshes the heartbeat."""
+class StatusWriter(HeartbeatFile):
+    """The worker's single writer of status.json (`status`: the fields in memory)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.status = rundir.read_status_file(folder)
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="kt-heartbeat", daemon=True)
+        super().__init__(rundir.read_status_file(folder), lambda state: rundir.write_status(folder, state),
+                         name="kt-heartbeat", what="the run's")
 
-    def update(self, **fields) -> None:
-        """Change fields and write status.json now (states, errors: readers must see them)."""
-        with self._lock:
-            self.status.update(fields, heartbeat=time.time())
-            rundir.write_status(self.folder, self.status)
+    @property
+    def status(self) -> dict:
+        return self.state
 
     def final(self, **fields) -> None:
         """The run's end, written if the folder still takes it (a full disk, a read-only or
@@ -81,26 +77,6 @@ class StatusWriter:
             self.update(**fields)
         except RunError as exc:
             log.error("the run's end (%s) could not be written: %s", fields.get("state"), exc.message)
-
-    def note(self, **fields) -> None:
-        """Change fields in memory; the heartbeat writes them within HEARTBEAT_EVERY_S. For progress
-        counters at every logged step, where a file rewrite per batch would slow small runs."""
-        with self._lock:
-            self.status.update(fields)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_EVERY_S):
-            try:
-                self.update()
-            except RunError as exc:  # a full disk must not kill training; the UI will see a stale heartbeat
-                log.warning("heartbeat not written: %s", exc.message)
 
 
 # --- callbacks: the run folder contract ----------------------------------------------------

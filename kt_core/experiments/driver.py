@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,12 +38,12 @@ from .. import launcher, procs, rundir
 from ..config import RunConfig
 from ..demo import find_source_run
 from ..errors import KTError, RunError
+from ..heartbeat import HeartbeatFile
 from .folder import read_experiment, write_experiment
 from .spec import ExperimentSpec, Member
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_EVERY_S = 2.0
 POLL_S = 0.25
 MAX_RETRIES = 2  # a member whose process died is resumed this many times per driver session
 STOP_WAIT_S = 30.0
@@ -139,35 +139,19 @@ class Pool:
 
 # --- the experiment's state (experiment.json) ---------------------------------------------------
 
-class Record:
-    """experiment.json in memory; the driver's heartbeat thread writes it every 2 s."""
+class Record(HeartbeatFile):
+    """experiment.json in memory (`data`); the heartbeat thread rewrites it every 2 s."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.data = read_experiment(folder)
-        self.data.pop("dir", None)
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="kt-experiment-heartbeat", daemon=True)
+        data = read_experiment(folder)
+        data.pop("dir", None)
+        super().__init__(data, lambda state: write_experiment(folder, state),
+                         name="kt-experiment-heartbeat", what="the experiment's")
 
-    def update(self, **fields) -> None:
-        with self._lock:
-            self.data.update(fields, heartbeat=time.time())
-            write_experiment(self.folder, self.data)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_EVERY_S):
-            try:
-                self.update()
-            except OSError as exc:
-                log.warning("experiment heartbeat not written: %s", exc)
+    @property
+    def data(self) -> dict:
+        return self.state
 
 
 @dataclass
