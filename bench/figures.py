@@ -26,8 +26,8 @@ from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, 
 from kt_core.data import PreparedData, TensorSplit, iter_batches
 
 from . import plain
-from .harness import (FIGURES, Context, EpochClock, Skip, Target, best, clock_for, flat, interleave, median, paired_ratio,
-                      sync)
+from .harness import (FIGURES, Context, EpochClock, LockstepTurn, Skip, Target, best, clock_for, flat, interleave,
+                      median, paired_ratio, sync)
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,13 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
     The plain loop's epoch runs inside the engine's `on_epoch_end`, between two engine epochs, so
     epoch i of both sides sees the same machine; a neighbour's burst cannot favour one side. Both
     start from the same weights and draw the same batches (the engine's per-epoch generator), and
-    their first epochs are warm-up. The engine's time for an epoch runs from the end of the plain
-    epoch before it to its own `on_epoch_end`: its between-epoch bookkeeping is included.
-    `objective` (a factory) is the engine's loss (default cross-entropy); `plain_epoch(net,
-    optimizer, batches)` replaces the plain side's cross-entropy epoch (e.g. a plain KD epoch).
+    their first epochs are warm-up (`LockstepTurn` times the turns). `objective` (a factory) is
+    the engine's loss (default cross-entropy); `plain_epoch(net, optimizer, batches)` replaces the
+    plain side's cross-entropy epoch (e.g. a plain KD epoch).
     """
-    from kt_core.callbacks import Callback
     from kt_core.engine import epoch_generator, fit
 
-    t, now = cfg.train, clock_for(ctx.device)
+    t = cfg.train
     ref, _ = planned_copy(model, cfg)
     ref.to(ctx.device)
     net, frozen = ref, None
@@ -135,31 +133,22 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
         frozen, net = plain.split_sequential(ref, frozen_children, data.train.x[:2].to(ctx.device))
     optimizer = plain.make_optimizer(t.optimizer, net.parameters(), t.lr, t.momentum, t.weight_decay)
     x, y, n = data.train.x, data.train.y, len(data.train)
-    kt_times: list[float] = []
-    plain_times: list[float] = []
-    resumed: list[float] = []  # when the engine got the CPU back after the last plain epoch
 
-    class Turn(Callback):
-        def on_epoch_end(self, fit_ctx, row) -> None:
-            sync(ctx.device)
-            if resumed:
-                kt_times.append(now() - resumed[-1])
-            started = now()
-            batches = plain.shuffled_batches(x, y, t.batch_size, epoch_generator(t.seed, len(plain_times)))
-            if plain_epoch is None:
-                plain.train_epoch(net, optimizer, batches, ctx.device, frozen)
-            else:
-                plain_epoch(net, optimizer, batches)
-            sync(ctx.device)
-            plain_times.append(now() - started)
-            resumed.append(now())
+    def plain_turn(epoch: int) -> None:
+        batches = plain.shuffled_batches(x, y, t.batch_size, epoch_generator(t.seed, epoch))
+        if plain_epoch is None:
+            plain.train_epoch(net, optimizer, batches, ctx.device, frozen)
+        else:
+            plain_epoch(net, optimizer, batches)
 
+    turn = LockstepTurn(ctx.device, plain_turn)
     engine_model, plan = planned_copy(model, cfg)
     torch.manual_seed(t.seed)
-    fit(engine_model, data, cfg, plan=plan, callbacks=[Turn()], device=ctx.device,
+    fit(engine_model, data, cfg, plan=plan, callbacks=[turn], device=ctx.device,
         objective=objective() if objective is not None else None)
     # Epoch 1 of each side is warm-up: the engine's first epoch has no start mark, drop the plain one.
-    return Lockstep([n / s for s in kt_times], [n / s for s in plain_times[1:]], weight_gap(engine_model, ref))
+    return Lockstep([n / s for s in turn.kt_times], [n / s for s in turn.plain_times[1:]],
+                    weight_gap(engine_model, ref))
 
 
 def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:

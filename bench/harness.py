@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from kt_core.callbacks import Callback
 from kt_core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,33 @@ class EpochClock:
             raise RuntimeError("need at least two epochs: the first is warm-up and never timed")
         return [images_per_epoch / (b - a) for a, b in zip(self.stamps, self.stamps[1:])]
 
+
+
+class LockstepTurn(Callback):
+    """The plain side's turn: an engine callback that runs one plain epoch at each `on_epoch_end`.
+
+    Epoch i of both sides thus sees the same machine (see `figures.lockstep`). The engine's time
+    for an epoch runs from the end of the plain epoch before it to its own `on_epoch_end`, so its
+    between-epoch bookkeeping is included. `plain_epoch(i)` runs the plain loop's epoch i.
+    Both lists' first entries are warm-up: `kt_times` has no entry for the engine's first epoch
+    (it has no start mark); drop `plain_times[0]` to pair them.
+    """
+
+    def __init__(self, device: torch.device, plain_epoch: Callable[[int], None]):
+        self.device, self.now, self.plain_epoch = device, clock_for(device), plain_epoch
+        self.kt_times: list[float] = []
+        self.plain_times: list[float] = []
+        self._resumed: float | None = None  # when the engine got the CPU back after the last plain epoch
+
+    def on_epoch_end(self, fit_ctx, row) -> None:
+        sync(self.device)
+        if self._resumed is not None:
+            self.kt_times.append(self.now() - self._resumed)
+        started = self.now()
+        self.plain_epoch(len(self.plain_times))
+        sync(self.device)
+        self.plain_times.append(self.now() - started)
+        self._resumed = self.now()
 
 # --- machine facts and the table -------------------------------------------------------------
 

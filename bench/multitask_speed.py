@@ -19,7 +19,7 @@ from kt_core.data import PreparedData, TensorSplit
 
 from . import plain
 from .figures import NUM_CLASSES, planned_copy, run_config, synthetic_task, weight_gap
-from .harness import FIGURES, Context, Target, best, clock_for, median, sync
+from .harness import FIGURES, Context, LockstepTurn, Target, best, median
 
 
 def _second_task(data: PreparedData, seed: int = 1) -> PreparedData:
@@ -33,7 +33,6 @@ def _second_task(data: PreparedData, seed: int = 1) -> PreparedData:
 
 def _lockstep(arch: str, ctx: Context) -> tuple[list[float], list[float], float]:
     from kt_core import multitask
-    from kt_core.callbacks import Callback
     from kt_core.engine import fit
 
     model, data = synthetic_task(arch, ctx)
@@ -41,7 +40,7 @@ def _lockstep(arch: str, ctx: Context) -> tuple[list[float], list[float], float]
     cfg = run_config(arch, ctx)
     cfg.tasks = [TaskConfig(name="second", weight=1.0)]
     cfg.multitask = MultiTaskConfig(weighting="fixed", sampling="round_robin")
-    t, now = cfg.train, clock_for(ctx.device)
+    t = cfg.train
 
     # the plain side: the same planned copy, its head swapped for Identity, and two heads
     ref, ref_plan = planned_copy(model, cfg)
@@ -53,28 +52,14 @@ def _lockstep(arch: str, ctx: Context) -> tuple[list[float], list[float], float]
     heads.to(ctx.device)
     optimizer = plain.make_optimizer(t.optimizer, list(ref.parameters()) + list(heads.parameters()), t.lr,
                                      t.momentum, t.weight_decay)
-    sampler = None
-    kt_times, plain_times, resumed = [], [], []
     images = 2 * len(data.train)
-
-    class Turn(Callback):
-        def on_epoch_end(self, fit_ctx, row) -> None:
-            sync(ctx.device)
-            if resumed:
-                kt_times.append(now() - resumed[-1])
-            started = now()
-            _plain_epoch(ref, heads, optimizer, sampler, len(plain_times), ctx.device)
-            sync(ctx.device)
-            plain_times.append(now() - started)
-            resumed.append(now())
-
     engine_model, plan = planned_copy(model, cfg)
     tasks = multitask.attach(engine_model, plan, data, cfg, [other])
-    sampler = tasks.sampler
+    turn = LockstepTurn(ctx.device, lambda epoch: _plain_epoch(ref, heads, optimizer, tasks.sampler, epoch, ctx.device))
     torch.manual_seed(t.seed)
-    fit(engine_model, data, cfg, plan=tasks.plan, callbacks=[Turn()], device=ctx.device, **tasks.fit_options())
+    fit(engine_model, data, cfg, plan=tasks.plan, callbacks=[turn], device=ctx.device, **tasks.fit_options())
     gap = max(weight_gap(_trunk(engine_model, plan.head), ref), weight_gap(tasks.tasks[1].head, heads[1]))
-    return [images / s for s in kt_times], [images / s for s in plain_times[1:]], gap
+    return [images / s for s in turn.kt_times], [images / s for s in turn.plain_times[1:]], gap
 
 
 def _plain_epoch(trunk: nn.Module, heads: nn.ModuleList, optimizer, sampler, epoch: int, device) -> None:
