@@ -7,9 +7,6 @@ asserts `not marker.exists()` after every entry point has seen it.
 from __future__ import annotations
 
 import codecs
-import io
-import pickle
-import struct
 import zipfile
 from pathlib import Path
 from typing import Callable

@@ -181,12 +181,10 @@ def test_an_architecture_forced_on_a_file_it_does_not_fit_is_an_error_with_rando
 
 
 def test_a_checkpoint_with_the_users_model_code_from_server_paths(tmp_path, monkeypatch):
-    from test_usercode import MLP_CODE, _class, lightning_ckpt
+    from test_usercode import user_model_files
 
     monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
-    code = tmp_path / "my_model.py"
-    code.write_text(MLP_CODE.format(marker=str(tmp_path / "imported.txt")))
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    code, ckpt = user_model_files(tmp_path)
     at = app_at("source")
     at.radio(key="source_kind").set_value("file").run()
     at.text_input(key="source_path").input(str(ckpt)).run()
@@ -218,12 +216,10 @@ def test_model_code_outside_the_allowed_roots_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_forced_architecture_that_does_not_fit_is_an_error_with_the_files_facts(tmp_path, monkeypatch):
-    from test_usercode import MLP_CODE, _class, lightning_ckpt
+    from test_usercode import user_model_files
 
     monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
-    code = tmp_path / "my_model.py"
-    code.write_text(MLP_CODE.format(marker=str(tmp_path / "imported.txt")))
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    code, ckpt = user_model_files(tmp_path)
     at = app_at("source")
     at.radio(key="source_kind").set_value("file").run()
     at.text_input(key="source_path").input(str(ckpt)).run()

@@ -150,33 +150,30 @@ def test_start_launches_a_run_of_the_users_model_code_and_kt_allow_trust_0_block
     trusted, launches a confined run that records the code's path and hash; on a server with
     KT_ALLOW_TRUST=0 Start says why and starts nothing (the code never runs)."""
     from kt_core.config import DatasetConfig, SourceConfig
-    from test_usercode import MLP_CODE, _class, lightning_ckpt
+    from test_usercode import user_model_files
 
     monkeypatch.setenv("KT_ALLOWED_ROOTS", str(tmp_path))
-    code = tmp_path / "my_model.py"
-    code.write_text(MLP_CODE.format(marker=str(tmp_path / "imported.txt")))
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    code, ckpt = user_model_files(tmp_path)
     source = SourceConfig(kind="file", path=str(ckpt), arch=f"{code}:LitMLP", trust=True)
     monkeypatch.setenv("KT_ALLOW_TRUST", "0")
     (tmp_path / "imported.txt").unlink(missing_ok=True)
-    at = app_at("train")
-    set_piece(at, "source", source)
-    set_piece(at, "dataset", DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5))
-    at.run()
-    at.number_input(key="train_epochs").set_value(1)
-    at.button(key="train_start").click().run()
-    no_exceptions(at)
+
+    def start():
+        at = app_at("train")
+        set_piece(at, "source", source)
+        set_piece(at, "dataset", DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5))
+        at.run()
+        at.number_input(key="train_epochs").set_value(1)
+        at.button(key="train_start").click().run()
+        no_exceptions(at)
+        return at
+
+    at = start()
     assert any("KT_ALLOW_TRUST=0" in e for e in errors(at)) and not rundir.run_ids()
     assert not (tmp_path / "imported.txt").exists()
 
     monkeypatch.setenv("KT_ALLOW_TRUST", "1")
-    at = app_at("train")
-    set_piece(at, "source", source)
-    set_piece(at, "dataset", DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5))
-    at.run()
-    at.number_input(key="train_epochs").set_value(1)
-    at.button(key="train_start").click().run()
-    no_exceptions(at)
+    at = start()
     run = at.query_params["run"]
     try:
         saved = rundir.load_config(run).source

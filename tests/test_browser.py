@@ -13,10 +13,10 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -124,16 +124,6 @@ def trace_lengths(page, chart: int = 0) -> dict[str, int]:
                     return Object.fromEntries(g.data.map(t => [t.name, (t.x || []).length])); }""", chart)
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_whole_flow_source_layers_dataset_train_stop_runs(server, page):
     page.goto(server["url"])
     page.get_by_role("heading", name="KT Studio").wait_for()
@@ -235,16 +225,22 @@ def _tiny_config():
     return RunConfig(name="deep link", source=SourceConfig(kind="arch", arch="mnist_net"))
 
 
+def choose_architecture(page, server, arch: str) -> None:
+    """From the Home page to a source architecture picked on the Source page, its layers listed."""
+    page.goto(server["url"])
+    page.get_by_role("heading", name="KT Studio").wait_for()
+    goto_page(page, "Source")
+    select(page, "Architecture", arch)
+    page.get_by_text(f"Architecture {arch}").wait_for()
+    page.get_by_text("Layer tree").wait_for()
+
+
 def _field(page, label: str):
     return page.get_by_label(label, exact=True)
 
 
 def test_a_refresh_and_a_second_tab_keep_the_whole_draft(server, page):
-    page.goto(server["url"])
-    page.get_by_role("heading", name="KT Studio").wait_for()
-    goto_page(page, "Source")
-    select(page, "Architecture", "mnist_net")
-    page.get_by_text("Architecture mnist_net").wait_for()
+    choose_architecture(page, server, "mnist_net")
     goto_page(page, "Layers")
     select(page, "Preset", "feature_extraction")
     page.get_by_text("Training work saved").wait_for()
@@ -363,7 +359,7 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
     """Source mnist_net, K=5 with the rest unlabelled, logit distillation from a completed run."""
     import torch
 
-    from kt_core import rundir, runs
+    from kt_core import rundir
     from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
     from kt_core.worker import run_worker
 
@@ -383,14 +379,10 @@ def test_a_teacher_run_teaches_a_student_from_the_train_page_and_each_loss_term_
 
 
 def _distill_flow(server, page, teacher_dir) -> None:
-    from kt_core import rundir, runs
+    from kt_core import rundir
     from kt_core.config import RunConfig
 
-    page.goto(server["url"])
-    page.get_by_role("heading", name="KT Studio").wait_for()
-    goto_page(page, "Source")
-    select(page, "Architecture", "mnist_net")
-    page.get_by_text("Layer tree").wait_for()
+    choose_architecture(page, server, "mnist_net")
     goto_page(page, "Dataset")
     set_number(page, "Labelled images per class (0 = all)", 5)
     page.get_by_text("Keep the rest of the training images as unlabelled").click()

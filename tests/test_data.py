@@ -50,7 +50,6 @@ def test_read_idx_refuses_truncated_and_foreign_files(tmp_path):
 
 # --- helpers ---------------------------------------------------------------------------------
 
-import io  # noqa: E402
 import os  # noqa: E402
 
 import numpy as np  # noqa: E402

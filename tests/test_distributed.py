@@ -19,6 +19,7 @@ from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, 
 from kt_core.distributed import Ranks
 from kt_core.errors import ConfigError
 from kt_core.torchrun import shown, torchrun_args, torchrun_command
+from waiting import wait_for_run
 
 # Random weights from the plan's seeded re-initialisation (scratch), so every process starts alike.
 # 60 training images in batches of 16: the last batch (12) splits 6/6, and 2 epochs cross an
@@ -37,20 +38,9 @@ def _with(cfg: RunConfig, **train) -> RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
 
 
-def _wait(run: str, timeout: float = 240.0, until=lambda s: s["state"] not in rundir.ACTIVE_STATES) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = rundir.read_status(run)
-        if until(status):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"run {run} still {rundir.read_status(run)['state']} after {timeout} s:\n"
-                         + "\n".join(rundir.log_tail(run, 40)))
-
-
 def _train(cfg: RunConfig, runs_dir: Path) -> Path:
     run = launcher.launch(cfg, runs_dir)
-    status = _wait(str(runs_dir / run))
+    status = wait_for_run(str(runs_dir / run))
     assert status["state"] == "completed", (status, rundir.log_tail(str(runs_dir / run), 40))
     return runs_dir / run
 
@@ -176,12 +166,12 @@ def test_two_processes_stop_mid_epoch_and_resume_to_the_same_result(one_process,
     rundir.request_stop(folder)
     launcher.start(folder)
     run = str(folder)
-    stopped = _wait(run)
+    stopped = wait_for_run(run)
     assert stopped["state"] == "stopped", stopped
     state = rundir.load_checkpoint(rundir.checkpoint_path(Path(run), "last"))
     assert state["step"] == 1 and state["batch_in_epoch"] == 1 and len(state["rng"]["ranks"]) == 2
     launcher.resume(run)
-    assert _wait(run)["state"] == "completed"
+    assert wait_for_run(run)["state"] == "completed"
     _assert_same_training(one_process, Path(run))
 
 
@@ -189,12 +179,12 @@ def test_two_processes_stop_mid_epoch_and_resume_to_the_same_result(one_process,
 def test_killing_rank_1_fails_the_run_naming_the_rank(tmp_path):
     runs_dir = tmp_path / "runs"
     run = str(runs_dir / launcher.launch(_with(BASE, nproc_per_node=2, epochs=200), runs_dir))
-    running = _wait(run, until=lambda s: s["state"] == "running" and (s.get("step") or 0) >= 2
+    running = wait_for_run(run, until=lambda s: s["state"] == "running" and (s.get("step") or 0) >= 2
                     or s["state"] not in rundir.ACTIVE_STATES)
     rank1 = running["ranks"][1]["pid"]
     os.kill(rank1, signal.SIGKILL)
     killed = time.monotonic()
-    status = _wait(run, timeout=60)
+    status = wait_for_run(run, timeout=60)
     assert time.monotonic() - killed < 30  # torchrun ends the others at once: no collective hangs
     assert status["state"] == "failed" and f"rank 1 (pid {rank1})" in status["error"], status
     assert "resume" in status["error"]  # (resuming under two processes: the stop test above)

@@ -13,9 +13,10 @@ import pytest
 
 from kt_core import demo, rundir, runs
 from kt_core import experiments as ex
-from kt_core.config import ConfigError, RunConfig
+from kt_core.config import RunConfig
 from kt_core.experiments import report, results
 from kt_core.experiments.driver import drive
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,16 +39,6 @@ def tiny_spec(**overrides) -> ex.ExperimentSpec:
 @pytest.fixture
 def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "the condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- specs and expansion ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 
 from kt_core import rundir
 from kt_core.cli import main
+from waiting import kill_and_resume, wait_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,32 +184,12 @@ def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(tmp_path,
         "plan": {"preset": "fine_tune"},
         "train": {"epochs": 6, "batch_size": 8, "lr": 0.001, "device": "cpu", "log_every": 1, "seed": 5}})
     reference = tmp_path / "reference" / launcher.launch(cfg, tmp_path / "reference")  # a worker process, as below
-    deadline = time.monotonic() + 240
-    while rundir.read_status(reference)["state"] in rundir.ACTIVE_STATES and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert rundir.read_status(reference)["state"] == "completed"
+    assert wait_for_run(reference)["state"] == "completed"
 
     folder = tmp_path / "killed" / launcher.launch(cfg, tmp_path / "killed")
-    rng, kills = random.Random(20261201), 0
-    for _ in range(4):
-        deadline = time.monotonic() + 120
-        while (rundir.read_status(folder).get("step") or 0) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)  # started training (a kill while loading the data tests little)
-        time.sleep(rng.uniform(0.0, 1.5))
-        status = rundir.read_status(folder)
-        if status["state"] not in rundir.ACTIVE_STATES:
-            break
-        os.kill(status["pid"], 9)
-        kills += 1
-        deadline = time.monotonic() + 30
-        while rundir.read_status(folder)["state"] in rundir.ACTIVE_STATES and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert rundir.read_status(folder)["state"] == "interrupted"
-        launcher.resume(folder)
-    deadline = time.monotonic() + 240
-    while rundir.read_status(folder)["state"] in rundir.ACTIVE_STATES and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert rundir.read_status(folder)["state"] == "completed" and kills >= 2, (kills, rundir.read_status(folder))
+    kills = kill_and_resume(folder, random.Random(20261201), times=4)
+    status = wait_for_run(folder)
+    assert status["state"] == "completed" and kills >= 2, (kills, status)
 
     rows, expected = rundir.read_metrics(folder)[0], rundir.read_metrics(reference)[0]
     steps = [r["step"] for r in rows if r["kind"] == "step"]

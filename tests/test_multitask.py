@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from kt_core import multitask
 from kt_core.config import MultiTaskConfig, RunConfig, TaskConfig, TransferPlan
@@ -16,6 +15,7 @@ from kt_core.errors import ConfigError
 from kt_core.transfer import apply_plan
 
 from test_engine import BLOCKS, Recorder, config, make_data, make_model, stable
+from waiting import kill_and_resume, wait_for_run
 
 
 def other_task(n_train=100, n_val=40, seed=5, classes=3) -> PreparedData:
@@ -277,16 +277,6 @@ def digits_with_mnist(**train) -> RunConfig:
         "train": {"epochs": 3, "batch_size": 8, "lr": 0.001, "device": "cpu", "log_every": 1, "seed": 5, **train}})
 
 
-def _wait(folder, seconds=240):
-    import time
-
-    from kt_core import rundir
-    deadline = time.monotonic() + seconds
-    while rundir.read_status(folder)["state"] in rundir.ACTIVE_STATES and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return rundir.read_status(folder)["state"]
-
-
 @pytest.fixture(scope="module")
 def mt_run(tmp_path_factory):
     """One small multi-task run folder (digits + MNIST on mnist_net), trained once for the tests below."""
@@ -352,31 +342,17 @@ def test_compare_shows_each_tasks_results_and_the_tasks_in_words(mt_run):
 
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_repeats_nothing_and_ends_bit_identical(tmp_path, monkeypatch):
-    import os
     import random
-    import time
 
     from kt_core import launcher, rundir
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = digits_with_mnist(epochs=4)
     reference = tmp_path / "reference" / launcher.launch(cfg, tmp_path / "reference")
-    assert _wait(reference) == "completed"
+    assert wait_for_run(reference)["state"] == "completed"
     folder = tmp_path / "killed" / launcher.launch(cfg, tmp_path / "killed")
-    rng, kills = random.Random(14), 0
-    for _ in range(3):
-        deadline = time.monotonic() + 120
-        while (rundir.read_status(folder).get("step") or 0) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.2, 1.5))
-        status = rundir.read_status(folder)
-        if status["state"] not in rundir.ACTIVE_STATES:
-            break
-        os.kill(status["pid"], 9)
-        kills += 1
-        assert _wait(folder, 30) == "interrupted"
-        launcher.resume(folder)
-    assert _wait(folder) == "completed" and kills >= 1
+    kills = kill_and_resume(folder, random.Random(14), times=3, pause=(0.2, 1.5))
+    assert wait_for_run(folder)["state"] == "completed" and kills >= 1
     rows, expected = rundir.read_metrics(folder)[0], rundir.read_metrics(reference)[0]
     volatile = ("time", "images_per_s", "epoch_s")
     assert [{k: v for k, v in r.items() if k not in volatile} for r in rows] == \

@@ -15,6 +15,7 @@ import torch
 from kt_core import launcher, procs, rundir, runs
 from kt_core.config import RunConfig, SourceConfig, TrainConfig
 from kt_core.errors import RunError
+from waiting import wait_for
 
 
 def make_cfg(name="quick test", **train) -> RunConfig:
@@ -218,16 +219,6 @@ def worker_cfg(epochs=2, per_class=40, **train) -> RunConfig:
 @pytest.fixture
 def one_thread_workers(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two shared cores: one worker, one test
-
-
-def wait_for(predicate, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_continuous(folder, cfg, total_steps):

@@ -122,6 +122,18 @@ def _class(code: Path, name: str):
     return namespace[name]
 
 
+def lit_mlp_checkpoint(code: Path, folder: Path) -> Path:
+    """The LitMLP of `code` (its weights as built), saved as Lightning writes it to folder/mlp.ckpt."""
+    return lightning_ckpt(folder / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+
+
+def user_model_files(folder: Path) -> tuple[Path, Path]:
+    """my_model.py (MLP_CODE; importing it writes folder/imported.txt) and a checkpoint of its LitMLP."""
+    code = folder / "my_model.py"
+    code.write_text(MLP_CODE.format(marker=str(folder / "imported.txt")))
+    return code, lit_mlp_checkpoint(code, folder)
+
+
 def test_code_references_are_told_from_registry_names():
     assert parse_code_ref("resnet18") is None and parse_code_ref(None) is None
     ref = parse_code_ref("models/net.py:Net")
@@ -133,7 +145,7 @@ def test_code_references_are_told_from_registry_names():
 
 
 def test_user_code_is_not_imported_without_trust(tmp_path, code):
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     (tmp_path / "imported.txt").unlink()  # _class ran it; the loader must not
     with pytest.raises(UntrustedCodeError) as err:
         load_source(SourceConfig(kind="file", path=str(ckpt), arch=f"{code}:LitMLP"))
@@ -226,7 +238,7 @@ def test_a_dashboard_launch_holds_the_code_to_the_roots_and_kt_allow_trust(tmp_p
     nor leaves a run folder."""
     from kt_core import launcher
 
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     cfg = RunConfig(name="user code", source=SourceConfig(kind="file", path=str(ckpt), arch=f"{code}:LitMLP",
                                                           trust=True),
                     dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1], per_class=5),
@@ -259,7 +271,7 @@ def test_config_round_trip_and_user_code_keys_need_user_code():
 
 
 def test_inspect_cli_takes_a_code_reference(tmp_path, code, capsys):
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     assert main(["inspect", str(ckpt), "--arch", f"{code}:LitMLP"]) != 0
     assert "--trust" in capsys.readouterr().err
     assert main(["inspect", str(ckpt), "--arch", f"{code}:LitMLP", "--trust", "--json"]) == 0
@@ -274,7 +286,7 @@ def test_a_run_from_user_code_records_it_and_eval_export_rebuild_from_it(tmp_pat
     from kt_core.export import export_run
     from kt_core.worker import run_worker
 
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     relative = Path("code") / "model.py"
     cfg = RunConfig(name="user code", source=SourceConfig(kind="file", path=str(ckpt), arch=f"{relative}:LitMLP",
                                                           trust=True),
@@ -325,7 +337,7 @@ def test_a_stopped_user_code_run_resumes_from_its_code_and_says_when_the_code_is
         def on_epoch_end(self, ctx, row):
             rundir.request_stop(self.folder)
 
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     cfg = RunConfig(name="user code", source=SourceConfig(kind="file", path=str(ckpt), arch=f"{code}:LitMLP",
                                                           trust=True),
                     dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=5),
@@ -362,7 +374,7 @@ def test_inspect_cli_takes_the_code_alone_with_its_arguments_and_corrections(tmp
 def test_a_forced_architecture_that_takes_under_half_of_the_file_is_an_error(tmp_path, code):
     from kt_core.sources import ArchitectureMismatchError, WeakMatchError
 
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     with pytest.raises(WeakMatchError) as err:
         load_source(SourceConfig(kind="file", path=str(ckpt), arch="mnist_net"))
     assert "none of its 6 weights fit mnist_net" in err.value.message and "mlp.ckpt" in err.value.message
@@ -383,7 +395,7 @@ def test_a_forced_architecture_that_takes_under_half_of_the_file_is_an_error(tmp
 
 
 def test_inspect_cli_refuses_a_weak_match_unless_asked(tmp_path, code, capsys):
-    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    ckpt = lit_mlp_checkpoint(code, tmp_path)
     assert main(["inspect", str(ckpt), "--arch", "mnist_net"]) == 2
     assert "none of its 6 weights fit mnist_net" in capsys.readouterr().err
     assert main(["inspect", str(ckpt), "--arch", "mnist_net", "--init-unmatched", "--json"]) == 0
