@@ -1,4 +1,5 @@
-"""Is a process alive? The one answer for worker pids, with the children this process started.
+"""Is a process alive? The one answer for worker pids, with the children this process started;
+and signals: sent to a process group, handled for a block.
 
 A leaf module (standard library only): the run folder module asks it whether a run's worker is
 still there, the launcher registers the workers it starts here.
@@ -6,9 +7,12 @@ still there, the launcher registers the workers it starts here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
+from typing import Callable, Iterator
 
 # Workers started by this process: polling them reaps them, so a dead worker is never mistaken
 # for a live one (a zombie still answers os.kill(pid, 0)).
@@ -60,3 +64,19 @@ def signal_group(pid: int | None, sig: signal.Signals) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: dict[signal.Signals, Callable]) -> Iterator[None]:
+    """`handlers` installed for the block and the previous ones restored after. Only the main
+    thread may install handlers (Python's rule); elsewhere (a worker run in a test's or the
+    dashboard's thread) the block runs with the process's own handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

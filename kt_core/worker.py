@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -183,12 +182,8 @@ def _run_logging(folder: Path | None, ranks: Ranks | None = None):
         root.setLevel(previous)
 
 
-@contextlib.contextmanager
 def _signals(stop: StopFlag):
     """SIGINT (Ctrl-C): a graceful stop, a second one interrupts. SIGTERM: stop now."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def on_int(signum, frame):
         if stop.requested:
@@ -200,12 +195,7 @@ def _signals(stop: StopFlag):
         if not stop.ending:
             raise Terminated
 
-    old = signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+    return procs.signal_handlers({signal.SIGINT: on_int, signal.SIGTERM: on_term})
 
 
 def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbacks: Sequence[Callback] = ()) -> dict:

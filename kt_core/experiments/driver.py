@@ -28,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,22 +176,13 @@ class _Stop:
         return self.requested
 
 
-@contextlib.contextmanager
 def _signals(stop: _Stop):
     """SIGTERM or Ctrl-C: stop the members gracefully (each checkpoints) and end as stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         stop.requested, stop.reason = True, signal.Signals(signum).name
 
-    old = signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old[0])
-        signal.signal(signal.SIGINT, old[1])
+    return procs.signal_handlers({signal.SIGTERM: handler, signal.SIGINT: handler})
 
 
 # --- the driver --------------------------------------------------------------------------------
