@@ -2,7 +2,9 @@
 
 `KT_CACHE_DIR` holds areas of two kinds:
 - rebuildable, evicted least recently used first once the folder passes `KT_CACHE_MAX_BYTES`:
-  `datasets/` (decoded dataset tensors, one file per selection: rebuilt from the data in seconds)
+  `datasets/` (decoded dataset tensors, one file per selection: rebuilt from the data in seconds),
+  `outputs/` (a frozen source's features and a teacher's outputs that runs share, one file per
+  content key: `shared_outputs`; computed again by the next run that needs them)
   and `zips/` (uploaded zips extracted, one folder per zip: extracted again from the upload);
 - the user's, never evicted, cleared only when named: `uploads/` (the uploaded files themselves:
   run configs point at them), `torchvision/` (datasets downloaded on request: offline they cannot
@@ -31,7 +33,7 @@ from .settings import get_settings
 
 log = logging.getLogger(__name__)
 
-EVICTABLE = ("datasets", "zips")
+EVICTABLE = ("datasets", "outputs", "zips")
 KEPT = ("uploads", "torchvision")  # cleared only when named; drafts/ is never touched here
 RECENT_S = 3600.0
 

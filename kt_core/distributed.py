@@ -11,8 +11,8 @@ questions about the group it trains in:
   whatever the number of processes, cut into contiguous pieces in rank order, so the union of
   the shares is exactly the batch one process would have trained on;
 - the sums every process must agree on (metrics, evaluation, the stop decision), the objects
-  rank 0 hands the others (the checkpoint to resume from), and the gathering of a split's
-  shards (the feature cache);
+  rank 0 hands the others (the checkpoint to resume from), and the gathering of per-image
+  outputs computed in shards (the feature cache, the teacher cache);
 (The command that starts the processes is `kt_core.torchrun`'s, torch-free for the launcher.)
 
 One process (no torchrun) is no group at all: `Ranks.from_env()` is None and the engine runs the
@@ -151,20 +151,16 @@ class Ranks:
         dist.all_gather_object(boxes, obj)
         return boxes
 
-    def gather_split(self, piece, total: int):
-        """The whole split from every rank's `shard` of it (a TensorSplit), on every rank, in order."""
+    def gather_rows(self, rows: torch.Tensor, total: int) -> torch.Tensor:
+        """The `total` rows of which this rank holds its `share` (per-image outputs of its shard:
+        the feature cache, the teacher cache), on every rank, in order."""
         counts = [_share(total, r, self.world_size).stop - _share(total, r, self.world_size).start
                   for r in range(self.world_size)]
-        longest = max(counts)
-
-        def gathered(t: torch.Tensor) -> torch.Tensor:
-            padded = t.new_zeros((longest, *t.shape[1:]))
-            padded[: len(t)] = t
-            parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-            dist.all_gather(parts, padded)
-            return torch.cat([p[:c] for p, c in zip(parts, counts)])
-
-        return type(piece)(gathered(piece.x), gathered(piece.y))
+        padded = rows.new_zeros((max(counts), *rows.shape[1:]))  # all_gather wants equal shapes
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
 def _share(n: int, rank: int, world: int) -> slice:

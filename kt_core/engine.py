@@ -45,7 +45,7 @@ from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches, split_labels
 from .errors import DeviceError, KTError
 from .optim import OPTIMIZERS, lr_schedule
-from .image_cache import compute_once
+from .image_cache import compute_once, content_key, shared, split_content
 from .objectives import Objective, SetupContext, plain_objective
 from .probe import probe
 
@@ -179,6 +179,7 @@ class FitContext:
     # `epoch(ctx)`, which yields the rest of epoch `ctx.epoch` after `ctx.batch_in_epoch` batches
     batches: Any = None
     ranks: Any = None  # distributed.Ranks of a data-parallel run; None for one process
+    store: Any = None  # `image_cache.Store` of outputs shared between runs (the worker's); None: not shared
     ddp: nn.Module | None = None  # `forward` under DistributedDataParallel (the training steps' module)
     ddp_signature: tuple = ()  # which parameters trained when `ddp` was built
 
@@ -503,7 +504,8 @@ def suffix_forward(model: nn.Module, names: list[str], probe: torch.Tensor,
 def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
         device: torch.device | str | None = None, meta: dict | None = None,
-        evaluate_first: bool = False, objective: Objective | None = None, batches=None, ranks=None) -> FitResult:
+        evaluate_first: bool = False, objective: Objective | None = None, batches=None, ranks=None,
+        store=None) -> FitResult:
     """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`),
     minimising `objective` (None: cross-entropy with the config's label smoothing).
 
@@ -516,6 +518,9 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     multi-task training passes it with its objective (`multitask.TaskSet.fit_options()`).
     `ranks`: this process's `distributed.Ranks` when torchrun started several (the process group
     already joined, `device` this process's own); every process calls `fit` alike.
+    `store`: where the frozen layers' features and a teacher's outputs are shared between runs
+    (`image_cache.Store`, keyed by content: a run that finds them trains exactly as one that
+    computes them, and says so in its log); None computes them in this run alone.
     Raises TrainingError (NaN loss, out of memory) and DeviceError; returns a FitResult whose
     state is "completed" or "stopped".
     """
@@ -536,7 +541,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     model.to(device)
     objective = objective if objective is not None else plain_objective(t.label_smoothing)
     try:
-        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches, ranks)
+        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches, ranks, store)
         if resume_state is not None:
             _restore(ctx, resume_state)
         return _fit_loop(ctx, evaluate_first and resume_state is None)
@@ -547,7 +552,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
 
 
 def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective, batches=None,
-                   ranks=None) -> FitContext:
+                   ranks=None, store=None) -> FitContext:
     t = cfg.train
     if len(data.train) == 0:
         raise TrainingError("the training split is empty", "select more images or classes")
@@ -571,7 +576,8 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
             log.warning("precision %s is for CUDA GPUs; training in fp32 on %s", t.precision, device)
     # Before the optimizer: a term may add parameters (an adapter) and cache a teacher's outputs.
     objective.setup(SetupContext(model=model, train_split=train_split, device=device, autocast=autocast,
-                                 cache=bool(t.feature_cache and not augmenting), seed=t.seed))
+                                 cache=bool(t.feature_cache and not augmenting), seed=t.seed,
+                                 store=store, ranks=ranks, precision=t.precision))
     groups += objective.param_groups(t.lr, t.weight_decay)
     optimizer = OPTIMIZERS.get(t.optimizer)(groups, t)
     steps_per_epoch = math.ceil(len(train_split) / t.batch_size) if batches is None else batches.steps_per_epoch
@@ -586,7 +592,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
         total_steps=total_steps, callbacks=callbacks, forward=model, train_split=train_split,
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),
-        labelled=len(data.train) if batches is None else batches.images_per_epoch, ranks=ranks,
+        labelled=len(data.train) if batches is None else batches.images_per_epoch, ranks=ranks, store=store,
     )
     apply_schedule(ctx)
 
@@ -652,13 +658,37 @@ def _use_feature_cache(ctx: FitContext) -> None:
 
 def _extract(ctx: FitContext, name: str, split, batch_size: int) -> TensorSplit | None:
     """The cached inputs of `name` for `split`; under several processes each extracts its shard
-    and every process receives the whole split, in order (the batches draw from all of it)."""
-    if ctx.ranks is None:
-        return extract_head_inputs(ctx.model, name, split, ctx.device, batch_size, ctx.autocast)
-    piece = extract_head_inputs(ctx.model, name, ctx.ranks.shard(split), ctx.device, batch_size, ctx.autocast)
-    if ctx.ranks.any(piece is None, ctx.device):
+    and every process receives the whole split, in order (the batches draw from all of it).
+    Through `ctx.store` when the run has one: another run's identical features are taken."""
+
+    def compute() -> torch.Tensor | None:
+        if ctx.ranks is None:
+            whole = extract_head_inputs(ctx.model, name, split, ctx.device, batch_size, ctx.autocast)
+            return None if whole is None else whole.x
+        piece = extract_head_inputs(ctx.model, name, ctx.ranks.shard(split), ctx.device, batch_size, ctx.autocast)
+        if ctx.ranks.any(piece is None, ctx.device):
+            return None
+        return ctx.ranks.gather_rows(piece.x, len(split))
+
+    feats = shared(ctx.store, _feature_key(ctx, name, split, batch_size), len(split), compute,
+                   f"the frozen layers' features of {len(split)} images", ctx.device, ctx.ranks)
+    return None if feats is None else TensorSplit(feats, split_labels(split).to(ctx.device))
+
+
+def _feature_key(ctx: FitContext, name: str, split, batch_size: int) -> str | None:
+    """What the features of `split` at the input of `name` depend on: the images, the model's
+    structure and every weight and buffer outside the modules that train on them (the suffix:
+    a head re-initialised per seed does not change them), the batch size, precision, device
+    kind and number of processes the pass runs with (they may change the last bits of a float).
+    None without a store, or for a split not held in memory."""
+    content = split_content(split)
+    if ctx.store is None or content is None:
         return None
-    return ctx.ranks.gather_split(piece, len(split))
+    trained = ctx.plan.cached_suffix() or [name]
+    frozen = {k: v for k, v in ctx.model.state_dict().items()
+              if not any(k.startswith(f"{n}.") for n in trained)}
+    return content_key("features", repr(ctx.model), name, frozen, content, batch_size, ctx.cfg.train.precision,
+                       ctx.device.type, ctx.ranks.world_size if ctx.ranks is not None else 1)
 
 
 def _restore(ctx: FitContext, state: dict) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 
 from .datasets.containers import iter_batches, split_labels
 from .errors import KTError
-from .image_cache import compute_once
+from .image_cache import MAX_CACHE_BYTES, compute_once, content_key, shared, split_content
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class SetupContext:
     cache: bool  # True when the images are never augmented and caching is allowed
     autocast: Callable[[], Any] = contextlib.nullcontext
     seed: int = 0
+    store: Any = None  # `image_cache.Store`: per-image outputs shared between runs; None: not shared
+    ranks: Any = None  # `distributed.Ranks` of a data-parallel run: a cache is computed in shares
+    precision: str = "fp32"  # the config's, part of what a shared output depends on
 
 
 class Term:
@@ -398,14 +401,39 @@ class Teacher:
         self._index = (torch.tensor(self.class_index, device=ctx.device) if self.class_index is not None
                        and self.class_index != list(range(len(self.class_index))) else None)
         if ctx.cache:
-            self.cache = compute_once(self.model, self._forward, ctx.train_split, ctx.device,
-                                      autocast=ctx.autocast, describe="caching the teacher's outputs")
+            self.cache = shared(ctx.store, self._cache_key(ctx), len(ctx.train_split), lambda: self._compute(ctx),
+                                f"teacher {self.label}: outputs of {len(ctx.train_split)} training images",
+                                ctx.device, ctx.ranks)
             if self.cache is not None:
                 log.info("teacher %s: outputs %s of %d training images computed once and cached",
                          self.label, tuple(self.cache.shape[1:]), len(self.cache))
         if self.cache is None:
             log.info("teacher %s: runs on every batch (%s)", self.label,
                      "the images are augmented or caching is off" if not ctx.cache else "too large to cache")
+
+    def _compute(self, ctx: SetupContext) -> torch.Tensor | None:
+        """The outputs of every training image; under several processes each rank computes its
+        share and receives everyone's (every rank looks rows up for its share of a batch)."""
+        if ctx.ranks is None:
+            return compute_once(self.model, self._forward, ctx.train_split, ctx.device,
+                                autocast=ctx.autocast, describe="caching the teacher's outputs")
+        # each rank's share is 1/N of the whole: the size limit is judged on the whole
+        mine = compute_once(self.model, self._forward, ctx.ranks.shard(ctx.train_split), ctx.device,
+                            autocast=ctx.autocast, describe="caching the teacher's outputs (this process's share)",
+                            max_bytes=MAX_CACHE_BYTES // ctx.ranks.world_size)
+        if ctx.ranks.any(mine is None, ctx.device):
+            return None
+        return ctx.ranks.gather_rows(mine, len(ctx.train_split))
+
+    def _cache_key(self, ctx: SetupContext) -> str | None:
+        """What the cached outputs depend on: the training images, the teacher (structure,
+        weights, buffers), what is taken of it (layer, classes, input map) and how the pass runs."""
+        content = split_content(ctx.train_split)
+        if ctx.store is None or content is None:
+            return None
+        return content_key("teacher", repr(self.model), self.model.state_dict(), self.tap.layer, self.tap.head,
+                           self.class_index, self.input_map, content, ctx.precision, ctx.device.type,
+                           ctx.ranks.world_size if ctx.ranks is not None else 1)
 
     @torch.no_grad()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from .engine import FitContext, FitResult, evaluate, feature_cache_eligible, fit
 from .errors import KTError, RunError
 from .heartbeat import HeartbeatFile
 from .settings import get_settings
+from .shared_outputs import OutputStore
 from .sources import run_folder
 from .transfer import bn_stat_warnings
 from .tensorboard_log import tensorboard_callbacks
@@ -259,7 +260,8 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                 head = prepared.plan.head_decision
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, hooks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
-                             evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks)
+                             evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks,
+                             store=OutputStore())
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
                 # Logged before the state is published: whoever sees `completed` finds it in log.txt.
@@ -374,7 +376,8 @@ def _follow(cfg: RunConfig, runs_dir, confined: bool, ranks: Ranks) -> dict:
         try:
             result = fit(prepared.model, prepared.data, cfg, prepared.plan, [stop], resume_state, device,
                          meta={"arch": prepared.arch, "built_from": prepared.built_from},
-                         evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks)
+                         evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks,
+                         store=OutputStore())
         except Terminated:
             log.warning("rank %d: terminated (SIGTERM)", ranks.rank)
             return {"state": "stopped", "rank": ranks.rank}
