@@ -79,6 +79,19 @@ def test_a_grid_is_the_product_of_its_lists_times_the_seeds():
     assert members[0].coords == {"train.lr": 0.001, "plan.preset": "scratch", "seed": 0}
 
 
+def test_a_spec_of_every_kind_reads_back_from_its_json_the_driver_rereads():
+    """A grid without per_class (its K, if any, is a grid key) once wrote `"per_class": []`, which
+    its own reader refuses: every such experiment failed when its driver started."""
+    for data in ({"kind": "grid", "name": "g", "base": tiny_base(), "grid": {"train.lr": [0.001, 0.01]}},
+                 {"kind": "grid", "name": "g", "base": tiny_base(), "per_class": 3, "grid": {"train.lr": [0.01]}},
+                 {"kind": "layer_transfer", "name": "l", "source_run": tiny_base(), "base": tiny_base(), "seeds": 1},
+                 {"kind": "sample_efficiency", "name": "s", "base": tiny_base(), "per_class": [1, "all"]}):
+        spec = ex.ExperimentSpec.from_dict(data)
+        again = ex.ExperimentSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+        assert again == spec and [m.key for m in again.members("src", ["a", "b"])] == \
+            [m.key for m in spec.members("src", ["a", "b"])]
+
+
 def test_layer_transfer_transfers_the_first_n_blocks_frozen_and_fine_tuned_against_scratch():
     spec = ex.ExperimentSpec.from_dict({"kind": "layer_transfer", "name": "layers", "seeds": 2, "per_class": 5,
                                         "base": {**tiny_base(), "source": {"kind": "run", "path": "src"}}})

@@ -215,10 +215,13 @@ class ExperimentSpec:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
+        """The spec as JSON that `from_dict` reads back to this spec (the driver re-reads it).
+        A grid's or layer sweep's `per_class` is optional: left out when it has none."""
+        per_class = {"per_class": [ALL if k is None else k for k in self.per_class]} if (
+            self.per_class or self.kind == "sample_efficiency") else {}
         return {"kind": self.kind, "name": self.name, "description": self.description,
                 "source_run": self.source_run, "base": self.base,
-                "methods": [m.to_json() for m in self.methods],
-                "per_class": [ALL if k is None else k for k in self.per_class], "seeds": list(self.seeds),
+                "methods": [m.to_json() for m in self.methods], **per_class, "seeds": list(self.seeds),
                 "blocks": self.blocks, "grid": self.grid, "parallel": self.parallel, "version": self.version}
 
     def members(self, source_run: str | None = None, blocks: list[str] | None = None) -> list[Member]:
