@@ -198,11 +198,13 @@ def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: 
     return folder.name
 
 
-def start(folder: str | os.PathLike) -> int:
+def start(folder: str | os.PathLike, wait: float = 0.0) -> int:
     """Start the worker of a run folder `rundir.create_run` made (the CLI's `train` of a run of
-    several processes, which it then follows through the folder); returns the process id."""
+    several processes, which it then follows through the folder; an experiment's member of
+    several processes); returns the process id. `wait`: seconds to wait for a worker that is
+    still letting the folder go (a member resumed after its processes died)."""
     folder = rundir.run_dir(folder)
-    with rundir.RunLock(folder).acquire(what="start"):
+    with rundir.RunLock(folder).acquire(wait=wait, what="start"):
         return _spawn_worker(folder)
 
 
@@ -266,7 +268,9 @@ def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = Fa
     The worker truncates metrics.jsonl to the checkpoint's step first, so the metrics continue
     with no gap and no duplicates. Without a checkpoint the run starts again from the beginning.
     `foreground=True` trains in this process (the CLI's `resume --foreground`, `callbacks` added
-    to the worker's: its terminal progress). Under the run's
+    to the worker's: its terminal progress); a run of several processes resumes on them, under
+    torchrun as at launch, and this call waits until torchrun has exited (`callbacks` are not
+    called: the run trains in torchrun's processes; follow its folder). Under the run's
     lock, so of two resumes at once one starts the worker and the other is refused.
     `confined=True` (the dashboard): the run is held to the server's roots and trust setting.
     """
@@ -274,20 +278,38 @@ def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = Fa
     _refuse_unless_resumable(folder)
     with rundir.RunLock(folder).acquire(what="be resumed"):
         _refuse_unless_resumable(folder)  # again, as the owner: another resume may have started it
+        cfg = rundir.load_config(folder)
         # a broken config.json, a gone device, or a path or trust this server forbids fails here
-        _preflight(rundir.load_config(folder), folder.parent, confined)
+        _preflight(cfg, folder.parent, confined)
+        several = cfg.train.world_size > 1
         rundir.clear_stop(folder)
         rundir.update_status(folder, state="queued", error=None, heartbeat=time.time(),
-                             pid=os.getpid() if foreground else None, confined=confined)
-        if not foreground:
-            _spawn_worker(folder)
-            return folder.name
+                             pid=os.getpid() if foreground and not several else None, confined=confined)
+        if several or not foreground:
+            pid = _spawn_worker(folder)
+    if not foreground:
+        return folder.name
+    if several:  # torchrun trains it in its processes: this call waits for them
+        _wait_for_torchrun(folder, pid)
+        return folder.name
     # In this process: the worker takes the lock itself; until then the queued status with this
     # live pid turns other resumes away.
     from .worker import run_worker  # here, not at the top: the worker imports the engine (torch)
 
     run_worker(folder, callbacks=callbacks)
     return folder.name
+
+
+def _wait_for_torchrun(folder: Path, pid: int) -> None:
+    """Until torchrun (`pid`) has exited, its ranks with it. Ctrl-C asks the run to stop after its
+    batch (every rank stops at the same step and checkpoints), as Stop does, and waits for that."""
+    try:
+        while procs.pid_alive(pid):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        rundir.request_stop(folder)
+        while procs.pid_alive(pid):
+            time.sleep(0.2)
 
 
 def delete(run: str | os.PathLike) -> None:

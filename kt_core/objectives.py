@@ -423,6 +423,8 @@ class Teacher:
                             max_bytes=MAX_CACHE_BYTES // ctx.ranks.world_size)
         if ctx.ranks.any(mine is None, ctx.device):
             return None
+        log.info("teacher %s: this process computed its share of the outputs, %d of %d images",
+                 self.label, len(mine), len(ctx.train_split))
         return ctx.ranks.gather_rows(mine, len(ctx.train_split))
 
     def _cache_key(self, ctx: SetupContext) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,9 +16,11 @@ import pytest
 import torch
 
 from kt_core import launcher, rundir
-from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+from kt_core.config import DatasetConfig, DistillConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
 from kt_core.distributed import Ranks
 from kt_core.errors import ConfigError
+from kt_core.experiments import ExperimentSpec, create_experiment
+from kt_core.experiments.driver import drive
 from kt_core.torchrun import shown, torchrun_args, torchrun_command
 from waiting import wait_for_run
 
@@ -217,3 +220,54 @@ def test_sync_batchnorm_makes_two_processes_match_one(tmp_path):
     _assert_same_training(one, two, tol=1e-4)
     # the checkpoint is a plain model's: BatchNorm keys, running statistics of the global batch
     assert torch.equal(_weights(one)["bn1.num_batches_tracked"], _weights(two)["bn1.num_batches_tracked"])
+
+
+@pytest.mark.slow
+def test_the_teacher_cache_is_computed_in_shares_and_distills_alike(one_process, tmp_path):
+    """Logit distillation from a trained teacher (the one-process reference run): each process
+    computes the teacher's outputs for its share of the training images, every process receives
+    them all (its share of a batch looks its rows up), and the run trains what one process trains."""
+    cfg = dataclasses.replace(BASE, distill=DistillConfig(mode="logit", alpha=0.7,
+                                                          teacher=SourceConfig(kind="run", path=str(one_process))))
+    one = _train(cfg, tmp_path / "one")
+    two = _train(_with(cfg, nproc_per_node=2), tmp_path / "two")
+    log_text = rundir.log_path(two).read_text()
+    for rank in (0, 1):  # 60 training images, 30 each
+        assert re.search(rf"rank {rank} INFO kt_core\.objectives: teacher .*: this process computed its share "
+                         r"of the outputs, 30 of 60 images", log_text), log_text
+    assert "loss_kd" in _rows(two)[0]
+    _assert_same_training(one, two)
+
+
+@pytest.mark.slow
+def test_resume_in_the_foreground_resumes_a_two_process_run_on_two_processes(one_process, tmp_path):
+    """`launcher.resume(foreground=True)` (the CLI's `resume --foreground`) of a run of several
+    processes resumes it on them, under torchrun, and returns once it has ended."""
+    folder = rundir.create_run(_with(BASE, nproc_per_node=2), tmp_path / "runs")
+    rundir.request_stop(folder)
+    launcher.start(folder)
+    assert _wait(str(folder))["state"] == "stopped"
+    launcher.resume(folder, foreground=True)
+    status = rundir.read_status(folder)
+    assert status["state"] == "completed" and status["world_size"] == 2 and len(status["ranks"]) == 2, status
+    assert status["pid"] != os.getpid()  # rank 0 trained it, not this process
+    _assert_same_training(one_process, folder)
+
+
+@pytest.mark.slow
+def test_an_experiment_member_that_asks_for_two_processes_trains_on_two_and_alike(tmp_path):
+    """A grid over the number of processes: the member of 2 is started under torchrun by the
+    driver (not by its single-process member workers) and trains what the member of 1 trains."""
+    spec = ExperimentSpec.from_dict({"kind": "grid", "name": "ddp-grid", "base": BASE.to_dict(),
+                                     "grid": {"train.nproc_per_node": [1, 2]}, "seeds": [3]})
+    data = drive(create_experiment(spec, tmp_path / "runs", parallel=2))
+    assert data["state"] == "completed", data.get("error")
+    runs_dir = Path(data["runs_dir"])
+    members = {rundir.load_config(runs_dir / m["run_id"]).train.nproc_per_node: runs_dir / m["run_id"]
+               for m in data["members"]}
+    one, two = members[1], members[2]
+    status = rundir.read_status(two)
+    assert status["world_size"] == 2 and [m["rank"] for m in status["ranks"]] == [0, 1], status
+    assert " rank 1 INFO " in rundir.log_path(two).read_text()
+    assert "world_size" not in rundir.read_status(one) or rundir.read_status(one)["world_size"] in (None, 1)
+    _assert_same_training(one, two)

@@ -7,10 +7,15 @@ What it shares between members:
 - **processes**: N member processes (`python -m kt_core worker --serve`) each train one member
   after another, so Python, torch and torch's optimizer machinery start N times, not once per
   member (~3 s each on a CPU; the demo story's feature-extraction members train in ~0.5 s);
+  a member whose config asks for several processes (`train.nproc_per_node`) trains under
+  torchrun instead, as any such run, in one of the N slots;
 - **the source**: a `source_run` in the spec is trained once (or a completed run of exactly
   that config is reused, the demo's included) before any member starts;
 - **the prepared dataset**: members of one K and seed (one per method) hit the same on-disk
-  dataset cache entry (keyed by every selection parameter, so another K or seed prepares its own).
+  dataset cache entry (keyed by every selection parameter, so another K or seed prepares its own);
+- **per-image outputs**: the frozen source's features and a teacher's outputs, through the
+  workers' `shared_outputs.OutputStore` (keyed by content: the feature-extraction members of one
+  seed share their validation features, members of one K and seed with a teacher share it).
 
 It is the only writer of experiment.json while it runs (a heartbeat every 2 s, like a run's
 worker). Killed (kill -9, a reboot), the experiment reads as `interrupted`; `resume` starts a new
@@ -101,7 +106,14 @@ class Pool:
         return [s for s in self.slots if s.key is None]
 
     def assign(self, slot: Slot, folder: Path, key: str) -> None:
-        """Hand run folder `folder` to `slot`'s process (started or restarted when needed)."""
+        """Hand run folder `folder` to `slot`'s process (started or restarted when needed). A
+        member whose config asks for several processes trains under torchrun instead, as any
+        such run does (`launcher.start`); it takes one slot, and the slot's process waits."""
+        if rundir.load_config(folder).train.world_size > 1:
+            rundir.clear_stop(folder)  # a stop of an earlier driver session is over
+            launcher.start(folder, wait=5.0)
+            slot.folder, slot.key = folder, key
+            return
         for _ in range(3):
             if slot.proc is None or slot.proc.poll() is not None:
                 self._start(slot)
