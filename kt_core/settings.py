@@ -10,7 +10,7 @@
 | `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~300 MB idle) so Start shows a loss at once; `0` starts each worker on demand |
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
-| `KT_CACHE_MAX_BYTES` | `10737418240` (10 GiB) | the cache folder's size limit: decoded datasets and extracted zips are evicted least recently used first past it (`kt_core.cachedir`; uploads, downloads and drafts never are); `python -m kt_core cache` shows and clears it |
+| `KT_CACHE_MAX_BYTES` | `10737418240` (10 GiB) | the cache folder's size limit: decoded datasets, shared outputs (frozen features, teachers' outputs) and extracted zips are evicted least recently used first past it (`kt_core.cachedir`; uploads, downloads and drafts never are); `python -m kt_core cache` shows and clears it |
 | `KT_TENSORBOARD` | `1` | every run writes TensorBoard event files into `RUN/tensorboard/`; `0` turns them off |
 
 What the dashboard launches, resumes, re-runs, evaluates or exports is held to `KT_ALLOWED_ROOTS`

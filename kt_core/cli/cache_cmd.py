@@ -1,7 +1,7 @@
 """`python -m kt_core cache`: what the cache folder holds, its limit, and clearing it.
 
     python -m kt_core cache                        # bytes and entries per area, the limit
-    python -m kt_core cache clear                  # decoded datasets and extracted zips (rebuilt on demand)
+    python -m kt_core cache clear                  # decoded datasets, shared outputs and extracted zips (rebuilt on demand)
     python -m kt_core cache clear --area uploads   # the uploaded files too (runs that used them cannot resume)
 """
 
