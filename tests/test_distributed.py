@@ -246,7 +246,7 @@ def test_resume_in_the_foreground_resumes_a_two_process_run_on_two_processes(one
     folder = rundir.create_run(_with(BASE, nproc_per_node=2), tmp_path / "runs")
     rundir.request_stop(folder)
     launcher.start(folder)
-    assert _wait(str(folder))["state"] == "stopped"
+    assert wait_for_run(str(folder))["state"] == "stopped"
     launcher.resume(folder, foreground=True)
     status = rundir.read_status(folder)
     assert status["state"] == "completed" and status["world_size"] == 2 and len(status["ranks"]) == 2, status
