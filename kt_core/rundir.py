@@ -280,10 +280,12 @@ def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confin
     dashboard run, whose worker holds its paths to the server's roots and refuses trust where
     KT_ALLOW_TRUST=0 (recorded in status.json, which only the server writes).
 
-    A source of user model code is saved with the code's absolute path and its file's hash, so
-    eval, export and resume can say when the file changed or is gone."""
+    A source or distillation teacher of user model code is saved with the code's absolute path
+    and its file's hash, so eval, export and resume can say when the file changed or is gone."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, source=coderef.record(cfg.source))  # hashing the file runs none of it
+    if cfg.distill.mode != "off" and cfg.distill.teacher is not None:  # resume rebuilds the teacher: from which code?
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=coderef.record(cfg.distill.teacher)))
     root = runs_root(runs_dir)
     try:
         folder = unique_folder(root, lambda: new_run_id(cfg), "run")

@@ -420,3 +420,50 @@ def test_uploads_keep_the_users_file_name_so_errors_name_it(tmp_path):
         read_checkpoint(path)
     sneaky = save_upload(Upload("../../etc/evil.pt", b"x"))
     assert sneaky.parent.parent == upload_dir() and sneaky.name == "evil.pt"
+
+
+def test_a_teacher_of_user_code_is_recorded_like_a_source_and_resume_checks_it(tmp_path, code, monkeypatch, caplog):
+    """A distillation teacher given as user model code is saved with its absolute path and hash
+    (config.json and the checkpoint), so a resume says when the teacher's code changed and fails,
+    naming it, when it is gone: the teacher is rebuilt on resume like the source."""
+    from kt_core import launcher, rundir
+    from kt_core.callbacks import Callback
+    from kt_core.config import DistillConfig
+    from kt_core.worker import run_worker
+
+    class StopAfterFirstEpoch(Callback):
+        def __init__(self, folder):
+            self.folder = folder
+
+        def on_epoch_end(self, ctx, row):
+            rundir.request_stop(self.folder)
+
+    ckpt = lightning_ckpt(tmp_path / "mlp.ckpt", _class(code, "LitMLP")().state_dict())
+    relative = Path("code") / "model.py"
+    teacher = SourceConfig(kind="file", path=str(ckpt), arch=f"{relative}:LitMLP", trust=True)
+    cfg = RunConfig(name="taught by user code", source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", per_class=3),
+                    plan=TransferPlan(preset="scratch"), distill=DistillConfig(mode="logit", teacher=teacher),
+                    train=TrainConfig(epochs=3, batch_size=16))
+    digest = hashlib.sha256(code.read_bytes()).hexdigest()
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path)  # the reference is relative to where the user started
+        folder, second = rundir.create_run(cfg), rundir.create_run(cfg)
+    saved = json.loads((folder / "config.json").read_text())["distill"]["teacher"]
+    assert saved["arch"] == f"{code.resolve()}:LitMLP" and saved["code_sha256"] == digest
+    assert json.loads((folder / "config.json").read_text())["source"]["code_sha256"] is None  # a registry student
+    assert run_worker(folder, callbacks=[StopAfterFirstEpoch(folder)])["state"] == "stopped"
+    state = torch.load(folder / "checkpoints" / "last.pt", weights_only=False)
+    assert state["config"]["distill"]["teacher"]["code_sha256"] == digest
+
+    code.write_text(code.read_text() + "\n# an edit that changes nothing\n")
+    with caplog.at_level("WARNING"):
+        launcher.resume(folder, foreground=True)
+    assert rundir.read_status(folder)["state"] == "completed"
+    assert "changed since the run recorded it" in caplog.text and "model.py" in caplog.text
+
+    assert run_worker(second, callbacks=[StopAfterFirstEpoch(second)])["state"] == "stopped"
+    code.unlink()
+    launcher.resume(second, foreground=True)
+    status = rundir.read_status(second)
+    assert status["state"] == "failed" and "is gone" in status["error"] and "model.py" in status["error"]
