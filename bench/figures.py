@@ -463,7 +463,8 @@ def kd_figure(ctx: Context, cached: bool, plain_epoch_of) -> tuple[float, str, f
             for _ in range(ctx.scale.repeats)]
     ratios = [1 / r for run in runs for r in run.ratios()]  # time per epoch: the inverse of images/s
     kt, ref = best([v for run in runs for v in run.kt_core]), best([v for run in runs for v in run.plain])
-    return (median(ratios), f"median of {len(ratios)} epoch pairs; best kt_core {kt:.0f} img/s, plain {ref:.0f} img/s",
+    return (median(ratios), f"median of {len(ratios)} epoch pairs (spread {min(ratios):.2f}-{max(ratios):.2f}); "
+                            f"best kt_core {kt:.0f} img/s, plain {ref:.0f} img/s",
             max(run.weight_gap for run in runs))
 
 

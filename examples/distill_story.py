@@ -4,14 +4,12 @@ digits (offline): the demo's MNIST source (examples/source_mnist.json, trained f
   missing) teaches a from-scratch mnist_net on scikit-learn's digits with K labelled images per
   class and the rest of the training pool unlabelled (examples/distill_digits.json), against the
   same student fine-tuned from the source and trained from scratch on the K labelled images alone.
-cifar (needs ../shared/data): CIFAR ResNet-56 (resnet56-4bfd9763.th) teaches a CIFAR ResNet-20
-  from scratch on cifar10_jpg/train, against the ResNet-20 trained on the labels alone; test
-  accuracy on cifar10_jpg/test.
+The CIFAR story (needs ../shared/data) is examples/distill_cifar_story.py, which reuses `train` and
+`table` from here.
 
 Protocol, fixed before any result was seen: every arm gets about the same number of optimizer
 steps as the distillation arm (whose epochs also go through the unlabelled images), the reported
-accuracy is the last epoch's (no selection on the evaluation set) for digits, and the test
-accuracy of the best-validation checkpoint for CIFAR; seeds choose the K images, the split and the
+accuracy is the last epoch's (no selection on the evaluation set); seeds choose the K images, the split and the
 initialisation. Prints a markdown table (mean and standard deviation over seeds) and writes the
 per-run results as JSON beside the runs.
 """
@@ -34,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from kt_core import rundir  # noqa: E402
-from kt_core.config import DistillConfig, RunConfig, SourceConfig  # noqa: E402
+from kt_core.config import DistillConfig, RunConfig  # noqa: E402
 from kt_core.data import load_dataset  # noqa: E402
 from kt_core.worker import run_worker  # noqa: E402
 
@@ -72,20 +70,6 @@ def digits_arms(k: int, seed: int, kd_epochs: int) -> dict[str, RunConfig]:
     return arms
 
 
-def cifar_arms(seed: int, epochs: int, real: Path) -> dict[str, RunConfig]:
-    teacher = SourceConfig(kind="file", arch="cifar_resnet56", path=str(real / "checkpoints" / "resnet56-4bfd9763.th"))
-    data = {"name": "folder", "root": str(real / "cifar10_jpg"), "val_fraction": 0.1, "seed": seed,
-            "normalize": "imagenet"}
-    common = {"source": {"kind": "arch", "arch": "cifar_resnet20"}, "dataset": data, "plan": {"preset": "scratch"},
-              "train": {"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 0.001, "seed": seed,
-                        "device": "cpu", "log_every": 20}}
-    kd = RunConfig.from_dict({**common, "name": f"cifar-kd-s{seed}",
-                              "distill": {"mode": "logit", "temperature": 4.0, "alpha": 0.9}})
-    kd.distill.teacher = teacher
-    labels = RunConfig.from_dict({**common, "name": f"cifar-labels-s{seed}"})
-    return {"ResNet-20 taught by ResNet-56 (logit KD)": kd, "ResNet-20 on labels alone": labels}
-
-
 def table(results: list[dict], metric: str, group_keys: tuple[str, ...]) -> str:
     groups: dict[tuple, list[float]] = {}
     for r in results:
@@ -100,44 +84,32 @@ def table(results: list[dict], metric: str, group_keys: tuple[str, ...]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("story", choices=("digits", "cifar"))
+    p.add_argument("story", choices=("digits",), help="the CIFAR story is examples/distill_cifar_story.py")
     p.add_argument("--runs-dir", default="runs-distill-story")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--k", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--epochs", type=int, default=10, help="epochs of the distillation arm (digits) / of each arm (cifar)")
-    p.add_argument("--real-data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the distillation arm")
     p.add_argument("--arm", default="", help="only the arms whose name contains this text (to run arms side by side)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     runs_dir = Path(args.runs_dir)
     results = []
-    if args.story == "digits":
-        try:
-            rundir.run_dir("demo-source", runs_dir)
-        except Exception:  # noqa: BLE001 - not trained yet: train it, as the README's set-up does
-            print("training the MNIST source (examples/source_mnist.json) first", flush=True)
-            train(RunConfig.from_file(ROOT / "examples" / "source_mnist.json"), runs_dir)
-        for k in args.k:
-            for seed in args.seeds:
-                for arm, cfg in digits_arms(k, seed, args.epochs).items():
-                    if args.arm not in arm:
-                        continue
-                    r = train(cfg, runs_dir)
-                    results.append({"K": k, "arm": arm, "seed": seed, **r})
-                    print(f"K={k} seed={seed} {arm}: final_val_acc={r.get('final_val_acc')}", flush=True)
-        metric, keys = "final_val_acc", ("K", "arm")
-    else:
+    try:
+        rundir.run_dir("demo-source", runs_dir)
+    except Exception:  # noqa: BLE001 - not trained yet: train it, as the README's set-up does
+        print("training the MNIST source (examples/source_mnist.json) first", flush=True)
+        train(RunConfig.from_file(ROOT / "examples" / "source_mnist.json"), runs_dir)
+    for k in args.k:
         for seed in args.seeds:
-            for arm, cfg in cifar_arms(seed, args.epochs, Path(args.real_data)).items():
+            for arm, cfg in digits_arms(k, seed, args.epochs).items():
                 if args.arm not in arm:
                     continue
                 r = train(cfg, runs_dir)
-                results.append({"arm": arm, "seed": seed, **r})
-                print(f"seed={seed} {arm}: test_acc={r.get('test_acc')} best_val_acc={r.get('best_val_acc')}", flush=True)
-        metric, keys = "test_acc", ("arm",)
+                results.append({"K": k, "arm": arm, "seed": seed, **r})
+                print(f"K={k} seed={seed} {arm}: final_val_acc={r.get('final_val_acc')}", flush=True)
     (runs_dir / f"story-{args.story}{'-' + args.arm if args.arm else ''}.json").write_text(json.dumps(results, indent=1, default=str))
-    print(table(results, metric, keys))
+    print(table(results, "final_val_acc", ("K", "arm")))
     return 0
 
 

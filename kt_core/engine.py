@@ -23,7 +23,7 @@ checkpointer and a stop flag. What the engine owns:
 
 What a method adds plugs in as a callback (`callbacks.Callback`; a plan brings its own, e.g.
 gradual unfreezing) or, for the loss, as a term of the objective (`kt_core.objectives`) that `train_one_epoch` calls
-once per batch: `loss, terms = objective(out, y, index, x)`.
+once per batch: `objective.begin_batch(x, index)` before the forward, `loss, terms = objective(out, y, index, x)` after.
 """
 
 from __future__ import annotations
@@ -269,6 +269,7 @@ def train_one_epoch(ctx: FitContext) -> bool:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with ctx.autocast():
+            objective.begin_batch(x, index)  # an uncached teacher runs before the student's graph holds memory
             out = model(x)
             loss, terms = objective(out, y, index, x)
         step_loss = loss

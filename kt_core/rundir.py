@@ -285,7 +285,8 @@ def create_run(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confin
     cfg.validate()
     cfg = dataclasses.replace(cfg, source=coderef.record(cfg.source))  # hashing the file runs none of it
     if cfg.distill.mode != "off" and cfg.distill.teacher is not None:  # resume rebuilds the teacher: from which code?
-        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=coderef.record(cfg.distill.teacher)))
+        teacher = coderef.record(cfg.distill.teacher)
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=teacher))
     root = runs_root(runs_dir)
     try:
         folder = unique_folder(root, lambda: new_run_id(cfg), "run")

@@ -143,6 +143,28 @@ def test_a_cached_teacher_gives_the_losses_of_an_uncached_one(teacher_run):
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.parametrize("mode", ["logit", "feature"])
+def test_an_uncached_teacher_runs_once_per_batch_before_the_students_forward(teacher_run, mode):
+    """As a plain KD loop does it: the teacher's activations are gone before the student's graph
+    holds memory (running it after the student cost ~10x the page faults and ~5 % CPU time)."""
+    cfg = student_cfg(teacher_run, mode=mode, epochs=2)
+    cfg.train.feature_cache = False
+    prepared = assemble.prepare(cfg)
+    teacher = next(term.teacher for _, term in prepared.objective.parts if hasattr(term, "teacher"))
+    calls, recording = [], []
+
+    class Record(Callback):
+        def on_epoch_start(self, ctx):
+            recording.append(True)  # setup's probes (feature mode) come before: not batches
+
+    teacher.model.register_forward_pre_hook(lambda m, a: calls.append("teacher") if recording else None)
+    prepared.model.register_forward_pre_hook(
+        lambda m, a: calls.append("student") if recording and m.training else None)  # not validation
+    result = fit(prepared.model, prepared.data, cfg, prepared.plan, [Record()], objective=prepared.objective)
+    assert not prepared.objective.describe()[f"loss_{'kd' if mode == 'logit' else 'feat'}"]["teacher_cached"]
+    assert result.steps > 2 and calls == ["teacher", "student"] * result.steps
+
+
 def test_a_frozen_backbone_is_feature_cached_under_a_cached_teacher_and_not_under_an_uncached_one(teacher_run,
                                                                                                     monkeypatch):
     """The feature cache hands the head the backbone's features instead of images; a teacher that
