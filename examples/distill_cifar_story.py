@@ -10,7 +10,7 @@ Protocol, fixed before any result was seen (the budget is what two shared CPU co
 - data: all of `cifar10_jpg/train` (200 images per class: 1,800 train + 200 validation, a seeded
   stratified split), no augmentation, so the teacher's outputs are computed once and cached; the
   full test set for the figure;
-- both arms: the same student initialisation per seed, `--epochs` epochs (default 15) of Adam
+- both arms: the same student initialisation per seed, `--epochs` epochs (default 10) of Adam
   at lr 1e-3, batch 64, no schedule; the figure is the test accuracy of the best-on-validation
   checkpoint (the headline every page shows) and the last epoch's validation accuracy beside it;
 - seeds choose the split, the initialisation and the batch order; mean and standard deviation;
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--real-data", default=None, help="the real data folder (default: KT_REAL_DATA, ../shared/data)")
     p.add_argument("--runs-dir", default="runs-distill-story")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=15, help="epochs of each arm")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each arm")
     p.add_argument("--arm", default="", help="only the arms whose name contains this text (to run arms side by side)")
     p.add_argument("--skip-teacher-check", action="store_true", help="do not evaluate the teacher alone first")
     p.add_argument("--report", action="store_true", help="only print the tables of the results already in --runs-dir")
