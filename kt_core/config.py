@@ -438,6 +438,12 @@ class RunConfig:
             # into its training split): with other tasks' batches in the stream they would be wrong
             raise ConfigError("extra tasks cannot be combined with distillation, unlabelled images or L2-SP yet",
                               "remove the tasks, or turn distill.mode off, dataset.unlabelled off and plan.l2sp_* to 0")
+        if self.tasks and self.train.world_size > 1:
+            # the task sampler draws one task's batch per step; sharding those batches across
+            # processes is not written yet (the engine would refuse it only once training starts)
+            raise ConfigError(f"a multi-task run trains on one process, but train.nproc_per_node x nnodes is "
+                              f"{self.train.world_size}", "set train.nproc_per_node and train.nnodes to 1, "
+                              "or remove the tasks to train on several processes")
         names = [self.multitask.primary_name]
         for i, task in enumerate(self.tasks):
             task.validate(f"tasks[{i}].")

@@ -69,10 +69,24 @@ def test_tasks_round_trip_strictly_and_bad_values_name_the_task():
            ({"multitask": {"dwa_temperature": 0}}, "multitask.dwa_temperature"),
            ({"tasks": [{"name": f"t{i}"} for i in range(17)]}, "over the limit of 16"),
            ({"tasks": [{"name": "m"}], "distill": {"mode": "logit"}}, "cannot be combined with distillation"),
-           ({"tasks": [{"name": "m"}], "plan": {"l2sp_alpha": 0.1}}, "cannot be combined")]
+           ({"tasks": [{"name": "m"}], "plan": {"l2sp_alpha": 0.1}}, "cannot be combined"),
+           ({"tasks": [{"name": "m"}], "train": {"nproc_per_node": 2}}, "trains on one process"),
+           ({"tasks": [{"name": "m"}], "train": {"nnodes": 2, "rdzv_endpoint": "node0:29400"}}, "nnodes is 2")]
     for extra, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             RunConfig.from_dict({"source": {"arch": "mnist_net"}, **extra})
+
+
+def test_a_multi_task_config_on_several_processes_is_refused_when_validated_with_the_fix():
+    """Not only once training starts (torchrun started, data loaded): at the config's rules, so the
+    Train page's field, `train`, `launch` and an experiment all say it before anything runs."""
+    data = {"source": {"arch": "mnist_net"}, "tasks": [{"name": "m"}], "train": {"nproc_per_node": 4}}
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_dict(data)
+    assert "multi-task" in caught.value.message and "is 4" in caught.value.message
+    assert "nproc_per_node and train.nnodes to 1" in caught.value.hint
+    assert RunConfig.from_dict({**data, "tasks": []}).train.nproc_per_node == 4  # no tasks: several processes fine
+    assert RunConfig.from_dict({**data, "train": {"nproc_per_node": 1}}).tasks[0].name == "m"
 
 
 # --- weightings against their formulas -------------------------------------------------------------
