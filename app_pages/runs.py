@@ -111,8 +111,13 @@ with tab_eval:
         # Only the splits the run has; the headline's split and checkpoint first, so the figure
         # evaluated here is the one the Runs list and Home show.
         summary = run_view.summaries([run_id])[run_id]
-        splits = ["val", "test"] if summary.get("test_acc") is not None else ["val"]
-        first = head.split if head.split in splits else splits[0]
+        names, task = run_view.task_names(run_id), None
+        if names:  # a multi-task run: each task through its own head on the shared trunk, on its own data
+            chosen = st.radio("Task", names, horizontal=True, key="runs_eval_task", format_func=run_view.task_label(names))
+            task = None if chosen == names[0] else chosen
+        splits = run_view.task_splits(summary, task)
+        # the target: the headline's split first; another task: its held-out split, where it has one
+        first = (head.split if head.split in splits else splits[0]) if task is None else splits[-1]
         c1, c2 = st.columns(2)
         split = c1.radio("Split", sorted(splits, key=lambda s: s != first), horizontal=True, key="runs_eval_split",
                          format_func={"val": "validation", "test": "test"}.get)
@@ -120,7 +125,7 @@ with tab_eval:
         checkpoint = c2.radio("Checkpoint", checkpoints, horizontal=True, key="runs_eval_checkpoint",
                               format_func={"best": "best on validation", "last": "last epoch"}.get)
         with guard("Evaluating") as evaluating:
-            report, images = run_view.evaluation(run_id, split, checkpoint)
+            report, images = run_view.evaluation(run_id, split, checkpoint, task)
         if evaluating.ok:
             run_view.show_evaluation(report, images, checkpoint)
 

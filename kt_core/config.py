@@ -497,6 +497,10 @@ class RunConfig:
                               "the config is one JSON object; see examples/quick.json")
         return cls.from_dict(data)
 
+    def task_names(self) -> list[str]:
+        """The run's tasks, the target first (one name for a single-task run)."""
+        return [self.multitask.primary_name] + [t.name for t in self.tasks]
+
     def method(self) -> str:
         """The training method in words: the plan's preset, and distillation / L2-SP when on."""
         parts = [self.plan.preset]

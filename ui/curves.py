@@ -101,8 +101,8 @@ def traces(series: list[Series]) -> list[Trace]:
     out = []
     for i, s in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
-        steps, epochs = split_rows(s.rows)
-        steps = _thin([r for r in steps if _finite(r.get("train_loss"))], MAX_STEP_POINTS)
+        every_step, epochs = split_rows(s.rows)
+        steps = _thin([r for r in every_step if _finite(r.get("train_loss"))], MAX_STEP_POINTS)
         per_epoch = s.steps_per_epoch or _steps_per_epoch(epochs)
         if steps:
             out.append(Trace(f"{s.label} · train loss (step)", 0, [_step_x(r, per_epoch) for r in steps],
@@ -121,6 +121,32 @@ def traces(series: list[Series]) -> list[Trace]:
                 out.append(Trace(f"{s.label} · {shown}", 0, [r["epoch"] for r in points], [r[term] for r in points],
                                  color, s.label, dash="dash", width=1.5, opacity=0.8))
         out += _task_traces(s, epochs, len(series) + i)
+        out += _weight_traces(s, every_step, epochs, per_epoch, color, len(series) + i)
+    return out
+
+
+WEIGHT_PANEL = 2  # a third panel, drawn only when a run's task weights are learnt
+
+
+def _weight_traces(s: Series, steps: list[dict], epochs: list[dict], per_epoch: float | None, color: str,
+                   colour_index: int) -> list[Trace]:
+    """A multi-task run's learnt loss weights over time (`weight/<task>`: uncertainty weighting
+    writes them in every row, DWA's change once an epoch), each in its task's colour."""
+    names: list[str] = []
+    for row in steps[:1] + epochs[-1:]:  # every row of a run carries the same tasks' weights
+        names += [k.split("/", 1)[1] for k in row if k.startswith("weight/") and k.split("/", 1)[1] not in names]
+    out = []
+    for j, task in enumerate(names):
+        key = f"weight/{task}"
+        stepped = _thin([r for r in steps if _finite(r.get(key))], MAX_STEP_POINTS)
+        points = sorted([(_step_x(r, per_epoch), r[key]) for r in stepped]
+                        + [(float(r["epoch"]), r[key]) for r in epochs if _finite(r.get(key))])
+        if not points:
+            continue
+        task_color = color if j == 0 else PALETTE[(colour_index + j - 1) % len(PALETTE)]  # as _task_traces
+        group = s.label if j == 0 else f"{s.label} · {task}"
+        out.append(Trace(f"{s.label} · {task} weight", WEIGHT_PANEL, [x for x, _ in points], [y for _, y in points],
+                         task_color, group, width=1.5, markers=not stepped))
     return out
 
 
@@ -150,15 +176,20 @@ def _task_traces(s: Series, epochs: list[dict], colour_index: int) -> list[Trace
 
 
 def build_figure(series: list[Series], uirevision: str, title: str | None = None) -> go.Figure:
-    """The final, interactive chart of `series` (zoom, hover, legend toggles): loss | accuracy."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
-    for t in traces(series):
+    """The final, interactive chart of `series` (zoom, hover, legend toggles): loss | accuracy,
+    and | task weights when a multi-task run's weights are learnt."""
+    lines = traces(series)
+    titles = ("Loss", "Accuracy") + (("Task weights",) if any(t.panel == WEIGHT_PANEL for t in lines) else ())
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.08)
+    for t in lines:
         fig.add_trace(go.Scatter(x=t.x, y=t.y, name=t.name, mode="lines+markers" if t.markers else "lines",
                                  legendgroup=t.group, line=dict(color=t.color, dash=t.dash, width=t.width),
                                  opacity=t.opacity), row=1, col=t.panel + 1)
     fig.update_xaxes(title_text="epoch", rangemode="tozero")
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    if len(titles) > 2:
+        fig.update_yaxes(rangemode="tozero", row=1, col=3)
     fig.update_layout(
         uirevision=uirevision,  # keeps zoom and legend toggles across redraws of this run
         # The legend sits below the x axes' title ("epoch"), in a margin of its own: at y=-0.18

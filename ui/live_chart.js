@@ -1,4 +1,5 @@
-// KT Studio's live curves: loss (left) and accuracy (right) drawn on one canvas.
+// KT Studio's live curves: loss (left) and accuracy (right) drawn on one canvas; a multi-task
+// run's learnt task weights in a third panel.
 //
 // Streamlit calls this function with new `data` at every poll of a running run. The canvas and
 // the legend stay in the page between calls, so an update costs one canvas redraw (a few ms)
@@ -100,11 +101,14 @@ function draw(root, data) {
 
   let xMax = data.x_max || 1;
   for (const t of traces) for (const x of t.x) if (x > xMax) xMax = x;
-  const w = (width - PAD.left * 2 - PAD.right - PAD.gap) / 2, h = height - PAD.top - PAD.bottom;
-  const left = { x: PAD.left, y: PAD.top, w, h };
-  const right = { x: PAD.left * 2 + w + PAD.gap, y: PAD.top, w, h };
-  drawPanel(ctx, left, "Loss", traces.filter((t) => t.panel === 0), xMax, false);
-  drawPanel(ctx, right, "Accuracy", traces.filter((t) => t.panel === 1), xMax, true);
+  // A third panel, the learnt task weights of a multi-task run, only when there are any.
+  const titles = ["Loss", "Accuracy"].concat(traces.some((t) => t.panel === 2) ? ["Task weights"] : []);
+  const n = titles.length;
+  const w = (width - PAD.left * n - PAD.right - PAD.gap * (n - 1)) / n, h = height - PAD.top - PAD.bottom;
+  titles.forEach((title, i) => {
+    const box = { x: PAD.left * (i + 1) + i * (w + PAD.gap), y: PAD.top, w, h };
+    drawPanel(ctx, box, title, traces.filter((t) => t.panel === i), xMax, i === 1);
+  });
   legend(root.querySelector(".legend"), traces);
 }
 

@@ -145,19 +145,45 @@ def _cell(value) -> str:
     return str(value)
 
 
+def task_names(run_id: str) -> list[str]:
+    """A multi-task run's tasks, the target first; [] for a single-task run (or an unreadable config)."""
+    try:
+        cfg = rundir.load_config(run_id)
+    except KTError:
+        return []
+    return cfg.task_names() if cfg.tasks else []
+
+
+def task_label(names: list[str]):
+    """How a task is offered: the target says it is the target."""
+    return lambda name: f"{name} (the target)" if name == names[0] else ALL_LABEL if name == ALL_TASKS else name
+
+
+ALL_TASKS, ALL_LABEL = "every task", "every task (a file each)"  # a space: no task's name (letters, digits, _, -)
+
+
+def task_splits(summary: dict, task: str | None) -> list[str]:
+    """The splits a task of a run can be evaluated on: val, and test where it has a test split."""
+    if task is None:
+        return ["val", "test"] if summary.get("test_acc") is not None else ["val"]
+    entry = next((t for t in summary.get("tasks") or [] if t.get("name") == task), {})
+    return ["val", "test"] if entry.get("test_split") or entry.get("test_acc") is not None else ["val"]
+
+
 @st.cache_resource(max_entries=4, show_spinner="Evaluating the run...")
-def _evaluate(run_id: str, split: str, checkpoint: str, stamp: str):
+def _evaluate(run_id: str, split: str, checkpoint: str, stamp: str, task: str | None = None):
     """The report and the evaluated split's images, prepared exactly as the evaluation saw them:
     one load of the run's model and data for both."""
     from kt_core.evaluate import evaluate_run, load_run
 
-    loaded = load_run(run_id, checkpoint=checkpoint, device="cpu", roots=get_settings().dashboard_roots)
+    loaded = load_run(run_id, checkpoint=checkpoint, device="cpu", roots=get_settings().dashboard_roots, task=task)
     return evaluate_run(loaded, split=split), loaded.data.splits().get(split)
 
 
-def evaluation(run_id: str, split: str, checkpoint: str = "best"):
-    """(report, split images) of `run_id`, cached until its checkpoints change."""
-    return _evaluate(run_id, split, checkpoint, rundir.stamp(run_id, "checkpoints"))
+def evaluation(run_id: str, split: str, checkpoint: str = "best", task: str | None = None):
+    """(report, split images) of `run_id` (of its task `task`: a multi-task run's extra task, its
+    head on the shared trunk and its own data; None: the target), cached until its checkpoints change."""
+    return _evaluate(run_id, split, checkpoint, rundir.stamp(run_id, "checkpoints"), task)
 
 
 def confusion_figure(report) -> go.Figure:
@@ -239,7 +265,8 @@ def sample_predictions(report, split, count: int = 16) -> list[tuple[int, str]]:
 def show_evaluation(report, split, checkpoint: str = "best") -> None:
     """Metrics, the clickable confusion matrix and the images of the clicked cell, per-class
     table, sample predictions across classes."""
-    where = f"{'test' if report.split == 'test' else 'validation'} split, " \
+    where = f"{'test' if report.split == 'test' else 'validation'} split" \
+            f"{' of task ' + report.task if getattr(report, 'task', None) else ''}, " \
             f"{'best-on-validation checkpoint' if checkpoint == 'best' else 'last epoch'}"
     c1, c2, c3 = st.columns(3)
     # Written as the headline figure is (Headline.percent), so the two read the same.
@@ -292,25 +319,36 @@ def downloads(run_id: str) -> None:
     c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{stem}-metrics.csv",
                        "text/csv", key="runs_dl_metrics", disabled=not rows)
 
-    from kt_core.export import EXPORTERS, export_run
+    from kt_core.export import EXPORTERS, export_run, export_run_tasks
 
     fmt = st.selectbox("Model format", EXPORTERS.names(), key="runs_export_format",
                        format_func=lambda n: f"{n} — {EXPORTERS.meta(n).get('description', '')}")
+    names, task = task_names(run_id), None
+    if names:  # a multi-task run: the target's network, another task's (the trunk with its head), or all
+        task = st.selectbox("Network", names + [ALL_TASKS], key="runs_export_task", format_func=task_label(names),
+                            help="A task's network is the shared trunk with that task's head; "
+                                 "the target's is the run's model (model.EXT), another task's model-TASK.EXT.")
     if st.button("Export", key="runs_export", help="Written to the run's exports/ folder and checked by reading "
                                                    "it back: it must predict what the model predicts."):
+        roots = get_settings().dashboard_roots
         with st.spinner(f"Exporting as {fmt} and checking it by reading it back..."):
-            path = export_run(run_id, fmt, roots=get_settings().dashboard_roots)
-        meta = json.loads((path.parent / f"{path.name}.json").read_text())
-        st.session_state["kt_export"] = (run_id, fmt, f"{stem}{path.suffix}", path.read_bytes(),
-                                         meta.get("verified_max_diff"))
+            if task == ALL_TASKS:
+                paths = export_run_tasks(run_id, fmt, roots=roots)
+            else:
+                paths = [export_run(run_id, fmt, roots=roots, task=task if names and task != names[0] else None)]
+        files = []
+        for path in paths:  # model.EXT / model-TASK.EXT, downloaded as RUN.EXT / RUN-TASK.EXT
+            meta = json.loads((path.parent / f"{path.name}.json").read_text())
+            files.append((f"{stem}{path.name[len('model'):]}", path.read_bytes(), meta.get("verified_max_diff")))
+        st.session_state["kt_export"] = (run_id, fmt, task, files)
     ready = st.session_state.get("kt_export")
-    if ready and ready[:2] == (run_id, fmt):
-        diff = ready[4]
-        if diff is not None:
-            st.success(f"Verified: {ready[2]} was read back and predicts what the model predicts "
-                       f"(largest difference {diff:.1e}).", icon=":material/verified:")
-        st.download_button(f"Download {ready[2]}", ready[3], ready[2], "application/octet-stream",
-                           key="runs_dl_model", type="primary")
+    if ready and ready[:3] == (run_id, fmt, task):
+        for i, (name, data, diff) in enumerate(ready[3]):
+            if diff is not None:
+                st.success(f"Verified: {name} was read back and predicts what the model predicts "
+                           f"(largest difference {diff:.1e}).", icon=":material/verified:")
+            st.download_button(f"Download {name}", data, name, "application/octet-stream",
+                               key="runs_dl_model" if i == 0 else f"runs_dl_model_{i}", type="primary")
 
 
 def baseline_verdicts(run_ids: list[str], table: pd.DataFrame) -> list[str]:
