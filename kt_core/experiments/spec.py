@@ -15,7 +15,10 @@ Kinds (`KINDS`, a registry, so a new kind is one decorated function):
 - `grid`: a base config and lists of values for any config keys (`"train.lr": [1e-3, 1e-2]`).
 
 Methods are a registry too (`METHODS`): a method turns the base config into its member's config.
-The plan presets are registered here; distillation or multi-task register theirs when they exist.
+The plan presets are registered here, and `joint`: the target trained together with the source
+run's own task on one trunk (multi-task learning instead of transfer: the source run's starting
+point, plan and dataset, a head each; it needs the spec's `source_run`). Distillation would
+register its own.
 A method in the spec is a name, or `{"name": ..., "label": ..., "set": {"train.lr": 1e-4}}`.
 
 Seeds: a count n (seeds 0..n-1) or a list. A seed sets both `train.seed` (initialisation, batch
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, TaskConfig
 from ..presets import PRESETS
 from ..registry import Registry
 
@@ -47,11 +50,16 @@ DEFAULT_METHODS = ("scratch", "feature_extraction", "fine_tune")
 
 @dataclass(frozen=True)
 class Method:
-    """How a member of this method differs from the base config."""
+    """How a member of this method differs from the base config. With `uses_source_run`, `apply`
+    also gets the spec's `source_run` config: `apply(cfg, source)`."""
 
-    apply: Callable[[RunConfig], RunConfig]
+    apply: Callable[..., RunConfig]
     label: str
     transfer: bool  # False for the from-scratch baseline the others are judged against
+    uses_source_run: bool = False
+
+    def member(self, cfg: RunConfig, source: RunConfig | None) -> RunConfig:
+        return self.apply(cfg, source) if self.uses_source_run else self.apply(cfg)
 
 
 METHODS: Registry[Method] = Registry("experiment method")
@@ -70,6 +78,24 @@ _LABELS = {"scratch": "from scratch", "linear_probe": "linear probe", "feature_e
            "discriminative": "discriminative lr"}
 for _preset in PRESETS.names():  # one method per plan preset
     METHODS.add(_preset, Method(_preset_method(_preset), _LABELS.get(_preset, _preset), _preset != "scratch"))
+
+JOINT_TASK = "source"  # the source run's task's name in a joint member
+
+
+def _joint_with_source(cfg: RunConfig, source: RunConfig) -> RunConfig:
+    """Multi-task learning instead of transfer: the member starts where the source run started
+    (its source and plan: from scratch in the demo) and trains the target together with the source
+    run's dataset (a task named `source`, drawn with the member's seed), one head each. The
+    member's own schedule stays (auto epochs are reckoned over every task's images) and the target
+    stays the primary task (best checkpoint, early stopping, headline)."""
+    cfg.source, cfg.plan = copy.deepcopy(source.source), copy.deepcopy(source.plan)
+    task = TaskConfig(name=JOINT_TASK, dataset=copy.deepcopy(source.dataset))
+    task.dataset.seed = cfg.dataset.seed
+    cfg.tasks = [task]
+    return cfg
+
+
+METHODS.add("joint", Method(_joint_with_source, "joint with the source task", True, uses_source_run=True))
 
 
 @dataclass(frozen=True)
@@ -296,14 +322,21 @@ KINDS: Registry[Kind] = Registry("experiment kind")
 def _check_sample_efficiency(spec: ExperimentSpec) -> None:
     if not spec.methods:
         raise ConfigError("a sample_efficiency experiment needs methods", f"for example {list(DEFAULT_METHODS)}")
+    joint = [m.name for m in spec.methods if METHODS.get(m.name).uses_source_run]
+    if joint and spec.source_run is None:
+        raise ConfigError(f"method {joint[0]!r} trains the target together with the source run's task, "
+                          "but the experiment has no source_run",
+                          "give the source as a source_run the experiment trains first (the demo's source), "
+                          f"or leave out {joint[0]!r}")
 
 
 def _expand_sample_efficiency(spec: ExperimentSpec, base: dict, blocks) -> list[Member]:
     out = []
+    source = RunConfig.from_dict(spec.source_run) if spec.source_run is not None else None
     for method, k, seed in itertools.product(spec.methods, spec.per_class, spec.seeds):
         key = f"{method.label} K={k_label(k)} seed={seed}"
         cfg = spec.member_config(base, key, {"dataset.per_class": k, **method.values}, seed)
-        cfg = METHODS.get(method.name).apply(cfg)
+        cfg = METHODS.get(method.name).member(cfg, source)
         out.append(Member(key, {"method": method.label, "per_class": k, "seed": seed}, cfg.validate()))
     return out
 
