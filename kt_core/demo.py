@@ -87,18 +87,22 @@ def run_demo(per_class: int = 10, runs_dir=None, device: str = "cpu") -> DemoHan
     """Start the demo and return at once; the runs train in their own processes.
 
     The transfer run and its baseline are launched immediately: a run whose source is a run
-    still training waits for it (see `worker`), so the UI can show all three from the start.
+    still training waits for it (see `worker`), so the UI can show all three from the start; the
+    baseline, from scratch, needs only the source's first checkpoint (its structure) and trains
+    beside the source, and the transfer warms up its process while it waits.
     """
     src_cfg = source_config(device)
     source_run = find_source_run(src_cfg, runs_dir)
     reused = source_run is not None
+    # The demo's configs are ours and tested: the launches check config, device and source run
+    # only (deep=False); the workers build the models and decode the data, once each.
     if source_run is None:
-        source_run = launcher.launch(src_cfg, runs_dir)
+        source_run = launcher.launch(src_cfg, runs_dir, deep=False)
         log.info("demo: training the source model (run %s)", source_run)
     else:
         log.info("demo: reusing source run %s", source_run)
     cfg = transfer_config(str(rundir.run_dir(source_run, runs_dir)), per_class, device)
-    transfer_run, baseline_run = launcher.launch_with_baseline(cfg, runs_dir)
+    transfer_run, baseline_run = launcher.launch_with_baseline(cfg, runs_dir, deep=False)
     return DemoHandle(source_run, transfer_run, baseline_run, per_class, reused)
 
 

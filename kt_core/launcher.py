@@ -186,12 +186,15 @@ def _preflight(cfg: RunConfig, runs_dir, confined: bool = False, deep: bool = Fa
     preflight(cfg, runs_dir, roots=get_settings().dashboard_roots if confined else None, deep=deep)
 
 
-def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: bool = False) -> str:
+def launch(cfg: RunConfig, runs_dir: str | os.PathLike | None = None, confined: bool = False,
+           deep: bool = True) -> str:
     """Create the run folder and start its worker process; returns the run id at once. First the
     worker's own preparation runs here (`preflight(deep=True)`), so bad input fails before a run
     folder exists. `confined=True` (the dashboard): held to the server's roots and trust setting,
-    now and in the worker."""
-    _preflight(cfg, runs_dir, confined, deep=True)
+    now and in the worker. `deep=False` checks the config, device and source run only, for configs
+    known to prepare (the demo's): building the model and decoding the data here as well as in the
+    worker cost the demo's first click ~3 s of CPU before any worker had its run."""
+    _preflight(cfg, runs_dir, confined, deep=deep)
     folder = rundir.create_run(cfg, runs_dir, confined=confined)
     with rundir.RunLock(folder).acquire(what="start"):
         _spawn_worker(folder)
@@ -209,10 +212,10 @@ def start(folder: str | os.PathLike, wait: float = 0.0) -> int:
 
 
 def launch_with_baseline(cfg: RunConfig, runs_dir: str | os.PathLike | None = None,
-                         confined: bool = False) -> tuple[str, str]:
+                         confined: bool = False, deep: bool = True) -> tuple[str, str]:
     """The transfer run and its from-scratch twin (same architecture, data and schedule)."""
-    run_id = launch(cfg, runs_dir, confined)
-    return run_id, launch(cfg.as_baseline(run_id), runs_dir, confined)
+    run_id = launch(cfg, runs_dir, confined, deep)
+    return run_id, launch(cfg.as_baseline(run_id), runs_dir, confined, deep)
 
 
 def stop(run: str | os.PathLike, timeout: float = 10.0) -> dict:

@@ -261,7 +261,7 @@ def run_worker(run: str | os.PathLike, prepared: Prepared | None = None, callbac
                 result = fit(prepared.model, prepared.data, cfg, prepared.plan, hooks, resume_state,
                              device, meta={"arch": prepared.arch, "built_from": prepared.built_from},
                              evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks,
-                             store=OutputStore())
+                             store=OutputStore(), cache_budget=get_settings().feature_cache_max_bytes)
                 summary = _summary(folder, cfg, result, prepared, device)
                 rundir.write_summary(folder, summary)
                 # Logged before the state is published: whoever sees `completed` finds it in log.txt.
@@ -377,7 +377,7 @@ def _follow(cfg: RunConfig, runs_dir, confined: bool, ranks: Ranks) -> dict:
             result = fit(prepared.model, prepared.data, cfg, prepared.plan, [stop], resume_state, device,
                          meta={"arch": prepared.arch, "built_from": prepared.built_from},
                          evaluate_first=bool(head and head.keep), **prepared.fit_options(), ranks=ranks,
-                         store=OutputStore())
+                         store=OutputStore(), cache_budget=get_settings().feature_cache_max_bytes)
         except Terminated:
             log.warning("rank %d: terminated (SIGTERM)", ranks.rank)
             return {"state": "stopped", "rank": ranks.rank}
@@ -425,13 +425,32 @@ def _bn_warnings(prepared: Prepared, device: torch.device) -> list[str]:
     return warnings
 
 
+# How often a run waiting for its source looks at the source's status: the transfer of the demo
+# starts this much after its source ends, at worst (a status read costs well under a millisecond).
+SOURCE_POLL_S = 0.1
+
+
+def warm_up() -> None:
+    """Pay a training process's one-time costs now: torch's compiler stack, which its first
+    optimizer imports (~1.3 s of CPU), and TensorBoard's writer (~1 s). The standby worker does it
+    before it has a run; a run waiting for its source does it while it waits."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    from .tensorboard_log import available
+
+    if available() and get_settings().tensorboard:
+        from torch.utils import tensorboard  # noqa: F401 - here, not at the top: only runs that write events need it (~1 s)
+
+
 def _wait_for_source_run(cfg: RunConfig, runs_dir: Path, who: str, status: StatusWriter | None,
                          stop: StopFlag) -> bool:
     """A run whose source (or distillation teacher) is a run still training waits for it, queued,
     instead of failing (`who` names the waiting run, or rank, in the log).
 
     This lets the UI launch a chain (train a source, then transfer from it, next to a baseline)
-    in one click. Returns False when asked to stop while waiting; raises if the source ends badly.
+    in one click. A run from scratch reads only the source's structure (architecture, classes,
+    input size, normalization: every checkpoint has them), never its weights, so it waits only
+    for the source's first checkpoint and trains beside it. Returns False when asked to stop
+    while waiting; raises if the source ends badly before it has what this run needs.
     """
     teacher = cfg.distill.teacher if cfg.distill.mode != "off" else None
     for what, src in (("source", cfg.source), ("teacher", teacher)):
@@ -441,16 +460,26 @@ def _wait_for_source_run(cfg: RunConfig, runs_dir: Path, who: str, status: Statu
             source = run_folder(src.path, runs_dir=runs_dir)
         except KTError:
             continue  # not a run of this folder: load_source gives the precise error
-        if not _wait_for(source, what, who, status, stop):
+        structure_only = what == "source" and cfg.plan.preset == "scratch"
+        if not _wait_for(source, what, who, status, stop, structure_only):
             return False
     return True
 
 
-def _wait_for(source: Path, what: str, who: str, status: StatusWriter | None, stop: StopFlag) -> bool:
+def _has_checkpoint(source: Path) -> bool:
+    try:
+        rundir.run_checkpoint(source, "last")
+    except RunError:
+        return False
+    return True
+
+
+def _wait_for(source: Path, what: str, who: str, status: StatusWriter | None, stop: StopFlag,
+              structure_only: bool = False) -> bool:
     announced = False
     while True:
         state = rundir.read_status(source)["state"]
-        if state == "completed":
+        if state == "completed" or (structure_only and _has_checkpoint(source)):
             if announced and status is not None:
                 status.update(state="running", note=None)
             return True
@@ -458,14 +487,18 @@ def _wait_for(source: Path, what: str, who: str, status: StatusWriter | None, st
             raise RunError(f"{what} run {source.name} ended as {state}, so there is nothing to transfer",
                            f"resume it (`python -m kt_core resume {source.name}`) or pick another {what}")
         if not announced:
-            log.info("%s: waiting for %s run %s to finish", who, what, source.name)
+            log.info("%s: waiting for %s run %s to %s", who, what, source.name,
+                     "write its first checkpoint" if structure_only else "finish")
             model = "source model" if what == "source" else "teacher"
             if status is not None:
-                status.update(state="queued", note=f"waiting for its {model} to finish training (run {source.name})")
+                status.update(state="queued", note=(f"waiting for its {model}'s first checkpoint (run {source.name})"
+                                                    if structure_only else
+                                                    f"waiting for its {model} to finish training (run {source.name})"))
             announced = True
+            warm_up()  # the time it waits pays its start-up costs, off the path to its first step
         if stop.should_stop(None):
             return False
-        time.sleep(0.5)
+        time.sleep(SOURCE_POLL_S)
 
 
 def _resume_state(folder: Path) -> dict | None:

