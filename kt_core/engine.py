@@ -180,6 +180,7 @@ class FitContext:
     batches: Any = None
     ranks: Any = None  # distributed.Ranks of a data-parallel run; None for one process
     store: Any = None  # `image_cache.Store` of outputs shared between runs (the worker's); None: not shared
+    cache_budget: int | None = None  # the most bytes the feature cache may hold (None: no limit)
     ddp: nn.Module | None = None  # `forward` under DistributedDataParallel (the training steps' module)
     ddp_signature: tuple = ()  # which parameters trained when `ddp` was built
 
@@ -506,7 +507,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
         callbacks: Iterable[Callback] = (), resume_state: dict | None = None,
         device: torch.device | str | None = None, meta: dict | None = None,
         evaluate_first: bool = False, objective: Objective | None = None, batches=None, ranks=None,
-        store=None) -> FitResult:
+        store=None, cache_budget: int | None = None) -> FitResult:
     """Train `model` on `data` as `cfg.train` says, under `plan` (None: everything trains, `WholeModel`),
     minimising `objective` (None: cross-entropy with the config's label smoothing).
 
@@ -522,6 +523,8 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     `store`: where the frozen layers' features and a teacher's outputs are shared between runs
     (`image_cache.Store`, keyed by content: a run that finds them trains exactly as one that
     computes them, and says so in its log); None computes them in this run alone.
+    `cache_budget`: the most bytes the feature cache may hold (None: no limit); past it the run
+    trains without the cache, said in the log (the worker passes KT_FEATURE_CACHE_MAX_BYTES's).
     Raises TrainingError (NaN loss, out of memory) and DeviceError; returns a FitResult whose
     state is "completed" or "stopped".
     """
@@ -542,7 +545,8 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
     model.to(device)
     objective = objective if objective is not None else plain_objective(t.label_smoothing)
     try:
-        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches, ranks, store)
+        ctx = _build_context(model, data, cfg, plan, callbacks, device, meta or {}, objective, batches, ranks, store,
+                             cache_budget)
         if resume_state is not None:
             _restore(ctx, resume_state)
         return _fit_loop(ctx, evaluate_first and resume_state is None)
@@ -553,7 +557,7 @@ def fit(model: nn.Module, data: PreparedData, cfg: RunConfig, plan=None,
 
 
 def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: Objective, batches=None,
-                   ranks=None, store=None) -> FitContext:
+                   ranks=None, store=None, cache_budget: int | None = None) -> FitContext:
     t = cfg.train
     if len(data.train) == 0:
         raise TrainingError("the training split is empty", "select more images or classes")
@@ -594,6 +598,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),
         labelled=len(data.train) if batches is None else batches.images_per_epoch, ranks=ranks, store=store,
+        cache_budget=cache_budget,
     )
     apply_schedule(ctx)
 
@@ -644,6 +649,16 @@ def _use_feature_cache(ctx: FitContext) -> None:
         log.warning("feature cache skipped: the model's forward does more after %s than its modules %s", names[0],
                     ", ".join(names))
         return
+    need, budget = _cache_bytes(ctx, names[0], probe), ctx.cache_budget
+    over = budget is not None and need > budget
+    if ctx.ranks is not None:  # every process decides alike (their budgets may differ: other nodes)
+        over = ctx.ranks.any(over, ctx.device)
+    if over:
+        log.warning("feature cache not made: %d images' features would take %.2f GiB, over the %.2f GiB it may "
+                    "hold (KT_FEATURE_CACHE_MAX_BYTES, default half the memory available); each batch goes "
+                    "through the frozen layers instead: the same result, more time per epoch",
+                    _cached_images(ctx), need / 2**30, (budget or need) / 2**30)
+        return
     train = _extract(ctx, names[0], ctx.train_split, bs)
     val = (_extract(ctx, names[0], ctx.data.val, bs)
            if ctx.data.val is not None and len(ctx.data.val) else None)
@@ -655,6 +670,19 @@ def _use_feature_cache(ctx: FitContext) -> None:
     ctx.feature_cache_s = time.perf_counter() - started
     log.info("feature cache: %d train + %d val feature vectors of size %s computed once in %.2f s",
              len(train), len(val) if val is not None else 0, tuple(train.x.shape[1:]), ctx.feature_cache_s)
+
+
+def _cached_images(ctx: FitContext) -> int:
+    return len(ctx.train_split) + (len(ctx.data.val) if ctx.data.val is not None else 0)
+
+
+def _cache_bytes(ctx: FitContext, name: str, probe: torch.Tensor) -> int:
+    """What the feature cache of the train and validation splits would hold, from the probe's
+    features (float32): known before a single image is extracted."""
+    feats = extract_head_inputs(ctx.model, name, TensorSplit(probe, torch.zeros(len(probe), dtype=torch.long)),
+                                ctx.device, len(probe), ctx.autocast)
+    per_image = feats.x[0].numel() * 4 if feats is not None and len(feats) else 0
+    return per_image * _cached_images(ctx)
 
 
 def _extract(ctx: FitContext, name: str, split, batch_size: int) -> TensorSplit | None:

@@ -421,16 +421,23 @@ class MetricsAppender:
         self.file.close()
 
 
-def read_metrics(run: str | os.PathLike, since: int = 0) -> tuple[list[dict], int]:
+def read_metrics(run: str | os.PathLike, since: int = 0, max_bytes: int | None = None) -> tuple[list[dict], int]:
     """Rows appended after byte offset `since`, and the offset to pass next time.
 
     Only complete lines are returned, so a row being written right now is read on the next call.
+    `max_bytes`: read at most this much (the complete lines in it; at least one line), for a
+    reader that goes through a long file in pieces.
     """
     path = metrics_path(run_dir(run))
     try:
         with open(path, "rb") as f:
             f.seek(since)
-            chunk = f.read()
+            chunk = f.read() if max_bytes is None else f.read(max_bytes)
+            while max_bytes is not None and b"\n" not in chunk:  # one line longer than a piece
+                more = f.read(max_bytes)
+                if not more:
+                    break
+                chunk += more
     except FileNotFoundError:
         return [], since
     end = chunk.rfind(b"\n") + 1

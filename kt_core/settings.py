@@ -11,6 +11,7 @@
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
 | `KT_CACHE_MAX_BYTES` | `10737418240` (10 GiB) | the cache folder's size limit: decoded datasets, shared outputs (frozen features, teachers' outputs) and extracted zips are evicted least recently used first past it (`kt_core.cachedir`; uploads, downloads and drafts never are); `python -m kt_core cache` shows and clears it |
+| `KT_FEATURE_CACHE_MAX_BYTES` | half the memory available when a run starts | the most a run's cache of per-image outputs (the frozen layers' features, a teacher's outputs) may hold in memory; a cache that would need more is not made, said in the run's log, and the run trains without it (the same result, each batch through the frozen layers) |
 | `KT_TENSORBOARD` | `1` | every run writes TensorBoard event files into `RUN/tensorboard/`; `0` turns them off |
 
 What the dashboard launches, resumes, re-runs, evaluates or exports is held to `KT_ALLOWED_ROOTS`
@@ -68,6 +69,14 @@ class Settings:
         return _count("KT_CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES)
 
     @property
+    def feature_cache_max_bytes(self) -> int:
+        """KT_FEATURE_CACHE_MAX_BYTES, else half of the memory available now: a cache past it would
+        push the machine toward an out-of-memory kill, which loses the run."""
+        if os.environ.get("KT_FEATURE_CACHE_MAX_BYTES", "").strip():
+            return _count("KT_FEATURE_CACHE_MAX_BYTES", 1)
+        return _available_memory() // 2
+
+    @property
     def dashboard_roots(self) -> tuple[Path, ...]:
         """Where a dashboard user's paths may lead: the allowed roots, plus the uploads folder
         (files the dashboard wrote itself, named by their hash)."""
@@ -82,6 +91,21 @@ def _count(name: str, default: int) -> int:
         raise SettingsError(f"{name}={os.environ[name]!r} is not a positive whole number",
                             f"set {name} to a count such as {default}, or unset it for the default")
     return int(value)
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux: MemAvailable; else physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30  # unknown: assume a small machine
 
 
 def _roots_from_env() -> tuple[Path, ...]:

@@ -145,3 +145,78 @@ def test_learnt_task_weights_are_drawn_over_time_in_a_panel_of_their_own_in_each
     fixed = [{k: v for k, v in r.items() if not k.startswith("weight/")} for r in multitask_rows()]
     assert {t.panel for t in traces([Series("fixed", fixed)])} == {0, 1}
     assert [a.text for a in build_figure([Series("fixed", fixed)], uirevision="y").layout.annotations] == ["Loss", "Accuracy"]
+
+
+def _step(i: int) -> dict:
+    return {"kind": "step", "step": i + 1, "epoch": i // 100 + 1, "train_loss": 1.0 / (i + 1), "images_per_s": 100.0 + i}
+
+
+def _epoch(e: int) -> dict:
+    return {"kind": "epoch", "epoch": e, "step": e * 100, "train_loss": 1.0 / e, "val_acc": 0.5, "epoch_s": 1.0}
+
+
+def _rows(steps: int) -> list[dict]:
+    rows = []
+    for i in range(steps):
+        rows.append(_step(i))
+        if (i + 1) % 100 == 0:
+            rows.append(_epoch((i + 1) // 100))
+    return rows
+
+
+def test_the_digest_of_a_long_run_keeps_every_epoch_and_a_bounded_even_sample_of_steps():
+    from ui.curves import RowDigest, is_step_row
+
+    rows = _rows(100_000)
+    digest = RowDigest(limit=50)
+    digest.extend(rows)
+    kept = digest.rows
+    steps = [r for r in kept if is_step_row(r)]
+    assert [r for r in kept if not is_step_row(r)] == [r for r in rows if not is_step_row(r)]  # all 1000 epochs
+    assert 50 <= len(steps) <= 2 * 50 + 1
+    assert steps[-1]["step"] == 100_000  # the newest step, always
+    gaps = {b["step"] - a["step"] for a, b in zip(steps[:-1], steps[1:-1])}
+    assert len(gaps) == 1  # evenly spaced (the newest may follow closer)
+    # rows added a few at a time (a poll at a time) give the very same digest as all at once
+    piecewise = RowDigest(limit=50)
+    for start in range(0, len(rows), 333):
+        piecewise.extend(rows[start:start + 333])
+    assert piecewise.rows == kept
+
+
+def test_a_poll_reads_only_the_bytes_appended_since_the_last_one(monkeypatch, tmp_path):
+    import json
+
+    import streamlit as st
+
+    from kt_core import rundir
+    from tests.test_app_support import make_run
+    from ui import curves
+
+    monkeypatch.setattr(st, "session_state", {})
+    run_id = make_run("long", epochs=1, steps_per_epoch=4)
+    path = rundir.metrics_path(rundir.run_dir(run_id))
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in _rows(20_000))
+    reads = []
+    real = rundir.read_metrics
+
+    def spy(run, since=0, max_bytes=None):
+        rows, offset = real(run, since, max_bytes)
+        reads.append((since, offset))
+        return rows, offset
+
+    monkeypatch.setattr(rundir, "read_metrics", spy)
+    monkeypatch.setattr(curves, "READ_CHUNK_BYTES", 64 << 10)  # the first look goes through it in pieces
+    first = curves.new_rows(run_id)
+    size = path.stat().st_size
+    assert reads[-1] == (size, size) and len(reads) > 10  # in pieces, to the end
+    assert all(b - a <= (64 << 10) for a, b in reads)
+    assert len(first) < 2 * curves.MAX_STEP_POINTS + 250  # epochs + thinned steps, not 20,000 rows
+    reads.clear()
+    with open(path, "a") as f:  # the worker appends three steps
+        f.writelines(json.dumps(_step(20_000 + i)) + "\n" for i in range(3))
+    rows = curves.new_rows(run_id)
+    assert reads[0][0] == size and reads[-1] == (path.stat().st_size, path.stat().st_size)
+    assert sum(b - a for a, b in reads) == path.stat().st_size - size  # only the new bytes
+    assert rows[-1]["step"] == 20_003

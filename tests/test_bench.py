@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import demo_speed, distributed, experiment_speed, figures, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
+from bench import demo_speed, distributed, experiment_speed, figures, growth, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
                            run_figure)
 
@@ -70,8 +70,8 @@ def test_unknown_figure_is_refused_with_the_valid_names():
 def test_every_figure_of_the_issue_is_registered():
     from bench.__main__ import parse_only
 
-    assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22",
-                                                                                                  "B23"]
+    assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == \
+        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26"]
     assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
     assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:
@@ -173,3 +173,31 @@ def test_cold_demo_figures_time_one_click_from_empty_folders(tmp_path, monkeypat
     assert "from scratch" in timing.conclusion and "load average" in ratio.detail
     assert not (tmp_path / "mine").exists()  # the user's runs folder is left alone
     assert os.environ["KT_RUNS_DIR"] == str(tmp_path / "mine")
+
+
+def test_growth_figures_run_at_tiny_scale_and_count_what_is_read(tmp_path):
+    """B24-B26 at the smoke-test size: each measures three sizes; the listing opens the same
+    files per run folder whatever their number, and a poll reads the same bytes whatever the
+    length of the file (counts, not timings: those are the figures' business)."""
+    ctx = Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+    results = {name: run_figure(name, ctx) for name in ("B24", "B25", "B26")}
+    for result in results.values():
+        assert result.verdict in ("PASS", "FAIL"), result.error
+        assert result.measured > 0
+    listing = results["B24"].detail
+    assert [int(n) for n in re.findall(r"(\d+) files opened", listing)] == [3 * n for n in growth.SIZES["tiny"]]
+    poll = results["B26"].detail
+    per_poll = [int(b) for b in re.findall(r"(\d+) bytes read per poll", poll)]
+    assert len(per_poll) == 3 and max(per_poll) - min(per_poll) < 100  # 10 new rows' bytes, not the file's
+
+
+def test_synthetic_run_folders_are_valid_runs(tmp_path):
+    from kt_core import rundir, runs
+
+    ids = growth.make_runs(tmp_path, 4)
+    table = runs.list_runs(tmp_path)
+    assert sorted(table["id"]) == sorted(ids) and set(table["state"]) == {"completed"}
+    assert table["baseline_of"].notna().sum() == 2  # every other one a from-scratch twin
+    for run_id in ids:
+        assert rundir.load_config(rundir.run_dir(run_id, tmp_path)).validate()
+        assert len(rundir.read_metrics(rundir.run_dir(run_id, tmp_path))[0]) == 3 * 6

@@ -190,6 +190,41 @@ def test_feature_cache_trains_the_head_exactly_like_the_full_forward_pass():
     assert set(cached_rec.checkpoints["last"]["model"]) == set(full_model.state_dict())
 
 
+def test_a_feature_cache_over_the_memory_budget_is_not_made_and_the_run_trains_the_same(caplog):
+    """Never an out-of-memory kill: a cache that would pass its budget is refused, in words, and
+    the head trains on the frozen layers' output batch by batch, to the same weights."""
+    def run(budget):
+        model = make_model()
+        plan = apply_plan(model, TransferPlan(preset="feature_extraction"), BLOCKS, seed=0)
+        return fit(model, make_data(), config(epochs=2), plan, cache_budget=budget), model
+
+    data = make_data()
+    need = 4 * 256 * (len(data.train) + len(data.val))  # make_model: 256 float32 features into the head
+    with caplog.at_level("WARNING", logger="kt_core.engine"):
+        refused, refused_model = run(need - 1)
+    fits, fits_model = run(need)
+    assert not refused.feature_cache and fits.feature_cache
+    message = next(r.getMessage() for r in caplog.records if "feature cache not made" in r.getMessage())
+    assert f"{len(data.train) + len(data.val)} images" in message and "KT_FEATURE_CACHE_MAX_BYTES" in message
+    torch.testing.assert_close(refused_model[5].weight, fits_model[5].weight, rtol=1e-4, atol=1e-5)
+
+
+def test_the_worker_holds_the_feature_cache_to_its_setting(tmp_path, monkeypatch):
+    from kt_core import rundir
+    from kt_core.config import DatasetConfig, SourceConfig
+    from kt_core.worker import run_worker
+
+    monkeypatch.setenv("KT_FEATURE_CACHE_MAX_BYTES", "1000")
+    cfg = RunConfig(source=SourceConfig(kind="arch", arch="mnist_net"),
+                    dataset=DatasetConfig(name="sklearn_digits", per_class=5),
+                    plan=TransferPlan(preset="feature_extraction"),
+                    train=TrainConfig(epochs=1, batch_size=16, device="cpu"))
+    folder = rundir.create_run(cfg, tmp_path)
+    assert run_worker(folder)["state"] == "completed"
+    assert rundir.read_summary(folder)["feature_cache"] is False
+    assert "feature cache not made" in (folder / "log.txt").read_text()
+
+
 def test_feature_cache_is_not_used_when_images_are_augmented_or_the_backbone_trains():
     model = make_model()
     plan = apply_plan(model, TransferPlan(preset="fine_tune"), BLOCKS)

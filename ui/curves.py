@@ -265,38 +265,98 @@ def _duration(seconds: float) -> str:
 
 # --- reading the run folder incrementally ----------------------------------------------------
 
+class RowDigest:
+    """The rows of one metrics.jsonl that a chart and a progress caption need, at a size that
+    does not grow with the file: every epoch row (one per epoch), the step rows thinned to at
+    most `2 * limit` evenly spaced ones (the stride doubles when they pass it), and the newest
+    step row. Adding rows costs time in proportion to the rows added, so a poll of a run with a
+    million step rows costs what a poll of a run with a thousand does (bench B26).
+    """
+
+    def __init__(self, limit: int = MAX_STEP_POINTS):
+        self.limit = limit
+        self.stride = 1
+        self.steps_seen = 0
+        self._kept: list[tuple[int | None, dict]] = []  # (step row's index, row); epoch rows: None
+        self._steps_kept = 0
+        self._newest_step: dict | None = None
+
+    def extend(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            if not is_step_row(row):
+                self._kept.append((None, row))
+                continue
+            index, self.steps_seen = self.steps_seen, self.steps_seen + 1
+            self._newest_step = row
+            if index % self.stride == 0:
+                self._kept.append((index, row))
+                self._steps_kept += 1
+                if self._steps_kept > 2 * self.limit:
+                    self._decimate()
+
+    def _decimate(self) -> None:
+        """Every other kept step row goes: what is left is still evenly spaced (O(kept), and it
+        happens once per doubling of the file's step rows)."""
+        self.stride *= 2
+        self._kept = [(i, r) for i, r in self._kept if i is None or i % self.stride == 0]
+        self._steps_kept = sum(1 for i, _ in self._kept if i is not None)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The kept rows in file order, then the newest step row if thinning left it out."""
+        rows = [r for _, r in self._kept]
+        if self._newest_step is not None and (self.steps_seen - 1) % self.stride:
+            rows.append(self._newest_step)
+        return rows
+
+
+# Read this much of a metrics.jsonl at a time: the first look at a long run parses it in pieces,
+# so its memory is a piece's rows and the digest, not the whole file's rows.
+READ_CHUNK_BYTES = 4 << 20
+
+
 @dataclass
 class _Seen:
-    """What this browser session has read of one run: rows, byte offset, schedule facts."""
+    """What this browser session has read of one run: its digest, byte offset, schedule facts."""
 
-    rows: list[dict] = field(default_factory=list)
+    digest: RowDigest = field(default_factory=RowDigest)
     offset: int = 0
     file_id: str = ""  # rundir.stamp(run, "metrics"): which metrics.jsonl was read so far
     epochs: int | None = None
     batch_size: int | None = None
 
+    @classmethod
+    def of(cls, run_id: str) -> "_Seen":
+        cfg = rundir.load_config(run_id)
+        return cls(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size)
+
+    def read(self, run_id: str) -> list[dict]:
+        """The digest's rows of `run_id` so far; only the bytes appended since the last call are read.
+
+        A resume (from any tab or the CLI) rewrites metrics.jsonl as a new file cut back to its
+        checkpoint: a new file means reading from the start again, never from a stale offset.
+        """
+        file_id = rundir.stamp(run_id, "metrics")
+        if file_id != self.file_id:
+            self.digest, self.offset, self.file_id = RowDigest(), 0, file_id
+        while True:  # piece by piece, until a read finds no complete line
+            rows, offset = rundir.read_metrics(run_id, since=self.offset, max_bytes=READ_CHUNK_BYTES)
+            if offset == self.offset:
+                return self.digest.rows
+            self.digest.extend(rows)
+            self.offset = offset
+
 
 def _seen(run_id: str) -> _Seen:
     cache = st.session_state.setdefault("kt_metric_cache", {})
     if run_id not in cache:
-        cfg = rundir.load_config(run_id)
-        cache[run_id] = _Seen(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size)
+        cache[run_id] = _Seen.of(run_id)
     return cache[run_id]
 
 
 def new_rows(run_id: str) -> list[dict]:
-    """All rows of `run_id` so far; only the bytes appended since the last call are read.
-
-    A resume (from any tab or the CLI) rewrites metrics.jsonl as a new file cut back to its
-    checkpoint: a new file means reading from the start again, never from a stale offset.
-    """
-    seen = _seen(run_id)
-    file_id = rundir.stamp(run_id, "metrics")
-    if file_id != seen.file_id:
-        seen.rows, seen.offset, seen.file_id = [], 0, file_id
-    rows, seen.offset = rundir.read_metrics(run_id, since=seen.offset)
-    seen.rows.extend(rows)
-    return seen.rows
+    """The rows of `run_id` a chart needs (`RowDigest`); only new bytes are read (`_Seen.read`)."""
+    return _seen(run_id).read(run_id)
 
 
 def forget(run_id: str) -> None:

@@ -315,9 +315,13 @@ def downloads(run_id: str) -> None:
     c1, c2 = st.columns(2)
     c1.download_button(rundir.CONFIG, rundir.config_text(folder).encode(), f"{stem}-config.json",
                        "application/json", key="runs_dl_config")
-    rows, _ = rundir.read_metrics(run_id)
-    c2.download_button("metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode(), f"{stem}-metrics.csv",
-                       "text/csv", key="runs_dl_metrics", disabled=not rows)
+    # Made when clicked, not at every rerun of the page: a long run's metrics are millions of rows.
+    def metrics_csv() -> bytes:
+        return pd.DataFrame(rundir.read_metrics(folder)[0]).to_csv(index=False).encode()
+
+    has_rows = rundir.metrics_path(folder).is_file() and rundir.metrics_path(folder).stat().st_size > 0
+    c2.download_button("metrics.csv", metrics_csv, f"{stem}-metrics.csv", "text/csv", key="runs_dl_metrics",
+                       disabled=not has_rows)
 
     from kt_core.export import EXPORTERS, export_run, export_run_tasks
 

@@ -1,0 +1,328 @@
+"""B24-B26: how costs grow with the work (issue #18, section 4).
+
+A tool that is fast with five runs can crawl with five hundred. Each figure measures one cost at
+three sizes and is the cost per unit of work at the largest size over the cost per unit at a
+smaller one: about 1 when the cost grows no faster than the work (linear), 10 or more when it
+grows with the square. The sizes are measured interleaved (small, middle, large, then the
+reverse ...), each size's median taken; the detail holds every size's absolute figures.
+
+- B24 `runs --json` with 10, 100 and 1,000 run folders: CPU time and files opened, per folder.
+- B25 the Runs page (Streamlit's AppTest, the whole app) with the same folders: CPU time per
+  render and files opened, per folder.
+- B26 a live poll of a run whose metrics.jsonl holds 10^3, 10^5 and 10^6 rows (the Train and
+  Home pages' 2 s poll, without the drawing: status, new rows, chart traces, progress caption):
+  CPU and bytes read per poll, which must not grow with the file at all (the figure is the
+  largest file's CPU per poll over the smallest's).
+
+Run folders are synthetic but valid: made through `kt_core.rundir` (create_run, status, summary,
+metrics) as a worker leaves them. Files opened are counted with an audit hook (`open` events,
+which `open()` and `os.open` raise) for paths under the folder measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .harness import FIGURES, Context, Target
+
+SIZES = {"tiny": (3, 10, 30), "quick": (10, 100, 1000), "full": (10, 100, 1000)}
+POLL_ROWS = {"tiny": (10**2, 10**3, 10**4), "quick": (10**3, 10**4, 10**5), "full": (10**3, 10**5, 10**6)}
+POLLS = 20  # timed polls per size and repeat, each after the worker appended ROWS_PER_POLL rows
+ROWS_PER_POLL = 10
+
+
+# --- counting the files a piece of code opens ----------------------------------------------------
+
+class _Opens:
+    root: str | None = None
+    count = 0
+
+
+def _audit(event: str, args) -> None:
+    if event == "open" and _Opens.root is not None and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        if os.fsdecode(args[0]).startswith(_Opens.root):
+            _Opens.count += 1
+
+
+_hooked = False
+
+
+@contextlib.contextmanager
+def counting_opens(root: Path):
+    """Count the files opened under `root` meanwhile (`.count` of the yielded object)."""
+    global _hooked
+    if not _hooked:  # an audit hook cannot be removed: one, idle unless a root is set
+        sys.addaudithook(_audit)
+        _hooked = True
+    _Opens.root, _Opens.count = str(Path(root).resolve()), 0
+    try:
+        yield _Opens
+    finally:
+        _Opens.root = None
+
+
+def interleaved(sides: dict, repeats: int) -> dict[object, list]:
+    """Each size's samples, the sizes taking turns in alternating order (as `harness.interleave`)."""
+    names = list(sides)
+    out: dict[object, list] = {n: [] for n in names}
+    for i in range(repeats):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            out[name].append(sides[name]())
+    return out
+
+
+# --- synthetic run folders -------------------------------------------------------------------
+
+def make_runs(root: Path, count: int, epochs: int = 3, steps_per_epoch: int = 5) -> list[str]:
+    """`count` completed run folders as a worker leaves them (config, status, metrics, summary)."""
+    from kt_core import rundir
+    from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, TransferPlan
+
+    ids = []
+    for i in range(count):
+        baseline = i % 2 == 1  # half of them from-scratch twins of the run before
+        cfg = RunConfig(name=f"growth {i}", source=SourceConfig(kind="arch", arch="mnist_net"),
+                        dataset=DatasetConfig(name="sklearn_digits", per_class=5, image_size=28),
+                        plan=TransferPlan(preset="scratch" if baseline else "fine_tune"),
+                        train=TrainConfig(epochs=epochs, batch_size=32, seed=i),
+                        baseline_of=ids[-1] if baseline else None).validate()
+        folder = rundir.create_run(cfg, root)
+        appender = rundir.MetricsAppender(folder)
+        for e in range(1, epochs + 1):
+            for s in range(steps_per_epoch):
+                appender.append({"kind": "step", "step": (e - 1) * steps_per_epoch + s + 1, "epoch": e,
+                                 "train_loss": 1.0 / e, "lr": 1e-3, "images_per_s": 400.0, "time": 0.0})
+            appender.append({"kind": "epoch", "epoch": e, "step": e * steps_per_epoch, "train_loss": 1.0 / e,
+                             "train_acc": 0.5 + e / 10, "val_loss": 1.0 / e, "val_acc": 0.45 + e / 10,
+                             "epoch_s": 0.5, "lr": 1e-3, "time": 0.0})
+        appender.close()
+        rundir.update_status(folder, state="completed", epoch=epochs, step=epochs * steps_per_epoch,
+                             total_steps=epochs * steps_per_epoch)
+        rundir.write_summary(folder, {"state": "completed", "best_val_acc": 0.75, "final_val_acc": 0.75,
+                                      "test_acc": 0.74, "test_split": "carved", "epochs": epochs,
+                                      "method": cfg.method(), "arch": "mnist_net"})
+        ids.append(folder.name)
+    return ids
+
+
+def _run_folders(ctx: Context) -> dict[int, Path]:
+    """One runs folder per size, made once per bench run (B24 and B25 share them)."""
+    out = {}
+    for n in SIZES[ctx.scale.name]:
+        root = ctx.workdir / f"growth_runs_{n}"
+        if not root.is_dir():
+            make_runs(root, n)
+        out[n] = root
+    return out
+
+
+def _cpu(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def _growth(per_unit: dict[int, float]) -> float:
+    """Cost per unit at the largest size over the cost per unit at the middle one (the smallest
+    is dominated by fixed costs: start-up, the page's own widgets)."""
+    sizes = sorted(per_unit)
+    return per_unit[sizes[-1]] / per_unit[sizes[1]]
+
+
+def _spread(samples: list[float], scale: float = 1.0, unit: str = "") -> str:
+    return f"{min(samples) * scale:.1f}-{max(samples) * scale:.1f}{unit}" if len(samples) > 1 else "one sample"
+
+
+# --- B24: runs --json --------------------------------------------------------------------------
+
+def _runs_json(root: Path) -> int:
+    from kt_core.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["runs", "--json", "--runs-dir", str(root)])
+    if code != 0:
+        raise RuntimeError(f"runs --json exited {code}")
+    return len(json.loads(out.getvalue()))
+
+
+@FIGURES.register("B24", title="growth: `runs --json` CPU time per run folder, 1,000 folders / 100 (synthetic "
+                               "completed runs)", target=Target("<=", 1.5))
+def runs_json_growth(ctx: Context) -> tuple[float, str]:
+    roots = _run_folders(ctx)
+    for n, root in roots.items():  # warm-up: imports (pandas) and the page cache
+        if _runs_json(root) != n:
+            raise RuntimeError(f"runs --json listed the wrong number of runs in {root}")
+    samples = interleaved({n: (lambda r=root: _cpu(lambda: _runs_json(r))) for n, root in roots.items()},
+                          max(3, 2 * ctx.scale.repeats + 1))
+    opened = {}
+    for n, root in roots.items():
+        with counting_opens(root) as opens:
+            _runs_json(root)
+        opened[n] = opens.count
+    per = {n: statistics.median(s) / n for n, s in samples.items()}
+    shown = "; ".join(f"{n} folders: {statistics.median(s):.3f} s CPU (spread {_spread(s, unit=' s')}), "
+                      f"{opened[n]} files opened ({opened[n] / n:.1f} per folder)" for n, s in samples.items())
+    return _growth(per), f"median of {len(next(iter(samples.values())))} interleaved calls per size; {shown}"
+
+
+# --- B25: the Runs page ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _app_env(root: Path):
+    saved = {k: os.environ.get(k) for k in ("KT_RUNS_DIR", "KT_WARM_WORKER")}
+    os.environ.update(KT_RUNS_DIR=str(root), KT_WARM_WORKER="0")  # a standby per render would be noise
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _render_runs_page(root: Path) -> float:
+    """CPU seconds of one render of the Runs page in a fresh session (the app, then the page)."""
+    from streamlit.testing.v1 import AppTest
+
+    root_dir = Path(__file__).resolve().parents[1]
+    with _app_env(root):
+        at = AppTest.from_file(str(root_dir / "app.py"), default_timeout=300)
+        at.run()
+        start = time.process_time()
+        at.switch_page("app_pages/runs.py").run()
+        took = time.process_time() - start
+    if at.exception:
+        raise RuntimeError(f"the Runs page failed: {at.exception[0].message}")
+    return took
+
+
+@FIGURES.register("B25", title="growth: the Runs page's render CPU time per run folder, 1,000 folders / 100 "
+                               "(AppTest, synthetic completed runs)", target=Target("<=", 1.5))
+def runs_page_growth(ctx: Context) -> tuple[float, str]:
+    from kt_core import rundir
+
+    roots = _run_folders(ctx)
+    for root in roots.values():
+        _render_runs_page(root)  # warm-up: Streamlit, the page's imports
+    samples = interleaved({n: (lambda r=root: _render_runs_page(r)) for n, root in roots.items()},
+                          max(1, ctx.scale.repeats))
+    opened = {}
+    for n, root in roots.items():
+        with counting_opens(root) as opens:
+            _render_runs_page(root)
+        opened[n] = opens.count
+    per = {n: statistics.median(s) / n for n, s in samples.items()}
+    shown = "; ".join(f"{n} folders: {statistics.median(s):.2f} s CPU (spread {_spread(s, unit=' s')}), "
+                      f"{opened[n]} files opened ({opened[n] / n:.1f} per folder)" for n, s in samples.items())
+    del rundir
+    return _growth(per), f"median of {len(next(iter(samples.values())))} renders per size; {shown}"
+
+
+# --- B26: a live poll of a long run ----------------------------------------------------------
+
+POLL_EPOCHS = 10  # every size's run has this many epochs: the sizes differ in step rows alone
+
+
+def _long_run(root: Path, rows: int) -> str:
+    """A running run whose metrics.jsonl holds `rows` step rows over POLL_EPOCHS epochs (an epoch
+    row each: the chart draws every epoch, so their number is the run's, not the file's)."""
+    from kt_core import rundir
+
+    (run_id,) = make_runs(root, 1, epochs=1, steps_per_epoch=0)
+    folder = rundir.run_dir(run_id, root)
+    path = rundir.metrics_path(folder)
+    per_epoch = rows // POLL_EPOCHS
+    with open(path, "w") as f:
+        for i in range(rows):
+            f.write(f'{{"kind": "step", "step": {i + 1}, "epoch": {i // per_epoch + 1}, '
+                    f'"train_loss": {1 / (i + 1):.6f}, "lr": 0.001, "images_per_s": 400.0, "time": {i}.0}}\n')
+            if (i + 1) % per_epoch == 0:
+                f.write(f'{{"kind": "epoch", "epoch": {(i + 1) // per_epoch}, "step": {i + 1}, "train_loss": 0.1, '
+                        f'"train_acc": 0.9, "val_loss": 0.2, "val_acc": 0.85, "epoch_s": 2.0, "time": {i}.0}}\n')
+    # a live run: the page polls it (the pid is this process, the heartbeat fresh)
+    rundir.update_status(folder, state="running", pid=os.getpid(), heartbeat=time.time(), step=rows,
+                         total_steps=2 * rows, epoch=POLL_EPOCHS)
+    return str(folder)
+
+
+def _rchar() -> int | None:
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+    except (OSError, StopIteration):
+        return None
+
+
+class _Poller:
+    """One browser session watching one run, polled as `ui.curves.render_runs(live=True)` does."""
+
+    def __init__(self, folder: str):
+        from ui import curves
+
+        self.curves, self.folder = curves, folder
+        self.seen = curves._Seen.of(folder)
+        self.step = None
+        start, before = time.process_time(), _rchar()
+        self.poll()
+        self.first_s = time.process_time() - start
+        self.first_bytes = (_rchar() - before) if before is not None else None
+
+    def poll(self) -> None:
+        from kt_core import rundir
+
+        status = rundir.read_status(self.folder)
+        rows = self.seen.read(self.folder)
+        series = self.curves.Series("run", rows)
+        self.curves.traces([series])
+        self.curves.progress_info(status, rows, self.seen.batch_size, self.seen.epochs)
+        self.step = rows[-1].get("step") if rows else None
+
+    def append(self, rows: int) -> None:
+        from kt_core import rundir
+
+        appender = rundir.MetricsAppender(Path(self.folder))
+        for _ in range(rows):
+            self.step = (self.step or 0) + 1
+            appender.append({"kind": "step", "step": self.step, "epoch": 1, "train_loss": 0.1, "lr": 0.001,
+                             "images_per_s": 400.0, "time": 0.0})
+        appender.close()
+        rundir.update_status(self.folder, heartbeat=time.time(), step=self.step)
+
+    def timed_polls(self, count: int) -> list[tuple[float, int | None]]:
+        out = []
+        for _ in range(count):
+            self.append(ROWS_PER_POLL)
+            start, before = time.process_time(), _rchar()
+            self.poll()
+            took = time.process_time() - start
+            out.append((took, (_rchar() - before) if before is not None else None))
+        return out
+
+
+@FIGURES.register("B26", title="growth: a live poll's CPU time, a run of 10^6 metric rows / one of 10^3 "
+                               "(10 new rows per poll)", target=Target("<=", 1.5))
+def poll_growth(ctx: Context) -> tuple[float, str]:
+    sizes = POLL_ROWS[ctx.scale.name]
+    pollers = {n: _Poller(_long_run(ctx.workdir / f"growth_poll_{n}", n)) for n in sizes}
+    samples = interleaved({n: (lambda p=p: p.timed_polls(POLLS)) for n, p in pollers.items()},
+                          max(2, 2 * ctx.scale.repeats))
+    cpu = {n: [t for run in runs for t, _ in run] for n, runs in samples.items()}
+    read = {n: [b for run in runs for _, b in run if b is not None] for n, runs in samples.items()}
+    med = {n: statistics.median(v) for n, v in cpu.items()}
+    shown = "; ".join(
+        f"{n:.0e} rows: {med[n] * 1e3:.2f} ms CPU per poll (spread {_spread(cpu[n], 1e3, ' ms')}), "
+        + (f"{statistics.median(read[n]):.0f} bytes read per poll" if read[n] else "bytes read: no /proc/self/io")
+        + f"; first look {pollers[n].first_s:.2f} s CPU"
+        + (f", {pollers[n].first_bytes / 1e6:.1f} MB" if pollers[n].first_bytes is not None else "")
+        + f", {len(pollers[n].seen.digest.rows)} rows kept"
+        for n in sizes)
+    return med[sizes[-1]] / med[sizes[0]], f"medians of {len(cpu[sizes[0]])} polls per size; {shown}"
