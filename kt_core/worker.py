@@ -42,7 +42,7 @@ from .settings import get_settings
 from .shared_outputs import OutputStore
 from .sources import run_folder
 from .transfer import bn_stat_warnings
-from .tensorboard_log import tensorboard_callbacks
+from .tensorboard_log import available as tensorboard_available, tensorboard_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +435,7 @@ def warm_up() -> None:
     optimizer imports (~1.3 s of CPU), and TensorBoard's writer (~1 s). The standby worker does it
     before it has a run; a run waiting for its source does it while it waits."""
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    from .tensorboard_log import available
-
-    if available() and get_settings().tensorboard:
+    if tensorboard_available() and get_settings().tensorboard:
         from torch.utils import tensorboard  # noqa: F401 - here, not at the top: only runs that write events need it (~1 s)
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from .. import headline, launcher, rundir, runs
 from ..config import DISTILL_MODES, RunConfig, SourceConfig
 from ..errors import KTError
-from ..settings import get_settings
 from . import print_json
 from .terminal import Terminal
 
