@@ -11,7 +11,7 @@
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
 | `KT_CACHE_MAX_BYTES` | `10737418240` (10 GiB) | the cache folder's size limit: decoded datasets, shared outputs (frozen features, teachers' outputs) and extracted zips are evicted least recently used first past it (`kt_core.cachedir`; uploads, downloads and drafts never are); `python -m kt_core cache` shows and clears it |
-| `KT_FEATURE_CACHE_MAX_BYTES` | half the memory available when a run starts | the most a run's cache of per-image outputs (the frozen layers' features, a teacher's outputs) may hold in memory; a cache that would need more is not made, said in the run's log, and the run trains without it (the same result, each batch through the frozen layers) |
+| `KT_FEATURE_CACHE_MAX_BYTES` | half the memory available when a run starts | the most a run's feature cache (the frozen layers' output for every training and validation image) may hold in memory; a cache that would need more is not made, said in the run's log, and the run trains without it (the same result, each batch through the frozen layers) |
 | `KT_TENSORBOARD` | `1` | every run writes TensorBoard event files into `RUN/tensorboard/`; `0` turns them off |
 
 What the dashboard launches, resumes, re-runs, evaluates or exports is held to `KT_ALLOWED_ROOTS`

@@ -273,7 +273,7 @@ class RowDigest:
     million step rows costs what a poll of a run with a thousand does (bench B26).
     """
 
-    def __init__(self, limit: int = MAX_STEP_POINTS):
+    def __init__(self, limit: int = MAX_STEP_POINTS // 2):  # 2 * limit: no more step rows than a chart draws
         self.limit = limit
         self.stride = 1
         self.steps_seen = 0
