@@ -27,7 +27,10 @@ class ArchSpec:
     input_size: tuple[int, int, int]  # (C, H, W) the architecture is designed for
     num_classes: int  # the class count of its usual weights
     head: str  # qualified name of the classifier module ("fc", "classifier.1")
-    first_conv: str  # qualified name of the first convolution ("conv1", "features.0.0")
+    # qualified name of the first convolution ("conv1", "features.0.0"); None for an architecture
+    # without one (an MLP: its first Linear fixes the input's size and channels when it is built,
+    # so another channel count cannot be adapted into trained weights)
+    first_conv: str | None = None
     weights: tuple[str, ...] = ()  # torchvision weight names; empty for our own models
     normalization: Normalization | None = None  # mean/std the weights were trained with
     description: str = ""

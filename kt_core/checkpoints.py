@@ -474,7 +474,8 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], spec: Any = None) -
     target = model.state_dict()
     sd = _align_prefix(sd, target, report)
     head = getattr(spec, "head", None)
-    first_conv_weight = f"{spec.first_conv}.weight" if spec is not None else None
+    first_conv = getattr(spec, "first_conv", None)  # None: no first conv to adapt (an MLP)
+    first_conv_weight = f"{first_conv}.weight" if first_conv is not None else None
     to_load, head_shapes, skipped_counters = {}, None, False
     for key, want in target.items():
         if key not in sd:

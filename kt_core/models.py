@@ -220,6 +220,25 @@ class PadShortcut(nn.Module):
         return nn.functional.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
 
 
+class MLP(nn.Module):
+    """Flatten, one hidden Linear + ReLU, the classifier: the per-step-bound model of bench B1.
+
+    Its steps take a fraction of a millisecond, so any per-step cost of a training loop shows;
+    the first layer is a Linear whose width is fixed by the input's channels and size.
+    """
+
+    def __init__(self, input_size: tuple[int, int, int], hidden: int, num_classes: int):
+        super().__init__()
+        channels, height, width = input_size
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(channels * height * width, hidden)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.relu1(self.fc1(self.flatten(x))))
+
+
 class CifarBasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
@@ -286,6 +305,13 @@ ARCHITECTURES.add("mnist_net", ArchSpec(
     input_size=(1, 28, 28), num_classes=10, head="fc2", first_conv="conv1",
     normalization=MNIST_NORMALIZATION,
     description="pytorch/examples MNIST Net (2018): conv 1->20->50 (5x5) + max-pool, fc 800->500->10",
+))
+ARCHITECTURES.add("mlp", ArchSpec(
+    name="mlp", family="mlp",
+    builder=lambda num_classes, in_channels: MLP((in_channels, 28, 28), 128, num_classes),
+    input_size=(1, 28, 28), num_classes=10, head="fc2", first_conv=None,
+    normalization=MNIST_NORMALIZATION,
+    description="multilayer perceptron 784-128-10 (flatten, Linear + ReLU, Linear): MNIST's classic first model",
 ))
 for _depth in (20, 32, 44, 56):
     ARCHITECTURES.add(f"cifar_resnet{_depth}", ArchSpec(
@@ -390,7 +416,7 @@ def build_model(arch: str | ArchSpec, num_classes: int | None = None, in_channel
     if num_classes:
         replace_head(model, spec, num_classes)
     if in_channels:
-        _swap_first_conv(model, spec.first_conv, in_channels)
+        adapt_first_conv(model, spec, in_channels)
     return model
 
 
@@ -437,8 +463,18 @@ def _swap_first_conv(model: nn.Module, name: str, in_channels: int) -> bool:
 
 
 def adapt_first_conv(model: nn.Module, spec: ArchSpec, in_channels: int) -> bool:
-    """Swap the first conv for one taking `in_channels`, weights adapted; False when unchanged."""
-    return _swap_first_conv(model, spec.first_conv, in_channels)
+    """Swap the first conv for one taking `in_channels`, weights adapted; False when unchanged.
+    An architecture without a first conv (`spec.first_conv` None: an MLP) takes the channels it
+    was built for; another count is refused by name."""
+    if spec.first_conv is not None:
+        return _swap_first_conv(model, spec.first_conv, in_channels)
+    native = spec.input_size[0]
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    built_for = first.in_features // (spec.input_size[1] * spec.input_size[2]) if first is not None else native
+    if built_for == in_channels:
+        return False
+    raise KTError(f"{spec.name} has no first convolution to adapt: it was built for {built_for}-channel images, "
+                  f"not {in_channels}", f"use {built_for}-channel data (the dataset's channels option)")
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -620,7 +656,7 @@ def closest_architectures(state_dict: dict[str, torch.Tensor], n: int = 3) -> li
     keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
     scores = []
     for spec in ARCHITECTURES.builtin():  # the providers' (timm's ~1,300) would cost minutes here
-        if spec.name not in _OWN and f"{spec.head}.weight" not in keys and f"{spec.first_conv}.weight" not in keys:
+        if spec.name not in _OWN and f"{spec.head}.weight" not in keys and _first_conv_key(spec) not in keys:
             continue
         signature = _signature(spec.name)
         hits = sum(1 for k in keys if k in signature and _shape_fits(k, tuple(state_dict[k].shape), signature[k], spec))
@@ -628,9 +664,14 @@ def closest_architectures(state_dict: dict[str, torch.Tensor], n: int = 3) -> li
     return [(name, -hits) for hits, _, name in sorted(scores)[:n]]
 
 
+def _first_conv_key(spec: ArchSpec) -> str | None:
+    """The first conv's weight key; None for an architecture without a first conv (an MLP)."""
+    return f"{spec.first_conv}.weight" if spec.first_conv is not None else None
+
+
 def _fits(state_dict: dict[str, torch.Tensor], keys: set[str], spec: ArchSpec) -> bool:
-    head_w, conv_w = f"{spec.head}.weight", f"{spec.first_conv}.weight"
-    if head_w not in keys or conv_w not in keys:  # cheap filter before building anything
+    head_w, conv_w = f"{spec.head}.weight", _first_conv_key(spec)
+    if head_w not in keys or (conv_w is not None and conv_w not in keys):  # cheap filter before building anything
         return False
     signature = _signature(spec.name)
     if set(signature) != keys:
@@ -645,7 +686,7 @@ def _shape_fits(key: str, got: tuple[int, ...], want: tuple[int, ...], spec: Arc
         return False
     if key.startswith(spec.head + "."):  # another class count: dim 0 of weight and bias
         return got[1:] == want[1:]
-    if key == spec.first_conv + ".weight":  # another channel count: dim 1
+    if key == _first_conv_key(spec):  # another channel count: dim 1
         return got[0] == want[0] and got[2:] == want[2:]
     return False
 

@@ -456,7 +456,8 @@ def _own_module(raw: RawCheckpoint, spec: ArchSpec | None, pretrained: bool) -> 
 
 def _native_shape(sd: dict[str, torch.Tensor], spec: ArchSpec) -> tuple[int, int]:
     """(num_classes, in_channels) of the weights, falling back to the spec's."""
-    head, conv = sd.get(f"{spec.head}.weight"), sd.get(f"{spec.first_conv}.weight")
+    head = sd.get(f"{spec.head}.weight")
+    conv = sd.get(f"{spec.first_conv}.weight") if spec.first_conv is not None else None
     classes = int(head.shape[0]) if head is not None else spec.num_classes
     channels = int(conv.shape[1]) if conv is not None and conv.dim() == 4 else spec.input_size[0]
     return classes, channels

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import demo_speed, distributed, experiment_speed, figures, growth, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
+from bench import demo_speed, distributed, experiment_speed, figures, growth, peers, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
                            run_figure)
 
@@ -57,7 +57,46 @@ def test_plain_loop_does_the_same_work_as_the_engine(tmp_path):
         result = run_figure(name, ctx)
         assert result.verdict in ("PASS", "FAIL"), result.error
         assert "FINAL WEIGHTS DIFFER" not in result.detail
-        assert result.detail.count("same final weights") == (2 if name == "B1" else 1), result.detail
+        assert result.detail.count("same final weights") == (3 if name == "B1" else 1), result.detail
+
+
+@pytest.mark.slow
+def test_peer_figure_puts_each_installed_peer_beside_the_same_plain_loop(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "PEER_MODELS", ("mlp",))  # the per-step-bound model alone: seconds, not minutes
+    result = run_figure("B30", Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path))
+    missing = peers.missing_peers()
+    if len(missing) == 2:
+        assert result.verdict == "SKIP" and "requirements-bench.txt" in result.skip_reason
+        return
+    assert result.verdict in ("PASS", "FAIL"), result.error
+    assert result.measured > 0
+    sides = ["kt_core"] + [p for p in ("Lightning", "fastai") if p not in missing]
+    for side in sides:  # each a ratio to the plain loop, having done exactly the plain loop's work
+        assert re.search(rf"{side} \d+\.\d\d \(range [\d.]+-[\d.]+, same final weights\)", result.detail), result.detail
+    for peer in missing:
+        assert f"{peer} SKIP (" in result.detail
+
+
+def test_peer_figure_says_skip_and_how_to_install_without_the_peers(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
+    result = run_figure("B30", Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path))
+    assert result.verdict == "SKIP"
+    assert "lightning is not installed" in result.skip_reason and "fastai is not installed" in result.skip_reason
+    assert "pip install -r requirements-bench.txt" in result.skip_reason
+
+
+def test_peer_batches_keep_the_epoch_order_when_a_framework_probes_the_iterable():
+    from kt_core.data import TensorSplit, iter_batches
+    from kt_core.engine import epoch_generator
+
+    x, y = torch.arange(20.0).view(10, 2), torch.arange(10)
+    batches = peers.EpochBatches(x, y, 4, seed=3)
+    iter(batches)  # Lightning's check: never iterated, so no epoch is drawn
+    assert len(batches) == 3
+    for epoch in range(2):
+        ours = [b[1] for b in batches]
+        engine = [b[1] for b in iter_batches(TensorSplit(x, y), 4, shuffle=True, generator=epoch_generator(3, epoch))]
+        assert [t.tolist() for t in ours] == [t.tolist() for t in engine]
 
 
 def test_unknown_figure_is_refused_with_the_valid_names():
@@ -71,7 +110,7 @@ def test_every_figure_of_the_issue_is_registered():
     from bench.__main__ import parse_only
 
     assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == \
-        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26"]
+        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B30"]
     assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
     assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:

@@ -13,7 +13,7 @@ from kt_core.adapt import adapt_input_conv
 from kt_core.checkpoints import read_checkpoint
 from kt_core.errors import CheckpointError, KTError
 from kt_core.datasets.transforms import IMAGENET_NORMALIZATION
-from kt_core.models import (ARCHITECTURES, _TORCHVISION_LAYOUT, blocks,
+from kt_core.models import (ARCHITECTURES, _TORCHVISION_LAYOUT, adapt_first_conv, blocks,
                             build_model, build_shapeless, get_spec, infer_architectures, layer_tree, replace_head,
                             torchvision_weights_path)
 
@@ -44,8 +44,11 @@ def test_spec_layout_names_the_real_first_conv_and_head(name):
     model = build_shapeless(name)
     modules = dict(model.named_modules())
     convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    assert spec.first_conv == convs[0]
-    assert modules[spec.first_conv].in_channels == spec.input_size[0]
+    if spec.first_conv is None:  # an architecture without convolutions (the MLP) says so
+        assert not convs
+    else:
+        assert spec.first_conv == convs[0]
+        assert modules[spec.first_conv].in_channels == spec.input_size[0]
     head = modules[spec.head]
     assert (getattr(head, "out_features", None) or head.out_channels) == spec.num_classes
     if spec.stages:
@@ -66,6 +69,21 @@ def test_small_cnn_is_the_seed_design_with_the_right_shapes():
     assert rows["relu1"]["trainable"] is None and rows["conv1"]["trainable"] is True
     assert [rows[n]["block"] for n in ("conv1", "pool1", "conv2", "fc1", "fc2")] == ["conv1", "conv1", "conv2", "fc1", "head"]
     json.dumps(list(rows.values()))  # JSON-ready for the UI and the CLI
+
+
+def test_mlp_has_no_first_conv_and_refuses_another_channel_count_by_name():
+    spec = get_spec("mlp")
+    assert spec.first_conv is None and spec.input_size == (1, 28, 28)
+    model = build_model("mlp", num_classes=5)
+    rows = {r["name"]: r for r in layer_tree(model, spec.input_size, spec)}
+    assert rows["fc1"]["num_parameters"] == 784 * 128 + 128 and rows["fc2"]["output_shape"] == [1, 5]
+    assert [b.name for b in blocks(model, spec)] == ["fc1", "head"]
+    assert infer_architectures(model.state_dict()) == ["mlp"]  # found by its head alone
+    assert build_model("mlp", in_channels=3).fc1.in_features == 3 * 28 * 28  # from scratch: any channels
+    assert adapt_first_conv(model, spec, 1) is False
+    with pytest.raises(KTError, match="no first convolution") as err:
+        adapt_first_conv(model, spec, 3)
+    assert "1-channel data" in err.value.hint
 
 
 def test_layer_tree_survives_a_wrong_input_size():
