@@ -294,7 +294,9 @@ class TrainConfig:
     device: str = _text("auto")  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision, CUDA)
     log_every: int = _num(10, 1, 1_000_000)  # steps between step rows in metrics.jsonl
-    num_workers: int = _num(0, 0, 64)  # DataLoader workers for datasets that are not held in memory
+    # DataLoader workers for datasets that are not held in memory; None = auto (0 in memory, else
+    # one per usable CPU but one, at most 4: `datasets.containers.loader_workers`)
+    num_workers: int | None = _num(None, 0, 64)
     feature_cache: bool = True  # cache frozen-backbone features when the plan allows it
     # Data parallelism (torchrun + DistributedDataParallel): processes per node and nodes. The
     # global batch is `batch_size` whatever their number; each process takes its share of it.

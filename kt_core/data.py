@@ -9,7 +9,7 @@ public names stable.
 
 from __future__ import annotations
 
-from .datasets.containers import PreparedData, Split, TensorSplit, iter_batches, split_labels
+from .datasets.containers import PreparedData, Split, TensorSplit, iter_batches, loader_workers, split_labels
 from .datasets.idx import read_idx
 from .datasets.prepare import (IN_MEMORY_MAX_BYTES, IN_MEMORY_MAX_IMAGES, IN_MEMORY_MAX_SIDE, ImageDataset,
                                available_datasets, load_dataset, prepare, preview)
@@ -24,6 +24,6 @@ __all__ = [
     "AUGMENTS", "DATASETS", "DatasetSource", "IMAGENET_NORMALIZATION", "IMG_EXTENSIONS", "IN_MEMORY_MAX_BYTES",
     "IN_MEMORY_MAX_IMAGES", "IN_MEMORY_MAX_SIDE", "ImageDataset", "LoadRequest", "PreparedData", "RawData", "RawSplit",
     "SHAPES", "Split", "TORCHVISION_SETS", "TensorSplit", "available_datasets", "few_shot", "generate_shapes",
-    "iter_batches", "load_dataset", "make_augment", "prepare", "preview", "read_idx", "resolve_classes",
+    "iter_batches", "load_dataset", "loader_workers", "make_augment", "prepare", "preview", "read_idx", "resolve_classes",
     "split_labels", "stratified_split",
 ]

@@ -244,7 +244,7 @@ class TaskSampler:
     """The engine's batch source for several tasks (see the module's docstring)."""
 
     def __init__(self, tasks: Sequence[Task], router: TaskRouter, sampling: str, batch_size: int,
-                 seed: int, num_workers: int = 0):
+                 seed: int, num_workers: int | None = 0):
         self.tasks, self.router, self.sampling = list(tasks), router, sampling
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.passes = [math.ceil(len(t.data.train) / batch_size) for t in self.tasks]  # batches per pass

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import demo_speed, distributed, experiment_speed, figures, growth, peers, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
+from bench import demo_speed, distributed, experiment_speed, figures, growth, image_folder, peers, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
                            run_figure)
 
@@ -99,6 +99,28 @@ def test_peer_batches_keep_the_epoch_order_when_a_framework_probes_the_iterable(
         assert [t.tolist() for t in ours] == [t.tolist() for t in engine]
 
 
+@pytest.mark.slow
+def test_image_folder_figure_compares_the_loading_paths_on_generated_jpegs(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_folder, "CACHE", tmp_path / "cache")
+    folder = image_folder.jpeg_folder(8, seed=1, root=tmp_path / "cache")
+    files = sorted(folder.rglob("*.jpg"))
+    assert len(files) == 8 and {p.parent.name for p in files} == set(image_folder.CLASSES)
+    from PIL import Image
+
+    for path in files:  # realistic photo sizes, within the issue's range
+        with Image.open(path) as img:
+            assert 200 <= img.width <= 2600 and 130 <= img.height <= 1900 and img.format == "JPEG"
+    stamp = (folder / "DONE").stat().st_mtime_ns
+    assert image_folder.jpeg_folder(8, seed=1, root=tmp_path / "cache") == folder  # made once, then reused
+    assert (folder / "DONE").stat().st_mtime_ns == stamp
+
+    result = run_figure("B31", Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path))
+    assert result.verdict in ("PASS", "FAIL"), result.error
+    assert result.measured > 0
+    assert "loader worker(s) (auto)" in result.detail and "load_dataset" in result.detail
+    assert f"{image_folder.FOLDER_IMAGES['tiny']} JPEGs" in result.detail
+
+
 def test_unknown_figure_is_refused_with_the_valid_names():
     done = run_bench("--only", "B1,B99", timeout=180)
     assert done.returncode != 0
@@ -110,7 +132,7 @@ def test_every_figure_of_the_issue_is_registered():
     from bench.__main__ import parse_only
 
     assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == \
-        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B30"]
+        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B30", "B31"]
     assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
     assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:

@@ -416,3 +416,52 @@ def test_second_load_hits_the_cache(tmp_path):
     os.utime(root / "a" / "0.png", ns=(1, 1))
     assert not load_dataset(cfg).from_cache
     assert not load_dataset(DatasetConfig(name="image_folder", root=str(root), per_class=1)).from_cache
+
+
+class _Files(torch.utils.data.Dataset):
+    """A split decoded per item (what an image folder too big for memory becomes)."""
+
+    def __init__(self, n: int = 6):
+        self.n = n
+        self.targets = torch.arange(n) % 2
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.full((1, 2, 2), float(i)), int(self.targets[i])
+
+
+def test_loader_workers_are_picked_when_the_config_leaves_them_at_auto():
+    from kt_core.config import RunConfig, SourceConfig, TrainConfig
+    from kt_core.data import TensorSplit, loader_workers
+
+    in_memory = TensorSplit(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))
+    assert TrainConfig().num_workers is None  # the default is auto
+    cfg = RunConfig(source=SourceConfig(arch="small_cnn"))
+    assert RunConfig.from_dict(cfg.to_dict()).train.num_workers is None  # and round-trips as null
+    for cpus in (1, 2, 8, 64):
+        assert loader_workers(in_memory, cpus=cpus) == 0  # slices of a tensor: no worker helps
+    # from files: a worker per CPU but the training process's, at most 4, none on one CPU
+    assert [loader_workers(_Files(), cpus=c) for c in (1, 2, 3, 5, 16)] == [0, 1, 2, 4, 4]
+    assert loader_workers(_Files(), requested=0, cpus=16) == 0  # a number the user gave is kept
+    assert loader_workers(_Files(), requested=7, cpus=2) == 7
+
+
+def test_training_batches_of_a_file_split_use_the_auto_workers(monkeypatch):
+    from kt_core.datasets import containers
+
+    made = []
+    real = containers.DataLoader
+
+    def recording(*args, **kwargs):
+        made.append(kwargs["num_workers"])
+        return real(*args, **{**kwargs, "num_workers": 0})  # the count is what is checked, not the processes
+
+    monkeypatch.setattr(containers, "DataLoader", recording)
+    monkeypatch.setattr(containers, "usable_cpus", lambda: 3)
+    batches = list(containers.iter_batches(_Files(), 4, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                           num_workers=None))
+    assert made == [2] and sum(len(y) for _, y in batches) == 6
+    list(containers.iter_batches(_Files(), 4))  # evaluation's default stays in the process
+    assert made == [2, 0]

@@ -8,6 +8,7 @@ image-folder datasets stay torch Datasets and go through a DataLoader with worke
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -138,13 +139,40 @@ class PreparedData:
         }
 
 
+# The most DataLoader workers `loader_workers` picks by itself. Each worker is a process holding the
+# dataset's file list and decoding a batch ahead; past a few, a CPU run's training process, not
+# the decoding, is what the epoch waits for, and every worker costs its memory and start-up.
+MAX_AUTO_WORKERS = 4
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or `taskset`'s share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(split: Split, requested: int | None = None, cpus: int | None = None) -> int:
+    """The DataLoader workers for `split`: `requested` when given (`train.num_workers`), else auto:
+    0 for a split held in memory (batches are slices of a tensor: a worker would only add the
+    cost of sending them back), else one worker per usable CPU but one (the training process
+    keeps a CPU for itself), at most MAX_AUTO_WORKERS, none on a single CPU."""
+    if requested is not None:
+        return int(requested)
+    if isinstance(split, TensorSplit):
+        return 0
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
+
+
 def iter_batches(
     split: Split,
     batch_size: int,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     skip_batches: int = 0,
     with_index: bool = False,
     share: Callable[[int], slice] | None = None,
@@ -158,6 +186,7 @@ def iter_batches(
     `share` (a data-parallel process: `distributed.Ranks.share`) maps a batch's length to the
     slice of it this process takes: the same batches, each cut into the processes' pieces, and
     only this process's piece is gathered (and augmented); `index` is then the piece's.
+    `num_workers`: DataLoader workers for a split decoded from files; None = `loader_workers`' choice.
     """
     if isinstance(augment, str):  # a preset name needs the data's normalization: see PreparedData.augmenter
         raise TypeError("iter_batches(augment=...) takes a callable; use PreparedData.augmenter(generator)")
@@ -176,6 +205,7 @@ def iter_batches(
             x = augment(x) if augment else x
             yield (x, y, idx) if with_index else (x, y)
         return
+    num_workers = loader_workers(split, num_workers)
     indices = order.tolist() if order is not None else list(range(n))
     indices = indices[skip_batches * batch_size:]
     pieces = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
