@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from . import plain
 from .figures import B1_MODELS, b1_task, planned_copy, run_config, spread, weight_gap, worker_writers
-from .harness import FIGURES, Context, EpochClock, Skip, Target, best, interleave, median, paired_ratio
+from .harness import FIGURES, Context, EpochClock, Skip, Target, best, interleave, paired_ratio
 
 log = logging.getLogger(__name__)
 
