@@ -215,9 +215,9 @@ def ratio_of(runs: dict[str, list[list[float]]], top: str, bottom: str) -> tuple
 # of a millisecond a step, so every per-step cost of the engine shows; it trains through a whole run
 # (`worker_writers`), and its epoch holds MLP_EPOCH_FACTOR times the scale's images (65,536 at full
 # scale: MNIST's 60,000 in memory), so that its once-an-epoch checkpoint (1.2 MB) weighs what it
-# does in a real run. The CNNs train through `fit` alone, as B1 always measured them: at the
-# bench's 512-image epochs small_cnn's 77 MB checkpoint would be an epoch's ~5 %, a figure of the
-# epoch's length rather than of the engine.
+# does in a real run. The CNNs train through `fit` alone, as B1 always measured them: small_cnn's
+# 77 MB checkpoint (weights and AdamW's state) cost ~25 % of a --quick 128-image epoch in a whole
+# run (B30's kt_core side), a figure of the bench's short epochs rather than of the engine.
 B1_MODELS = ("mlp", "small_cnn", "cifar_resnet20")
 MLP_EPOCH_FACTOR = 128
 
