@@ -257,6 +257,14 @@ def _wait_exit(pid: int | None, timeout: float) -> bool:
     return not procs.pid_alive(pid)
 
 
+# A worker writes its run's end (stopped, failed, completed) a moment before its process exits and
+# the kernel drops its lock: closing its files and, under torchrun, the process group's teardown
+# (seconds on a loaded machine). A resume or delete of a run that reads as ended waits this long
+# for that holder instead of refusing what the user was just told had ended; a holder still there
+# after it (a stuck process) is refused, naming it.
+ENDING_WORKER_WAIT_S = 15.0
+
+
 def _refuse_unless_resumable(folder: Path) -> None:
     status = rundir.read_status(folder)
     if status["state"] in rundir.ACTIVE_STATES:
@@ -279,7 +287,7 @@ def resume(run: str | os.PathLike, foreground: bool = False, confined: bool = Fa
     """
     folder = rundir.run_dir(run)
     _refuse_unless_resumable(folder)
-    with rundir.RunLock(folder).acquire(what="be resumed"):
+    with rundir.RunLock(folder).acquire(wait=ENDING_WORKER_WAIT_S, what="be resumed"):
         _refuse_unless_resumable(folder)  # again, as the owner: another resume may have started it
         cfg = rundir.load_config(folder)
         # a broken config.json, a gone device, or a path or trust this server forbids fails here
@@ -321,7 +329,7 @@ def delete(run: str | os.PathLike) -> None:
     if rundir.is_active(folder):
         raise RunError(f"run {folder.name} is still {rundir.read_status(folder)['state']}", "stop it first")
     try:
-        with rundir.RunLock(folder).acquire(what="be deleted"):
+        with rundir.RunLock(folder).acquire(wait=ENDING_WORKER_WAIT_S, what="be deleted"):
             shutil.rmtree(folder)
     except OSError as exc:  # a read-only runs folder (the lock file cannot even be opened)
         raise RunError(f"cannot delete run {folder.name} ({exc.strerror or exc})",

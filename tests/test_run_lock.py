@@ -13,7 +13,8 @@ import pytest
 
 from kt_core import launcher, rundir, worker
 from kt_core.errors import RunBusyError, RunError
-from test_runs import assert_continuous, wait_for, worker_cfg
+from test_runs import assert_continuous, worker_cfg
+from waiting import wait_for
 
 
 @pytest.fixture
@@ -63,6 +64,7 @@ def test_a_second_worker_is_refused_and_writes_nothing(stopped_run, monkeypatch)
 
 
 def test_resume_and_delete_are_refused_while_another_process_holds_the_run(stopped_run, monkeypatch):
+    monkeypatch.setattr(launcher, "ENDING_WORKER_WAIT_S", 0.2)
     spawned = []
     monkeypatch.setattr(launcher, "_spawn_worker", spawned.append)
     status_before = (stopped_run / "status.json").read_text()
@@ -75,6 +77,27 @@ def test_resume_and_delete_are_refused_while_another_process_holds_the_run(stopp
     assert (stopped_run / "status.json").read_text() == status_before
     launcher.delete(stopped_run)  # once it is free
     assert not stopped_run.exists()
+
+
+@pytest.mark.parametrize("action", ["resume", "delete"])
+def test_resume_or_delete_right_after_the_end_waits_for_the_ending_worker(stopped_run, monkeypatch, action):
+    """The status reads `stopped` while the worker that wrote it is still exiting (under torchrun:
+    seconds) and holds the lock: the user's resume or delete waits for it, it is not refused."""
+    code = ("import sys, time; from kt_core.rundir import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(1.5)")
+    ending = subprocess.Popen([os.sys.executable, "-c", code, str(stopped_run)], stdout=subprocess.PIPE, text=True)
+    spawned = []
+    monkeypatch.setattr(launcher, "_spawn_worker", spawned.append)
+    try:
+        assert ending.stdout.readline().strip() == "held"
+        getattr(launcher, action)(stopped_run)
+    finally:
+        ending.kill()
+        ending.wait()
+    if action == "resume":
+        assert spawned == [stopped_run]  # its worker started, once the ending one had let go
+    else:
+        assert not stopped_run.exists()
 
 
 def test_a_forced_stop_does_not_overwrite_the_status_of_a_worker_that_took_the_run_over(stopped_run):
