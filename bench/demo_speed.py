@@ -51,19 +51,12 @@ class DemoTiming:
 def _fresh_folders(parent: Path):
     """KT_RUNS_DIR and KT_CACHE_DIR at empty folders for one demo (the workers inherit them)."""
     tmp = Path(tempfile.mkdtemp(prefix="demo-", dir=parent))
-    saved = {k: os.environ.get(k) for k in ("KT_RUNS_DIR", "KT_CACHE_DIR", "OMP_NUM_THREADS")}
-    os.environ.update(KT_RUNS_DIR=str(tmp / "runs"), KT_CACHE_DIR=str(tmp / "cache"))
-    # The dashboard's workers share out the cores their own way (torch's default threads), not
-    # the bench's one thread per side.
-    os.environ.pop("OMP_NUM_THREADS", None)
-    try:
+    # patch.dict restores the whole environment after, the popped OMP_NUM_THREADS included.
+    with mock.patch.dict(os.environ, KT_RUNS_DIR=str(tmp / "runs"), KT_CACHE_DIR=str(tmp / "cache")):
+        # The dashboard's workers share out the cores their own way (torch's default threads), not
+        # the bench's one thread per side.
+        os.environ.pop("OMP_NUM_THREADS", None)
         yield tmp
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _tiny_configs():

@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 from .harness import FIGURES, Context, Target
 
@@ -175,18 +176,9 @@ def runs_json_growth(ctx: Context) -> tuple[float, str]:
 
 # --- B25: the Runs page ------------------------------------------------------------------------
 
-@contextlib.contextmanager
 def _app_env(root: Path):
-    saved = {k: os.environ.get(k) for k in ("KT_RUNS_DIR", "KT_WARM_WORKER")}
-    os.environ.update(KT_RUNS_DIR=str(root), KT_WARM_WORKER="0")  # a standby per render would be noise
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    """The app's environment for one render (patch.dict restores the environment after)."""
+    return mock.patch.dict(os.environ, KT_RUNS_DIR=str(root), KT_WARM_WORKER="0")  # a standby per render would be noise
 
 
 def _render_runs_page(root: Path) -> float:
@@ -208,8 +200,6 @@ def _render_runs_page(root: Path) -> float:
 @FIGURES.register("B25", title="growth: the Runs page's render CPU time per run folder, 1,000 folders / 100 "
                                "(AppTest, synthetic completed runs)", target=Target("<=", 1.5))
 def runs_page_growth(ctx: Context) -> tuple[float, str]:
-    from kt_core import rundir
-
     roots = _run_folders(ctx)
     for root in roots.values():
         _render_runs_page(root)  # warm-up: Streamlit, the page's imports
@@ -223,7 +213,6 @@ def runs_page_growth(ctx: Context) -> tuple[float, str]:
     per = {n: statistics.median(s) / n for n, s in samples.items()}
     shown = "; ".join(f"{n} folders: {statistics.median(s):.2f} s CPU (spread {_spread(s, unit=' s')}), "
                       f"{opened[n]} files opened ({opened[n] / n:.1f} per folder)" for n, s in samples.items())
-    del rundir
     return _growth(per), f"median of {len(next(iter(samples.values())))} renders per size; {shown}"
 
 
