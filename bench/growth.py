@@ -161,17 +161,25 @@ def runs_json_growth(ctx: Context) -> tuple[float, str]:
     for n, root in roots.items():  # warm-up: imports (pandas) and the page cache
         if _runs_json(root) != n:
             raise RuntimeError(f"runs --json listed the wrong number of runs in {root}")
-    samples = interleaved({n: (lambda r=root: _cpu(lambda: _runs_json(r))) for n, root in roots.items()},
-                          max(3, 2 * ctx.scale.repeats + 1))
+    return _per_folder_growth(roots, lambda r: _cpu(lambda: _runs_json(r)), _runs_json,
+                              max(3, 2 * ctx.scale.repeats + 1), "interleaved calls", digits=3)
+
+
+def _per_folder_growth(roots: dict[int, Path], measure, run_once, repeats: int, what: str,
+                       digits: int) -> tuple[float, str]:
+    """B24 and B25: `measure(root)` (CPU s) interleaved over the sizes, then the files one
+    `run_once(root)` opens; the figure is the CPU time per folder at the largest size over the
+    next (`_growth`)."""
+    samples = interleaved({n: (lambda r=root: measure(r)) for n, root in roots.items()}, repeats)
     opened = {}
     for n, root in roots.items():
         with counting_opens(root) as opens:
-            _runs_json(root)
+            run_once(root)
         opened[n] = opens.count
     per = {n: statistics.median(s) / n for n, s in samples.items()}
-    shown = "; ".join(f"{n} folders: {statistics.median(s):.3f} s CPU (spread {_spread(s, unit=' s')}), "
+    shown = "; ".join(f"{n} folders: {statistics.median(s):.{digits}f} s CPU (spread {_spread(s, unit=' s')}), "
                       f"{opened[n]} files opened ({opened[n] / n:.1f} per folder)" for n, s in samples.items())
-    return _growth(per), f"median of {len(next(iter(samples.values())))} interleaved calls per size; {shown}"
+    return _growth(per), f"median of {len(next(iter(samples.values())))} {what} per size; {shown}"
 
 
 # --- B25: the Runs page ------------------------------------------------------------------------
@@ -203,17 +211,8 @@ def runs_page_growth(ctx: Context) -> tuple[float, str]:
     roots = _run_folders(ctx)
     for root in roots.values():
         _render_runs_page(root)  # warm-up: Streamlit, the page's imports
-    samples = interleaved({n: (lambda r=root: _render_runs_page(r)) for n, root in roots.items()},
-                          max(1, ctx.scale.repeats))
-    opened = {}
-    for n, root in roots.items():
-        with counting_opens(root) as opens:
-            _render_runs_page(root)
-        opened[n] = opens.count
-    per = {n: statistics.median(s) / n for n, s in samples.items()}
-    shown = "; ".join(f"{n} folders: {statistics.median(s):.2f} s CPU (spread {_spread(s, unit=' s')}), "
-                      f"{opened[n]} files opened ({opened[n] / n:.1f} per folder)" for n, s in samples.items())
-    return _growth(per), f"median of {len(next(iter(samples.values())))} renders per size; {shown}"
+    return _per_folder_growth(roots, _render_runs_page, _render_runs_page, max(1, ctx.scale.repeats),
+                              "renders", digits=2)
 
 
 # --- B26: a live poll of a long run ----------------------------------------------------------
