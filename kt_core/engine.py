@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import __version__, defaults, distributed, progress
+from . import __version__, defaults, distributed
 from .callbacks import Callback
 from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches, split_labels

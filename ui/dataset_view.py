@@ -9,7 +9,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from kt_core.config import DatasetConfig
-from kt_core.settings import get_settings
 from ui.source_view import allowed_roots
 
 

@@ -149,7 +149,7 @@ def render(info: dict[str, Any]) -> str:
 
 def render_unrun(contents: dict[str, Any]) -> str:
     """A refused archive's description: its tensors and files, read without running it."""
-    lines = [f"not loaded (it would run code); read from the file without running it:",
+    lines = ["not loaded (it would run code); read from the file without running it:",
              f"files        : {contents['num_files']}"
              + (f"   classes: {', '.join(contents['classes'][:6])}" if contents.get("classes") else "")]
     tensors = contents.get("tensors") or {}
