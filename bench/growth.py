@@ -1,4 +1,4 @@
-"""B24-B26: how costs grow with the work (issue #18, section 4).
+"""B24-B27: how costs grow with the work (issue #18, section 4).
 
 A tool that is fast with five runs can crawl with five hundred. Each figure measures one cost at
 three sizes and is the cost per unit of work at the largest size over the cost per unit at a
@@ -13,6 +13,10 @@ reverse ...), each size's median taken; the detail holds every size's absolute f
   Home pages' 2 s poll, without the drawing: status, new rows, chart traces, progress caption):
   CPU and bytes read per poll, which must not grow with the file at all (the figure is the
   largest file's CPU per poll over the smallest's).
+- B27 an experiment of 10, 100 and 1,000 members driven to its end with its member processes
+  simulated (`SimulatedPool`: nothing trains, each member run steps queued -> running ->
+  completed, one state per driver poll): the driver's CPU time per member, bytes written per
+  member and experiment-folder files opened; `experiment show --json` per member beside it.
 
 Run folders are synthetic but valid: made through `kt_core.rundir` (create_run, status, summary,
 metrics) as a worker leaves them. Files opened are counted with an audit hook (`open` events,
@@ -314,3 +318,133 @@ def poll_growth(ctx: Context) -> tuple[float, str]:
         + f", {len(pollers[n].seen.digest.rows)} rows kept"
         for n in sizes)
     return med[sizes[-1]] / med[sizes[0]], f"medians of {len(cpu[sizes[0]])} polls per size; {shown}"
+
+
+# --- B27: an experiment's bookkeeping against its member count --------------------------------
+
+EXPERIMENT_SLOTS = 4  # members "training" at a time
+
+
+class SimulatedPool:
+    """The driver's member processes, simulated at their seam (`driver.Pool`): a member handed to
+    a slot is marked queued at once, as `Pool.assign` does, and then moves one state per driver
+    poll, queued -> running -> completed (with a summary), as a worker would leave its run folder;
+    nothing is trained and no process is started. Everything else is the real driver: the spec's
+    expansion, the member run folders it creates, its status reads and its record of the members."""
+
+    def __init__(self, size: int, log_path=None):
+        from kt_core.experiments.driver import Slot
+
+        self.slots = [Slot(i) for i in range(size)]
+
+    def free(self):
+        from kt_core import rundir
+
+        for slot in self.slots:  # the "member processes" step once per driver poll
+            if slot.key is None:
+                continue
+            state = rundir.read_status_file(slot.folder).get("state")
+            if state == "queued":
+                rundir.update_status(slot.folder, state="running", heartbeat=time.time(), epoch=1)
+            elif state == "running":
+                rundir.write_summary(slot.folder, {"state": "completed", "final_val_acc": 0.75, "test_acc": 0.74,
+                                                   "test_split": "carved", "num_classes": 3, "train_images": 15})
+                rundir.update_status(slot.folder, state="completed", heartbeat=time.time(), epoch=1)
+        return [s for s in self.slots if s.key is None]
+
+    def assign(self, slot, folder: Path, key: str) -> None:
+        from kt_core import rundir
+
+        rundir.update_status(folder, state="queued", pid=os.getpid(), heartbeat=time.time(), error=None)
+        slot.folder, slot.key = folder, key
+
+    def close(self, timeout: float = 10.0) -> None:
+        pass
+
+
+def experiment_spec(members: int) -> dict:
+    """`members` members: one method, one K, `members` seeds (each seed its own member run)."""
+    return {"kind": "sample_efficiency", "name": f"growth-{members}",
+            "base": {"name": "growth", "source": {"kind": "arch", "arch": "mnist_net"},
+                     "dataset": {"name": "sklearn_digits", "classes": [0, 1, 2], "image_size": 28, "channels": 1},
+                     "train": {"epochs": 1, "batch_size": 8, "device": "cpu"}},
+            "methods": ["scratch"], "per_class": [5], "seeds": members, "parallel": EXPERIMENT_SLOTS}
+
+
+def _wchar() -> int | None:
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("wchar"))
+    except (OSError, StopIteration):
+        return None
+
+
+def drive_simulated(root: Path, members: int) -> dict:
+    """One experiment of `members` simulated members driven to its end in this process (a fresh
+    experiment and runs folder under `root`): CPU s, bytes written (the whole process's, from
+    /proc/self/io: the member run folders too) and files the driver opened in the experiment
+    folder."""
+    from kt_core import experiments as ex
+    from kt_core.experiments import driver
+
+    root.mkdir(parents=True)
+    runs_dir = root / "runs"
+    with mock.patch.dict(os.environ, KT_EXPERIMENTS_DIR=str(root / "experiments")), \
+            mock.patch.object(driver, "Pool", SimulatedPool), mock.patch.object(driver, "POLL_S", 0.0):
+        folder = ex.create_experiment(ex.ExperimentSpec.from_dict(experiment_spec(members)), runs_dir)
+        before, start = _wchar(), time.process_time()
+        with counting_opens(folder) as opens:
+            data = driver.drive(folder)
+            opened = opens.count
+        cpu = time.process_time() - start
+        written = (_wchar() - before) if before is not None else None
+    if data["state"] != "completed" or data["progress"]["done"] != members:
+        raise RuntimeError(f"the simulated experiment of {members} members ended {data['state']}: {data.get('error')}")
+    return {"cpu": cpu, "written": written, "opened": opened, "folder": folder, "runs_dir": runs_dir}
+
+
+def _show_json(folder: Path, runs_dir: Path) -> float:
+    """CPU s of one `experiment show ID --json` (the members' table, points and verdict)."""
+    from kt_core.cli import main
+
+    out = io.StringIO()
+    with mock.patch.dict(os.environ, KT_EXPERIMENTS_DIR=str(folder.parent)), contextlib.redirect_stdout(out):
+        start = time.process_time()
+        code = main(["experiment", "show", folder.name, "--json", "--runs-dir", str(runs_dir)])
+        took = time.process_time() - start
+    if code != 0:
+        raise RuntimeError(f"experiment show exited {code}")
+    return took
+
+
+@FIGURES.register("B27", title="growth: an experiment driver's bookkeeping CPU time per member, 1,000 members / "
+                               "100 (member training simulated at the driver's process pool)",
+                  target=Target("<=", 1.5))
+def experiment_growth(ctx: Context) -> tuple[float, str]:
+    sizes = SIZES[ctx.scale.name]
+    base = ctx.workdir / "growth_experiments"
+    drive_simulated(base / "warm-up", sizes[0])  # imports, the spec machinery's first use
+    counter = iter(range(10**6))
+    samples = interleaved({n: (lambda n=n: drive_simulated(base / f"{n}-{next(counter)}", n)) for n in sizes},
+                          max(1, ctx.scale.repeats))
+    cpu = {n: [s["cpu"] for s in runs] for n, runs in samples.items()}
+    per = {n: statistics.median(v) / n for n, v in cpu.items()}
+    last = {n: runs[-1] for n, runs in samples.items()}
+    _show_json(last[sizes[0]]["folder"], last[sizes[0]]["runs_dir"])  # warm-up: pandas, the CLI's imports
+    show = {n: _show_json(last[n]["folder"], last[n]["runs_dir"]) for n in sizes}
+    show_per = {n: show[n] / n for n in sizes}
+    parts = []
+    for n in sizes:
+        written = [s["written"] for s in samples[n] if s["written"] is not None]
+        parts.append(f"{n} members: {statistics.median(cpu[n]):.2f} s CPU (spread {_spread(cpu[n], unit=' s')}, "
+                     f"{per[n] * 1e3:.1f} ms per member), "
+                     + (f"{statistics.median(written) / n / 1e3:.1f} kB written per member" if written
+                        else "bytes written: no /proc/self/io")
+                     + f", {last[n]['opened'] / n:.1f} experiment-folder files opened per member; "
+                     f"`experiment show --json` {show[n]:.2f} s CPU ({show_per[n] * 1e3:.1f} ms per member)")
+    return _growth(per), (
+        f"median of {len(cpu[sizes[0]])} simulated experiments per size, interleaved ({EXPERIMENT_SLOTS} at a "
+        "time; each member run queued -> running -> completed by a simulated member process, one state per "
+        "driver poll, the poll's sleep set to 0; the driver, the spec's expansion and the member run folders "
+        "real); `experiment show` growth (per member, largest / middle) "
+        f"{_growth(show_per):.2f}; " + "; ".join(parts))

@@ -132,7 +132,7 @@ def test_every_figure_of_the_issue_is_registered():
     from bench.__main__ import parse_only
 
     assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == \
-        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B30", "B31"]
+        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B27", "B30", "B31"]
     assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
     assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:
@@ -250,6 +250,18 @@ def test_growth_figures_run_at_tiny_scale_and_count_what_is_read(tmp_path):
     poll = results["B26"].detail
     per_poll = [int(b) for b in re.findall(r"(\d+) bytes read per poll", poll)]
     assert len(per_poll) == 3 and max(per_poll) - min(per_poll) < 100  # 10 new rows' bytes, not the file's
+
+
+def test_the_experiment_growth_figure_runs_at_tiny_scale_and_counts_what_is_written(tmp_path):
+    """B27 at the smoke-test size: three experiments of simulated members driven to their end,
+    and the bytes written per member reported at each size (counts; the CPU ratio is the figure's)."""
+    ctx = Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+    result = run_figure("B27", ctx)
+    assert result.verdict in ("PASS", "FAIL"), result.error
+    assert result.measured > 0
+    sizes = [int(n) for n in re.findall(r"(\d+) members: ", result.detail)]
+    assert sizes == list(growth.SIZES["tiny"])
+    assert len(re.findall(r"kB written per member", result.detail)) == 3 and "experiment show" in result.detail
 
 
 def test_synthetic_run_folders_are_valid_runs(tmp_path):

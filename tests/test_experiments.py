@@ -455,3 +455,132 @@ def test_two_resumes_at_once_start_one_driver(tmp_path):
         with pytest.raises(Exception, match="being resumed or driven by another process") as err:
             ex.resume_experiment(folder.name)
     assert err.value.hint and ex.read_experiment(folder)["state"] == "stopped"  # nothing was started
+
+
+# --- the members' journal (members.jsonl): bookkeeping that grows with the members, not their square ---
+
+def simulated_drive(spec: ex.ExperimentSpec, folder: Path | None = None, resume: bool = False) -> dict:
+    """Drive an experiment in this process with its member processes simulated (bench B27's
+    `SimulatedPool`: each member run goes queued -> running -> completed, nothing is trained)."""
+    from unittest import mock
+
+    from bench.growth import SimulatedPool
+    from kt_core import heartbeat
+    from kt_core.experiments import driver
+
+    with mock.patch.object(driver, "Pool", SimulatedPool), mock.patch.object(driver, "POLL_S", 0.0), \
+            mock.patch.object(heartbeat, "HEARTBEAT_EVERY_S", 3600.0):  # no heartbeat: only the changes' writes
+        if resume:
+            ex.resume_experiment(folder, foreground=True)
+            return ex.read_experiment(folder)
+        return drive(folder or ex.create_experiment(spec))
+
+
+def many_seeds(n: int) -> ex.ExperimentSpec:
+    return tiny_spec(methods=["scratch"], per_class=[2], seeds=n, parallel=4)
+
+
+def bytes_written_to_experiment(n: int) -> tuple[int, dict]:
+    """Bytes the driver writes into the experiment folder for an experiment of `n` members,
+    counted at the writers (experiment.json's and members.jsonl's), not timed."""
+    from unittest import mock
+
+    from kt_core.experiments import driver, folder as exp_folder
+
+    written = {"bytes": 0, "lines": 0}
+    json_atomic = rundir.write_json_atomic
+
+    def counted_json(path, data):
+        if path.name == exp_folder.RECORD:
+            written["bytes"] += len(json.dumps(data, indent=2, default=str))
+        return json_atomic(path, data)
+
+    def counted(writer):
+        def write(where, members):
+            written["bytes"] += sum(len(exp_folder._line(m)) for m in members)
+            written["lines"] += len(members)
+            return writer(where, members)
+        return write
+
+    folder = ex.create_experiment(many_seeds(n))
+    with mock.patch.object(rundir, "write_json_atomic", counted_json), \
+            mock.patch.object(driver, "append_members", counted(exp_folder.append_members)), \
+            mock.patch.object(driver, "write_members", counted(exp_folder.write_members)):
+        data = simulated_drive(None, folder)
+    assert data["state"] == "completed" and data["progress"]["done"] == n, data.get("error")
+    return written["bytes"], data
+
+
+def test_the_drivers_bytes_written_per_member_do_not_grow_with_the_member_count(tmp_path):
+    """experiment.json used to carry every member and was rewritten whole at each state change:
+    8x the members wrote ~8x the bytes per member. Now a change is one line of members.jsonl."""
+    small, _ = bytes_written_to_experiment(8)
+    large, data = bytes_written_to_experiment(64)
+    assert large / 64 <= 1.25 * small / 8, (small, large)
+    journal = (Path(data["dir"]) / "members.jsonl").read_text().splitlines()
+    assert max(len(line) for line in journal) < 300  # a line is one member, whatever their number
+    record = rundir.read_json(Path(data["dir"]) / "experiment.json")
+    assert "members" not in record and record["progress"]["done"] == 64
+
+
+def test_the_journal_reads_back_each_members_last_state_and_a_line_cut_short_is_not_made(tmp_path):
+    _, data = bytes_written_to_experiment(3)
+    folder = Path(data["dir"])
+    lines = (folder / "members.jsonl").read_text().splitlines()
+    assert len(lines) > 3  # every member's changes appended: queued, running, completed
+    assert [m["state"] for m in data["members"]] == ["completed"] * 3
+    assert [m["key"] for m in data["members"]] == [m.key for m in many_seeds(3).members()]  # spec order
+    # a kill -9 in the middle of an append leaves a line without its newline: that change was not made
+    last = json.loads(lines[-1])
+    with open(folder / "members.jsonl", "a") as f:
+        f.write(json.dumps({**last, "state": "failed"})[:-5])
+    assert [m["state"] for m in ex.read_experiment(folder)["members"]] == ["completed"] * 3
+    # a damaged line in the middle is named, with the fix
+    (folder / "members.jsonl").write_text(lines[0] + "\n{not json\n" + "\n".join(lines[1:]) + "\n")
+    with pytest.raises(Exception, match=r"members.jsonl is corrupt at line 2") as err:
+        ex.read_experiment(folder)
+    assert err.value.hint
+
+
+def test_progress_is_counted_from_the_journal_so_it_agrees_with_the_members(tmp_path):
+    _, data = bytes_written_to_experiment(3)
+    folder = Path(data["dir"])
+    record = rundir.read_json(folder / "experiment.json")
+    record["progress"] = {"total": 3, "done": 0, "counts": {"queued": 3}, "phase": "members"}  # a heartbeat behind
+    rundir.write_json_atomic(folder / "experiment.json", record)
+    assert ex.read_experiment(folder)["progress"]["counts"] == {"completed": 3}
+    assert ex.list_experiments()[0]["total"] == 3  # the listing reads no journal: experiment.json's counts
+
+
+def test_an_experiment_written_before_the_journal_reads_and_resumes(tmp_path):
+    """The format before members.jsonl: members inside experiment.json. It reads as it did, and a
+    resume keeps its completed members, trains the rest and moves the members into the journal."""
+    spec = many_seeds(4)
+    folder = ex.create_experiment(spec)
+    (folder / "members.jsonl").unlink()
+    members = []
+    for i, member in enumerate(spec.members()):
+        member.config.experiment = folder.name
+        run_id = None
+        if i < 2:
+            run = rundir.create_run(member.config)
+            rundir.update_status(run, state="completed")
+            run_id = run.name
+        members.append({"key": member.key, "coords": member.coords, "run_id": run_id,
+                        "state": "completed" if run_id else "pending"})
+    record = rundir.read_json(folder / "experiment.json")
+    record.update(state="running", pid=2 ** 22 + 12345, heartbeat=time.time(), members=members,
+                  progress={"total": 4, "done": 2, "counts": {"completed": 2, "pending": 2}, "phase": "members"})
+    rundir.write_json_atomic(folder / "experiment.json", record)  # as the old driver left it, killed
+    old = ex.read_experiment(folder)
+    assert old["state"] == "interrupted" and old["members"] == members and old["progress"]["done"] == 2
+    kept = {m["run_id"] for m in members if m["run_id"]}
+
+    data = simulated_drive(spec, folder, resume=True)
+    assert data["state"] == "completed" and data["progress"]["counts"] == {"completed": 4}
+    assert kept <= {m["run_id"] for m in data["members"]} and all(m["run_id"] for m in data["members"])
+    assert "members" not in rundir.read_json(folder / "experiment.json")
+    assert len((folder / "members.jsonl").read_text().splitlines()) >= 4
+    mine = [i for i in rundir.run_ids() if (rundir.read_json(rundir.runs_root() / i / "config.json") or {})
+            .get("experiment") == folder.name]
+    assert len(mine) == 4  # the two completed members were not created again

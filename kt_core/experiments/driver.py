@@ -17,10 +17,12 @@ What it shares between members:
   workers' `shared_outputs.OutputStore` (keyed by content: the feature-extraction members of one
   seed share their validation features, members of one K and seed with a teacher share it).
 
-It is the only writer of experiment.json while it runs (a heartbeat every 2 s, like a run's
-worker). Killed (kill -9, a reboot), the experiment reads as `interrupted`; `resume` starts a new
-driver that keeps completed members, resumes stopped or interrupted ones from their last
-checkpoint, waits for members an orphaned member process is still training, and starts the rest.
+It is the only writer of experiment.json and members.jsonl while it runs (a heartbeat every 2 s,
+like a run's worker, rewrites experiment.json; each member's state change is one line appended to
+members.jsonl, so its bookkeeping per member does not grow with the member count: bench B27).
+Killed (kill -9, a reboot), the experiment reads as `interrupted`; `resume` starts a new driver
+that keeps completed members, resumes stopped or interrupted ones from their last checkpoint,
+waits for members an orphaned member process is still training, and starts the rest.
 A member process killed while the driver lives is replaced and its member resumed (twice at most).
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import logging
 import os
 import signal
@@ -43,7 +46,7 @@ from ..config import RunConfig
 from ..demo import find_source_run
 from ..errors import KTError, RunError
 from ..heartbeat import HeartbeatFile
-from .folder import read_experiment, write_experiment
+from .folder import append_members, progress_of, read_experiment, write_experiment, write_members
 from .spec import ExperimentSpec, Member
 
 log = logging.getLogger(__name__)
@@ -151,12 +154,17 @@ class Pool:
 # --- the experiment's state (experiment.json) ---------------------------------------------------
 
 class Record(HeartbeatFile):
-    """experiment.json in memory (`data`); the heartbeat thread rewrites it every 2 s."""
+    """experiment.json in memory (`data`, without the members); the heartbeat thread rewrites it
+    every 2 s. `members`: the members as the folder had them when this driver started."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         data = read_experiment(folder)
         data.pop("dir", None)
+        self.members = data.pop("members", None) or []
+        # The journal first, compacted to a line a member (a folder from before the journal gets
+        # one here): experiment.json, which every heartbeat rewrites, is then written without them.
+        write_members(folder, self.members)
         super().__init__(data, lambda state: write_experiment(folder, state),
                          name="kt-experiment-heartbeat", what="the experiment's")
 
@@ -290,9 +298,9 @@ def _source_blocks(spec: ExperimentSpec, source_run: str | None, runs_dir: Path)
 
 
 def _track(members: list[Member], record: Record, runs_dir: Path) -> list[_Tracked]:
-    """Members with what is known of them: their run (from experiment.json, or a run folder a
+    """Members with what is known of them: their run (from members.jsonl, or a run folder a
     killed driver created but had not recorded) and its state."""
-    known = {m["key"]: m.get("run_id") for m in record.data.get("members") or []}
+    known = {m["key"]: m.get("run_id") for m in record.members}
     by_name = {}
     if any(known.get(m.key) is None for m in members):
         for run_id in rundir.run_ids(runs_dir):
@@ -315,62 +323,107 @@ def _track(members: list[Member], record: Record, runs_dir: Path) -> list[_Track
         else:
             item.run_id = None
         tracked.append(item)
-    _save_members(record, tracked)
     return tracked
 
 
-def _save_members(record: Record, tracked: list[_Tracked]) -> dict:
-    counts: dict[str, int] = {}
-    for t in tracked:
-        counts[t.state] = counts.get(t.state, 0) + 1
-    progress = {"total": len(tracked), "done": counts.get("completed", 0) + counts.get("failed", 0),
-                "counts": counts, "phase": "members"}
-    record.update(members=[{"key": t.member.key, "coords": t.member.coords, "run_id": t.run_id, "state": t.state}
-                           for t in tracked], progress=progress)
-    return progress
+def _entry(item: _Tracked) -> dict:
+    return {"key": item.member.key, "coords": item.member.coords, "run_id": item.run_id, "state": item.state}
+
+
+class _Members:
+    """The members' states, kept so that each poll costs what changed, not what there is: a change
+    (`set`) is counted and queued for `save`, which appends just those members' lines to
+    members.jsonl (the counts reach experiment.json with the next heartbeat). The next member to
+    start is the first pending one in the spec's order (a heap of indices), and only members a
+    previous driver's process still trains are polled apart."""
+
+    def __init__(self, tracked: list[_Tracked], record: Record):
+        self.items, self.record = tracked, record
+        self.by_key = {t.member.key: t for t in tracked}
+        self.index = {id(t): i for i, t in enumerate(tracked)}
+        self.pending = [i for i, t in enumerate(tracked) if t.state == "pending"]  # sorted: a heap
+        self.foreign = [t for t in tracked if t.foreign]
+        self.changed: dict[str, _Tracked] = {}
+        self.progress = progress_of([_entry(t) for t in tracked])
+        self.counts = dict(self.progress["counts"])  # a copy: the heartbeat thread writes the progress
+        write_members(record.folder, [_entry(t) for t in tracked])  # what this driver found, in one go
+        record.update(progress=self.progress)
+
+    def set(self, item: _Tracked, state: str) -> None:
+        if state == item.state:
+            return
+        self.counts[item.state] -= 1
+        if not self.counts[item.state]:
+            del self.counts[item.state]
+        self.counts[state] = self.counts.get(state, 0) + 1
+        item.state = state
+        self.changed[item.member.key] = item
+        if state == "pending":
+            heapq.heappush(self.pending, self.index[id(item)])
+
+    def next_pending(self) -> _Tracked | None:
+        while self.pending:
+            item = self.items[heapq.heappop(self.pending)]
+            if item.state == "pending":
+                return item
+        return None
+
+    def busy(self) -> bool:
+        """Members still to start, or trained by a previous driver's process."""
+        return bool(self.foreign) or any(self.items[i].state == "pending" for i in self.pending)
+
+    def save(self) -> dict:
+        append_members(self.record.folder, [_entry(t) for t in self.changed.values()])
+        self.changed.clear()
+        self.progress = {"total": len(self.items),
+                         "done": self.counts.get("completed", 0) + self.counts.get("failed", 0),
+                         "counts": dict(self.counts), "phase": "members"}
+        # In memory only: the next heartbeat (2 s) writes it; readers count the journal's lines meanwhile.
+        self.record.note(progress=self.progress)
+        return self.progress
 
 
 def _run_members(tracked: list[_Tracked], record: Record, pool: Pool, runs_dir: Path, stop: _Stop,
                  on_progress) -> None:
-    by_key = {t.member.key: t for t in tracked}
-    last_progress = None
+    members = _Members(tracked, record)
+    if on_progress:
+        on_progress(members.progress)
     while not stop():
-        changed = False
         for slot in pool.slots:  # the members that ended
             if slot.key is None:
                 continue
-            item = by_key[slot.key]
+            item = members.by_key[slot.key]
             state = rundir.read_status(slot.folder)["state"]
-            if state != item.state:
-                item.state, changed = state, True
+            members.set(item, state)
             if state in rundir.FINAL_STATES or state == "interrupted":
                 slot.key = slot.folder = None
                 if state == "interrupted" and item.retries < MAX_RETRIES:
                     item.retries += 1
-                    item.state = "pending"
+                    members.set(item, "pending")
                     log.warning("member %s: its process died; resuming it (retry %d)", item.member.key, item.retries)
-        for item in tracked:  # members a previous driver's process is still training
-            if item.foreign:
-                state = rundir.read_status(runs_dir / item.run_id)["state"]
-                if state not in rundir.ACTIVE_STATES:
-                    item.foreign, changed = False, True
-                    item.state = "completed" if state == "completed" else ("failed" if state == "failed" else "pending")
+        for item in list(members.foreign):  # members a previous driver's process is still training
+            state = rundir.read_status(runs_dir / item.run_id)["state"]
+            if state not in rundir.ACTIVE_STATES:
+                item.foreign = False
+                members.foreign.remove(item)
+                members.set(item, state if state in ("completed", "failed") else "pending")
+                members.changed[item.member.key] = item  # no longer foreign, even in the same state
         for slot in pool.free():  # the next members
-            item = next((t for t in tracked if t.state == "pending"), None)
+            item = members.next_pending()
             if item is None:
                 break
             if item.run_id is None:
                 item.run_id = rundir.create_run(item.member.config, runs_dir).name
             pool.assign(slot, runs_dir / item.run_id, item.member.key)
-            item.state, changed = "queued", True
-        if changed or last_progress is None:
-            last_progress = _save_members(record, tracked)
+            members.set(item, "queued")
+        if members.changed:
+            progress = members.save()
             if on_progress:
-                on_progress(last_progress)
-        if not any(s.key for s in pool.slots) and not any(t.state == "pending" or t.foreign for t in tracked):
+                on_progress(progress)
+        if not any(s.key for s in pool.slots) and not members.busy():
             break
         time.sleep(POLL_S)
-    _save_members(record, tracked)
+    members.save()
 
 
 def _stop_members(pool: Pool) -> None:
