@@ -16,7 +16,8 @@ reverse ...), each size's median taken; the detail holds every size's absolute f
 - B27 an experiment of 10, 100 and 1,000 members driven to its end with its member processes
   simulated (`SimulatedPool`: nothing trains, each member run steps queued -> running ->
   completed, one state per driver poll): the driver's CPU time per member, bytes written per
-  member and experiment-folder files opened; `experiment show --json` per member beside it.
+  member and experiment-folder files opened; `experiment show --json` and the Experiments page's
+  render (AppTest) per member beside it, once per size.
 
 Run folders are synthetic but valid: made through `kt_core.rundir` (create_run, status, summary,
 metrics) as a worker leaves them. Files opened are counted with an audit hook (`open` events,
@@ -417,6 +418,24 @@ def _show_json(folder: Path, runs_dir: Path) -> float:
     return took
 
 
+def _render_experiments_page(folder: Path, runs_dir: Path) -> float:
+    """CPU s of one render of the Experiments page (AppTest, a fresh session) showing `folder`'s
+    experiment, completed: its chart, verdict, members' table and downloads."""
+    from streamlit.testing.v1 import AppTest
+
+    root_dir = Path(__file__).resolve().parents[1]
+    with mock.patch.dict(os.environ, KT_RUNS_DIR=str(runs_dir), KT_EXPERIMENTS_DIR=str(folder.parent),
+                         KT_WARM_WORKER="0"):
+        at = AppTest.from_file(str(root_dir / "app.py"), default_timeout=300)
+        at.run()
+        start = time.process_time()
+        at.switch_page("app_pages/experiments.py").run()
+        took = time.process_time() - start
+    if at.exception:
+        raise RuntimeError(f"the Experiments page failed: {at.exception[0].message}")
+    return took
+
+
 @FIGURES.register("B27", title="growth: an experiment driver's bookkeeping CPU time per member, 1,000 members / "
                                "100 (member training simulated at the driver's process pool)",
                   target=Target("<=", 1.5))
@@ -433,6 +452,9 @@ def experiment_growth(ctx: Context) -> tuple[float, str]:
     _show_json(last[sizes[0]]["folder"], last[sizes[0]]["runs_dir"])  # warm-up: pandas, the CLI's imports
     show = {n: _show_json(last[n]["folder"], last[n]["runs_dir"]) for n in sizes}
     show_per = {n: show[n] / n for n in sizes}
+    _render_experiments_page(last[sizes[0]]["folder"], last[sizes[0]]["runs_dir"])  # warm-up: Streamlit
+    page = {n: _render_experiments_page(last[n]["folder"], last[n]["runs_dir"]) for n in sizes}
+    page_per = {n: page[n] / n for n in sizes}
     parts = []
     for n in sizes:
         written = [s["written"] for s in samples[n] if s["written"] is not None]
@@ -441,10 +463,12 @@ def experiment_growth(ctx: Context) -> tuple[float, str]:
                      + (f"{statistics.median(written) / n / 1e3:.1f} kB written per member" if written
                         else "bytes written: no /proc/self/io")
                      + f", {last[n]['opened'] / n:.1f} experiment-folder files opened per member; "
-                     f"`experiment show --json` {show[n]:.2f} s CPU ({show_per[n] * 1e3:.1f} ms per member)")
+                     f"`experiment show --json` {show[n]:.2f} s CPU ({show_per[n] * 1e3:.1f} ms per member), "
+                     f"the Experiments page {page[n]:.2f} s CPU ({page_per[n] * 1e3:.1f} ms per member)")
     return _growth(per), (
         f"median of {len(cpu[sizes[0]])} simulated experiments per size, interleaved ({EXPERIMENT_SLOTS} at a "
         "time; each member run queued -> running -> completed by a simulated member process, one state per "
         "driver poll, the poll's sleep set to 0; the driver, the spec's expansion and the member run folders "
-        "real); `experiment show` growth (per member, largest / middle) "
-        f"{_growth(show_per):.2f}; " + "; ".join(parts))
+        "real); per member, largest / middle: `experiment show --json` "
+        f"{_growth(show_per):.2f}, the Experiments page (AppTest render) {_growth(page_per):.2f}; "
+        + "; ".join(parts))
