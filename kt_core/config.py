@@ -51,6 +51,7 @@ MAX_OPTIONS = 64
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take 32-bit seeds
 MAX_TASKS = 16  # extra tasks of a multi-task run (each holds its dataset in memory)
 MAX_TASK_NAME = 40  # a task's name suffixes metric keys ("val_acc/mnist") and labels curves
+EVERY_TASK = "all"  # `export --task all`: every task's network, so no task may be named so
 MAX_PROCS = 4096  # training processes of one run (nodes x processes per node): a large cluster job
 
 
@@ -626,6 +627,9 @@ def _task_name(key: str, value: str) -> None:
     if not value or not all(c.isalnum() or c in "_-" for c in value):
         raise ConfigError(f"{key} is {_shown(value)}",
                           "use letters, digits, '_' or '-', e.g. \"mnist\" (it suffixes the task's metrics)")
+    if value == EVERY_TASK:
+        raise ConfigError(f"{key} is {EVERY_TASK!r}, which `export --task {EVERY_TASK}` reads as every task's network",
+                          f"give the task another name, e.g. \"{EVERY_TASK}_digits\" or the dataset's name")
 
 
 def _positive(key: str, value: int | None) -> None:

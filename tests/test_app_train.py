@@ -205,6 +205,12 @@ def test_a_task_added_on_the_train_page_goes_into_the_config_start_launches():
     at.text_input(key="tasks_new_name").input("mnist")
     at.button(key="tasks_add").click().run()
     assert any("already there" in e for e in errors(at)) and len(draft(at).config.tasks) == 1
+    # `all` is export --task all's "every task": the form says so, with the fix, and adds nothing
+    at.text_input(key="tasks_new_name").input("all")
+    at.button(key="tasks_add").click().run()
+    no_exceptions(at)
+    assert any("is 'all'" in e and "export --task all" in e and "another name" in e for e in errors(at)), errors(at)
+    assert len(draft(at).config.tasks) == 1
     at.button(key="tasks_clear").click().run()  # and back to a single-task run
     no_exceptions(at)
     assert draft(at).config.tasks == []

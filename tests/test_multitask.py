@@ -77,6 +77,19 @@ def test_tasks_round_trip_strictly_and_bad_values_name_the_task():
             RunConfig.from_dict({"source": {"arch": "mnist_net"}, **extra})
 
 
+def test_the_name_all_is_refused_for_any_task_since_export_task_all_means_every_tasks_network():
+    """`export --task all` exports every task's network: a task named `all` could never be exported
+    alone, and its file would sit among "every task's". Refused for an extra task and the target."""
+    for data in ({"tasks": [{"name": "all"}]}, {"tasks": [{"name": "m"}], "multitask": {"primary_name": "all"}}):
+        with pytest.raises(ConfigError) as caught:
+            RunConfig.from_dict({"source": {"arch": "mnist_net"}, **data})
+        assert "'all'" in caught.value.message and "export --task all" in caught.value.message
+        assert "another name" in caught.value.hint
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.name is 'all'"):
+        TaskConfig(name="all").validate("tasks[0].")
+    assert RunConfig.from_dict({"source": {"arch": "mnist_net"}, "tasks": [{"name": "all_digits"}]}).tasks[0].name == "all_digits"
+
+
 def test_a_multi_task_config_on_several_processes_is_refused_when_validated_with_the_fix():
     """Not only once training starts (torchrun started, data loaded): at the config's rules, so the
     Train page's field, `train`, `launch` and an experiment all say it before anything runs."""

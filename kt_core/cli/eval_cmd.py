@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import EVERY_TASK
 from ..rundir import CONFIG
 from . import print_json
 
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--no-verify", action="store_true", help="skip reading the file back to compare predictions")
     p.add_argument("--task", default=None, metavar="NAME",
-                   help="a multi-task run's task whose network to export (model-NAME.EXT), or 'all' "
+                   help=f"a multi-task run's task whose network to export (model-NAME.EXT), or '{EVERY_TASK}' "
                         "for every task (default: the target's, model.EXT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_export)
@@ -64,13 +65,13 @@ def run_export(args: argparse.Namespace) -> int:
     from ..export import export_run, export_run_tasks  # lazy: torch costs ~2 s, other commands skip it
 
     options = dict(out_dir=args.out, checkpoint=args.checkpoint, verify=not args.no_verify)
-    if args.task == "all":
+    if args.task == EVERY_TASK:
         paths = export_run_tasks(args.run, args.fmt, **options)
     else:
         paths = [export_run(args.run, args.fmt, task=args.task, **options)]
     if args.json:
         shown = [{"format": args.fmt, "path": str(p), "config": str(p.parent / CONFIG)} for p in paths]
-        print_json(shown[0] if args.task != "all" else shown)
+        print_json(shown[0] if args.task != EVERY_TASK else shown)
     else:
         for path in paths:
             print(path)
