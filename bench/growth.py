@@ -16,8 +16,8 @@ reverse ...), each size's median taken; the detail holds every size's absolute f
 - B27 an experiment of 10, 100 and 1,000 members driven to its end with its member processes
   simulated (`SimulatedPool`: nothing trains, each member run steps queued -> running ->
   completed, one state per driver poll): the driver's CPU time per member, bytes written per
-  member and experiment-folder files opened; `experiment show --json` and the Experiments page's
-  render (AppTest) per member beside it, once per size.
+  member and experiment-folder files opened; `experiment show --json`, the Experiments page's
+  first render (AppTest) and its live view's 2 s poll beside it, once per size.
 
 Run folders are synthetic but valid: made through `kt_core.rundir` (create_run, status, summary,
 metrics) as a worker leaves them. Files opened are counted with an audit hook (`open` events,
@@ -423,6 +423,9 @@ def _render_experiments_page(folder: Path, runs_dir: Path) -> float:
     experiment, completed: its chart, verdict, members' table and downloads."""
     from streamlit.testing.v1 import AppTest
 
+    from kt_core.experiments import results
+
+    results._ENDED.clear()  # a first look: nothing of the members known yet
     root_dir = Path(__file__).resolve().parents[1]
     with mock.patch.dict(os.environ, KT_RUNS_DIR=str(runs_dir), KT_EXPERIMENTS_DIR=str(folder.parent),
                          KT_WARM_WORKER="0"):
@@ -434,6 +437,23 @@ def _render_experiments_page(folder: Path, runs_dir: Path) -> float:
     if at.exception:
         raise RuntimeError(f"the Experiments page failed: {at.exception[0].message}")
     return took
+
+
+def _live_poll(folder: Path) -> float:
+    """CPU s of one poll of the Experiments page's live view (`ui.experiment_view.live` without
+    the drawing: the experiment, the members' table, the points, the verdict, the chart's figure),
+    after a first one: what each 2 s poll costs while the experiment runs."""
+    from kt_core import experiments as ex
+    from kt_core.experiments import report, results
+
+    def poll():
+        data = ex.read_experiment(folder)
+        members = results.member_table(data)
+        points = results.aggregate(data, members)
+        report.figure(data, points, results.conclude(data, points))
+
+    poll()
+    return _cpu(poll)
 
 
 @FIGURES.register("B27", title="growth: an experiment driver's bookkeeping CPU time per member, 1,000 members / "
@@ -455,6 +475,7 @@ def experiment_growth(ctx: Context) -> tuple[float, str]:
     _render_experiments_page(last[sizes[0]]["folder"], last[sizes[0]]["runs_dir"])  # warm-up: Streamlit
     page = {n: _render_experiments_page(last[n]["folder"], last[n]["runs_dir"]) for n in sizes}
     page_per = {n: page[n] / n for n in sizes}
+    live = {n: _live_poll(last[n]["folder"]) for n in sizes}
     parts = []
     for n in sizes:
         written = [s["written"] for s in samples[n] if s["written"] is not None]
@@ -464,7 +485,8 @@ def experiment_growth(ctx: Context) -> tuple[float, str]:
                         else "bytes written: no /proc/self/io")
                      + f", {last[n]['opened'] / n:.1f} experiment-folder files opened per member; "
                      f"`experiment show --json` {show[n]:.2f} s CPU ({show_per[n] * 1e3:.1f} ms per member), "
-                     f"the Experiments page {page[n]:.2f} s CPU ({page_per[n] * 1e3:.1f} ms per member)")
+                     f"the Experiments page {page[n]:.2f} s CPU ({page_per[n] * 1e3:.1f} ms per member), "
+                     f"its live view's poll {live[n] * 1e3:.0f} ms CPU")
     return _growth(per), (
         f"median of {len(cpu[sizes[0]])} simulated experiments per size, interleaved ({EXPERIMENT_SLOTS} at a "
         "time; each member run queued -> running -> completed by a simulated member process, one state per "

@@ -263,6 +263,7 @@ def test_the_experiment_growth_figure_runs_at_tiny_scale_and_counts_what_is_writ
     assert sizes == list(growth.SIZES["tiny"])
     assert len(re.findall(r"kB written per member", result.detail)) == 3
     assert len(re.findall(r"the Experiments page [\d.]+ s CPU", result.detail)) == 3 and "experiment show" in result.detail
+    assert len(re.findall(r"live view.s poll \d+ ms CPU", result.detail)) == 3
 
 
 def test_synthetic_run_folders_are_valid_runs(tmp_path):

@@ -584,3 +584,26 @@ def test_an_experiment_written_before_the_journal_reads_and_resumes(tmp_path):
     mine = [i for i in rundir.run_ids() if (rundir.read_json(rundir.runs_root() / i / "config.json") or {})
             .get("experiment") == folder.name]
     assert len(mine) == 4  # the two completed members were not created again
+
+
+def test_the_members_table_rereads_only_members_that_changed_or_still_train(tmp_path):
+    """The live view polls the table every 2 s: an ended member's files are read once, then only
+    checked (stat), and read again when they change; a training member is read at every poll."""
+    from unittest import mock
+
+    spec = tiny_spec(methods=["scratch"], per_class=[2], seeds=3)
+    data = ex.read_experiment(hand_experiment(spec, lambda m: 0.5))
+    results.member_table(data)
+    runs_dir = Path(data["runs_dir"])
+    with mock.patch.object(rundir, "read_summary", wraps=rundir.read_summary) as reads:
+        assert list(results.member_table(data)["accuracy"]) == [0.5] * 3
+        assert reads.call_count == 0  # nothing changed: nothing read
+        first = runs_dir / data["members"][0]["run_id"]
+        rundir.write_json_atomic(first / "summary.json", {"state": "completed", "final_val_acc": 0.9,
+                                                        "num_classes": 3, "train_images": 270})
+        training = runs_dir / data["members"][1]["run_id"]
+        rundir.update_status(training, state="running", pid=os.getpid(), heartbeat=time.time())
+        table = results.member_table(data)
+        assert list(table["accuracy"])[0] == 0.9 and list(table["state"]) == ["completed", "running", "completed"]
+        results.member_table(data)
+        assert reads.call_count == 3  # the changed member once; the training one at both polls
