@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import demo_speed, distributed, experiment_speed, figures, growth, image_folder, multitask_speed, peers, quality, ui_tax  # noqa: F401  (importing registers the figures)
+from . import cache_growth, demo_speed, distributed, experiment_speed, figures, growth, image_folder, multitask_speed, peers, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from .harness import FIGURES, SCALES, Context, machine_facts, render_results_md, render_table, run_figure
 
 RESULTS = Path(__file__).resolve().parent / "results.md"

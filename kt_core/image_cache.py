@@ -46,29 +46,33 @@ def compute_once(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | N
     model.eval()
     try:
         with progress.task(describe, len(split)) as shown:
-            outs = _compute(fn, split, device, batch_size, autocast, max_bytes, shown)
+            return _compute(fn, split, device, batch_size, autocast, max_bytes, shown)
     finally:
         model.train(was_training)
-    return torch.cat(outs) if outs else None
 
 
-def _compute(fn, split, device, batch_size, autocast, max_bytes, shown) -> list[torch.Tensor] | None:
-    outs: list[torch.Tensor] = []
+def _compute(fn, split, device, batch_size, autocast, max_bytes, shown) -> torch.Tensor | None:
+    # Batch by batch into the result, allocated once the first batch tells its shape: the batches
+    # kept and concatenated at the end would hold the cache twice at that moment (measured: 2.05x
+    # the cache, now ~1x; B28), halving the dataset that fits.
+    whole, done = None, 0
     for x, _ in iter_batches(split, batch_size):
         with autocast():
             out = fn(x.to(device, non_blocking=True))
         if out is None:
             return None
         out = out.detach().float()
-        if not outs and max_bytes is not None:  # the first batch tells the size of the whole
+        if whole is None:
             need = out[0].numel() * 4 * len(split)
-            if need > max_bytes:
+            if max_bytes is not None and need > max_bytes:
                 log.info("not cached: %s floats per image would take %.2f GiB for %d images (limit %.2f GiB)",
                          tuple(out.shape[1:]), need / 2**30, len(split), max_bytes / 2**30)
                 return None
-        outs.append(out)
+            whole = torch.empty((len(split), *out.shape[1:]), device=out.device)
+        whole[done:done + len(out)] = out
+        done += len(out)
         shown.advance(len(out))
-    return outs
+    return whole
 
 
 # --- shared between runs ----------------------------------------------------------------------

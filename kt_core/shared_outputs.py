@@ -64,7 +64,7 @@ class OutputStore:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    torch.save(value.contiguous().clone(), fh)  # a clone: a view would save its whole base
+                    torch.save(value if _owns_storage(value) else value.contiguous().clone(), fh)
                 os.replace(tmp, path)
             except BaseException:
                 _unlink_quietly(tmp)
@@ -74,6 +74,14 @@ class OutputStore:
             return None
         cachedir.enforce_limit(keep=path)
         return path
+
+
+def _owns_storage(value: torch.Tensor) -> bool:
+    """Whether `value` is its whole storage. torch.save writes a tensor's storage whole, so a view
+    (a slice of a bigger batch) is cloned first; a tensor that owns its memory is written as it
+    is: a clone of the feature cache would double its memory while it is saved."""
+    return (value.is_contiguous() and value.storage_offset() == 0
+            and value.untyped_storage().nbytes() == value.numel() * value.element_size())
 
 
 def _unlink_quietly(path: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import demo_speed, distributed, experiment_speed, figures, growth, image_folder, peers, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
+from bench import cache_growth, demo_speed, distributed, experiment_speed, figures, growth, image_folder, peers, plain, quality, ui_tax  # noqa: F401  (importing registers the figures)
 from bench.harness import (FIGURES, SCALES, Context, Result, Skip, Target, interleave, paired_ratio, render_table,
                            run_figure)
 
@@ -132,7 +132,7 @@ def test_every_figure_of_the_issue_is_registered():
     from bench.__main__ import parse_only
 
     assert sorted(FIGURES.names(), key=lambda n: int(n[1:])) == \
-        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B27", "B30", "B31"]
+        [f"B{i}" for i in range(1, 16)] + ["B20", "B21", "B22", "B23", "B24", "B25", "B26", "B27", "B28", "B30", "B31"]
     assert parse_only("quality") == ["B8", "B9", "B10", "B11"]  # the transfer-quality group
     assert parse_only("B2,quality")[0] == "B2"
     for entry in FIGURES:
@@ -264,6 +264,23 @@ def test_the_experiment_growth_figure_runs_at_tiny_scale_and_counts_what_is_writ
     assert len(re.findall(r"kB written per member", result.detail)) == 3
     assert len(re.findall(r"the Experiments page [\d.]+ s CPU", result.detail)) == 3 and "experiment show" in result.detail
     assert len(re.findall(r"live view.s poll \d+ ms CPU", result.detail)) == 3
+
+
+@pytest.mark.slow
+def test_cache_growth_figure_measures_both_caches_and_the_refusal_at_tiny_scale(tmp_path):
+    """B28 at the smoke-test size: at each of three sizes a cold process decodes and caches the
+    dataset, a warm one reads it back, has its feature cache refused (the budget at half its need,
+    else the figure is an ERROR) and then builds it. What is checked is what sizes cannot blur: the
+    on-disk caches hold what the data takes, not more (peaks are the figure's business)."""
+    ctx = Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+    result = run_figure("B28", ctx)
+    assert result.verdict in ("PASS", "FAIL"), result.error
+    assert result.measured > 0
+    for n in cache_growth.SIZES["tiny"]:
+        assert f"{n} images: prepare" in result.detail
+    on_disk = [float(x) for x in re.findall(r"(?:the dataset cache file|its file) [\d.]+ KB \(([\d.]+)x\)", result.detail)]
+    assert len(on_disk) == 6 and all(0.9 <= x <= 1.3 for x in on_disk), result.detail
+    assert result.detail.count("refused: peak") == 3 and cache_growth.REFUSED in result.detail
 
 
 def test_synthetic_run_folders_are_valid_runs(tmp_path):

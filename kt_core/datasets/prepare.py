@@ -229,12 +229,16 @@ def _materialize(split: RawSplit, name: str, geometry: Geometry, in_memory: bool
     """Decode files into a tensor (in memory) or check them (lazy); drop and report bad ones."""
     if split.images is not None:
         return split
-    good, images, bad = [], [], []
+    good, bad = [], []
+    # Decoded straight into one tensor: a list of per-image tensors stacked at the end held the
+    # pixels twice, and its thousands of small blocks stayed in the process's heap after it
+    # (measured: preparing 16,000 images peaked at 2.5x their float32 tensors, now ~1.6x; B28).
+    images = torch.empty((len(split) if in_memory else 0, geometry.channels, *geometry.content), dtype=torch.uint8)
     with progress.task(f"{'decoding' if in_memory else 'checking'} {name} images", len(split)) as shown:
         for i in range(len(split)):
             try:
                 if in_memory:
-                    images.append(fit_pil(split.open(i), geometry))
+                    images[len(good)] = fit_pil(split.open(i), geometry)
                 else:
                     reason = split.reader.check(int(split.index[i])) if hasattr(split.reader, "check") else None
                     if reason:
@@ -246,8 +250,8 @@ def _materialize(split: RawSplit, name: str, geometry: Geometry, in_memory: bool
     if bad:
         warnings.append(describe_skipped(f"unreadable images in {name}", bad))
     kept = split.subset(torch.tensor(good, dtype=torch.long))
-    if in_memory:
-        kept = RawSplit(kept.labels, torch.stack(images) if images else torch.zeros((0, *geometry.input_size), dtype=torch.uint8),
+    if in_memory:  # without the rows of the files dropped (a copy only when there were any)
+        kept = RawSplit(kept.labels, images if len(good) == len(split) else images[:len(good)].clone(),
                         names=kept.names)
     return kept
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, what PIL's convert("L") uses
-_CHUNK = 4096  # images per chunk when transforming a whole dataset: bounds peak memory
+# Bytes of float32 pixels per chunk when transforming a whole dataset: what shaping holds beside
+# the result, whatever the images' size (4,096 images of 224x224 RGB were 2.4 GB a chunk).
+_CHUNK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -117,14 +119,17 @@ def pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def fit_tensor(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Images (N,C,H,W) uint8 or [0,1] floats -> float32 (N, channels, *size) in [0,1]."""
-    out = []
-    for start in range(0, len(x), _CHUNK):
-        chunk = convert_channels(to_float(x[start:start + _CHUNK]), geometry.channels)
-        out.append(pad_to(resize_cover(chunk, geometry.content), geometry.size))
-    if not out:
-        return torch.zeros((0, *geometry.input_size))
-    return torch.cat(out)
+    """Images (N,C,H,W) uint8 or [0,1] floats -> float32 (N, channels, *size) in [0,1].
+
+    Chunk by chunk into the result, allocated once: shaped chunks concatenated at the end would
+    hold the whole dataset twice at that moment (measured: 2.05x the result, now ~1x; B28)."""
+    out = torch.empty((len(x), *geometry.input_size))
+    per_image = 4 * max(x[0].numel(), out[0].numel()) if len(x) else 1
+    step = max(1, _CHUNK_BYTES // per_image)
+    for start in range(0, len(x), step):
+        chunk = convert_channels(to_float(x[start:start + step]), geometry.channels)
+        out[start:start + len(chunk)] = pad_to(resize_cover(chunk, geometry.content), geometry.size)
+    return out
 
 
 # --- PIL images ------------------------------------------------------------------------------
