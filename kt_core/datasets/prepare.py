@@ -231,8 +231,8 @@ def _materialize(split: RawSplit, name: str, geometry: Geometry, in_memory: bool
         return split
     good, bad = [], []
     # Decoded straight into one tensor: a list of per-image tensors stacked at the end held the
-    # pixels twice, and its thousands of small blocks stayed in the process's heap after it
-    # (measured: preparing 16,000 images peaked at 2.5x their float32 tensors, now ~1.6x; B28).
+    # pixels twice, and its thousands of small blocks stayed in the process's heap after it (B28
+    # measures the whole preparation against the dataset's size).
     images = torch.empty((len(split) if in_memory else 0, geometry.channels, *geometry.content), dtype=torch.uint8)
     with progress.task(f"{'decoding' if in_memory else 'checking'} {name} images", len(split)) as shown:
         for i in range(len(split)):
