@@ -177,6 +177,10 @@ def ui_tax(ctx: Context) -> tuple[float, str]:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
             page = browser.new_page()
+            # Playwright's 30 s default is a wall-clock limit on each click: on a busy host the Runs
+            # page was still laying out (its button not yet "stable") when it ran out, and the whole
+            # figure was an ERROR. Nothing here is timed by these waits (CPU is counted apart).
+            page.set_default_timeout(180_000)
 
             def measured(side: str, run) -> float:
                 start, started = cpu_seconds_by_group(server.pid), time.monotonic()
