@@ -159,7 +159,7 @@ def child(side: str, config_path: str) -> dict:
 
     # First with the budget at half what the cache needs: refused, the run trains through the
     # frozen layers. It also pays the run's fixed costs (torch's lazy imports, the optimizer's
-    # first step, the allocator's arenas: ~190 MB here) before the build is measured.
+    # first step, the allocator's arenas: 210-230 MB here at every size) before the build is measured.
     out["refused_made"], out["refused_bytes"] = run(max(1, cached_images * FEATURES // 2))
     started = time.perf_counter()
     out["feature_cache"], out["feature_bytes"] = run(None)
@@ -194,8 +194,9 @@ def cache_growth(ctx: Context) -> tuple[float, str]:
         prepared, _ = _run_child("prepare", config, cache_dir)
         warm, log_text = _run_child("features", config, cache_dir)
         if prepared["from_cache"] or not warm["from_cache"] or not warm["feature_cache"]:
-            raise RuntimeError(f"{n} images: the processes did not take the paths measured "
-                               f"(cold {prepared['from_cache']}, warm {warm['from_cache']}, features {warm['feature_cache']})")
+            raise RuntimeError(f"{n} images: the processes did not take the paths measured (cold "
+                               f"{prepared['from_cache']}, warm {warm['from_cache']}, "
+                               f"features {warm['feature_cache']})")
         if warm["refused_made"] or REFUSED not in log_text:
             raise RuntimeError(f"{n} images: a feature cache over KT_FEATURE_CACHE_MAX_BYTES was not refused with "
                                f"its message (made: {warm['refused_made']})")

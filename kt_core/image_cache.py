@@ -54,8 +54,8 @@ def compute_once(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | N
 def _compute(fn, split, device, batch_size, autocast, max_bytes, shown) -> torch.Tensor | None:
     # Batch by batch into the result, allocated once the first batch tells its shape: the batches
     # kept and concatenated at the end would hold the cache twice at that moment (2.05x the cache
-    # at the peak, `tests/test_cache_memory.py`; B28: 2.2x before, 1.0x now at 16,000 images),
-    # halving the dataset whose cache fits.
+    # at the peak, now 1.07x: `tests/test_cache_memory.py`; a whole run's feature cache at 16,000
+    # images, B28: 2.2x before, 1.0x now), halving the dataset whose cache fits.
     whole, done = None, 0
     for x, _ in iter_batches(split, batch_size):
         with autocast():

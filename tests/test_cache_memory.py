@@ -51,14 +51,16 @@ def _clear_refs_writable() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _clear_refs_writable(), reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
+pytestmark = pytest.mark.skipif(not _clear_refs_writable(),
+                                reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
 
 
 def peak_over_result(body: str, tmp_path: Path) -> float:
     """Run PEAK + `body` (which sets `peak` and `result_bytes`) in a fresh process: peak / result."""
     done = subprocess.run([sys.executable, "-c", PEAK + body + "\nprint(json.dumps([peak, result_bytes]))"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "KT_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"})
+                          env={"OMP_NUM_THREADS": "1", "KT_CACHE_DIR": str(tmp_path / "cache"),
+                               "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     peak, result_bytes = json.loads(done.stdout.strip().splitlines()[-1])
     return peak / result_bytes
