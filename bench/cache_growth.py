@@ -9,7 +9,7 @@ input as a run does):
 - *prepare*: `assemble.prepare` of a run config on a cold cache folder: the files listed,
   decoded, split, shaped and normalised, and the decoded tensors written to the dataset cache;
 - *cache read*: the same in a fresh process, the tensors now read back from that cache;
-- *feature cache*: in that second process, `engine.fit` exactly as the worker calls it (the shared
+- *feature cache*: in that second process, `engine.fit` as the worker calls it (the shared
   outputs store, `KT_FEATURE_CACHE_MAX_BYTES`'s budget), one epoch of `feature_extraction`: the
   frozen convolutions' output (800 floats per image) extracted once for the training and
   validation images, kept in memory and written to the shared-outputs cache.
@@ -22,9 +22,12 @@ the worst phase's memory per image at the largest size over the same at the midd
 smallest is dominated by fixed costs: the model, a batch's activations, the allocator's arenas):
 about 1 when memory grows as the data does.
 
-A last process runs the largest size with `KT_FEATURE_CACHE_MAX_BYTES` at half what the cache
-needs: the cache must be refused with its message (else the figure is an ERROR) and the run train
-on through the frozen layers; its peak is reported beside what the cache would have held.
+Before the build, the warm process runs the same fit with `KT_FEATURE_CACHE_MAX_BYTES` at half
+what the cache needs: the cache must be refused with its message (else the figure is an ERROR) and
+the run train on through the frozen layers; its peak is reported beside what the cache would have
+held. That run also pays the fit's fixed costs (lazy imports, the optimizer's state, the
+allocator's arenas) before the build is measured; the build may reuse heap it freed, which moves
+the middle size's feature figure by ~+-10 MB between runs.
 """
 
 from __future__ import annotations
