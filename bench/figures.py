@@ -271,8 +271,9 @@ def frozen_children_of(model: torch.nn.Module, frozen_blocks: list) -> int:
     return count
 
 
-@FIGURES.register("B3", title="partial freezing (first half frozen): kt_core / plain loop with the frozen part "
-                              "under no_grad, images/s (small_cnn)", target=Target(">=", 0.95))
+@FIGURES.register("B3", title="partial freezing (first half frozen, run every step: no feature cache): kt_core / "
+                              "plain loop with the frozen part under no_grad, images/s (small_cnn)",
+                  target=Target(">=", 0.95))
 def partial_freezing(ctx: Context) -> tuple[float, str]:
     from kt_core.models import ARCHITECTURES, blocks
 
@@ -282,9 +283,16 @@ def partial_freezing(ctx: Context) -> tuple[float, str]:
     children = frozen_children_of(model, body[:half])
     if not children:
         raise RuntimeError("small_cnn's first blocks are not leading children; the plain cut needs them")
-    cfg = run_config("small_cnn", ctx, TransferPlan(preset="freeze_first_n", freeze_first_n=half))
-    r, d = lockstep_figure(model, data, cfg, ctx, frozen_children=children)
-    return r, f"{half} of {len(body)} blocks frozen; {d}"
+    plan = TransferPlan(preset="freeze_first_n", freeze_first_n=half)
+    # The figure is the loop's overhead, so the engine runs the frozen blocks every step as the
+    # plain loop does. With its default feature cache (nothing augments here) it runs them once
+    # and trains the rest from their outputs: a gain for the user (2.02 in the 2026-12-01 full
+    # run, when that was the figure), but not a measure of the loop, so it is only reported.
+    r, d = lockstep_figure(model, data, run_config("small_cnn", ctx, plan, feature_cache=False), ctx,
+                           frozen_children=children)
+    cached, cached_d = lockstep_figure(model, data, run_config("small_cnn", ctx, plan), ctx, frozen_children=children)
+    return r, (f"{half} of {len(body)} blocks frozen, run every step by both sides; {d}. With the feature cache "
+               f"(kt_core's default without augmentation: the frozen blocks run once): {cached:.2f} ({cached_d})")
 
 
 # --- B5: start latency ------------------------------------------------------------------------
