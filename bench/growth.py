@@ -189,25 +189,27 @@ def _per_folder_growth(roots: dict[int, Path], measure, run_once, repeats: int, 
 
 # --- B25: the Runs page ------------------------------------------------------------------------
 
-def _app_env(root: Path):
-    """The app's environment for one render (patch.dict restores the environment after)."""
-    return mock.patch.dict(os.environ, KT_RUNS_DIR=str(root), KT_WARM_WORKER="0")  # a standby per render would be noise
+def _render_page(page: str, title: str, **env: str) -> float:
+    """CPU seconds of one render of `page` in a fresh session (the app first, untimed), with `env`
+    added to the environment (patch.dict restores it after); no standby worker: one per render
+    would be noise."""
+    from streamlit.testing.v1 import AppTest
+
+    root_dir = Path(__file__).resolve().parents[1]
+    with mock.patch.dict(os.environ, KT_WARM_WORKER="0", **env):
+        at = AppTest.from_file(str(root_dir / "app.py"), default_timeout=300)
+        at.run()
+        start = time.process_time()
+        at.switch_page(page).run()
+        took = time.process_time() - start
+    if at.exception:
+        raise RuntimeError(f"the {title} page failed: {at.exception[0].message}")
+    return took
 
 
 def _render_runs_page(root: Path) -> float:
     """CPU seconds of one render of the Runs page in a fresh session (the app, then the page)."""
-    from streamlit.testing.v1 import AppTest
-
-    root_dir = Path(__file__).resolve().parents[1]
-    with _app_env(root):
-        at = AppTest.from_file(str(root_dir / "app.py"), default_timeout=300)
-        at.run()
-        start = time.process_time()
-        at.switch_page("app_pages/runs.py").run()
-        took = time.process_time() - start
-    if at.exception:
-        raise RuntimeError(f"the Runs page failed: {at.exception[0].message}")
-    return took
+    return _render_page("app_pages/runs.py", "Runs", KT_RUNS_DIR=str(root))
 
 
 @FIGURES.register("B25", title="growth: the Runs page's render CPU time per run folder, 1,000 folders / 100 "
@@ -421,22 +423,11 @@ def _show_json(folder: Path, runs_dir: Path) -> float:
 def _render_experiments_page(folder: Path, runs_dir: Path) -> float:
     """CPU s of one render of the Experiments page (AppTest, a fresh session) showing `folder`'s
     experiment, completed: its chart, verdict, members' table and downloads."""
-    from streamlit.testing.v1 import AppTest
-
     from kt_core.experiments import results
 
     results._ENDED.clear()  # a first look: nothing of the members known yet
-    root_dir = Path(__file__).resolve().parents[1]
-    with mock.patch.dict(os.environ, KT_RUNS_DIR=str(runs_dir), KT_EXPERIMENTS_DIR=str(folder.parent),
-                         KT_WARM_WORKER="0"):
-        at = AppTest.from_file(str(root_dir / "app.py"), default_timeout=300)
-        at.run()
-        start = time.process_time()
-        at.switch_page("app_pages/experiments.py").run()
-        took = time.process_time() - start
-    if at.exception:
-        raise RuntimeError(f"the Experiments page failed: {at.exception[0].message}")
-    return took
+    return _render_page("app_pages/experiments.py", "Experiments", KT_RUNS_DIR=str(runs_dir),
+                        KT_EXPERIMENTS_DIR=str(folder.parent))
 
 
 def _live_poll(folder: Path) -> float:

@@ -91,11 +91,17 @@ def test_downloads_offer_the_config_and_the_metrics_csv():
 def trained_run():
     """A real run, trained in-process by the worker: 3 digit classes, 8 images each, 2 epochs."""
     from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig
-    from kt_core.worker import run_worker
 
     cfg = RunConfig(name="real", source=SourceConfig(kind="arch", arch="mnist_net"),
                     dataset=DatasetConfig(name="sklearn_digits", classes=[0, 1, 2], per_class=8, val_fraction=0.2),
                     train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, log_every=1)).validate()
+    return trained_in_process(cfg)
+
+
+def trained_in_process(cfg) -> str:
+    """The id of a run of `cfg` trained to the end by the worker in this process."""
+    from kt_core.worker import run_worker
+
     folder = rundir.create_run(cfg)
     assert run_worker(folder)["state"] == "completed"
     return folder.name
@@ -221,7 +227,6 @@ def multitask_run():
     """A real multi-task run trained in-process: digits 0-2 (the target) and MNIST 0-3 (task
     `mnist`) on one mnist_net trunk, uncertainty weighting (learnt weights in the rows), 2 epochs."""
     from kt_core.config import RunConfig
-    from kt_core.worker import run_worker
 
     cfg = RunConfig.from_dict({
         "name": "joint", "source": {"kind": "arch", "arch": "mnist_net"},
@@ -230,9 +235,7 @@ def multitask_run():
                                                 "val_fraction": 0.2}}],
         "multitask": {"weighting": "uncertainty"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "log_every": 1, "device": "cpu"}})
-    folder = rundir.create_run(cfg)
-    assert run_worker(folder)["state"] == "completed"
-    return folder.name
+    return trained_in_process(cfg)
 
 
 def test_a_multitask_run_shows_its_task_weights_evaluates_each_task_and_exports_every_head(multitask_run):
