@@ -176,6 +176,18 @@ def test_ui_tax_says_why_it_skips_without_a_browser(tmp_path, monkeypatch):
     assert "Chromium" in result.skip_reason and str(tmp_path) in result.skip_reason
 
 
+@pytest.mark.parametrize("scale", sorted(SCALES))
+def test_every_scales_digit_runs_pass_the_checks_start_makes(scale, tmp_path):
+    """B4's run at full scale asked for more digits per class than the splits leave, and the Train
+    page's Start refused it: the figure was an ERROR in two full bench runs while every tiny-scale
+    test passed. Each scale's runs on real data must pass the same deep preflight Start runs."""
+    from kt_core.assemble import preflight
+
+    ctx = Context(scale=SCALES[scale], device=torch.device("cpu"), threads=1, workdir=tmp_path)
+    for cfg in (ui_tax.ui_config(ctx), figures.memory_config(ctx)):
+        preflight(cfg, tmp_path / "runs", deep=True)
+
+
 def test_interleaving_alternates_the_order_of_the_sides():
     calls = []
     samples = interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
