@@ -2,7 +2,8 @@
 
 Absolute times on a shared machine are noise, so every figure is a *ratio* of two things measured
 in the same process run, interleaved (A B B A ...) so that a neighbour's burst of CPU hits both
-sides alike (B1, B3, B7 go further: the sides take turns epoch by epoch, see `figures.lockstep`).
+sides alike (B1, B3, B7 go further: the sides take turns every few batches or every epoch, see
+`figures.lockstep`).
 B2's runs are paired back to back, each summarised by its best timed epoch as `timeit` does
 (interference only ever adds time). Latencies and memory, which users meet as typical values,
 are summarised by the median.
@@ -11,6 +12,7 @@ are summarised by the median.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import logging
 import os
 import platform
@@ -18,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -216,30 +218,70 @@ class EpochClock:
 
 
 class LockstepTurn(Callback):
-    """The plain side's turn: an engine callback that runs one plain epoch at each `on_epoch_end`.
+    """The plain side's turns, taken from inside the engine's `fit` as a callback.
 
-    Epoch i of both sides thus sees the same machine (see `figures.lockstep`). The engine's time
-    for an epoch runs from the end of the plain epoch before it to its own `on_epoch_end`, so its
-    between-epoch bookkeeping is included. `plain_epoch(i)` runs the plain loop's epoch i.
-    Both lists' first entries are warm-up: `kt_times` has no entry for the engine's first epoch
-    (it has no start mark); drop `plain_times[0]` to pair them.
+    `plain_epoch(i)` starts the plain loop's epoch i: it runs it whole and returns None, or returns
+    an iterator that runs one plain step per item (`plain.train_steps`). With `every=0` the plain
+    side takes one turn per epoch, at the engine's `on_epoch_end`; with `every=k` (an iterator
+    needed) it also takes a turn of k steps after every k engine batches (the engine asks
+    `should_stop` after each batch), and finishes its epoch at `on_epoch_end`. Fine turns matter
+    on this VM: a tiny MLP's epoch rate swings 16k-41k img/s from one 2 s epoch to the next, in
+    CPU time, so whole-epoch turns leave each epoch pair's ratio anywhere in 0.66-1.79; turns of
+    ~30 ms put both sides on the same machine. Turn-taking costs the engine one call per batch
+    (~0.3 us beside a step of >= 1 ms), timed on its side.
+
+    Each side's time for epoch i is the sum of its turns in epoch i; the engine's includes its
+    between-epoch bookkeeping (validation, checkpoints, other callbacks' epoch ends). Both lists'
+    first entries are warm-up: `kt_times` has no entry for the engine's first epoch (it has no
+    start mark); drop `plain_times[0]` to pair them.
     """
 
-    def __init__(self, device: torch.device, plain_epoch: Callable[[int], None]):
-        self.device, self.now, self.plain_epoch = device, clock_for(device), plain_epoch
+    def __init__(self, device: torch.device, plain_epoch: Callable[[int], Iterator | None], every: int = 0):
+        self.device, self.now, self.plain_epoch, self.every = device, clock_for(device), plain_epoch, every
         self.kt_times: list[float] = []
         self.plain_times: list[float] = []
-        self._resumed: float | None = None  # when the engine got the CPU back after the last plain epoch
+        self._resumed: float | None = None  # when the engine got the CPU back after the last plain turn
+        self._steps: Iterator | None = None  # the plain epoch in progress
+        self._kt = self._plain = 0.0  # the current epoch's time so far, per side
+
+    def should_stop(self, fit_ctx) -> bool:
+        # By the engine's batch count: it asks once more after each epoch's end (batch 0 then),
+        # where a turn would start the plain loop's next epoch, even past the engine's last.
+        done = fit_ctx.batch_in_epoch
+        if self.every and done and done % self.every == 0:
+            self._turn(self.every)
+        return False
 
     def on_epoch_end(self, fit_ctx, row) -> None:
+        self._turn(None)
+        if self._kt_started:
+            self.kt_times.append(self._kt)
+        self.plain_times.append(self._plain)
+        self._kt = self._plain = 0.0
+        self._steps = None
+
+    @property
+    def _kt_started(self) -> bool:
+        return bool(self.plain_times)  # the engine's time counts from the end of the first epoch's last turn
+
+    def _turn(self, steps: int | None) -> None:
+        """Run `steps` plain steps (None: the rest of the plain epoch) and book both sides' time."""
         sync(self.device)
-        if self._resumed is not None:
-            self.kt_times.append(self.now() - self._resumed)
         started = self.now()
-        self.plain_epoch(len(self.plain_times))
+        if self._resumed is not None and self._kt_started:
+            self._kt += started - self._resumed
+        if self._steps is None:
+            started_epoch = self.plain_epoch(len(self.plain_times))
+            self._steps = iter(started_epoch) if started_epoch is not None else iter(())
+        for _ in (itertools.repeat(None) if steps is None else range(steps)):
+            if next(self._steps, _DONE) is _DONE:
+                break
         sync(self.device)
-        self.plain_times.append(self.now() - started)
         self._resumed = self.now()
+        self._plain += self._resumed - started
+
+
+_DONE = object()
 
 # --- machine facts and the table -------------------------------------------------------------
 
@@ -284,8 +326,8 @@ def render_results_md(results: list[Result], facts: dict[str, str], command: str
     return (
         "# KT Studio benchmark results\n\n"
         "Written by `python -m bench`; every figure is a ratio of two measurements taken in the same\n"
-        "run. B1, B3, B7: the two sides take turns epoch by epoch, the figure is the median per-epoch\n"
-        "ratio; B2: whole runs interleaved; B4: fresh runs, the median of back-to-back pairs' ratios;\n"
+        "run. B1, B3: the two sides take turns every few batches, B7 epoch by epoch; the figure is the\n"
+        "median per-epoch ratio; B2: whole runs interleaved; B4: fresh runs, the median of back-to-back pairs' ratios;\n"
         "B5: fresh processes, medians; B6: fresh processes side by side, medians. Absolute times on\n"
         "shared machines are noise; the ratios are the result.\n\n"
         f"- command: `{command}`\n- scale: {scale.name} ({scale.train_images} training images, "

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -186,6 +187,39 @@ def test_every_scales_digit_runs_pass_the_checks_start_makes(scale, tmp_path):
     ctx = Context(scale=SCALES[scale], device=torch.device("cpu"), threads=1, workdir=tmp_path)
     for cfg in (ui_tax.ui_config(ctx), figures.memory_config(ctx)):
         preflight(cfg, tmp_path / "runs", deep=True)
+
+
+def test_lockstep_turns_every_k_batches_cover_each_plain_epoch_once():
+    """With turns of k batches the plain side's epoch i runs in k-step turns between engine batches of
+    epoch i and finishes at its end; each side's epoch time is the sum of its turns only."""
+    from bench.harness import LockstepTurn
+
+    events, clock = [], [0.0]
+
+    def plain_epoch(i):
+        for step in range(5):  # 5 plain steps an epoch, as many as the engine's batches
+            clock[0] += 1.0  # a plain step "takes" 1 s
+            events.append(f"p{i}.{step}")
+            yield
+
+    turn = LockstepTurn(torch.device("cpu"), plain_epoch, every=2)
+    turn.now = lambda: clock[0]
+    engine = SimpleNamespace(batch_in_epoch=0)  # the engine's FitContext, as far as turns read it
+    for epoch in range(3):
+        for batch in range(5):
+            clock[0] += 3.0  # an engine batch "takes" 3 s
+            events.append(f"e{epoch}.{batch}")
+            engine.batch_in_epoch = batch + 1
+            assert turn.should_stop(engine) is False
+        clock[0] += 0.5  # the engine's epoch end (validation, checkpoint) is the engine's time
+        engine.batch_in_epoch = 0
+        turn.on_epoch_end(engine, {})
+        turn.should_stop(engine)  # the engine asks once more after an epoch's end: no turn there
+    assert events[:8] == ["e0.0", "e0.1", "p0.0", "p0.1", "e0.2", "e0.3", "p0.2", "p0.3"]
+    assert events[8:11] == ["e0.4", "p0.4", "e1.0"]  # the rest of plain epoch 0 at the engine's epoch end
+    assert [e for e in events if e.startswith("p")] == [f"p{i}.{s}" for i in range(3) for s in range(5)]
+    assert turn.plain_times == [5.0, 5.0, 5.0]  # epoch 0 is warm-up on both sides
+    assert turn.kt_times == [15.5, 15.5]  # no start mark for the engine's first epoch
 
 
 def test_interleaving_alternates_the_order_of_the_sides():
