@@ -44,7 +44,7 @@ from .callbacks import Callback
 from .config import RunConfig
 from .data import PreparedData, TensorSplit, iter_batches, split_labels
 from .errors import DeviceError, KTError
-from .optim import OPTIMIZERS, lr_schedule
+from .optim import OPTIMIZERS, lr_schedule, merge_equal_groups, regroup_saved_state
 from .image_cache import compute_once, content_key, shared, split_content
 from .objectives import Objective, SetupContext, plain_objective
 from .probe import probe
@@ -183,6 +183,9 @@ class FitContext:
     cache_budget: int | None = None  # the most bytes the feature cache may hold (None: no limit)
     ddp: nn.Module | None = None  # `forward` under DistributedDataParallel (the training steps' module)
     ddp_signature: tuple = ()  # which parameters trained when `ddp` was built
+    # the plan's param groups each optimizer group holds (`optim.merge_equal_groups`): how a
+    # checkpoint saved with the groups unmerged is read back
+    group_layout: list = field(default_factory=list)
 
 
 @dataclass
@@ -603,6 +606,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
                                  cache=bool(t.feature_cache and not augmenting), seed=t.seed,
                                  store=store, ranks=ranks, precision=t.precision))
     groups += objective.param_groups(t.lr, t.weight_decay)
+    groups, group_layout = merge_equal_groups(groups)
     optimizer = OPTIMIZERS.get(t.optimizer)(groups, t)
     steps_per_epoch = math.ceil(len(train_split) / t.batch_size) if batches is None else batches.steps_per_epoch
     total_steps = steps_per_epoch * t.epochs
@@ -617,7 +621,7 @@ def _build_context(model, data, cfg, plan, callbacks, device, meta, objective: O
         val_split=data.val, scaler=scaler, autocast=autocast, augment=augment, meta=meta,
         sums=torch.zeros(3 + len(objective.terms), device=device, dtype=torch.float64),
         labelled=len(data.train) if batches is None else batches.images_per_epoch, ranks=ranks, store=store,
-        cache_budget=cache_budget,
+        cache_budget=cache_budget, group_layout=group_layout,
     )
     apply_schedule(ctx)
 
@@ -739,6 +743,16 @@ def _feature_key(ctx: FitContext, name: str, split, batch_size: int) -> str | No
                        ctx.device.type, ctx.ranks.world_size if ctx.ranks is not None else 1)
 
 
+def _in_current_groups(ctx: FitContext, saved: dict) -> dict:
+    """`saved` (an optimizer state dict) in this optimizer's groups: a checkpoint written before
+    equal groups were merged has one group per plan group where this optimizer has fewer."""
+    unmerged = sum(len(held) for held in ctx.group_layout)
+    extra = len(saved["param_groups"]) - len(ctx.optimizer.param_groups)
+    if extra > 0 and extra == unmerged - len(ctx.group_layout):
+        return regroup_saved_state(saved, ctx.group_layout)
+    return saved
+
+
 def _restore(ctx: FitContext, state: dict) -> None:
     """Put model, optimizer, schedule, counters and RNG back where the checkpoint left them."""
     try:
@@ -747,7 +761,7 @@ def _restore(ctx: FitContext, state: dict) -> None:
         ctx.batch_in_epoch = int(state.get("batch_in_epoch") or 0)
         for cb in ctx.callbacks:  # e.g. gradual unfreezing adds back its groups, in order
             cb.on_resume(ctx, state)
-        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.optimizer.load_state_dict(_in_current_groups(ctx, state["optimizer"]))
         apply_schedule(ctx)  # from the step: checkpoints of any version resume alike
         if ctx.scaler is not None and state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
