@@ -270,18 +270,14 @@ class LockstepTurn(Callback):
         started = self.now()
         if self._resumed is not None and self._kt_started:
             self._kt += started - self._resumed
-        if self._steps is None:
-            started_epoch = self.plain_epoch(len(self.plain_times))
-            self._steps = iter(started_epoch) if started_epoch is not None else iter(())
-        for _ in (itertools.repeat(None) if steps is None else range(steps)):
-            if next(self._steps, _DONE) is _DONE:
-                break
+        if self._steps is None:  # a whole-epoch plain side has run by now and returned None
+            self._steps = iter(self.plain_epoch(len(self.plain_times)) or ())
+        for _ in itertools.islice(self._steps, steps):  # steps=None: to the end of the plain epoch
+            pass
         sync(self.device)
         self._resumed = self.now()
         self._plain += self._resumed - started
 
-
-_DONE = object()
 
 # --- machine facts and the table -------------------------------------------------------------
 

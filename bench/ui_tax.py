@@ -132,8 +132,8 @@ def start_from_page(page, runs_dir: Path) -> str:
     try:
         return _until(lambda: next(iter(set(rundir.run_ids(runs_dir)) - known), None), 60, "Start to create a run")
     except RuntimeError as exc:
-        # B4 ended here in the quiet run of 2026-12-01 (Q), while the same steps by a script launch at once:
-        # say what the page showed, for whoever looks next.
+        # Start refuses a config it cannot run with a message on the page (B4's ERROR on 2026-12-01:
+        # more digits per class than the splits leave): say what the page showed.
         alerts = [a.inner_text(timeout=5_000) for a in page.locator('[data-testid="stAlert"]').all()]
         raise RuntimeError(f"{exc}; Start enabled: {start.is_enabled(timeout=5_000)}; the page's messages: "
                            f"{alerts or 'none'}") from None
