@@ -122,6 +122,48 @@ def test_fit_learns_and_logs_the_contract_rows():
     assert rec.checkpoints["last"]["epoch"] == 4 and rec.checkpoints["last"]["step"] == result.steps
 
 
+class Predictions(Callback):
+    """Each training batch's predicted classes, taken from the model's forward as it ran."""
+
+    def __init__(self):
+        self.by_batch = []
+
+    def on_fit_start(self, ctx):
+        def keep(module, args, out):
+            if module.training:
+                self.by_batch.append(out.detach().argmax(1))
+        ctx.forward.register_forward_hook(keep)
+
+
+@pytest.mark.parametrize("log_every", [1, 7, 1000])  # a row every batch, mid-window, never within an epoch
+def test_train_acc_is_the_share_of_the_epochs_images_predicted_right_at_their_step(log_every):
+    # The engine counts correct predictions in windows (`_Uncounted`), not at every batch; every
+    # window length, including more batches than it holds at once (60 here), must count each once.
+    data, batch = make_data(), 4
+    seen, rec = Predictions(), Recorder()
+    fit(make_model(), data, config(epochs=2, batch_size=batch, log_every=log_every), callbacks=[seen, rec])
+    rows = [r for r in rec.rows if r["kind"] == "epoch"]
+    per_epoch = math.ceil(len(data.train) / batch)
+    for epoch, row in enumerate(rows):
+        order = torch.randperm(len(data.train), generator=engine.epoch_generator(0, epoch))
+        labels = data.train.y[order].split(batch)
+        right = sum(int((p == y).sum()) for p, y in zip(seen.by_batch[epoch * per_epoch:], labels))
+        assert row["train_acc"] == right / len(data.train)
+
+
+def test_correct_predictions_are_counted_alike_for_heads_of_different_widths():
+    # A multi-task run's batches come from heads of different widths: counted batch by batch.
+    sums = torch.zeros(3, dtype=torch.float64)
+    counter = engine._Uncounted(sums)
+    batches = [(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.tensor([1, 1])),
+               (torch.tensor([[0.0, 0.0, 3.0]]), torch.tensor([2]))]
+    for out, y in batches:
+        counter.add(out, y)
+    assert sums.tolist() == [0.0, 0.0, 0.0]  # nothing counted before someone reads
+    counter.count()
+    assert sums.tolist() == [0.0, 2.0, 3.0]
+
+
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not():
     def run(seed):
         rec = Recorder()
