@@ -174,6 +174,7 @@ class FitContext:
     feature_cache: bool = False
     feature_cache_s: float = 0.0
     stop_requested: bool = False
+    stop_asked: bool = False  # a callback asked this process to stop; under several, not yet agreed on
     # where the training batches come from: None = `train_split`, shuffled per (seed, epoch); a
     # batch source (multi-task's `TaskSampler`) has `steps_per_epoch`, `images_per_epoch` and
     # `epoch(ctx)`, which yields the rest of epoch `ctx.epoch` after `ctx.batch_in_epoch` batches
@@ -313,12 +314,13 @@ def train_one_epoch(ctx: FitContext) -> bool:
         ctx.step += 1
         ctx.batch_in_epoch += 1
         # The very first step is logged too: the user sees a loss within a second of Start.
-        if ctx.step % log_every == 0 or ctx.step == 1:
+        at_row = ctx.step % log_every == 0 or ctx.step == 1
+        if at_row:
             uncounted.count()
             row = window.row(ctx)
             for cb in callbacks:
                 cb.on_step_end(ctx, row)
-        if _should_stop(ctx, stoppers):
+        if _should_stop(ctx, stoppers, agree=at_row):
             uncounted.count()
             _check_finite(float(sums[0]), ctx)  # never checkpoint weights that already diverged
             return True
@@ -386,12 +388,21 @@ def _stoppers(callbacks: list[Callback]) -> list[Callback]:
     return [cb for cb in callbacks if type(cb).should_stop is not Callback.should_stop]
 
 
-def _should_stop(ctx: FitContext, stoppers: list[Callback] | None = None) -> bool:
+def _should_stop(ctx: FitContext, stoppers: list[Callback] | None = None, agree: bool = True) -> bool:
     """A callback (the STOP file, a signal) asks to stop; under several processes the answer is
-    the same on every one (any process asking stops all, after the same step)."""
+    the same on every one (any process asking stops all, after the same step).
+
+    The processes agree only where `agree` (the loop passes its step rows, which sync anyway, and
+    every epoch's end); in between, a process remembers that it was asked. One collective and
+    host sync a batch cost a small model's DDP step a few percent on CPU (gloo), and on a GPU a
+    sync every step stalls its queue; a stop then lands at the next step row, `log_every` steps
+    at most, with a checkpoint as always."""
     stoppers = _stoppers(ctx.callbacks) if stoppers is None else stoppers
-    asked = ctx.stop_requested or any(cb.should_stop(ctx) for cb in stoppers)
-    return asked if ctx.ranks is None else ctx.ranks.any(asked, ctx.device)
+    asked = ctx.stop_requested or ctx.stop_asked or any(cb.should_stop(ctx) for cb in stoppers)
+    if ctx.ranks is None:
+        return asked
+    ctx.stop_asked = asked
+    return ctx.ranks.any(asked, ctx.device) if agree else False
 
 
 def _global_sums(ctx: FitContext) -> torch.Tensor:

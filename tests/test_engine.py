@@ -488,3 +488,33 @@ def test_images_per_s_and_train_s_are_each_one_figure(tmp_path):
     epochs_s = sum(r["epoch_s"] for r in rows if r["kind"] == "epoch")
     assert summary["feature_cache_s"] > 0
     assert summary["train_s"] == pytest.approx(epochs_s + summary["feature_cache_s"])
+
+
+def test_processes_agree_on_a_stop_only_where_asked_to_and_a_stop_asked_between_is_kept():
+    # Under several processes the loop agrees at its step rows only (a collective per batch costs
+    # a small DDP step a few percent): a stop asked in between must wait for the next, not vanish.
+    from types import SimpleNamespace
+
+    class Ranks:
+        def __init__(self):
+            self.calls = []
+
+        def any(self, flag, device):
+            self.calls.append(flag)
+            return flag
+
+    class AskOnce(Callback):  # the STOP file is looked at now and then: True once, then False
+        def __init__(self):
+            self.answers = iter([True])
+
+        def should_stop(self, ctx):
+            return next(self.answers, False)
+
+    ranks = Ranks()
+    ctx = SimpleNamespace(callbacks=[AskOnce()], stop_requested=False, stop_asked=False, ranks=ranks,
+                          device=torch.device("cpu"))
+    assert engine._should_stop(ctx, agree=False) is False and ranks.calls == []
+    assert engine._should_stop(ctx, agree=False) is False and ranks.calls == []
+    assert engine._should_stop(ctx, agree=True) is True and ranks.calls == [True]
+    one = SimpleNamespace(callbacks=[AskOnce()], stop_requested=False, stop_asked=False, ranks=None)
+    assert engine._should_stop(one, agree=False) is True  # one process: at once, nothing to agree on
