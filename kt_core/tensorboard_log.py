@@ -63,6 +63,11 @@ class TensorBoardLogger(Callback):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
+    @property
+    def queued(self) -> int:
+        """Rows handed over that the writer thread has not taken yet (the bench waits on it)."""
+        return self._queue.qsize()
+
     # --- the training thread: rows onto the queue -------------------------------------------
 
     def on_fit_start(self, ctx: FitContext) -> None:

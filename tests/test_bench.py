@@ -222,6 +222,43 @@ def test_lockstep_turns_every_k_batches_cover_each_plain_epoch_once():
     assert turn.kt_times == [15.5, 15.5]  # no start mark for the engine's first epoch
 
 
+def test_alternating_rows_hand_every_other_window_to_the_writer_and_charge_its_settling_to_it():
+    """B12's windows: rows reach the writer in on windows only, the writer's settling is timed in
+    the on window it belongs to, the first epoch is warm-up, and each pair is (on, the off after it)."""
+    from kt_core.callbacks import Callback
+
+    from bench.figures import AlternatingRows
+
+    class Writer(Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, ctx, row):
+            self.steps.append(row["step"])
+
+    clock, writer = [0.0], Writer()
+
+    def settle():
+        clock[0] += 0.5  # the writer thread's work on the row it was handed
+
+    windows = AlternatingRows(writer, torch.device("cpu"), every=1, settle=settle)
+    windows.now = lambda: clock[0]
+    engine = SimpleNamespace(batch_in_epoch=0, epoch=0, step=0)
+    for epoch in range(2):
+        engine.epoch, engine.batch_in_epoch = epoch, 0
+        windows.on_epoch_start(engine)
+        for batch in range(4):
+            clock[0] += 2.0  # a batch "takes" 2 s
+            engine.step += 1
+            engine.batch_in_epoch = batch + 1
+            windows.on_step_end(engine, {"step": engine.step})
+            assert windows.should_stop(engine) is False
+        windows.on_epoch_end(engine, {})
+    assert writer.steps == [1, 3, 5, 7]  # the first, third ... batch of each epoch: the on windows
+    assert windows.on_s == [2.5, 2.5] and windows.off_s == [2.0, 2.0]  # epoch 1 only; settling is on's
+    assert windows.ratios() == [0.8, 0.8]
+
+
 def test_interleaving_alternates_the_order_of_the_sides():
     calls = []
     samples = interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
