@@ -173,8 +173,9 @@ class FitContext:
     meta: dict = field(default_factory=dict)
     feature_cache: bool = False
     feature_cache_s: float = 0.0
+    # A callback asked this process to stop, and it stays asked; under several processes the stop
+    # lands where they next agree (`_should_stop`).
     stop_requested: bool = False
-    stop_asked: bool = False  # a callback asked this process to stop; under several, not yet agreed on
     # where the training batches come from: None = `train_split`, shuffled per (seed, epoch); a
     # batch source (multi-task's `TaskSampler`) has `steps_per_epoch`, `images_per_epoch` and
     # `epoch(ctx)`, which yields the rest of epoch `ctx.epoch` after `ctx.batch_in_epoch` batches
@@ -398,11 +399,10 @@ def _should_stop(ctx: FitContext, stoppers: list[Callback] | None = None, agree:
     sync every step stalls its queue; a stop then lands at the next step row, `log_every` steps
     at most, with a checkpoint as always."""
     stoppers = _stoppers(ctx.callbacks) if stoppers is None else stoppers
-    asked = ctx.stop_requested or ctx.stop_asked or any(cb.should_stop(ctx) for cb in stoppers)
+    ctx.stop_requested = ctx.stop_requested or any(cb.should_stop(ctx) for cb in stoppers)
     if ctx.ranks is None:
-        return asked
-    ctx.stop_asked = asked
-    return ctx.ranks.any(asked, ctx.device) if agree else False
+        return ctx.stop_requested
+    return ctx.ranks.any(ctx.stop_requested, ctx.device) if agree else False
 
 
 def _global_sums(ctx: FitContext) -> torch.Tensor:

@@ -511,10 +511,10 @@ def test_processes_agree_on_a_stop_only_where_asked_to_and_a_stop_asked_between_
             return next(self.answers, False)
 
     ranks = Ranks()
-    ctx = SimpleNamespace(callbacks=[AskOnce()], stop_requested=False, stop_asked=False, ranks=ranks,
+    ctx = SimpleNamespace(callbacks=[AskOnce()], stop_requested=False, ranks=ranks,
                           device=torch.device("cpu"))
     assert engine._should_stop(ctx, agree=False) is False and ranks.calls == []
     assert engine._should_stop(ctx, agree=False) is False and ranks.calls == []
     assert engine._should_stop(ctx, agree=True) is True and ranks.calls == [True]
-    one = SimpleNamespace(callbacks=[AskOnce()], stop_requested=False, stop_asked=False, ranks=None)
+    one = SimpleNamespace(callbacks=[AskOnce()], stop_requested=False, ranks=None)
     assert engine._should_stop(one, agree=False) is True  # one process: at once, nothing to agree on
