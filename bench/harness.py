@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,93 @@ class LockstepTurn(Callback):
         self._plain += self._resumed - started
 
 
+class Turns:
+    """Several training loops, each in a thread of its own, taking turns of `every` batches:
+    one loop runs while the others wait, round and round in the order given (B30's frameworks).
+
+    A loop calls `batch_done(name)` after each batch (from its framework's batch-end hook); the
+    thread's return ends its last turn. Each turn is timed with `clock_for` from the moment the
+    loop gets the turn to the moment it hands it on, so the hand-over itself (a condition
+    variable, ~10 us) is on nobody's side. While one loop runs the others sleep on the
+    condition, so the process's CPU time in a turn is that loop's work (and its framework's own
+    helper threads, which a whole run would count too). A loop's setup runs inside its first
+    turn, and its end-of-epoch work (checkpoints, loggers' flushes) in the turn after the epoch's
+    last batch: `epoch_times` books both where they belong, and a whole epoch of every side runs
+    in the same stretch of the machine's time, turn for turn.
+    """
+
+    def __init__(self, names: list[str], device: torch.device, every: int):
+        self.device, self.now, self.every = device, clock_for(device), every
+        self.turns: dict[str, list[float]] = {name: [] for name in names}  # seconds of each turn, in order
+        self._ring = list(names)  # the loops still running, in turn order
+        self._holder = self._ring[0]
+        self._batches = dict.fromkeys(names, 0)
+        self._started = dict.fromkeys(names, 0.0)
+        self._changed = threading.Condition()
+
+    def run(self, loops: dict[str, Callable[[], object]]) -> dict[str, object]:
+        """Run every loop to its end, turn by turn; returns each loop's return value. The first
+        error of any loop is raised here, after every thread has ended (a failing loop leaves
+        the ring at once, so the others go on without it)."""
+        results: dict[str, object] = {}
+        errors: list[BaseException] = []
+        threads = torch.get_num_threads()  # OpenMP's count is per thread: a new one starts at its default
+
+        def thread(name: str) -> None:
+            torch.set_num_threads(threads)
+            self._take(name)
+            try:
+                results[name] = loops[name]()
+            except BaseException as exc:  # re-raised in the caller's thread below
+                errors.append(exc)
+            finally:
+                self._hand_on(name, leave=True)
+
+        loop_threads = [threading.Thread(target=thread, args=(name,), name=f"turns {name}") for name in self.turns]
+        for t in loop_threads:
+            t.start()
+        for t in loop_threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+    def batch_done(self, name: str) -> None:
+        self._batches[name] += 1
+        if self._batches[name] % self.every == 0:
+            self._hand_on(name)
+            self._take(name)
+
+    def epoch_times(self, name: str, batches_per_epoch: int) -> list[float]:
+        """Seconds of each epoch of `name`: its turns, each booked to the epoch of its last batch;
+        the last turn (the loop's end after its last batch) to the last epoch."""
+        if batches_per_epoch % self.every:
+            raise ValueError(f"turns of {self.every} batches must divide an epoch of {batches_per_epoch}")
+        per_epoch = batches_per_epoch // self.every  # turns an epoch
+        *body, tail = self.turns[name]
+        epochs = [sum(body[i:i + per_epoch]) for i in range(0, len(body), per_epoch)]
+        epochs[-1] += tail
+        return epochs
+
+    def _take(self, name: str) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._holder == name)
+        sync(self.device)
+        self._started[name] = self.now()
+
+    def _hand_on(self, name: str, leave: bool = False) -> None:
+        sync(self.device)
+        self.turns[name].append(self.now() - self._started[name])
+        with self._changed:
+            at = self._ring.index(name)
+            if leave:
+                self._ring.remove(name)
+                at -= 1
+            if self._ring:
+                self._holder = self._ring[(at + 1) % len(self._ring)]
+            self._changed.notify_all()
+
+
 # --- machine facts and the table -------------------------------------------------------------
 
 def cpu_model() -> str:
@@ -323,9 +411,12 @@ def render_results_md(results: list[Result], facts: dict[str, str], command: str
         "# KT Studio benchmark results\n\n"
         "Written by `python -m bench`; every figure is a ratio of two measurements taken in the same\n"
         "run. B1, B3: the two sides take turns every few batches, B7 epoch by epoch; the figure is the\n"
-        "median per-epoch ratio; B2: whole runs interleaved; B4: fresh runs, the median of back-to-back pairs' ratios;\n"
-        "B5: fresh processes, medians; B6: fresh processes side by side, medians. Absolute times on\n"
-        "shared machines are noise; the ratios are the result.\n\n"
+        "median per-epoch ratio; B30: every framework in a thread of its own, all taking turns of a few\n"
+        "batches, each epoch paired with the plain loop's; B12: TensorBoard on and off in alternating\n"
+        "one-batch windows of one run; B2: whole runs interleaved; B4: fresh runs, the median of\n"
+        "back-to-back pairs' ratios; B20: back-to-back torchrun jobs, the order alternating, the median\n"
+        "of the pairs; B5: fresh processes, medians; B6: fresh processes side by side, medians. Absolute\n"
+        "times on shared machines are noise; the ratios are the result.\n\n"
         f"- command: `{command}`\n- scale: {scale.name} ({scale.train_images} training images, "
         f"{scale.epochs} timed epochs after one warm-up, {scale.repeats} repeats per side, "
         f"batch {scale.batch_size})\n- when: {when}, {elapsed_s:.0f} s in all\n{fact_lines}\n\n"

@@ -3,9 +3,13 @@
 Every side trains the same model from the same initial weights on the same tensors in the same
 batch order (the engine's (seed, epoch) permutations, sliced as the plain loop slices them),
 with torch's own AdamW at the same learning rate and no weight decay, and each is a ratio to the
-same plain loop (`bench.plain`), measured in the same process run: whole runs interleaved
-(A B C D, D C B A, ...), each summarised by its best timed epoch, the pairs' ratios' median
-(`harness.paired_ratio`). Each framework runs as a user would start it, with its defaults:
+same plain loop (`bench.plain`), measured in the same process run. All sides train at once, each
+in a thread of its own, taking turns of a few batches (`harness.Turns`: 16 of the MLP's ~2 ms
+steps, one CNN step), so epoch i of every side runs in the same stretch of the machine's time;
+each side's epoch is paired with the plain loop's, and a ratio is the median of those pairs.
+Whole runs one after another, each by its best epoch, had left the sides within each other's
+spread on this VM (fastai read 0.94-1.09 of the plain loop on small_cnn from one full run to the
+next). Each framework runs as a user would start it, with its defaults:
 
 - kt_core: a run folder with the worker's writers (metrics rows, status, STOP checks,
   checkpoints every epoch), as in B1;
@@ -28,21 +32,23 @@ import importlib.util
 import logging
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from . import plain
-from .figures import B1_MODELS, b1_task, planned_copy, run_config, spread, weight_gap, worker_writers
-from .harness import FIGURES, Context, EpochClock, Skip, Target, best, interleave, paired_ratio
+from .figures import B1_MODELS, TURN_BATCHES, b1_task, planned_copy, run_config, spread, weight_gap, worker_writers
+from .harness import FIGURES, Context, Skip, Target, Turns, median
 
 log = logging.getLogger(__name__)
 
 PEER_MODELS = ("mlp", "small_cnn")  # per-step-bound and compute-bound, as in B1
 assert set(PEER_MODELS) <= set(B1_MODELS)
 INSTALL = "pip install -r requirements-bench.txt"
+# A CNN's epoch at full scale is 8 one-step turns, and its epoch pairs spread 0.85-1.15 in 2 runs
+# (2026-12-02): twice the runs give 16 pairs a side, which is ~2.5 min more on 2 cores.
+RUNS_FACTOR = {"small_cnn": 2}
 
 
 def missing_peers() -> dict[str, str]:
@@ -75,49 +81,40 @@ class EpochBatches:
         yield from plain.shuffled_batches(self.x, self.y, self.batch_size, generator)
 
 
-@dataclass
-class Side:
-    """One framework's run: the images/s of each timed epoch and its final weights' gap to plain."""
+# --- the sides: each trains `model`'s planned copy and calls `batch_done()` after every batch ---
 
-    rates: list[float]
-    model: torch.nn.Module
-
-
-# --- the sides -------------------------------------------------------------------------------
-
-def plain_side(model, data, cfg, ctx: Context) -> Side:
+def plain_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None]) -> torch.nn.Module:
     t = cfg.train
     net, _ = planned_copy(model, cfg)
     net.to(ctx.device)
     optimizer = plain.make_optimizer(t.optimizer, net.parameters(), t.lr, t.momentum, t.weight_decay)
-    clock, batches = EpochClock(ctx.device), EpochBatches(data.train.x, data.train.y, t.batch_size, t.seed)
+    batches = EpochBatches(data.train.x, data.train.y, t.batch_size, t.seed)
     for _ in range(t.epochs):
-        plain.train_epoch(net, optimizer, iter(batches), ctx.device)
-        clock.tick()
-    return Side(clock.epoch_rates(len(data.train)), net)
+        for _ in plain.train_steps(net, optimizer, iter(batches), ctx.device):
+            batch_done()
+    return net
 
 
-def kt_core_side(model, data, cfg, ctx: Context) -> Side:
+def kt_core_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None]) -> torch.nn.Module:
     from kt_core.callbacks import Callback
     from kt_core.engine import fit
 
-    clock = EpochClock(ctx.device)
-
-    class Tick(Callback):
-        def on_epoch_end(self, *args) -> None:
-            clock.tick()
+    class Turn(Callback):
+        def should_stop(self, fit_ctx) -> bool:
+            if fit_ctx.batch_in_epoch:  # 0 when the engine asks once more at an epoch's end
+                batch_done()
+            return False
 
     net, plan = planned_copy(model, cfg)
     with worker_writers(cfg, ctx) as hooks:
-        fit(net, data, cfg, plan=plan, callbacks=[*hooks, Tick()], device=ctx.device)
-    return Side(clock.epoch_rates(len(data.train)), net)
+        fit(net, data, cfg, plan=plan, callbacks=[*hooks, Turn()], device=ctx.device)
+    return net
 
 
-def lightning_side(model, data, cfg, ctx: Context, run: int) -> Side:
+def lightning_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None], run: int) -> torch.nn.Module:
     import lightning as L
 
     t = cfg.train
-    clock = EpochClock(ctx.device)
     net, _ = planned_copy(model, cfg)
 
     class Module(L.LightningModule):
@@ -134,19 +131,19 @@ def lightning_side(model, data, cfg, ctx: Context, run: int) -> Side:
         def configure_optimizers(self):
             return plain.make_optimizer(t.optimizer, self.parameters(), t.lr, t.momentum, t.weight_decay)
 
-    class Tick(L.Callback):
-        def on_train_epoch_end(self, trainer, module) -> None:
-            clock.tick()
+    class Turn(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            batch_done()
 
     with _quiet():
         trainer = L.Trainer(max_epochs=t.epochs, accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
-                            devices=1, default_root_dir=str(ctx.workdir / "lightning" / str(run)), callbacks=[Tick()],
+                            devices=1, default_root_dir=str(ctx.workdir / "lightning" / str(run)), callbacks=[Turn()],
                             log_every_n_steps=t.log_every, enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(Module(), train_dataloaders=EpochBatches(data.train.x, data.train.y, t.batch_size, t.seed))
-    return Side(clock.epoch_rates(len(data.train)), net)
+    return net
 
 
-def fastai_side(model, data, cfg, ctx: Context) -> Side:
+def fastai_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None]) -> torch.nn.Module:
     with _quiet():  # its import's deprecation warnings
         from fastai.callback.core import Callback as FastaiCallback
         from fastai.callback.progress import ProgressCallback  # noqa: F401  (a user's `fastai.*.all` import adds it)
@@ -155,24 +152,23 @@ def fastai_side(model, data, cfg, ctx: Context) -> Side:
         from fastai.optimizer import OptimWrapper
 
     t = cfg.train
-    clock = EpochClock(ctx.device)
     net, _ = planned_copy(model, cfg)
     net.to(ctx.device)
 
-    class Tick(FastaiCallback):
-        order = 100  # after the Recorder: the epoch's own bookkeeping is in the epoch
+    class Turn(FastaiCallback):
+        order = 100  # after the Recorder: the batch's own bookkeeping is in the turn
 
-        def after_epoch(self) -> None:
-            clock.tick()
+        def after_batch(self) -> None:
+            batch_done()
 
     batches = EpochBatches(data.train.x, data.train.y, t.batch_size, t.seed)
     opt = functools.partial(OptimWrapper, opt=functools.partial(torch.optim.AdamW, lr=t.lr,
                                                                  weight_decay=t.weight_decay))
     learn = Learner(DataLoaders(batches, [], device=ctx.device), net, loss_func=torch.nn.CrossEntropyLoss(),
-                    opt_func=opt, lr=t.lr, wd=t.weight_decay, cbs=[Tick()], path=ctx.workdir / "fastai")
+                    opt_func=opt, lr=t.lr, wd=t.weight_decay, cbs=[Turn()], path=ctx.workdir / "fastai")
     with learn.no_bar(), learn.no_logging(), _quiet():
         learn.fit(t.epochs, lr=t.lr, wd=t.weight_decay)
-    return Side(clock.epoch_rates(len(data.train)), net)
+    return net
 
 
 @contextlib.contextmanager
@@ -200,36 +196,55 @@ def sides_for(ctx: Context, missing: dict[str, str]) -> dict[str, Callable]:
     return sides
 
 
+def import_peers(missing: dict[str, str]) -> None:
+    """Import the installed frameworks before the clock runs: an import is a user's once-a-session
+    cost, and under turns its seconds would land in one framework's first turn."""
+    with _quiet():
+        for name, module in (("Lightning", "lightning"), ("fastai", "fastai.learner")):
+            if name not in missing:
+                importlib.import_module(module)
+
+
 def compare(arch: str, ctx: Context, missing: dict[str, str]) -> tuple[dict[str, float], str]:
-    """Each side's ratio to the plain loop on `arch`, and the detail of that model."""
+    """Each side's ratio to the plain loop on `arch`, and the detail of that model.
+
+    Each repeat runs every side once, all in turns of `TURN_BATCHES` batches (`harness.Turns`),
+    the turn order reversed from one repeat to the next; each side's epoch i is then paired with
+    the plain loop's epoch i, which ran turn for turn beside it.
+    """
     model, data = b1_task(arch, ctx)
     cfg = run_config(arch, ctx)
     sides = sides_for(ctx, missing)
-    gaps: dict[str, float] = {}
-
-    def timed(name: str) -> Callable[[], list[float]]:
-        def go() -> list[float]:
-            torch.set_num_threads(ctx.threads)  # a framework's import or start must not change it
-            torch.manual_seed(cfg.train.seed)
-            side = sides[name](model, data, cfg, ctx)
-            trained[name] = side.model
-            return side.rates
-        return go
-
-    trained: dict[str, torch.nn.Module] = {}
-    runs = interleave({name: timed(name) for name in sides}, ctx.scale.repeats)
+    every = TURN_BATCHES.get(arch, 1)
+    per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
+    import_peers(missing)
+    torch.set_num_threads(ctx.threads)  # each loop's thread takes this count (`Turns.run`); no framework's start changes it
+    pairs: dict[str, list[float]] = {name: [] for name in sides if name != "plain"}
+    gaps = dict.fromkeys(pairs, 0.0)
+    plain_best = 0.0
+    runs = ctx.scale.repeats * RUNS_FACTOR.get(arch, 1)
+    for repeat in range(runs):
+        order = list(sides) if repeat % 2 == 0 else list(sides)[::-1]
+        turns = Turns(order, ctx.device, every)
+        torch.manual_seed(cfg.train.seed)
+        trained = turns.run({name: functools.partial(sides[name], model, data, cfg, ctx,
+                                                     functools.partial(turns.batch_done, name))
+                             for name in order})
+        # Epoch 0 holds each side's setup (a Trainer, a Learner, a run folder): warm-up, not timed.
+        seconds = {name: turns.epoch_times(name, per_epoch)[1:] for name in order}
+        plain_best = max(plain_best, len(data.train) / min(seconds["plain"]))
+        for name in pairs:
+            pairs[name] += [p / s for s, p in zip(seconds[name], seconds["plain"])]
+            gaps[name] = max(gaps[name], weight_gap(trained[name], trained["plain"]))
     ratios, parts = {}, []
-    for name in sides:
-        if name == "plain":
-            continue
-        gaps[name] = weight_gap(trained[name], trained["plain"])
-        ratios[name] = paired_ratio(runs[name], runs["plain"])
-        pairs = [best(a) / best(b) for a, b in zip(runs[name], runs["plain"])]
+    for name, values in pairs.items():
+        ratios[name] = median(values)
         same = "same final weights" if gaps[name] < 1e-4 else f"FINAL WEIGHTS DIFFER by {gaps[name]:.1e}"
-        parts.append(f"{name} {ratios[name]:.2f} (range {spread(pairs)}, {same})")
+        parts.append(f"{name} {ratios[name]:.2f} (range {spread(values)}, {same})")
     parts += [f"{name} SKIP ({why})" for name, why in missing.items()]
-    plain_best = best([r for run in runs["plain"] for r in run])
-    return ratios, f"{arch}: " + ", ".join(parts) + f"; plain {plain_best:.0f} img/s"
+    turn = f"turns of {every} batch{'es' if every > 1 else ''}"
+    return ratios, (f"{arch} ({len(values)} epoch pairs in {runs} runs, {turn}): " + ", ".join(parts)
+                    + f"; plain {plain_best:.0f} img/s")
 
 
 @FIGURES.register("B30", title="peers: kt_core's images/s ratio to the plain loop / the fastest installed peer's "
@@ -245,5 +260,5 @@ def peers(ctx: Context) -> tuple[float, str]:
         fastest_peer = max(v for k, v in ratios.items() if k != "kt_core")
         standings.append(ratios["kt_core"] / fastest_peer)
         details.append(detail)
-    return min(standings), (f"each side / the same plain loop, median of {ctx.scale.repeats} interleaved runs' best "
-                            f"epochs: " + "; ".join(details))
+    return min(standings), (f"each side / the same plain loop, the median of its epochs' ratios to the plain loop's "
+                            f"epochs run turn for turn beside them: " + "; ".join(details))

@@ -259,6 +259,48 @@ def test_alternating_rows_hand_every_other_window_to_the_writer_and_charge_its_s
     assert windows.ratios() == [0.8, 0.8]
 
 
+def test_turns_run_the_loops_k_batches_at_a_time_in_order_and_book_each_epoch_to_its_loop():
+    """B30's turns: one loop runs at a time, k batches a turn, round and round; each loop's time is
+    its own turns (setup in epoch 0, the work after an epoch's last batch in the next epoch); a loop
+    that fails leaves the ring, the others finish, and its error reaches the caller."""
+    import threading
+
+    from bench.harness import Turns
+
+    events, clock, lock = [], [0.0], threading.Lock()
+    turns = Turns(["a", "b", "c"], torch.device("cpu"), every=2)
+    turns.now = lambda: clock[0]
+
+    def loop(name, step_s, epochs=2, fail_at=None):
+        def run():
+            clock[0] += 10.0  # setup: in the loop's first turn
+            for epoch in range(epochs):
+                for batch in range(4):
+                    if (epoch, batch) == fail_at:
+                        raise RuntimeError(f"{name} broke")
+                    with lock:
+                        events.append(f"{name}{epoch}.{batch}")
+                    clock[0] += step_s
+                    turns.batch_done(name)
+                clock[0] += 0.5  # the epoch's end (a checkpoint)
+            return name
+        return run
+
+    assert turns.run({"a": loop("a", 1.0), "b": loop("b", 2.0), "c": loop("c", 3.0)}) == {n: n for n in "abc"}
+    assert events[:8] == ["a0.0", "a0.1", "b0.0", "b0.1", "c0.0", "c0.1", "a0.2", "a0.3"]
+    assert sorted(events) == sorted(f"{n}{e}.{b}" for n in "abc" for e in range(2) for b in range(4))
+    assert turns.epoch_times("a", 4) == [14.0, 5.0]  # setup + 4 steps; epoch 0's end + 4 steps + epoch 1's end
+    assert turns.epoch_times("c", 4) == [22.0, 13.0]
+    with pytest.raises(ValueError, match="divide"):
+        turns.epoch_times("a", 3)
+
+    events.clear()
+    turns = Turns(["a", "b"], torch.device("cpu"), every=1)  # the loops above hand on through this one now
+    with pytest.raises(RuntimeError, match="a broke"):
+        turns.run({"a": loop("a", 1.0, fail_at=(0, 2)), "b": loop("b", 1.0)})
+    assert events == ["a0.0", "b0.0", "a0.1", "b0.1"] + [f"b{e}.{b}" for e in range(2) for b in range(4)][2:]
+
+
 def test_interleaving_alternates_the_order_of_the_sides():
     calls = []
     samples = interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
