@@ -487,6 +487,7 @@ class AlternatingRows(Callback):
         self.now = clock_for(device)
         self.on_s: list[float] = []
         self.off_s: list[float] = []
+        self.handed = 0  # rows given to `inner`
         self._on, self._mark = True, 0.0
 
     def on_fit_start(self, ctx) -> None:
@@ -499,6 +500,7 @@ class AlternatingRows(Callback):
     def on_step_end(self, ctx, row) -> None:
         if self._on:
             self.inner.on_step_end(ctx, row)
+            self.handed += 1
 
     def should_stop(self, ctx) -> bool:
         done = ctx.batch_in_epoch
@@ -539,7 +541,11 @@ def tensorboard_tax(ctx: Context) -> tuple[float, str]:
     cfg.train.log_every = 1  # the worst case: TensorBoard gets a row at every batch
     ratios = []
     for run in range(ctx.scale.repeats):
-        logger = TensorBoardLogger(ctx.workdir / "b12_tensorboard" / str(run))
+        # The logger makes its own folder but not the parents (a run's folder always exists): a
+        # missing parent left it writing nothing, and the figure timing nothing (M, 2026-12-02).
+        log_dir = ctx.workdir / "b12_tensorboard" / str(run)
+        log_dir.parent.mkdir(parents=True, exist_ok=True)
+        logger = TensorBoardLogger(log_dir)
 
         def settle(logger=logger) -> None:
             while logger.queued:
@@ -551,9 +557,24 @@ def tensorboard_tax(ctx: Context) -> tuple[float, str]:
         windows = AlternatingRows(logger, ctx.device, every=1, settle=settle)
         copy, plan = planned_copy(model, cfg)
         fit(copy, data, cfg, plan=plan, callbacks=[windows], device=ctx.device)
+        logger.close()
+        written = written_step_rows(log_dir)
+        if written != windows.handed:
+            raise RuntimeError(f"TensorBoard's event files hold {written} of the {windows.handed} rows handed to it "
+                               f"(in {log_dir}): the figure would not time what TensorBoard costs")
         ratios += windows.ratios()
     return median(ratios), (f"median of {len(ratios)} pairs of one-batch windows within {ctx.scale.repeats} runs, the "
-                            f"rows handed to TensorBoard in every other one (range {spread(ratios)})")
+                            f"rows handed to TensorBoard in every other one (range {spread(ratios)}), every one of "
+                            f"them read back from the event files")
+
+
+def written_step_rows(log_dir: Path) -> int:
+    """How many step rows TensorBoard's event files under `log_dir` hold (the most of any step/ tag)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every event
+    events.Reload()
+    return max((len(events.Scalars(tag)) for tag in events.Tags()["scalars"] if tag.startswith("step/")), default=0)
 
 
 # --- B14, B15: logit distillation ----------------------------------------------------------------

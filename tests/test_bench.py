@@ -301,6 +301,16 @@ def test_turns_run_the_loops_k_batches_at_a_time_in_order_and_book_each_epoch_to
     assert events == ["a0.0", "b0.0", "a0.1", "b0.1"] + [f"b{e}.{b}" for e in range(2) for b in range(4)][2:]
 
 
+def test_tensorboard_figure_times_rows_that_reach_the_event_files(tmp_path):
+    """B12 once timed a logger that could not make its folder and wrote nothing (a 1.00 that meant
+    nothing): every row handed to TensorBoard must be read back from its event files."""
+    pytest.importorskip("tensorboard")
+    result = run_figure("B12", Context(scale=SCALES["tiny"], device=torch.device("cpu"), threads=1, workdir=tmp_path))
+    assert result.verdict in ("PASS", "FAIL"), result.error
+    assert "read back from the event files" in result.detail
+    assert list((tmp_path / "b12_tensorboard" / "0").glob("events.out.tfevents.*"))
+
+
 def test_interleaving_alternates_the_order_of_the_sides():
     calls = []
     samples = interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
