@@ -287,7 +287,7 @@ class Turns:
     A loop calls `batch_done(name)` after each batch (from its framework's batch-end hook); the
     thread's return ends its last turn. Each turn is timed with `clock_for` from the moment the
     loop gets the turn to the moment it hands it on, so the hand-over itself (a condition
-    variable, ~10 us) is on nobody's side. While one loop runs the others sleep on the
+    variable and a thread switch) is on nobody's side. While one loop runs the others sleep on the
     condition, so the process's CPU time in a turn is that loop's work (and its framework's own
     helper threads, which a whole run would count too). A loop's setup runs inside its first
     turn, and its end-of-epoch work (checkpoints, loggers' flushes) in the turn after the epoch's

@@ -47,7 +47,7 @@ PEER_MODELS = ("mlp", "small_cnn")  # per-step-bound and compute-bound, as in B1
 assert set(PEER_MODELS) <= set(B1_MODELS)
 INSTALL = "pip install -r requirements-bench.txt"
 # A CNN's epoch at full scale is 8 one-step turns, and its epoch pairs spread 0.85-1.15 in 2 runs
-# (2026-12-02): twice the runs give 16 pairs a side, which is ~2.5 min more on 2 cores.
+# (2026-12-02): twice the runs give 16 pairs a side, for ~1.5 min more (B30 325 s -> 410 s here).
 RUNS_FACTOR = {"small_cnn": 2}
 
 
@@ -243,7 +243,7 @@ def compare(arch: str, ctx: Context, missing: dict[str, str]) -> tuple[dict[str,
         parts.append(f"{name} {ratios[name]:.2f} (range {spread(values)}, {same})")
     parts += [f"{name} SKIP ({why})" for name, why in missing.items()]
     turn = f"turns of {every} batch{'es' if every > 1 else ''}"
-    return ratios, (f"{arch} ({len(values)} epoch pairs in {runs} runs, {turn}): " + ", ".join(parts)
+    return ratios, (f"{arch} ({len(pairs['kt_core'])} epoch pairs in {runs} runs, {turn}): " + ", ".join(parts)
                     + f"; plain {plain_best:.0f} img/s")
 
 
