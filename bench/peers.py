@@ -196,15 +196,6 @@ def sides_for(ctx: Context, missing: dict[str, str]) -> dict[str, Callable]:
     return sides
 
 
-def import_peers(missing: dict[str, str]) -> None:
-    """Import the installed frameworks before the clock runs: an import is a user's once-a-session
-    cost, and under turns its seconds would land in one framework's first turn."""
-    with _quiet():
-        for name, module in (("Lightning", "lightning"), ("fastai", "fastai.learner")):
-            if name not in missing:
-                importlib.import_module(module)
-
-
 def compare(arch: str, ctx: Context, missing: dict[str, str]) -> tuple[dict[str, float], str]:
     """Each side's ratio to the plain loop on `arch`, and the detail of that model.
 
@@ -217,8 +208,9 @@ def compare(arch: str, ctx: Context, missing: dict[str, str]) -> tuple[dict[str,
     sides = sides_for(ctx, missing)
     every = TURN_BATCHES.get(arch, 1)
     per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
-    import_peers(missing)
-    torch.set_num_threads(ctx.threads)  # each loop's thread takes this count (`Turns.run`); no framework's start changes it
+    # Each loop's thread takes this count (`Turns.run`). A framework's import lands in its first
+    # turn, in the warm-up epoch that is never timed.
+    torch.set_num_threads(ctx.threads)
     pairs: dict[str, list[float]] = {name: [] for name in sides if name != "plain"}
     gaps = dict.fromkeys(pairs, 0.0)
     plain_best = 0.0
