@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -39,55 +40,117 @@ def _worker_env() -> dict[str, str]:
     return compute.apply(env)  # the CPU settings the foreground `train` gets too
 
 
-def _popen_worker(args: list[str], stdout, stdin) -> subprocess.Popen:
+def _popen_worker(args: list[str], stdout, stdin, stderr=subprocess.STDOUT) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "kt_core", "worker", *args],
-        stdout=stdout, stderr=subprocess.STDOUT, stdin=stdin,
+        stdout=stdout, stderr=stderr, stdin=stdin,
         start_new_session=True,  # its own process group: Ctrl-C in a terminal or a server restart spare it
         env=_worker_env(), cwd=os.getcwd(),
     )
 
 
 class _Standby:
-    """One worker process started ahead of time (torch imported, optimizers ready), waiting on
-    its stdin for the run folder to train. Starting Python and torch costs ~2 s and torch's first
-    optimizer ~1.3 s more; the dashboard keeps a standby so Start shows a loss at once.
+    """One worker process started ahead of time (torch imported, optimizers ready) that forks a
+    worker for each run it is sent (`worker --standby`). Starting Python and torch costs ~2 s,
+    torch's first optimizer ~1.3 s more and TensorBoard's writer ~1 s; a fork of the warm process
+    trains at once, and the demo's three runs, launched in one click, pay none of it.
 
-    A standby whose parent goes away reads end-of-file and exits; one started under another
-    working directory or environment is retired, never reused.
+    Never waited for: a launch that finds it still starting (or dead, or started under another
+    working directory or environment, which it is then retired for) gets a fresh worker of its
+    own. A standby whose parent goes away reads end-of-file and exits; the workers it forked
+    live on, each in its own session.
     """
+
+    # How long a launch waits for the warm standby to answer with its fork's pid (it answers in
+    # milliseconds; a standby that does not is retired and the run starts a fresh worker).
+    REPLY_S = 10.0
 
     def __init__(self) -> None:
         self.enabled = False
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._key: tuple | None = None
+        self._ready = False
+        self._pending = b""  # the standby's stdout read so far, up to an incomplete line
 
     @staticmethod
     def key() -> tuple:
         return os.getcwd(), tuple(sorted(_worker_env().items()))
 
-    def take(self) -> subprocess.Popen | None:
-        """The ready standby for the current environment (and a fresh one started behind it)."""
+    def fork(self, folder: Path) -> int | None:
+        """The pid of a worker forked for `folder` by the warm standby; None when there is no ready
+        standby for the current environment (a fresh one is started when it is missing)."""
         if not self.enabled:
             return None
         with self._lock:
-            proc, key = self._proc, self._key
-            self._proc = None
-            if proc is not None and (proc.poll() is not None or key != self.key()):
-                self._retire(proc)
-                proc = None
-            self._start()
-            return proc
+            if self._proc is None or self._proc.poll() is not None or self._key != self.key():
+                self._restart()
+                return None
+            if not self._is_ready():
+                return None  # still importing: this run's own fresh worker starts sooner
+            try:
+                self._proc.stdin.write(f"{folder}\n".encode())
+                self._proc.stdin.flush()
+                pid = self._forked_pid()
+            except OSError:
+                pid = None
+            if pid is None:
+                log.warning("the warm worker did not answer: retired, and run %s starts a fresh worker", folder.name)
+                self._restart()
+            return pid
 
-    def _start(self) -> None:
-        self._proc = _popen_worker(["--standby"], subprocess.DEVNULL, subprocess.PIPE)
-        self._key = self.key()
+    def start(self) -> None:
+        with self._lock:
+            if self._proc is None:
+                self._restart()
+
+    def ready(self) -> bool:
+        """Whether the standby has finished starting (never waits)."""
+        with self._lock:
+            return self._proc is not None and self._is_ready()
+
+    def _is_ready(self) -> bool:
+        while not self._ready:
+            line = self._next_line(timeout=0)
+            if line is None:
+                return False
+            self._ready = line == "ready"
+        return True
+
+    def _forked_pid(self) -> int | None:
+        deadline = time.monotonic() + self.REPLY_S
+        while (line := self._next_line(timeout=deadline - time.monotonic())) is not None:
+            if line.startswith("forked "):
+                return int(line.split()[1])
+        return None
+
+    def _next_line(self, timeout: float) -> str | None:
+        """The standby's next stdout line, or None after `timeout` seconds (0: what is there now)
+        or at its end."""
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while b"\n" not in self._pending:
+            if not select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None  # it exited
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode(errors="replace").strip()
+
+    def _restart(self) -> None:
+        if self._proc is not None:
+            self._retire(self._proc)
+        # stderr (warnings while it imports) is not the protocol: it goes nowhere
+        self._proc = _popen_worker(["--standby"], subprocess.PIPE, subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._key, self._ready, self._pending = self.key(), False, b""
 
     @staticmethod
     def _retire(proc: subprocess.Popen) -> None:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # end-of-file: the standby exits
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()  # end-of-file on its stdin: the standby exits
         procs.adopt(proc)  # reaped by later polls
 
     def close(self) -> None:
@@ -105,7 +168,7 @@ def keep_worker_warm(enabled: bool = True) -> None:
     """Keep one worker process started ahead of time for the next launch (the dashboard does)."""
     if enabled and not _standby.enabled:
         _standby.enabled = True
-        _standby.take()  # starts the first one
+        _standby.start()
     elif not enabled:
         _standby.close()
 
@@ -118,22 +181,18 @@ def _spawn_worker(folder: Path) -> int:
     command = worker_command(folder)
     if command is not None:
         return _spawn_torchrun(folder, command)
-    proc = _standby.take()
-    if proc is not None:
-        # The status names the worker before the worker learns its run: once it has the folder it
-        # is the run's only writer, and a later write here could overwrite its `running` or `failed`.
-        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None,
-                             note="handing the run to a worker that is already started")
-        try:
-            proc.stdin.write(f"{folder}\n".encode())
-            proc.stdin.close()
-        except OSError:  # it died in the meantime: start one the ordinary way
-            proc = None
-    if proc is None:
-        with open(rundir.log_path(folder), "ab") as log_file:
-            proc = _popen_worker([str(folder)], log_file, subprocess.DEVNULL)
-        rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None,
-                             note="starting the worker process (importing PyTorch)")
+    pid = _standby.fork(folder)
+    if pid is not None:
+        # Written while this launcher holds the folder's lock, which the worker takes before it
+        # writes anything: its `running` can never be overwritten by this `queued`.
+        rundir.update_status(folder, state="queued", pid=pid, heartbeat=time.time(), error=None,
+                             note="forked from the worker that is already started")
+        log.info("run %s: worker pid %d forked from the warm worker", folder.name, pid)
+        return pid
+    with open(rundir.log_path(folder), "ab") as log_file:
+        proc = _popen_worker([str(folder)], log_file, subprocess.DEVNULL)
+    rundir.update_status(folder, state="queued", pid=proc.pid, heartbeat=time.time(), error=None,
+                         note="starting the worker process (importing PyTorch)")
     procs.adopt(proc)
     log.info("run %s: worker pid %d started", folder.name, proc.pid)
     return proc.pid

@@ -314,25 +314,52 @@ def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 @pytest.mark.slow
-def test_a_warm_standby_worker_trains_the_next_launch_and_another_stands_by(tmp_path, one_thread_workers):
+def test_the_warm_worker_forks_a_worker_for_each_launch_and_stands_by(tmp_path, one_thread_workers):
+    """The demo launches three runs in one click: each must start from the warm standby (a fork,
+    no fresh Python and torch), in a session of its own that a stop can signal, and the standby
+    must stay for the next click. A launch never waits for a standby that is still starting."""
+    def pid_of(run_id):
+        return rundir.read_status(rundir.run_dir(run_id, tmp_path))["pid"]
+
     launcher.keep_worker_warm(True)
     try:
-        first_standby = launcher._standby._proc.pid
-        run_id = launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
-        assert rundir.read_status(rundir.run_dir(run_id, tmp_path))["pid"] == first_standby
-        assert launcher._standby._proc.pid != first_standby  # the next one is already starting
-        wait_for(lambda: not rundir.is_active(rundir.run_dir(run_id, tmp_path)), what="the run to finish")
-        folder = rundir.run_dir(run_id, tmp_path)
-        assert rundir.read_status(folder)["state"] == "completed"
-        assert "completed" in (folder / "log.txt").read_text()  # its output went to the run's log
+        standby = launcher._standby._proc
+        early = launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
+        assert _parent(pid_of(early)) == os.getpid()  # the standby was still importing: a fresh worker
+        wait_for(launcher._standby.ready, timeout=120, what="the standby to be ready")
 
-        spare = launcher._standby._proc
+        forked = [launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path),
+                  launcher.launch(worker_cfg(epochs=30, per_class=5), tmp_path)]
+        pids = [pid_of(run_id) for run_id in forked]
+        assert len(set(pids)) == 2 and standby.pid not in pids
+        for pid in pids:
+            assert _parent(pid) == standby.pid
+            wait_for(lambda: os.getsid(pid) == pid, timeout=10, what="the fork's own session")
+        assert launcher._standby._proc is standby and standby.poll() is None  # it stays for the next launch
+
+        wait_for(lambda: rundir.read_status(rundir.run_dir(forked[1], tmp_path))["state"] == "running",
+                 what="the long run to train")
+        assert launcher.stop(rundir.run_dir(forked[1], tmp_path))["state"] == "stopped"  # its own process group, signalled
+        for run_id in (early, forked[0]):
+            wait_for(lambda: not rundir.is_active(rundir.run_dir(run_id, tmp_path)), what="the run to finish")
+            folder = rundir.run_dir(run_id, tmp_path)
+            assert rundir.read_status(folder)["state"] == "completed"
+            assert "completed" in (folder / "log.txt").read_text()  # its output went to the run's log
+        wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}"), timeout=30, what="the forked worker to be reaped")
+        assert standby.poll() is None
+
         os.environ["KT_CACHE_DIR"] = str(tmp_path / "other-cache")  # (restored by the autouse fixture)
-        second = launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
-        assert rundir.read_status(rundir.run_dir(second, tmp_path))["pid"] != spare.pid  # other env: not reused
-        wait_for(lambda: spare.poll() is not None, timeout=30, what="the retired standby to exit")
-        wait_for(lambda: not rundir.is_active(rundir.run_dir(second, tmp_path)), what="the second run")
+        other_env = launcher.launch(worker_cfg(epochs=1, per_class=5), tmp_path)
+        assert _parent(pid_of(other_env)) == os.getpid()  # started under another environment: not used
+        wait_for(lambda: standby.poll() is not None, timeout=30, what="the retired standby to exit")
+        assert launcher._standby._proc is not standby  # a new one is starting for the new environment
+        wait_for(lambda: not rundir.is_active(rundir.run_dir(other_env, tmp_path)), what="the last run")
     finally:
         launcher.keep_worker_warm(False)
 
