@@ -164,8 +164,17 @@ class _Standby:
 _standby = _Standby()
 
 
+# Where the standby may fork: Linux. macOS's system libraries are not safe to fork after
+# importing torch (Python itself starts processes there by spawning), and Windows has no fork.
+FORK_SAFE = sys.platform.startswith("linux")
+
+
 def keep_worker_warm(enabled: bool = True) -> None:
-    """Keep one worker process started ahead of time for the next launch (the dashboard does)."""
+    """Keep one worker process started ahead of time, which forks the launches' workers (the
+    dashboard does; on Linux only, elsewhere each run starts its own worker)."""
+    if enabled and not FORK_SAFE:
+        log.info("no warm worker on %s: each run starts its own worker process", sys.platform)
+        return
     if enabled and not _standby.enabled:
         _standby.enabled = True
         _standby.start()

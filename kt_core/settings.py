@@ -7,7 +7,7 @@
 | `KT_DRAFTS_DIR` | `<KT_CACHE_DIR>/drafts` | the dashboard's drafts: setups not yet started, one JSON file per `?draft=` id |
 | `KT_ALLOWED_ROOTS` | working dir and `~/kt-studio` | `os.pathsep`-separated roots that paths typed into the UI must lie under |
 | `KT_ALLOW_TRUST` | `1` | `0` refuses every dashboard config that trusts a file (arbitrary unpickling, TorchScript), and hides the opt-in |
-| `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~380 MB of its own idle), which forks a worker for each run, so Start shows a loss at once; `0` starts each worker on demand |
+| `KT_WARM_WORKER` | `1` | the dashboard keeps one worker process started ahead of time (~380 MB of its own idle), which forks a worker for each run (on Linux), so Start shows a loss at once; `0` starts each worker on demand |
 | `KT_ZIP_MAX_BYTES` | `2147483648` (2 GiB) | the most a dataset zip may extract to; a dataset's own `max_total_bytes` option can only lower it |
 | `KT_ZIP_MAX_FILES` | `200000` | the most entries a dataset zip may hold; the `max_files` option can only lower it |
 | `KT_CACHE_MAX_BYTES` | `10737418240` (10 GiB) | the cache folder's size limit: decoded datasets, shared outputs (frozen features, teachers' outputs) and extracted zips are evicted least recently used first past it (`kt_core.cachedir`; uploads, downloads and drafts never are); `python -m kt_core cache` shows and clears it |

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -360,6 +361,16 @@ def test_the_warm_worker_forks_a_worker_for_each_launch_and_stands_by(tmp_path, 
         wait_for(lambda: standby.poll() is not None, timeout=30, what="the retired standby to exit")
         assert launcher._standby._proc is not standby  # a new one is starting for the new environment
         wait_for(lambda: not rundir.is_active(rundir.run_dir(other_env, tmp_path)), what="the last run")
+    finally:
+        launcher.keep_worker_warm(False)
+
+
+def test_no_warm_worker_where_forking_after_torch_is_unsafe(monkeypatch):
+    monkeypatch.setattr(launcher, "FORK_SAFE", False)  # macOS, Windows
+    launcher.keep_worker_warm(True)
+    try:
+        assert launcher._standby._proc is None and not launcher._standby.enabled
+        assert launcher._standby.fork(Path("never-used")) is None  # every launch starts its own worker
     finally:
         launcher.keep_worker_warm(False)
 
