@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -384,8 +385,6 @@ def _wait_for_a_run() -> str | None:
 
     The protocol on stdout, read by `launcher._Standby`: `ready` once warm, then `forked PID` per
     folder read; anything else there (a library's print) is ignored."""
-    import signal
-
     from .. import worker  # here, not at the top: the standby pays for importing everything a run needs now
 
     worker.warm_up()  # torch's first optimizer and TensorBoard's writer, before a run is waiting
@@ -410,8 +409,6 @@ def _become_worker(folder: str) -> str:
     """In the forked child: the run's own process group (a stop signals the worker and its
     DataLoader workers, never the standby), its children waited for as usual, stdout/stderr to
     the run's log, no stdin."""
-    import signal
-
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     log_fd = os.open(rundir.log_path(folder), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
