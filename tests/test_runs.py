@@ -315,9 +315,14 @@ def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
 
 
-def _parent(pid: int) -> int:
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [state, parent pid, ...]."""
     with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _parent(pid: int) -> int:
+    return int(_proc_stat(pid)[1])
 
 
 @pytest.mark.slow
@@ -389,7 +394,6 @@ def test_finished_workers_are_reaped_not_left_defunct():
 
 def _zombie(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        return _proc_stat(pid)[0] == "Z"
     except OSError:
         return False
