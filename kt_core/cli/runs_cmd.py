@@ -356,11 +356,9 @@ def _serve() -> int:
 
     One process trains many members, so Python, torch and torch's first optimizer start once,
     not once per member. Each run still logs to its own log; stdout is the driver's log."""
-    import torch  # here, not at the top: the start-up cost this process pays once for many members
+    from ..worker import run_worker, warm_up  # here, not at the top: the worker imports the engine (torch)
 
-    from ..worker import run_worker  # here, not at the top: the worker imports the engine (torch)
-
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    warm_up()  # the start-up costs this process pays once for many members
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
         root.removeHandler(handler)
