@@ -265,8 +265,9 @@ def train_one_epoch(ctx: FitContext) -> bool:
     sums = ctx.sums  # [loss * n, correct, seen, term * n ...], accumulated without a host sync
     # The hot loop's bookkeeping is kept off a tiny model's step (bench B1, the MLP): one in-place
     # add for the loss into a view made once; the seen count kept as a Python int and the correct
-    # count deferred (`_Uncounted`) until someone reads the sums (a step row, the end of the loop),
-    # and only the callbacks that can ask to stop asked after each batch.
+    # count deferred (`_Uncounted`) until someone reads them (a step row the seen count; the end of
+    # the loop or a stop the correct one), and only the callbacks that can ask to stop asked
+    # after each batch.
     loss_sum, term_sums = sums[0], sums[3:]
     uncounted = _Uncounted(sums)
     stoppers = _stoppers(callbacks)
@@ -317,7 +318,7 @@ def train_one_epoch(ctx: FitContext) -> bool:
         # The very first step is logged too: the user sees a loss within a second of Start.
         at_row = ctx.step % log_every == 0 or ctx.step == 1
         if at_row:
-            uncounted.count()
+            uncounted.count_seen()  # a row reads the loss and the images seen, not the correct count
             row = window.row(ctx)
             for cb in callbacks:
                 cb.on_step_end(ctx, row)
@@ -331,32 +332,42 @@ def train_one_epoch(ctx: FitContext) -> bool:
 
 class _Uncounted:
     """The batches trained on since the epoch's sums last counted them: the seen count and the
-    correct predictions, added to `sums` (`count`) only before someone reads them.
+    correct predictions, added to `sums` only before someone reads them.
 
-    Counting a batch's correct predictions is 4 small tensor ops (argmax, eq, sum, add): ~3 % of
-    the MLP's ~2.5 ms step in bench B1, measured; counted at each step row instead, a window of
-    `log_every` batches costs six ops in all. Each batch's outputs are held detached (a batch of
-    logits, no graph) until then, at most MAX_HELD batches (a large `log_every` must not grow
-    memory). Counts are integers, so the order of counting never changes them: a resumed run's
-    rows stay its uninterrupted twin's."""
+    Counting a batch's correct predictions is 4 small tensor ops (argmax, eq, sum, add); on the
+    MLP's ~0.9 ms step in bench B1 they cost ~4 % counted at every batch, and still ~2.5 %
+    counted at every step row (10 batches), measured (2026-12-02): in the loop, between a
+    backward and a step, each small op costs several times what it costs in a tight loop. A step
+    row reads only the loss and the images seen (`count_seen`: a Python int); the correct count
+    is read at the epoch's end and at a stop (`count`), so the held batches' outputs (detached:
+    logits, no graph) are counted then, or once MAX_HELD batches or MAX_HELD_VALUES logits are
+    held (a long epoch or a wide head must not grow memory; 4 MB of float32 at most). Counts
+    are integers, so the order of counting never changes them: a resumed run's rows stay its
+    uninterrupted twin's."""
 
-    MAX_HELD = 32
+    MAX_HELD = 64
+    MAX_HELD_VALUES = 1 << 20
 
     def __init__(self, sums: torch.Tensor):
         self.correct_sum, self.seen_sum = sums[1], sums[2]
         self.held: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.held_values = 0
         self.seen = 0
 
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
         self.held.append((out.detach(), y))
+        self.held_values += out.numel()
         self.seen += y.shape[0]
-        if len(self.held) >= self.MAX_HELD:
+        if len(self.held) >= self.MAX_HELD or self.held_values >= self.MAX_HELD_VALUES:
             self.count()
 
-    def count(self) -> None:
+    def count_seen(self) -> None:
         if self.seen:
             self.seen_sum.add_(self.seen)
             self.seen = 0
+
+    def count(self) -> None:
+        self.count_seen()
         if not self.held:
             return
         outs, labels = zip(*self.held)
@@ -366,6 +377,7 @@ class _Uncounted:
             for out, y in self.held:
                 self.correct_sum.add_(out.argmax(1).eq_(y).sum())
         self.held.clear()
+        self.held_values = 0
 
 
 def _epoch_batches(ctx: FitContext):

@@ -138,8 +138,9 @@ class Predictions(Callback):
 @pytest.mark.parametrize("log_every", [1, 7, 1000])  # a row every batch, mid-window, never within an epoch
 def test_train_acc_is_the_share_of_the_epochs_images_predicted_right_at_their_step(log_every):
     # The engine counts correct predictions in windows (`_Uncounted`), not at every batch; every
-    # window length, including more batches than it holds at once (60 here), must count each once.
-    data, batch = make_data(), 4
+    # window length, including more batches than it holds at once (120 here), must count each once.
+    data, batch = make_data(), 2
+    assert math.ceil(len(data.train) / batch) > engine._Uncounted.MAX_HELD
     seen, rec = Predictions(), Recorder()
     fit(make_model(), data, config(epochs=2, batch_size=batch, log_every=log_every), callbacks=[seen, rec])
     rows = [r for r in rec.rows if r["kind"] == "epoch"]
@@ -162,6 +163,22 @@ def test_correct_predictions_are_counted_alike_for_heads_of_different_widths():
     assert sums.tolist() == [0.0, 0.0, 0.0]  # nothing counted before someone reads
     counter.count()
     assert sums.tolist() == [0.0, 2.0, 3.0]
+
+
+def test_the_held_outputs_are_counted_before_they_outgrow_their_bound(monkeypatch):
+    # A wide head's logits are held at most MAX_HELD_VALUES at a time: memory does not grow with
+    # the epoch, and what was counted early is not counted again.
+    monkeypatch.setattr(engine._Uncounted, "MAX_HELD_VALUES", 1000)
+    sums = torch.zeros(3, dtype=torch.float64)
+    counter = engine._Uncounted(sums)
+    out, y = torch.eye(100)[:4], torch.arange(4)  # 4 x 100 logits (400 values), all predicted right
+    for _ in range(5):
+        counter.add(out, y)  # the third add reaches the bound
+        assert counter.held_values < 1000
+    counter.count_seen()
+    assert sums.tolist() == [0.0, 12.0, 20.0]  # the first three batches counted on the way; all seen
+    counter.count()
+    assert sums.tolist() == [0.0, 20.0, 20.0]
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not():
