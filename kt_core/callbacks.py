@@ -31,7 +31,9 @@ class Callback:
         """Checked after every batch: True finishes the batch, checkpoints `last` and stops."""
         return False
 
-    def on_checkpoint(self, ctx, state: dict, tag: str) -> None:
-        """`tag` is "last" (every epoch and on stop) or "best" (a new best validation accuracy)."""
+    def on_checkpoint(self, ctx, state: dict, tags: tuple[str, ...]) -> None:
+        """The state of an epoch's end or a stop, for `tags`: ("last",), or ("last", "best") for a
+        new best validation accuracy. A hook may add to `state` before the writer (the plan's and
+        the objective's callbacks come first); what it holds are the live tensors, not copies."""
 
     def on_fit_end(self, ctx, result) -> None: ...

@@ -977,7 +977,7 @@ def _fit_loop(ctx: FitContext, evaluate_first: bool = False) -> FitResult:
 
 
 def _checkpoint(ctx: FitContext, *tags: str) -> None:
-    """Hand the same state object to every checkpoint hook, once per tag. Under several
+    """Hand the state to every checkpoint hook with the tags it is for. Under several
     processes every one takes part (the sums and RNG states are gathered); rank 0 stores it."""
     sums = rng_ranks = None
     if ctx.ranks is not None:
@@ -985,6 +985,5 @@ def _checkpoint(ctx: FitContext, *tags: str) -> None:
     if not any(type(cb).on_checkpoint is not Callback.on_checkpoint for cb in ctx.callbacks):
         return  # nobody stores checkpoints: skip copying the state
     state = checkpoint_state(ctx, sums, rng_ranks)
-    for tag in tags:
-        for cb in ctx.callbacks:
-            cb.on_checkpoint(ctx, state, tag)
+    for cb in ctx.callbacks:
+        cb.on_checkpoint(ctx, state, tags)

@@ -403,7 +403,7 @@ class TaskMetrics(Callback):
                 "sums": self.loss.sums.detach().cpu().tolist(),
                 "base": [list(b) for b in self.base]}
 
-    def on_checkpoint(self, ctx, state: dict, tag: str) -> None:
+    def on_checkpoint(self, ctx, state: dict, tags: tuple[str, ...]) -> None:
         state["multitask"] = self.state()
 
     def on_resume(self, ctx, state: dict) -> None:

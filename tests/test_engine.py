@@ -62,9 +62,10 @@ class Recorder(Callback):
     def should_stop(self, ctx):
         return self.stop_at_step is not None and ctx.step >= self.stop_at_step
 
-    def on_checkpoint(self, ctx, state, tag):
+    def on_checkpoint(self, ctx, state, tags):
         # What a Checkpointer would write and read back: a deep copy, not live tensors.
-        self.checkpoints[tag] = torch.load(_to_bytes(state), weights_only=True)
+        copy = torch.load(_to_bytes(state), weights_only=True)
+        self.checkpoints.update(dict.fromkeys(tags, copy))
 
 
 def _to_bytes(state):

@@ -60,8 +60,8 @@ class Rows(Callback):
     def on_epoch_end(self, ctx, row):
         self.rows.append(row)
 
-    def on_checkpoint(self, ctx, state, tag):
-        self.checkpoints[tag] = state
+    def on_checkpoint(self, ctx, state, tags):
+        self.checkpoints.update(dict.fromkeys(tags, state))
 
 
 def train(cfg: RunConfig, objective="config"):

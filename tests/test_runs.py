@@ -302,17 +302,100 @@ def test_a_best_epoch_links_best_to_last_and_a_later_last_leaves_best_intact(tmp
     from kt_core.worker import Checkpointer
 
     ckpt = Checkpointer(tmp_path)
-    best_state = {"epoch": 1, "model": {"w": torch.ones(3)}}
-    ckpt.on_checkpoint(None, best_state, "last")
-    ckpt.on_checkpoint(None, best_state, "best")
+    ckpt.on_checkpoint(None, {"epoch": 1, "model": {"w": torch.ones(3)}}, ("last", "best"))
     last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "best.pt"
     assert os.stat(last).st_ino == os.stat(best).st_ino  # linked, not written twice
-    del best_state  # the next state may be born at the freed one's address: it must still be written
     for epoch in (2, 3):
-        ckpt.on_checkpoint(None, {"epoch": epoch, "model": {"w": torch.zeros(3)}}, "last")
+        ckpt.on_checkpoint(None, {"epoch": epoch, "model": {"w": torch.zeros(3)}}, ("last",))
         assert load_checkpoint(last)["epoch"] == epoch
     assert load_checkpoint(best)["epoch"] == 1 and torch.equal(load_checkpoint(best)["model"]["w"], torch.ones(3))
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
+
+
+class _Fit:
+    """What the Checkpointer reads of the engine's context."""
+
+    def __init__(self, epochs: int):
+        self.cfg = make_cfg(epochs=epochs)
+        self.epoch, self.stop_requested = 0, False
+
+
+def test_checkpoints_of_short_epochs_are_written_within_their_share_of_the_time_and_none_is_lost(tmp_path, monkeypatch):
+    # Epochs far shorter than a write: the first epoch is written, the others only once the
+    # writes' share of the time allows; a best epoch skipped is written with the next write,
+    # with its own weights; the final epoch is always written.
+    from kt_core import worker
+    from kt_core.rundir import load_checkpoint
+
+    clock = [100.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: clock[0])
+    ckpt, fit = worker.Checkpointer(tmp_path), _Fit(epochs=6)
+    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "best.pt"
+    weights = torch.zeros(3)  # the live tensor a state holds: the next epoch trains it in place
+
+    def epoch_end(epoch, tags, seconds_since):
+        clock[0] += seconds_since
+        fit.epoch = epoch
+        weights.fill_(epoch)
+        ckpt.on_checkpoint(fit, {"epoch": epoch, "model": {"w": weights}}, tags)
+
+    original_write = rundir.write_checkpoint
+
+    def slow_write(*args, **kwargs):  # each write takes 1 s of the clock
+        clock[0] += 1.0
+        return original_write(*args, **kwargs)
+
+    monkeypatch.setattr(rundir, "write_checkpoint", slow_write)
+    epoch_end(1, ("last", "best"), 0.1)
+    assert load_checkpoint(last)["epoch"] == 1  # the first is always written
+    epoch_end(2, ("last", "best"), 0.1)  # 0.1 s after a 2 s write (last, and best linked): not 20x its time
+    epoch_end(3, ("last",), 0.1)
+    assert load_checkpoint(last)["epoch"] == 1 and load_checkpoint(best)["epoch"] == 1
+    epoch_end(4, ("last",), 60.0)  # the share allows a write: last is epoch 4, best epoch 2's own weights
+    assert load_checkpoint(last)["epoch"] == 4 and torch.equal(load_checkpoint(last)["model"]["w"], torch.full((3,), 4.0))
+    assert load_checkpoint(best)["epoch"] == 2 and torch.equal(load_checkpoint(best)["model"]["w"], torch.full((3,), 2.0))
+    epoch_end(5, ("last", "best"), 0.1)
+    ckpt.on_fit_end(fit, None)  # early stopping after epoch 5: the run's end writes what it skipped
+    assert load_checkpoint(last)["epoch"] == 5 and load_checkpoint(best)["epoch"] == 5
+    assert os.stat(last).st_ino == os.stat(best).st_ino
+    epoch_end(6, ("last",), 0.1)  # the final epoch: written at once
+    assert load_checkpoint(last)["epoch"] == 6 and load_checkpoint(best)["epoch"] == 5
+
+
+@pytest.mark.parametrize("early_stopping", [None, 1])
+def test_a_run_whose_epochs_were_not_all_written_ends_with_its_final_and_best_states(tmp_path, monkeypatch,
+                                                                                     early_stopping):
+    # Through the engine, with a share so small that only the first and the final epochs are due:
+    # last.pt is the end of training, best.pt the best epoch's state, as if every epoch were written.
+    from test_engine import Recorder, config, make_data, make_model
+
+    from kt_core import worker
+    from kt_core.engine import fit
+    from kt_core.rundir import load_checkpoint
+
+    monkeypatch.setattr(worker.Checkpointer, "WRITE_SHARE", 1e-12)
+    rec = Recorder()  # every state handed out, read back as a writer would: the truth
+    cfg = config(epochs=8, lr=0.01, early_stopping=early_stopping)  # its best: epoch 4 of 8, or of 5
+    result = fit(make_model(), make_data(), cfg, callbacks=[worker.Checkpointer(tmp_path), rec])
+    last, best = (load_checkpoint(tmp_path / "checkpoints" / f"{tag}.pt") for tag in ("last", "best"))
+    assert result.epochs == last["epoch"] == rec.checkpoints["last"]["epoch"]
+    assert best["epoch"] == rec.checkpoints["best"]["epoch"] and best["best_val_acc"] == result.best_val_acc
+    for mine, truth in ((last, rec.checkpoints["last"]), (best, rec.checkpoints["best"])):
+        assert all(torch.equal(mine["model"][k], truth["model"][k]) for k in truth["model"])
+    # the case this is about: a best epoch that was neither the first nor the last
+    assert 1 < best["epoch"] < last["epoch"]
+    assert result.early_stopped == bool(early_stopping)
+
+
+def test_a_stop_writes_its_checkpoint_at_once(tmp_path):
+    from kt_core import worker
+    from kt_core.rundir import load_checkpoint
+
+    ckpt, fit = worker.Checkpointer(tmp_path), _Fit(epochs=100)
+    ckpt.on_checkpoint(fit, {"epoch": 1}, ("last",))
+    fit.epoch, fit.stop_requested = 1, True
+    ckpt.on_checkpoint(fit, {"epoch": 1, "step": 7}, ("last",))  # right after: a stop is always due
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 7
 
 
 def _proc_stat(pid: int) -> list[str]:
