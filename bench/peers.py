@@ -12,7 +12,7 @@ spread on this VM (fastai read 0.94-1.09 of the plain loop on small_cnn from one
 next). Each framework runs as a user would start it, with its defaults:
 
 - kt_core: a run folder with the worker's writers (metrics rows, status, STOP checks,
-  checkpoints every epoch), as in B1;
+  checkpoints: every epoch, or every few where that would take over ~5 % of the time), as in B1;
 - Lightning: `Trainer` with its default logger (TensorBoard, else CSV) and its default
   checkpoint every epoch, `log_every_n_steps` as kt_core's `log_every`, the loss logged with
   `self.log` at every step as its docs show; no progress bar (no terminal here);

@@ -65,7 +65,7 @@ def allowed_roots() -> tuple[Path, ...]:
 
 def _stamp(cfg: SourceConfig) -> str:
     """Cache key part that changes when the file behind the config changes (a run's checkpoint
-    is rewritten every epoch while it trains). For a run, the checkpoint the loader will really
+    is rewritten as it trains). For a run, the checkpoint the loader will really
     use (`rundir.stamp`: best.pt, else last.pt, named in the key as it may switch)."""
     try:
         if cfg.kind == "run" and cfg.path:
