@@ -212,7 +212,7 @@ def _copy_tensors(value, buffers: dict, key: tuple = ()):
         return buffer.copy_(value.detach())
     if isinstance(value, dict):
         return {k: _copy_tensors(v, buffers, key + (k,)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):  # exactly these: a named tuple's constructor takes fields
         return type(value)(_copy_tensors(v, buffers, key + (i,)) for i, v in enumerate(value))
     return value
 
