@@ -389,7 +389,14 @@ def test_checkpoints_of_the_engine_before_the_per_step_lr_resume_to_its_very_met
     """tests/data/checkpoints_before_plan_refactor.pt was written by the engine that stepped a
     LambdaLR and rebuilt it when gradual unfreezing added a group: a run stopped mid-epoch, the
     rows it had written, and the rows of the same run uninterrupted. Resumed today it continues to
-    exactly those rows, and a fresh run today writes them too: the metrics did not change."""
+    those rows, and a fresh run today writes them too: the metrics did not change.
+
+    Close, not equal: the file was written on another CPU (an AMD EPYC), and kernels' last bits
+    differ between CPUs (oneDNN picks its kernels by instruction set): on an Intel Xeon (2026-12-03)
+    the training losses agree to ~2e-7, the validation losses to ~0.5 % and one validation image
+    of 80 flips (the BatchNorm layer's running statistics, which only evaluation reads, carry the
+    drift). A wrong learning rate or group layout after the resume moves the training losses by
+    1e-2 and more."""
     old = torch.load(OLD_CHECKPOINTS, weights_only=True)[case]
     cfg = config(**old["train"])
     # one rate for every layer, as that engine trained them (fine_tune's default now trains
@@ -403,11 +410,23 @@ def test_checkpoints_of_the_engine_before_the_per_step_lr_resume_to_its_very_met
     model, plan = start()
     rest = Recorder()
     fit(model, make_data(), cfg, plan, callbacks=[rest], resume_state=old["checkpoint"])
-    assert old["rows_before_stop"] + stable(rest.rows) == old["whole_rows"]
+    assert_rows_close(old["rows_before_stop"] + stable(rest.rows), old["whole_rows"])
     model, plan = start()
     today = Recorder()
     fit(model, make_data(), cfg, plan, callbacks=[today])
-    assert stable(today.rows) == old["whole_rows"]
+    assert_rows_close(stable(today.rows), old["whole_rows"])
+
+
+def assert_rows_close(rows, expected):
+    """Rows equal but for float drift between CPUs: training metrics to 1e-5, validation's to a
+    percent or two (one image of the 80)."""
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected):
+        assert row.keys() == want.keys(), (row, want)
+        for key, value in want.items():
+            if isinstance(value, float):
+                value = pytest.approx(value, rel=2e-2, abs=0.02) if key.startswith("val_") else pytest.approx(value, rel=1e-5)
+            assert row[key] == value, (key, row, want)
 
 
 def test_a_checkpoint_with_a_group_per_block_resumes_into_the_merged_groups():
