@@ -160,10 +160,31 @@ def test_correct_predictions_are_counted_alike_for_heads_of_different_widths():
     batches = [(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.tensor([1, 1])),
                (torch.tensor([[0.0, 0.0, 3.0]]), torch.tensor([2]))]
     for out, y in batches:
-        counter.add(out, y)
+        counter.add(torch.tensor(0.0), out, y)
     assert sums.tolist() == [0.0, 0.0, 0.0]  # nothing counted before someone reads
     counter.count()
     assert sums.tolist() == [0.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("host_loss", [True, False])
+def test_the_loss_sum_is_the_sequential_float64_sum_bit_for_bit_wherever_it_is_held(host_loss):
+    # On the CPU the loss sum is a Python float between reads; the rows (and a resumed run's,
+    # whose twin read at other steps) must stay exactly the tensor adds' sums, read at any step.
+    gen = torch.Generator().manual_seed(0)
+    losses = torch.rand(300, generator=gen) * 3  # float32, as a batch's mean loss is
+    ns = torch.randint(1, 65, (300,), generator=gen).tolist()
+    truth = torch.tensor(1.25, dtype=torch.float64)  # an epoch resumed with a sum already there
+    for loss, n in zip(losses, ns):
+        truth.add_(loss, alpha=n)
+    sums = torch.tensor([1.25, 0.0, 0.0], dtype=torch.float64)
+    counter = engine._Uncounted(sums, host_loss=host_loss)
+    for i, (loss, n) in enumerate(zip(losses, ns)):
+        counter.add(loss.clone().requires_grad_(), torch.zeros(n, 2), torch.zeros(n, dtype=torch.long))
+        if i % 7 == 3:
+            counter.count_seen()  # a step row
+    counter.count()
+    assert sums[0].item() == truth.item()  # equal, not close
+    assert sums[2].item() == sum(ns)
 
 
 def test_the_held_outputs_are_counted_before_they_outgrow_their_bound(monkeypatch):
@@ -174,7 +195,7 @@ def test_the_held_outputs_are_counted_before_they_outgrow_their_bound(monkeypatc
     counter = engine._Uncounted(sums)
     out, y = torch.eye(100)[:4], torch.arange(4)  # 4 x 100 logits (400 values), all predicted right
     for _ in range(5):
-        counter.add(out, y)  # the third add reaches the bound
+        counter.add(torch.tensor(0.0), out, y)  # the third add reaches the bound
         assert counter.held_values < 1000
     counter.count_seen()
     assert sums.tolist() == [0.0, 12.0, 20.0]  # the first three batches counted on the way; all seen
