@@ -29,8 +29,8 @@ from kt_core.config import DatasetConfig, RunConfig, SourceConfig, TrainConfig, 
 from kt_core.data import PreparedData, TensorSplit, iter_batches
 
 from . import plain
-from .harness import (FIGURES, Context, EpochClock, LockstepTurn, Skip, Target, best, clock_for, flat, interleave,
-                      median, paired_ratio, sync)
+from .harness import (FIGURES, Context, EpochClock, LockstepTurn, SideClock, Skip, Target, best, clock_for, flat,
+                      interleave, median, paired_ratio, sync)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class Lockstep:
 
 
 def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Context,
-             frozen_children: int = 0, objective=None, plain_epoch=None, callbacks=(), turn_every: int = 0) -> Lockstep:
+             frozen_children: int = 0, objective=None, plain_epoch=None, callbacks=(), turn_every: int = 0,
+             kt_clock: SideClock | None = None) -> Lockstep:
     """kt_core's `fit` and the plain loop, taking turns one epoch each (`turn_every=k`: k batches each).
 
     The plain loop's epoch runs inside the engine's `on_epoch_end`, between two engine epochs (or
@@ -127,7 +128,8 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
     their first epochs are warm-up (`LockstepTurn` times the turns). `objective` (a factory) is
     the engine's loss (default cross-entropy); `plain_epoch(net, optimizer, batches)` replaces the
     plain side's cross-entropy epoch (e.g. a plain KD epoch). `callbacks` go to the engine's side
-    before the turn-taking one (e.g. `worker_writers`).
+    before the turn-taking one (e.g. `worker_writers`); `kt_clock`, the clock they time the
+    run by, is kept to the engine side's own time.
     """
     from kt_core.engine import epoch_generator, fit
 
@@ -150,7 +152,7 @@ def lockstep(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, ctx: Co
         plain_epoch(net, optimizer, batches)
         return None
 
-    turn = LockstepTurn(ctx.device, plain_turn, every=turn_every)
+    turn = LockstepTurn(ctx.device, plain_turn, every=turn_every, kt_clock=kt_clock)
     engine_model, plan = planned_copy(model, cfg)
     torch.manual_seed(t.seed)
     fit(engine_model, data, cfg, plan=plan, callbacks=[*callbacks, turn], device=ctx.device,
@@ -167,12 +169,15 @@ def weight_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 @contextlib.contextmanager
-def worker_writers(cfg: RunConfig, ctx: Context):
+def worker_writers(cfg: RunConfig, ctx: Context, clock: Callable[[], float] | None = None):
     """The callbacks `kt_core.worker.run_worker` trains a run folder with, on a fresh run folder:
     metrics.jsonl rows, status.json progress with its heartbeat thread, the STOP-file check
     after every batch, checkpoints/last.pt and best.pt (every epoch, or every few where that would
-    take over ~5 % of the time: `worker.Checkpointer`). With them an in-process
-    figure measures what a run costs, not only the bare loop."""
+    take over ~2 % of the time: `worker.Checkpointer`). With them an in-process
+    figure measures what a run costs, not only the bare loop. `clock`: the time the checkpoint
+    cadence reads (`harness.SideClock`, `Turns.own_clock`): with the machine shared in turns,
+    wall time runs two to four times the run's own, and the run would write two to four times
+    as often as it does alone."""
     from kt_core import rundir
     from kt_core.worker import Checkpointer, MetricsWriter, Progress, StatusWriter, StopFlag
 
@@ -182,7 +187,7 @@ def worker_writers(cfg: RunConfig, ctx: Context):
     status.start()
     metrics = MetricsWriter(folder)
     try:
-        yield [metrics, Progress(status), StopFlag(folder), Checkpointer(folder)]
+        yield [metrics, Progress(status), StopFlag(folder), Checkpointer(folder, clock=clock)]
     finally:
         status.close()
         metrics.close()
@@ -200,8 +205,10 @@ def lockstep_figure(model, data, cfg, ctx: Context, frozen_children: int = 0, wh
     with the worker's writers (`worker_writers`)."""
     runs = []
     for _ in range(ctx.scale.repeats):
-        with (worker_writers(cfg, ctx) if whole_run else contextlib.nullcontext([])) as hooks:
-            runs.append(lockstep(model, data, cfg, ctx, frozen_children, callbacks=hooks, turn_every=turn_every))
+        kt_clock = SideClock(ctx.device)
+        with (worker_writers(cfg, ctx, kt_clock) if whole_run else contextlib.nullcontext([])) as hooks:
+            runs.append(lockstep(model, data, cfg, ctx, frozen_children, callbacks=hooks, turn_every=turn_every,
+                                 kt_clock=kt_clock))
     ratios = [r for run in runs for r in run.ratios()]
     kt, ref = best([v for run in runs for v in run.kt_core]), best([v for run in runs for v in run.plain])
     gap = max(run.weight_gap for run in runs)

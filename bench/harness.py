@@ -218,6 +218,19 @@ class EpochClock:
 
 
 
+class SideClock:
+    """The time one side has had of a machine it shares with another loop in turns: `clock_for`'s
+    clock less the other side's turns (`LockstepTurn` books them here). What a run's own timing
+    policies read (the worker's checkpoint cadence), as if the run had the machine alone."""
+
+    def __init__(self, device: torch.device):
+        self.now = clock_for(device)
+        self.others = 0.0
+
+    def __call__(self) -> float:
+        return self.now() - self.others
+
+
 class LockstepTurn(Callback):
     """The plain side's turns, taken from inside the engine's `fit` as a callback.
 
@@ -237,8 +250,10 @@ class LockstepTurn(Callback):
     start mark); drop `plain_times[0]` to pair them.
     """
 
-    def __init__(self, device: torch.device, plain_epoch: Callable[[int], Iterator | None], every: int = 0):
+    def __init__(self, device: torch.device, plain_epoch: Callable[[int], Iterator | None], every: int = 0,
+                 kt_clock: SideClock | None = None):
         self.device, self.now, self.plain_epoch, self.every = device, clock_for(device), plain_epoch, every
+        self.kt_clock = kt_clock  # the engine side's own time, less the plain turns
         self.kt_times: list[float] = []
         self.plain_times: list[float] = []
         self._resumed: float | None = None  # when the engine got the CPU back after the last plain turn
@@ -278,6 +293,8 @@ class LockstepTurn(Callback):
         sync(self.device)
         self._resumed = self.now()
         self._plain += self._resumed - started
+        if self.kt_clock is not None:
+            self.kt_clock.others += self._resumed - started
 
 
 class Turns:
@@ -302,6 +319,7 @@ class Turns:
         self._holder = self._ring[0]
         self._batches = dict.fromkeys(names, 0)
         self._started = dict.fromkeys(names, 0.0)
+        self._spent = dict.fromkeys(names, 0.0)  # the seconds of each loop's finished turns
         self._changed = threading.Condition()
 
     def run(self, loops: dict[str, Callable[[], object]]) -> dict[str, object]:
@@ -337,6 +355,11 @@ class Turns:
             self._hand_on(name)
             self._take(name)
 
+    def own_clock(self, name: str) -> Callable[[], float]:
+        """The time `name` has had so far, for its own timing policies (the worker's checkpoint
+        cadence) to read as if it had the machine alone: read only in its turns, from its thread."""
+        return lambda: self._spent[name] + (self.now() - self._started[name])
+
     def epoch_times(self, name: str, batches_per_epoch: int) -> list[float]:
         """Seconds of each epoch of `name`: its turns, each booked to the epoch of its last batch;
         the last turn (the loop's end after its last batch) to the last epoch."""
@@ -357,6 +380,7 @@ class Turns:
     def _hand_on(self, name: str, leave: bool = False) -> None:
         sync(self.device)
         self.turns[name].append(self.now() - self._started[name])
+        self._spent[name] += self.turns[name][-1]
         with self._changed:
             at = self._ring.index(name)
             if leave:

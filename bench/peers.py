@@ -12,7 +12,8 @@ spread on this VM (fastai read 0.94-1.09 of the plain loop on small_cnn from one
 next). Each framework runs as a user would start it, with its defaults:
 
 - kt_core: a run folder with the worker's writers (metrics rows, status, STOP checks,
-  checkpoints: every epoch, or every few where that would take over ~5 % of the time), as in B1;
+  checkpoints: every epoch, or every few where that would take over ~2 % of the run's own time,
+  its turns: `Turns.own_clock`), as in B1;
 - Lightning: `Trainer` with its default logger (TensorBoard, else CSV) and its default
   checkpoint every epoch, `log_every_n_steps` as kt_core's `log_every`, the loss logged with
   `self.log` at every step as its docs show; no progress bar (no terminal here);
@@ -95,7 +96,8 @@ def plain_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None]) -
     return net
 
 
-def kt_core_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None]) -> torch.nn.Module:
+def kt_core_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None],
+                 clock: Callable[[], float] | None = None) -> torch.nn.Module:
     from kt_core.callbacks import Callback
     from kt_core.engine import fit
 
@@ -106,7 +108,7 @@ def kt_core_side(model, data, cfg, ctx: Context, batch_done: Callable[[], None])
             return False
 
     net, plan = planned_copy(model, cfg)
-    with worker_writers(cfg, ctx) as hooks:
+    with worker_writers(cfg, ctx, clock) as hooks:  # the checkpoint cadence by this side's own turns
         fit(net, data, cfg, plan=plan, callbacks=[*hooks, Turn()], device=ctx.device)
     return net
 
@@ -214,7 +216,7 @@ def compare(arch: str, ctx: Context, missing: dict[str, str]) -> tuple[dict[str,
     pairs: dict[str, list[float]] = {name: [] for name in sides if name != "plain"}
     gaps = dict.fromkeys(pairs, 0.0)
     # Every timed epoch's seconds together, per side: a cost paid every few epochs (kt_core's
-    # checkpoints, written when they stay within ~5 % of the time) is outside most epoch pairs,
+    # checkpoints, written when they stay within ~2 % of the time) is outside most epoch pairs,
     # and the median would leave it out; this ratio of the totals keeps it in, reported beside.
     totals = dict.fromkeys(sides, 0.0)
     plain_best = 0.0
@@ -223,9 +225,10 @@ def compare(arch: str, ctx: Context, missing: dict[str, str]) -> tuple[dict[str,
         order = list(sides) if repeat % 2 == 0 else list(sides)[::-1]
         turns = Turns(order, ctx.device, every)
         torch.manual_seed(cfg.train.seed)
-        trained = turns.run({name: functools.partial(sides[name], model, data, cfg, ctx,
-                                                     functools.partial(turns.batch_done, name))
-                             for name in order})
+        loops = {name: functools.partial(sides[name], model, data, cfg, ctx, functools.partial(turns.batch_done, name))
+                 for name in order}
+        loops["kt_core"] = functools.partial(loops["kt_core"], clock=turns.own_clock("kt_core"))
+        trained = turns.run(loops)
         # Epoch 0 holds each side's setup (a Trainer, a Learner, a run folder): warm-up, not timed.
         seconds = {name: turns.epoch_times(name, per_epoch)[1:] for name in order}
         plain_best = max(plain_best, len(data.train) / min(seconds["plain"]))

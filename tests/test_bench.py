@@ -202,7 +202,11 @@ def test_lockstep_turns_every_k_batches_cover_each_plain_epoch_once():
             events.append(f"p{i}.{step}")
             yield
 
-    turn = LockstepTurn(torch.device("cpu"), plain_epoch, every=2)
+    from bench.harness import SideClock
+
+    kt_clock = SideClock(torch.device("cpu"))
+    kt_clock.now = lambda: clock[0]
+    turn = LockstepTurn(torch.device("cpu"), plain_epoch, every=2, kt_clock=kt_clock)
     turn.now = lambda: clock[0]
     engine = SimpleNamespace(batch_in_epoch=0)  # the engine's FitContext, as far as turns read it
     for epoch in range(3):
@@ -220,6 +224,7 @@ def test_lockstep_turns_every_k_batches_cover_each_plain_epoch_once():
     assert [e for e in events if e.startswith("p")] == [f"p{i}.{s}" for i in range(3) for s in range(5)]
     assert turn.plain_times == [5.0, 5.0, 5.0]  # epoch 0 is warm-up on both sides
     assert turn.kt_times == [15.5, 15.5]  # no start mark for the engine's first epoch
+    assert kt_clock() == 3 * 15.5  # the engine's own time, as its checkpoint cadence reads it
 
 
 def test_alternating_rows_hand_every_other_window_to_the_writer_and_charge_its_settling_to_it():
@@ -267,7 +272,7 @@ def test_turns_run_the_loops_k_batches_at_a_time_in_order_and_book_each_epoch_to
 
     from bench.harness import Turns
 
-    events, clock, lock = [], [0.0], threading.Lock()
+    events, clock, lock, own = [], [0.0], threading.Lock(), {}
     turns = Turns(["a", "b", "c"], torch.device("cpu"), every=2)
     turns.now = lambda: clock[0]
 
@@ -283,6 +288,7 @@ def test_turns_run_the_loops_k_batches_at_a_time_in_order_and_book_each_epoch_to
                     clock[0] += step_s
                     turns.batch_done(name)
                 clock[0] += 0.5  # the epoch's end (a checkpoint)
+                own[name, epoch] = turns.own_clock(name)()  # what the loop's checkpoint cadence reads
             return name
         return run
 
@@ -291,6 +297,8 @@ def test_turns_run_the_loops_k_batches_at_a_time_in_order_and_book_each_epoch_to
     assert sorted(events) == sorted(f"{n}{e}.{b}" for n in "abc" for e in range(2) for b in range(4))
     assert turns.epoch_times("a", 4) == [14.0, 5.0]  # setup + 4 steps; epoch 0's end + 4 steps + epoch 1's end
     assert turns.epoch_times("c", 4) == [22.0, 13.0]
+    # each loop's own clock counts its turns alone, though the shared clock ran through all three
+    assert own["a", 0] == 14.5 and own["a", 1] == 19.0 and own["c", 1] == 35.0 and clock[0] > 60
     with pytest.raises(ValueError, match="divide"):
         turns.epoch_times("a", 3)
 

@@ -328,8 +328,7 @@ def test_checkpoints_of_short_epochs_are_written_within_their_share_of_the_time_
     from kt_core.rundir import load_checkpoint
 
     clock = [100.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: clock[0])
-    ckpt, fit = worker.Checkpointer(tmp_path), _Fit(epochs=6)
+    ckpt, fit = worker.Checkpointer(tmp_path, clock=lambda: clock[0]), _Fit(epochs=6)
     last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "best.pt"
     weights = torch.zeros(3)  # the live tensor a state holds: the next epoch trains it in place
 
@@ -348,10 +347,10 @@ def test_checkpoints_of_short_epochs_are_written_within_their_share_of_the_time_
     monkeypatch.setattr(rundir, "write_checkpoint", slow_write)
     epoch_end(1, ("last", "best"), 0.1)
     assert load_checkpoint(last)["epoch"] == 1  # the first is always written
-    epoch_end(2, ("last", "best"), 0.1)  # 0.1 s after a 2 s write (last, and best linked): not 20x its time
+    epoch_end(2, ("last", "best"), 0.1)  # 0.1 s after a 2 s write (last, and best linked): not 1/WRITE_SHARE times its time
     epoch_end(3, ("last",), 0.1)
     assert load_checkpoint(last)["epoch"] == 1 and load_checkpoint(best)["epoch"] == 1
-    epoch_end(4, ("last",), 60.0)  # the share allows a write: last is epoch 4, best epoch 2's own weights
+    epoch_end(4, ("last",), 2.0 / worker.Checkpointer.WRITE_SHARE)  # the share allows a write: last is epoch 4, best epoch 2's own weights
     assert load_checkpoint(last)["epoch"] == 4 and torch.equal(load_checkpoint(last)["model"]["w"], torch.full((3,), 4.0))
     assert load_checkpoint(best)["epoch"] == 2 and torch.equal(load_checkpoint(best)["model"]["w"], torch.full((3,), 2.0))
     epoch_end(5, ("last", "best"), 0.1)
