@@ -73,7 +73,8 @@ def test_peer_figure_puts_each_installed_peer_beside_the_same_plain_loop(tmp_pat
     assert result.measured > 0
     sides = ["kt_core"] + [p for p in ("Lightning", "fastai") if p not in missing]
     for side in sides:  # each a ratio to the plain loop, having done exactly the plain loop's work
-        assert re.search(rf"{side} \d+\.\d\d \(range [\d.]+-[\d.]+, same final weights\)", result.detail), result.detail
+        assert re.search(rf"{side} \d+\.\d\d \(range [\d.]+-[\d.]+, all epochs together [\d.]+, same final weights\)",
+                         result.detail), result.detail
     for peer in missing:
         assert f"{peer} SKIP (" in result.detail
 
