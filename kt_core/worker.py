@@ -166,9 +166,9 @@ class Checkpointer(Callback):
     bench passes the time its side has had of a machine it shares with other loops in turns.
     """
 
-    # 2 %, not 5 %: on small_cnn's one-second epochs a 5 % share was most of kt_core's lag behind
-    # fastai, which writes no checkpoint (bench B30); retraining at most ~50 writes' worth of
-    # epochs after a hard crash is the cheaper side of that trade.
+    # 2 %, not 5 %: every percent here is a percent behind fastai, which writes no checkpoint
+    # (bench B30, small_cnn's one-second epochs); retraining at most ~50 writes' worth of epochs
+    # after a hard crash, rather than ~20, is the cheaper side of that trade.
     WRITE_SHARE = 0.02
 
     def __init__(self, folder: Path, clock: Callable[[], float] | None = None):
