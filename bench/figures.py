@@ -205,7 +205,7 @@ def lockstep_figure(model, data, cfg, ctx: Context, frozen_children: int = 0, wh
     with the worker's writers (`worker_writers`)."""
     runs = []
     for _ in range(ctx.scale.repeats):
-        kt_clock = SideClock(ctx.device)
+        kt_clock = SideClock(ctx.device) if whole_run else None  # only the run's writers read it
         with (worker_writers(cfg, ctx, kt_clock) if whole_run else contextlib.nullcontext([])) as hooks:
             runs.append(lockstep(model, data, cfg, ctx, frozen_children, callbacks=hooks, turn_every=turn_every,
                                  kt_clock=kt_clock))
