@@ -4,11 +4,14 @@ rank, when a rank is killed. Tiny model and few steps: these start real torchrun
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +47,9 @@ def _with(cfg: RunConfig, **train) -> RunConfig:
 def _train(cfg: RunConfig, runs_dir: Path) -> Path:
     run = launcher.launch(cfg, runs_dir)
     status = wait_for_run(str(runs_dir / run))
-    assert status["state"] == "completed", (status, rundir.log_tail(str(runs_dir / run), 40))
+    if status["state"] != "completed":  # the whole log: pytest cuts a long assertion's repr to a line
+        pytest.fail(f"run {run} ended {status['state']}: {status.get('error')}\n"
+                    + "\n".join(rundir.log_tail(str(runs_dir / run), 80)), pytrace=False)
     return runs_dir / run
 
 
@@ -141,6 +146,49 @@ def test_a_dead_rank_0_reads_interrupted_naming_it(tmp_path):
     assert rundir.read_status(folder)["state"] == "running"
     rundir.update_status(folder, heartbeat=time.time() - 60)
     assert rundir.read_status(folder)["state"] == "interrupted"
+
+
+def test_a_process_of_a_data_parallel_run_ends_without_the_interpreters_teardown(tmp_path):
+    # Once its group is destroyed, the teardown of DDP's gloo group sometimes aborts a rank that
+    # trained to the end (SIGABRT; torchrun then fails the run). end_process leaves before the
+    # teardown: its log lines flushed, its exit code kept, no teardown code run (atexit here).
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import atexit, logging, sys\n"
+        "from kt_core.distributed import end_process\n"
+        "logging.basicConfig(filename=sys.argv[1], level=logging.INFO)\n"
+        "atexit.register(lambda: open(sys.argv[2], 'w').write('teardown ran'))\n"
+        "logging.getLogger('rank').info('trained to the end')\n"
+        "end_process(3)\n")
+    log_file, teardown = tmp_path / "log.txt", tmp_path / "teardown"
+    done = subprocess.run([sys.executable, str(script), str(log_file), str(teardown)],
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 3
+    assert "trained to the end" in log_file.read_text() and not teardown.exists()
+
+
+@pytest.mark.parametrize("state, code", [("completed", 0), ("stopped", 0), ("failed", 1)])
+def test_the_worker_command_ends_every_rank_through_end_process(monkeypatch, tmp_path, state, code):
+    from kt_core.cli import runs_cmd
+    from kt_core import distributed, worker
+
+    ended = []
+    monkeypatch.setattr(distributed, "end_process", lambda c: ended.append(c))
+    monkeypatch.setattr(worker, "run_worker", lambda folder: {"state": state})
+    monkeypatch.setattr(worker, "run_config_worker", lambda config, runs_dir: {"state": state})
+    args = argparse.Namespace(serve=False, config=None, standby=False, run_dir=str(tmp_path), runs_dir=None)
+    # one plain process: the exit code alone, through the interpreter's usual end
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    runs_cmd._worker(args)
+    assert ended == []
+    # a rank of a two-process torchrun job, from a run folder or from a config file
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    runs_cmd._worker(args)
+    runs_cmd._worker(argparse.Namespace(**{**vars(args), "config": "cfg.json"}))
+    assert ended == [code, code]
 
 
 # --- two processes ----------------------------------------------------------------------------

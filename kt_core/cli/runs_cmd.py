@@ -331,7 +331,7 @@ def _worker(args) -> int:
     if args.config:
         from ..worker import run_config_worker  # here, not at the top: the worker imports torch (~2 s)
 
-        return 1 if run_config_worker(args.config, args.runs_dir)["state"] == "failed" else 0
+        return _as_rank(1 if run_config_worker(args.config, args.runs_dir)["state"] == "failed" else 0)
     if args.standby:
         args.run_dir = _wait_for_a_run()
         if args.run_dir is None:
@@ -347,8 +347,18 @@ def _worker(args) -> int:
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         # under torchrun a non-zero exit is a failed process: torchrun would end the other ranks
         # (still checkpointing a stop) and report a failure; only a failed run is one
-        return 1 if status["state"] == "failed" else 0
+        return _as_rank(1 if status["state"] == "failed" else 0)
     return 0 if status["state"] == "completed" else 1
+
+
+def _as_rank(code: int) -> int:
+    """A process torchrun started ends here, skipping the interpreter's teardown (see
+    `distributed.end_process`); any other process returns `code` as usual."""
+    from ..distributed import Ranks, end_process
+
+    if Ranks.from_env() is not None:
+        end_process(code)
+    return code
 
 
 def _serve() -> int:
