@@ -219,3 +219,23 @@ def test_a_real_third_party_checkpoint_scores_its_published_accuracy_on_real_mni
     assert result.num_misclassified == 106
     assert [c["support"] for c in result.per_class] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert sum(result.confusion[d][d] for d in range(10)) == 9894
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_per_class_metrics_are_scikit_learns(seed):
+    # the reference users compare against, over random predictions of 5 classes, some of them
+    # never predicted or absent from the labels (where scikit-learn's zero_division=0 applies)
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from kt_core.evaluate import confusion_counts, per_class_metrics
+
+    g = torch.Generator().manual_seed(seed)
+    k = 5
+    labels = torch.randint(0, k - seed % 3, (40,), generator=g)
+    predicted = torch.randint(seed % 2, k, (40,), generator=g)
+    confusion = confusion_counts(labels, predicted, k)
+    assert (confusion == confusion_matrix(labels.numpy(), predicted.numpy(), labels=list(range(k)))).all()
+    ours = per_class_metrics(confusion)
+    theirs = precision_recall_fscore_support(labels.numpy(), predicted.numpy(), labels=list(range(k)), zero_division=0)
+    for mine, reference in zip(ours, theirs):
+        assert mine == pytest.approx(reference, abs=1e-12)
