@@ -354,7 +354,7 @@ def _worker(args) -> int:
 def _as_rank(code: int) -> int:
     """A process torchrun started ends here, skipping the interpreter's teardown (see
     `distributed.end_process`); any other process returns `code` as usual."""
-    from ..distributed import Ranks, end_process
+    from ..distributed import Ranks, end_process  # here, not at the top: the CLI starts without torch
 
     if Ranks.from_env() is not None:
         end_process(code)
